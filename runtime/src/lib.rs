@@ -1,0 +1,6 @@
+//! diffad-edge: inspect parts on a conveyor with a one-step diffusion anomaly-detection model.
+//!
+//! Data flows one way: sources (`camera`) → stages (`preprocess`, `engine`, `decide`) →
+//! sinks (`reject`, `supervisor`, `archive`).
+
+pub mod config;
