@@ -4,3 +4,5 @@
 //! sinks (`reject`, `supervisor`, `archive`).
 
 pub mod config;
+pub mod frame;
+pub mod inspect;
