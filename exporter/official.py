@@ -97,12 +97,14 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> 
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
     if missing or unexpected or shape:
-        lines = [f"{what}: state dict does not match the model configuration"]
+        parts = []
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shape)):
             if keys:
-                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20])
+                parts.append(f"{title} ({len(keys)}): " + ", ".join(keys[:20])
                              + (" ..." if len(keys) > 20 else ""))
-        raise ExporterError("\n".join(lines))
+        raise ExporterError(
+            f"{what}: state dict does not match the model configuration; " + "; ".join(parts)
+        )
     filtered = {k: v for k, v in state.items() if k in own}
     model.load_state_dict(filtered, strict=True)
 
