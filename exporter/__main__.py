@@ -68,6 +68,8 @@ def cmd_export(a: argparse.Namespace) -> None:
     if (a.checkpoint is None) == (a.official_checkpoint is None):
         raise ExporterError("give exactly one of --checkpoint or --official-checkpoint")
     src = a.checkpoint or a.official_checkpoint
+    if a.out.exists() and not a.force:
+        raise ExporterError(f"{a.out} exists (use --force to overwrite)")
     overrides = {}
     if a.official_checkpoint is not None and a.official_args:
         overrides = json.loads(Path(a.official_args).read_text())
