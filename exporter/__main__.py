@@ -82,6 +82,7 @@ def cmd_export(a: argparse.Namespace) -> None:
         name=name, diff=DiffusionConfig(t_s=a.t_s, t_b=a.t_b, w=a.w, top_k=a.top_k,
                                         noise_seed=a.noise_seed),
         batch=a.batch, opset=a.opset, fp16=a.fp16, value_range=(lo, hi), force=a.force,
+        golden_from=a.golden_from,
     )
     r = export_model(unet, seg, info, a.out, opts)
     print(f"wrote {a.out} ({r['size_bytes'] / 1e6:.2f} MB, sha256 {r['model_sha256'][:12]})")
@@ -162,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fp16", action="store_true", help="fp16 weights/compute, fp32 norms")
     e.add_argument("--range", type=float, nargs=2, metavar=("LO", "HI"))
     e.add_argument("--training-data", default="", help="recorded in the manifest")
+    e.add_argument("--golden-from", type=Path, default=None,
+                   help="folder: its first 2 images join the fixed golden patterns")
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--force", action="store_true", help="overwrite existing outputs")
     e.set_defaults(fn=cmd_export)

@@ -29,7 +29,7 @@ from .onnxio import (
     set_manifest,
     write_text_atomic,
 )
-from .preprocess import preprocess_file
+from .preprocess import list_images, preprocess_file
 from .seg import SegmentationSubNetwork
 from .unet import UNetModel
 
@@ -46,6 +46,7 @@ class ExportOptions:
     fp16: bool = False
     value_range: tuple[float, float] = (0.0, 1.0)
     force: bool = False
+    golden_from: Path | None = None  # up to 2 real images added to the golden cases
 
 
 def golden_paths(model_path: Path) -> tuple[Path, Path]:
@@ -161,6 +162,10 @@ def export_model(
     # parity: golden patterns plus seeded random inputs, ORT vs PyTorch
     lo, hi = opts.value_range
     gpix = golden_pixels(size, ch)
+    if opts.golden_from is not None:
+        for p in list_images(opts.golden_from)[:2]:
+            t = preprocess_file(p, ch, size, size)  # [C, H, W] in [0, 1]
+            gpix.append(np.clip(np.rint(t * 255), 0, 255).astype(np.uint8).transpose(1, 2, 0))
     with tempfile.TemporaryDirectory() as td:
         tmpd = Path(td)
         gfiles = []
@@ -206,6 +211,7 @@ def export_model(
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
             shutil.copytree(tmpd, tmp_gdir)
+            tmp_gdir.chmod(0o755)
             save_model_atomic(model, out)
             if gdir.exists():
                 shutil.rmtree(gdir)

@@ -29,6 +29,9 @@ def atomic_path(final: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
@@ -118,10 +121,13 @@ def count_flops(model: onnx.ModelProto) -> int:
     return 2 * macs
 
 
-def ort_session(path_or_bytes: Path | bytes, threads: int = 0) -> Any:
+def ort_session(path_or_bytes: Path | bytes, threads: int = 0, spin: bool = False) -> Any:
+    """CPU session; no spin-waiting by default (this machine's cores are shared)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
