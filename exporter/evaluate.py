@@ -25,29 +25,27 @@ def pro_auc(maps: np.ndarray, gts: np.ndarray, max_fpr: float = 0.3, n_thr: int 
     if not regions:
         return float("nan")
     neg = ~gts
-    n_neg = neg.sum()
-    thrs = np.unique(np.quantile(maps[neg] if n_neg else maps, np.linspace(0.6, 1.0, n_thr)))
-    thrs = np.concatenate([thrs, [maps.max() + 1e-6]])
+    n_neg = max(int(neg.sum()), 1)
+    base = maps[neg] if neg.any() else maps.ravel()
+    thrs = np.unique(np.concatenate([
+        np.quantile(base, np.linspace(1.0 - max_fpr - 0.02, 1.0, n_thr)),
+        [maps.min() - 1e-6, maps.max()],
+    ]))
     fprs, pros = [], []
     for t in thrs:
         b = maps > t
-        fprs.append((b & neg).sum() / max(n_neg, 1))
+        fprs.append((b & neg).sum() / n_neg)
         pros.append(np.mean([(b[i] & r).sum() / r.sum() for i, r in regions]))
-    fprs, pros = np.array(fprs), np.array(pros)
-    order = np.argsort(fprs, kind="stable")
+    fprs, pros = np.asarray(fprs, float), np.asarray(pros, float)
+    # upper envelope: for each FPR the best PRO, FPR ascending
+    order = np.lexsort((pros, fprs))
     fprs, pros = fprs[order], pros[order]
-    if fprs[0] > 0:
-        fprs, pros = np.concatenate([[0.0], fprs]), np.concatenate([[pros[0]], pros])
-    keep = fprs <= max_fpr
-    f, p = fprs[keep], pros[keep]
-    if f[-1] < max_fpr:
-        j = np.searchsorted(fprs, max_fpr)
-        if j < len(fprs):
-            f0, f1, p0, p1 = fprs[j - 1], fprs[j], pros[j - 1], pros[j]
-            pe = p0 + (p1 - p0) * (max_fpr - f0) / max(f1 - f0, 1e-12)
-        else:
-            pe = p[-1]
-        f, p = np.concatenate([f, [max_fpr]]), np.concatenate([p, [pe]])
+    last = np.r_[fprs[1:] != fprs[:-1], True]
+    fprs, pros = fprs[last], pros[last]
+    pros = np.maximum.accumulate(pros)
+    keep = fprs < max_fpr
+    f = np.r_[fprs[keep], max_fpr]
+    p = np.r_[pros[keep], np.interp(max_fpr, fprs, pros)]
     return float(np.trapezoid(p, f) / max_fpr)
 
 
