@@ -1,4 +1,4 @@
-"""CLI: python -m exporter {train,export,calibrate,verify,evaluate,make-tiles}."""
+"""CLI: python -m exporter {train,export,calibrate,verify,evaluate,card,make-tiles}."""
 
 from __future__ import annotations
 
@@ -114,6 +114,15 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     print(json.dumps(r, indent=2) if a.json else format_table(r))
 
 
+def cmd_card(a: argparse.Namespace) -> None:
+    from .card import write_card
+
+    notes = a.notes.read_text() if a.notes else ""
+    out = a.out or a.model.with_name("MODEL.md")
+    r = write_card(a.model, a.dataset, out, threads=a.threads, notes=notes)
+    print(f"wrote {out}: {r['ms']:.1f} ms/frame, image AUROC {r['eval']['image_auroc']:.4f}")
+
+
 def cmd_make_tiles(a: argparse.Namespace) -> None:
     from .tiles import make_tiles
 
@@ -187,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--threads", type=int, default=2)
     ev.set_defaults(fn=cmd_evaluate)
+
+    cd = sub.add_parser("card", help="write MODEL.md (manifest, timing, evaluation)")
+    cd.add_argument("model", type=Path)
+    cd.add_argument("--dataset", type=Path, required=True)
+    cd.add_argument("--out", type=Path, default=None)
+    cd.add_argument("--notes", type=Path, default=None, help="markdown file appended")
+    cd.add_argument("--threads", type=int, default=2)
+    cd.set_defaults(fn=cmd_card)
 
     m = sub.add_parser("make-tiles", help="tile dataset from skimage brick/grass/gravel")
     m.add_argument("--out", type=Path, required=True)
