@@ -100,7 +100,7 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
 
 
 def cmd_verify(a: argparse.Namespace) -> None:
-    from .export import verify_model
+    from .verify import verify_model
 
     r = verify_model(a.model, tol=a.tol)
     print(json.dumps(r["manifest"], indent=2))
