@@ -3,6 +3,10 @@
 //! Data flows one way: sources (`camera`) → stages (`preprocess`, `engine`, `decide`) →
 //! sinks (`reject`, `supervisor`, `archive`).
 
+pub mod camera;
+pub mod clock;
 pub mod config;
 pub mod frame;
 pub mod inspect;
+pub mod pins;
+pub mod setup;
