@@ -6,7 +6,10 @@
 pub mod camera;
 pub mod clock;
 pub mod config;
+pub mod decide;
+pub mod events;
 pub mod frame;
 pub mod inspect;
 pub mod pins;
+pub mod reject;
 pub mod setup;
