@@ -13,3 +13,6 @@ pub mod inspect;
 pub mod pins;
 pub mod reject;
 pub mod setup;
+pub mod archive;
+pub mod supervisor;
+pub mod watchdog;
