@@ -35,8 +35,13 @@ impl Archive {
         std::fs::create_dir_all(&cfg.dir)?;
         let (tx, rx) = crossbeam_channel::bounded(cfg.queue);
         let mut store = Store::open(&cfg.dir, (cfg.max_mb * 1024.0 * 1024.0) as u64)?;
-        let handle = std::thread::Builder::new().name("archive".into()).spawn(move || store.run(rx))?;
-        Ok(Self { tx: Some(tx), handle: Some(handle) })
+        let handle = std::thread::Builder::new()
+            .name("archive".into())
+            .spawn(move || store.run(rx))?;
+        Ok(Self {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
     }
 
     /// Where the reject stage sends rejected parts.
@@ -47,7 +52,10 @@ impl Archive {
     /// Write what is queued and stop.
     pub fn finish(mut self) -> ArchiveStats {
         self.tx.take();
-        self.handle.take().and_then(|h| h.join().ok()).unwrap_or_default()
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
     }
 }
 
@@ -69,7 +77,9 @@ struct Store {
 }
 
 fn ours(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| e == "png" || e == "jpg")
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e == "png" || e == "jpg")
 }
 
 impl Store {
@@ -78,12 +88,24 @@ impl Store {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let m = e.metadata().ok()?;
-                (m.is_file() && ours(&e.path())).then(|| (m.modified().unwrap_or(std::time::UNIX_EPOCH), e.path(), m.len()))
+                (m.is_file() && ours(&e.path())).then(|| {
+                    (
+                        m.modified().unwrap_or(std::time::UNIX_EPOCH),
+                        e.path(),
+                        m.len(),
+                    )
+                })
             })
             .collect();
         files.sort();
         let total = files.iter().map(|f| f.2).sum();
-        let mut s = Self { dir: dir.to_path_buf(), cap, files: files.into_iter().map(|f| (f.1, f.2)).collect(), total, stats: ArchiveStats::default() };
+        let mut s = Self {
+            dir: dir.to_path_buf(),
+            cap,
+            files: files.into_iter().map(|f| (f.1, f.2)).collect(),
+            total,
+            stats: ArchiveStats::default(),
+        };
         s.trim();
         Ok(s)
     }
@@ -112,7 +134,9 @@ impl Store {
 
     fn trim(&mut self) {
         while self.total > self.cap {
-            let Some((p, n)) = self.files.pop_front() else { break };
+            let Some((p, n)) = self.files.pop_front() else {
+                break;
+            };
             self.total -= n;
             if std::fs::remove_file(&p).is_ok() {
                 self.stats.deleted += 1;
@@ -127,37 +151,53 @@ impl Store {
         };
         let stem = format!("{:08}_{tag}", job.part);
         match frame_file(&job.frame)? {
-            (bytes, ext) => self.put(format!("{stem}.{ext}"), &bytes).map_err(|e| e.to_string())?,
+            (bytes, ext) => self
+                .put(format!("{stem}.{ext}"), &bytes)
+                .map_err(|e| e.to_string())?,
         }
         if let Some(insp) = &job.inspection {
             if let Some(png) = overlay_png(&job.frame, insp)? {
-                self.put(format!("{stem}_map.png"), &png).map_err(|e| e.to_string())?;
+                self.put(format!("{stem}_map.png"), &png)
+                    .map_err(|e| e.to_string())?;
             }
         }
         Ok(())
     }
 }
 
-fn encode_png<P: image::PixelWithColorType>(img: &image::ImageBuffer<P, Vec<P::Subpixel>>) -> Result<Vec<u8>, String>
+fn encode_png<P: image::PixelWithColorType>(
+    img: &image::ImageBuffer<P, Vec<P::Subpixel>>,
+) -> Result<Vec<u8>, String>
 where
     [P::Subpixel]: image::EncodableLayout,
 {
     let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).map_err(|e| e.to_string())?;
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
     Ok(out.into_inner())
 }
 
 /// The frame as an image file: `(bytes, extension)`; MJPEG frames are stored as they came.
 pub fn frame_file(f: &Frame) -> Result<(Vec<u8>, &'static str), String> {
-    let bad = || format!("frame of {} bytes does not fit {}x{} {:?}", f.data.len(), f.width, f.height, f.format);
+    let bad = || {
+        format!(
+            "frame of {} bytes does not fit {}x{} {:?}",
+            f.data.len(),
+            f.width,
+            f.height,
+            f.format
+        )
+    };
     match f.format {
         PixelFormat::Mjpeg => Ok((f.data.clone(), "jpg")),
         PixelFormat::Grey8 => {
-            let img = image::GrayImage::from_raw(f.width, f.height, f.data.clone()).ok_or_else(bad)?;
+            let img =
+                image::GrayImage::from_raw(f.width, f.height, f.data.clone()).ok_or_else(bad)?;
             Ok((encode_png(&img)?, "png"))
         }
         PixelFormat::Rgb8 => {
-            let img = image::RgbImage::from_raw(f.width, f.height, f.data.clone()).ok_or_else(bad)?;
+            let img =
+                image::RgbImage::from_raw(f.width, f.height, f.data.clone()).ok_or_else(bad)?;
             Ok((encode_png(&img)?, "png"))
         }
         PixelFormat::Yuyv => {
@@ -174,7 +214,11 @@ pub fn map_png(insp: &Inspection) -> Result<Option<Vec<u8>>, String> {
     if insp.map.is_empty() || insp.map.len() != (insp.map_width * insp.map_height) as usize {
         return Ok(None);
     }
-    let px: Vec<u8> = insp.map.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+    let px: Vec<u8> = insp
+        .map
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
     let img = image::GrayImage::from_raw(insp.map_width, insp.map_height, px).ok_or("map size")?;
     encode_png(&img).map(Some)
 }
@@ -205,14 +249,23 @@ mod tests {
                 truth: None,
                 origin: String::new(),
             },
-            inspection: Some(Inspection { score: 1.0, map: vec![0.5; 16 * 16], map_width: 16, map_height: 16 }),
+            inspection: Some(Inspection {
+                score: 1.0,
+                map: vec![0.5; 16 * 16],
+                map_width: 16,
+                map_height: 16,
+            }),
         }
     }
 
     #[test]
     fn writes_frame_and_map_and_keeps_under_cap() {
         let d = tempfile::tempdir().unwrap();
-        let cfg = ArchiveConfig { dir: d.path().to_path_buf(), max_mb: 0.02, queue: 64 };
+        let cfg = ArchiveConfig {
+            dir: d.path().to_path_buf(),
+            max_mb: 0.02,
+            queue: 64,
+        };
         let a = Archive::start(&cfg).unwrap();
         for p in 1..=20 {
             a.sender().send(job(p)).unwrap();
@@ -220,12 +273,24 @@ mod tests {
         let stats = a.finish();
         assert_eq!(stats.written, 20);
         assert!(stats.deleted > 0);
-        let mut names: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into())
+            .collect();
         names.sort();
-        let total: u64 = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+        let total: u64 = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
         assert!(total <= (0.02 * 1024.0 * 1024.0) as u64, "{total}");
-        assert!(names.contains(&"00000020_reject.png".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"00000020_reject.png".to_string()),
+            "{names:?}"
+        );
         assert!(names.contains(&"00000020_reject_map.png".to_string()));
-        assert!(!names.contains(&"00000001_reject.png".to_string()), "oldest go first");
+        assert!(
+            !names.contains(&"00000001_reject.png".to_string()),
+            "oldest go first"
+        );
     }
 }

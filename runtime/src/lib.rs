@@ -3,6 +3,7 @@
 //! Data flows one way: sources (`camera`) → stages (`preprocess`, `engine`, `decide`) →
 //! sinks (`reject`, `supervisor`, `archive`).
 
+pub mod archive;
 pub mod camera;
 pub mod clock;
 pub mod config;
@@ -10,9 +11,9 @@ pub mod decide;
 pub mod events;
 pub mod frame;
 pub mod inspect;
+pub mod mqtt;
 pub mod pins;
 pub mod reject;
 pub mod setup;
-pub mod archive;
 pub mod supervisor;
 pub mod watchdog;

@@ -586,7 +586,7 @@ impl SupervisorConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// `mqtt://host:port` (or `mqtts://host:port` with the `mqtt-tls` feature).
+    /// `mqtt://host:port` (`mqtts://` is refused until TLS lands; bridge through a local broker).
     pub url: String,
     /// Topic prefix: topics are `<prefix>/<line>/{parts,rejects,alarms,heartbeat}`.
     pub prefix: String,
@@ -659,10 +659,10 @@ impl MqttConfig {
     /// Check URL, sizes and the TLS/credential combination.
     pub fn validate(&self) -> Result<(), Invalid> {
         let (tls, _, _) = self.endpoint()?;
-        if tls && !cfg!(feature = "mqtt-tls") {
+        if tls {
             return Err(Invalid::new(
                 "mqtt.url",
-                "mqtts:// needs a build with the `mqtt-tls` feature",
+                "mqtts:// is not supported yet: publish to a local broker that bridges over TLS",
             ));
         }
         if !tls && (self.ca_file.is_some() || self.cert_file.is_some()) {

@@ -63,7 +63,16 @@ impl Hub {
     }
 
     /// Register a client; returns its id, its live queue, the backlog and the count of lost records.
-    fn register(&self, stream: &TcpStream, resume: Option<u64>) -> Option<(u64, Receiver<Arc<Record>>, Vec<Arc<Record>>, Option<(u64, u64)>)> {
+    fn register(
+        &self,
+        stream: &TcpStream,
+        resume: Option<u64>,
+    ) -> Option<(
+        u64,
+        Receiver<Arc<Record>>,
+        Vec<Arc<Record>>,
+        Option<(u64, u64)>,
+    )> {
         let mut s = self.lock();
         if s.closed {
             return None;
@@ -138,7 +147,13 @@ impl Supervisor {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let hub = Arc::new(Hub {
-            state: Mutex::new(HubState { ring: VecDeque::new(), last_seq: 0, clients: Vec::new(), closed: false, next_id: 1 }),
+            state: Mutex::new(HubState {
+                ring: VecDeque::new(),
+                last_seq: 0,
+                clients: Vec::new(),
+                closed: false,
+                next_id: 1,
+            }),
             ring_cap: cfg.buffer,
             client_queue: cfg.client_queue,
             stats: SupervisorStats::default(),
@@ -147,10 +162,18 @@ impl Supervisor {
         let writers = Arc::new(Mutex::new(Vec::new()));
         let accept = {
             let (hub, stop, writers) = (hub.clone(), stop.clone(), writers.clone());
-            std::thread::Builder::new().name("supervisor".into()).spawn(move || accept_loop(listener, hub, stop, writers))?
+            std::thread::Builder::new()
+                .name("supervisor".into())
+                .spawn(move || accept_loop(listener, hub, stop, writers))?
         };
         log::info!("supervisor stream on {addr}");
-        Ok(Self { hub, addr, stop, accept: Some(accept), writers })
+        Ok(Self {
+            hub,
+            addr,
+            stop,
+            accept: Some(accept),
+            writers,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -176,7 +199,8 @@ impl Supervisor {
         }
         HubSink(self.hub.clone()).close();
         let end = Instant::now() + grace;
-        let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.writers.lock().unwrap_or_else(|e| e.into_inner()));
+        let handles: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.writers.lock().unwrap_or_else(|e| e.into_inner()));
         for h in handles {
             while !h.is_finished() && Instant::now() < end {
                 std::thread::sleep(Duration::from_millis(5));
@@ -194,20 +218,29 @@ impl Drop for Supervisor {
     }
 }
 
-fn accept_loop(listener: TcpListener, hub: Arc<Hub>, stop: Arc<AtomicBool>, writers: Arc<Mutex<Vec<JoinHandle<()>>>>) {
+fn accept_loop(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    stop: Arc<AtomicBool>,
+    writers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, peer)) => {
                 hub.stats.clients.fetch_add(1, Ordering::Relaxed);
                 let hub = hub.clone();
-                let h = std::thread::Builder::new().name("supervisor-client".into()).spawn(move || serve(stream, peer, hub));
+                let h = std::thread::Builder::new()
+                    .name("supervisor-client".into())
+                    .spawn(move || serve(stream, peer, hub));
                 if let Ok(h) = h {
                     let mut w = writers.lock().unwrap_or_else(|e| e.into_inner());
                     w.retain(|h| !h.is_finished());
                     w.push(h);
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
             Err(e) => {
                 log::warn!(target: "diffad::supervisor", "accept: {e}");
                 std::thread::sleep(Duration::from_millis(100));
@@ -228,7 +261,9 @@ pub fn parse_resume(line: &str) -> Option<u64> {
 fn serve(stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_nodelay(true);
-    let Ok(read_half) = stream.try_clone() else { return };
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(read_half);
     let _ = reader.get_ref().set_read_timeout(Some(RESUME_WAIT));
     let mut first = String::new();
@@ -242,25 +277,29 @@ fn serve(stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
         }
         _ => None,
     };
-    let Some((id, rx, backlog, lost)) = hub.register(&stream, resume) else { return };
+    let Some((id, rx, backlog, lost)) = hub.register(&stream, resume) else {
+        return;
+    };
     log::debug!(target: "diffad::supervisor", "client {id} {peer} connected (resume {resume:?})");
     // Whatever else the client sends is read, counted and ignored; its EOF ends the session.
     let reader_stream = reader.get_ref().try_clone();
     let ignored = {
         let hub = hub.clone();
-        std::thread::Builder::new().name("supervisor-read".into()).spawn(move || {
-            let _ = reader.get_ref().set_read_timeout(None);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match reader.read_line(&mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        hub.stats.ignored_lines.fetch_add(1, Ordering::Relaxed);
+        std::thread::Builder::new()
+            .name("supervisor-read".into())
+            .spawn(move || {
+                let _ = reader.get_ref().set_read_timeout(None);
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            hub.stats.ignored_lines.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
-            }
-        })
+            })
     };
     let mut out = std::io::BufWriter::new(&stream);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
@@ -269,7 +308,11 @@ fn serve(stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
         let n = to - from + 1;
         hub.stats.resume_lost.fetch_add(n, Ordering::Relaxed);
         log::warn!(target: "diffad::supervisor", "client {id} resumed after seq {}: {n} events had left the buffer", from - 1);
-        ok &= writeln!(out, "{{\"type\":\"lost\",\"from_seq\":{from},\"to_seq\":{to},\"count\":{n}}}").is_ok();
+        ok &= writeln!(
+            out,
+            "{{\"type\":\"lost\",\"from_seq\":{from},\"to_seq\":{to},\"count\":{n}}}"
+        )
+        .is_ok();
     }
     for rec in backlog {
         if !ok {

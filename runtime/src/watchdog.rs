@@ -27,9 +27,14 @@ pub fn socket_addr(value: &str) -> io::Result<SocketAddr> {
 impl Notifier {
     /// From `$NOTIFY_SOCKET` and `$WATCHDOG_USEC`; `None` when not run by systemd with `Type=notify`.
     pub fn from_env() -> io::Result<Option<Self>> {
-        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return Ok(None) };
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return Ok(None);
+        };
         let path = path.to_string_lossy().to_string();
-        let watchdog = std::env::var("WATCHDOG_USEC").ok().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_micros);
+        let watchdog = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_micros);
         Self::new(&path, watchdog).map(Some)
     }
 
@@ -38,7 +43,11 @@ impl Notifier {
         let addr = socket_addr(path)?;
         let sock = UnixDatagram::unbound()?;
         sock.set_nonblocking(true)?;
-        Ok(Self { sock, addr, watchdog })
+        Ok(Self {
+            sock,
+            addr,
+            watchdog,
+        })
     }
 
     /// The watchdog interval, if systemd set one.
@@ -48,7 +57,9 @@ impl Notifier {
 
     /// Send one state string (e.g. `READY=1`); never blocks.
     pub fn notify(&self, state: &str) -> io::Result<()> {
-        self.sock.send_to_addr(state.as_bytes(), &self.addr).map(|_| ())
+        self.sock
+            .send_to_addr(state.as_bytes(), &self.addr)
+            .map(|_| ())
     }
 
     /// The line is up.
