@@ -142,6 +142,23 @@ impl Scheduler {
         self.publish();
     }
 
+    /// A frame was matched to a part armed at its photo-eye edge.
+    pub fn matched(
+        &mut self,
+        part: u64,
+        frame_seq: u64,
+        defective: Option<bool>,
+        kind: Option<String>,
+        origin: String,
+    ) {
+        if let Some(p) = self.ledger.get_mut(&part) {
+            p.frame_seq = frame_seq;
+            p.defective = defective;
+            p.kind = kind;
+            p.origin = origin;
+        }
+    }
+
     /// The part's frame could not be queued for inspection: it fails safe now.
     pub fn not_queued(&mut self, part: u64, reason: &str, frame: Option<Frame>) {
         self.counters.queue_full += 1;
