@@ -3,8 +3,8 @@
 //! Every wait on the trigger-to-reject path goes through [`Clock::wait_until`], so a simulation
 //! can run the real threads on virtual time. [`SimClock`] in auto mode is a conservative
 //! discrete-event clock: it advances to the earliest pending deadline only when no registered
-//! thread is running and no queued work item is undelivered, so results do not depend on how
-//! fast the machine is.
+//! thread is running and no waiting thread is ready to wake (e.g. has a message queued), so
+//! results do not depend on how fast the machine is.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -12,17 +12,21 @@ use std::time::Duration;
 /// Nanoseconds in one millisecond.
 pub const MS: u64 = 1_000_000;
 
+/// The condition a waiter wakes on.
+pub type Ready<'a> = dyn Fn() -> bool + Sync + 'a;
+
 /// A monotonic clock the line's threads wait on.
 pub trait Clock: Send + Sync {
     /// Monotonic time in nanoseconds.
     fn now_ns(&self) -> u64;
     /// Block until `ready()` holds (returns true) or the clock reaches `deadline_ns` (false).
     ///
-    /// `ready` is evaluated with the clock's lock held; it must not block or wait on the clock.
-    fn wait_until(&self, deadline_ns: Option<u64>, ready: &dyn Fn() -> bool) -> bool;
+    /// `ready` is evaluated with the clock's lock held, possibly from another waiting thread;
+    /// it must be cheap and must not block or touch the clock.
+    fn wait_until(&self, deadline_ns: Option<u64>, ready: &Ready<'_>) -> bool;
     /// Wake waiters so they re-check their `ready` condition; call after making something ready.
     fn notify(&self);
-    /// Count one unit of work (a running thread or a queued message) that holds virtual time.
+    /// Count one running thread that holds virtual time (see [`Held`]).
     fn hold(&self) {}
     /// Give back one unit counted by [`Clock::hold`].
     fn release(&self) {}
@@ -90,7 +94,7 @@ impl Clock for SystemClock {
         monotonic_ns()
     }
 
-    fn wait_until(&self, deadline_ns: Option<u64>, ready: &dyn Fn() -> bool) -> bool {
+    fn wait_until(&self, deadline_ns: Option<u64>, ready: &Ready<'_>) -> bool {
         let mut guard = lock(&self.lock);
         loop {
             if ready() {
@@ -127,12 +131,23 @@ pub enum SimMode {
     Auto,
 }
 
+struct Waiter {
+    id: u64,
+    deadline: Option<u64>,
+    // Borrowed from the waiting thread's stack for as long as it is registered (see wait_until).
+    ready: *const Ready<'static>,
+}
+
 struct SimState {
     now: u64,
     busy: i64,
-    waiters: Vec<(u64, Option<u64>)>,
+    waiters: Vec<Waiter>,
     next_id: u64,
 }
+
+// SAFETY: the raw `ready` pointers are only dereferenced under the state lock while their
+// owners are blocked inside `wait_until`, and `Ready` is `Sync`.
+unsafe impl Send for SimState {}
 
 /// Virtual time for simulations and tests.
 pub struct SimClock {
@@ -175,7 +190,13 @@ impl SimClock {
         if self.mode != SimMode::Auto || s.busy > 0 {
             return;
         }
-        if let Some(next) = s.waiters.iter().filter_map(|w| w.1).min() {
+        // SAFETY: see `SimState`: each pointer is live while its waiter is registered.
+        if s.waiters.iter().any(|w| unsafe { (*w.ready)() }) {
+            // Someone can make progress at the current time; it was notified and will run.
+            self.cv.notify_all();
+            return;
+        }
+        if let Some(next) = s.waiters.iter().filter_map(|w| w.deadline).min() {
             if next > s.now {
                 s.now = next;
             }
@@ -189,11 +210,18 @@ impl Clock for SimClock {
         lock(&self.state).now
     }
 
-    fn wait_until(&self, deadline_ns: Option<u64>, ready: &dyn Fn() -> bool) -> bool {
+    fn wait_until(&self, deadline_ns: Option<u64>, ready: &Ready<'_>) -> bool {
         let mut s = lock(&self.state);
         let id = s.next_id;
         s.next_id += 1;
-        s.waiters.push((id, deadline_ns));
+        // SAFETY: erases the borrow's lifetime; the entry is removed below before returning.
+        let ready_ptr: *const Ready<'static> =
+            unsafe { std::mem::transmute::<&Ready<'_>, &'static Ready<'static>>(ready) };
+        s.waiters.push(Waiter {
+            id,
+            deadline: deadline_ns,
+            ready: ready_ptr,
+        });
         s.busy -= 1;
         let result = loop {
             if ready() {
@@ -208,7 +236,7 @@ impl Clock for SimClock {
             }
             s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
         };
-        s.waiters.retain(|w| w.0 != id);
+        s.waiters.retain(|w| w.id != id);
         s.busy += 1;
         result
     }
@@ -235,7 +263,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A bounded channel whose traffic is counted on the clock, so virtual time waits for delivery.
+/// A channel whose receiver waits on the clock (so a simulated clock sees queued messages).
 pub mod chan {
     use super::Clock;
     use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -283,17 +311,9 @@ pub mod chan {
     impl<T> Tx<T> {
         /// Queue `msg` without blocking; gives it back when the queue is full or closed.
         pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
-            self.clock.hold();
-            match self.tx.try_send(msg) {
-                Ok(()) => {
-                    self.clock.notify();
-                    Ok(())
-                }
-                Err(e) => {
-                    self.clock.release();
-                    Err(e)
-                }
-            }
+            self.tx.try_send(msg)?;
+            self.clock.notify();
+            Ok(())
         }
 
         /// Messages waiting in the queue.
@@ -307,12 +327,10 @@ pub mod chan {
         }
     }
 
-    impl<T> Rx<T> {
+    impl<T: Send> Rx<T> {
         /// Take one message if there is one.
         pub fn try_recv(&self) -> Option<T> {
-            let msg = self.rx.try_recv().ok()?;
-            self.clock.release();
-            Some(msg)
+            self.rx.try_recv().ok()
         }
 
         /// Wait for a message until `deadline_ns` (clock time); `None` on timeout.
@@ -329,13 +347,6 @@ pub mod chan {
         /// Messages waiting in the queue.
         pub fn len(&self) -> usize {
             self.rx.len()
-        }
-    }
-
-    impl<T> Drop for Rx<T> {
-        fn drop(&mut self) {
-            // Undelivered messages still count as work; give their units back.
-            while self.try_recv().is_some() {}
         }
     }
 }

@@ -363,7 +363,10 @@ pub fn run(
     );
 
     // Every stage counts as running on the clock before any starts (see `clock::Held`).
-    let held: Vec<Held> = (0..5).map(|_| Held::new(clock.clone())).collect();
+    let stage_threads = 4 + usize::from(hw.trigger.is_some());
+    let held: Vec<Held> = (0..stage_threads)
+        .map(|_| Held::new(clock.clone()))
+        .collect();
     let mut held = held.into_iter();
     let awaiting: Arc<Mutex<VecDeque<(u64, u64)>>> = Arc::default();
     let next_part = Arc::new(AtomicU64::new(0));
@@ -892,8 +895,16 @@ fn health_loop(
         shared.pin_errors.fetch_add(1, Ordering::Relaxed);
         events.emit(Event::alarm("pin_error", e.to_string(), None, true));
     };
+    let mut told_stopping = false;
     loop {
         clock.wait_until(Some(next), &|| shared.is_done(2));
+        if shared.is_done(0) && !told_stopping {
+            // Capture has ended: from here on the line only drains.
+            if let Some(n) = notifier {
+                let _ = n.stopping();
+            }
+            told_stopping = true;
+        }
         if shared.is_done(2) {
             break;
         }
@@ -955,7 +966,7 @@ fn health_loop(
         if let Err(e) = pins.fault.set(!ready) {
             pin_err(e);
         }
-        if all_alive {
+        if all_alive && !told_stopping {
             hb = !hb;
             if let Err(e) = pins.heartbeat.set(hb) {
                 pin_err(e);
@@ -975,7 +986,7 @@ fn health_loop(
             counters,
         }));
     }
-    if let Some(n) = notifier {
+    if let (Some(n), false) = (notifier, told_stopping) {
         let _ = n.stopping();
     }
     let _ = pins.ready.set(false);

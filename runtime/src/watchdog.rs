@@ -42,7 +42,8 @@ impl Notifier {
     pub fn new(path: &str, watchdog: Option<Duration>) -> io::Result<Self> {
         let addr = socket_addr(path)?;
         let sock = UnixDatagram::unbound()?;
-        sock.set_nonblocking(true)?;
+        // Bounded wait: a busy service manager may queue us briefly, never for long.
+        sock.set_write_timeout(Some(Duration::from_millis(100)))?;
         Ok(Self {
             sock,
             addr,
@@ -55,7 +56,7 @@ impl Notifier {
         self.watchdog
     }
 
-    /// Send one state string (e.g. `READY=1`); never blocks.
+    /// Send one state string (e.g. `READY=1`); waits at most 100 ms.
     pub fn notify(&self, state: &str) -> io::Result<()> {
         self.sock
             .send_to_addr(state.as_bytes(), &self.addr)
