@@ -88,9 +88,8 @@ impl Sub {
     /// Read what is there: (packet type byte, topic + payload for PUBLISH).
     fn poll(&mut self) -> Vec<(u8, (String, String))> {
         let mut chunk = [0u8; 8192];
-        match self.s.read(&mut chunk) {
-            Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            Err(_) => {}
+        if let Ok(n) = self.s.read(&mut chunk) {
+            self.buf.extend_from_slice(&chunk[..n]);
         }
         let mut out = Vec::new();
         while let Some((first, body, used)) = parse_packet(&self.buf) {

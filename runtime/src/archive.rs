@@ -150,11 +150,9 @@ impl Store {
             _ => "reject",
         };
         let stem = format!("{:08}_{tag}", job.part);
-        match frame_file(&job.frame)? {
-            (bytes, ext) => self
-                .put(format!("{stem}.{ext}"), &bytes)
-                .map_err(|e| e.to_string())?,
-        }
+        let (bytes, ext) = frame_file(&job.frame)?;
+        self.put(format!("{stem}.{ext}"), &bytes)
+            .map_err(|e| e.to_string())?;
         if let Some(insp) = &job.inspection {
             if let Some(png) = overlay_png(&job.frame, insp)? {
                 self.put(format!("{stem}_map.png"), &png)

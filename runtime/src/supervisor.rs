@@ -42,6 +42,14 @@ struct Slot {
     stream: TcpStream,
 }
 
+/// A newly registered client: its id, live queue, backlog and the range that left the ring.
+struct Registered {
+    id: u64,
+    rx: Receiver<Arc<Record>>,
+    backlog: Vec<Arc<Record>>,
+    lost: Option<(u64, u64)>,
+}
+
 struct HubState {
     ring: VecDeque<Arc<Record>>,
     last_seq: u64,
@@ -63,16 +71,7 @@ impl Hub {
     }
 
     /// Register a client; returns its id, its live queue, the backlog and the count of lost records.
-    fn register(
-        &self,
-        stream: &TcpStream,
-        resume: Option<u64>,
-    ) -> Option<(
-        u64,
-        Receiver<Arc<Record>>,
-        Vec<Arc<Record>>,
-        Option<(u64, u64)>,
-    )> {
+    fn register(&self, stream: &TcpStream, resume: Option<u64>) -> Option<Registered> {
         let mut s = self.lock();
         if s.closed {
             return None;
@@ -91,7 +90,12 @@ impl Hub {
         s.next_id += 1;
         let stream = stream.try_clone().ok()?;
         s.clients.push(Slot { id, tx, stream });
-        Some((id, rx, backlog, lost))
+        Some(Registered {
+            id,
+            rx,
+            backlog,
+            lost,
+        })
     }
 
     fn remove(&self, id: u64) {
@@ -277,7 +281,13 @@ fn serve(stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
         }
         _ => None,
     };
-    let Some((id, rx, backlog, lost)) = hub.register(&stream, resume) else {
+    let Some(Registered {
+        id,
+        rx,
+        backlog,
+        lost,
+    }) = hub.register(&stream, resume)
+    else {
         return;
     };
     log::debug!(target: "diffad::supervisor", "client {id} {peer} connected (resume {resume:?})");

@@ -46,6 +46,9 @@ pub fn sim_setup(parts: u64) -> LineSetup {
     s
 }
 
+/// Builds a replacement camera from the run's clock.
+pub type MakeSource = Box<dyn FnOnce(Arc<dyn Clock>) -> Box<dyn Source>>;
+
 /// What a finished run left behind.
 pub struct Run {
     pub summary: Summary,
@@ -100,7 +103,7 @@ impl Run {
 pub fn run_line(
     setup: &LineSetup,
     inspector: impl FnOnce(Arc<dyn Clock>) -> Box<dyn Inspector>,
-    source: Option<Box<dyn FnOnce(Arc<dyn Clock>) -> Box<dyn Source>>>,
+    source: Option<MakeSource>,
     notifier: Option<Notifier>,
 ) -> Run {
     let clock: Arc<dyn Clock> = Arc::new(SimClock::new(SimMode::Auto, T0));

@@ -208,7 +208,7 @@ mod tests {
         };
         let mut r = Replay::new(&cfg, 1e3, clock).unwrap();
         let a = r.next_frame().unwrap().unwrap();
-        assert_eq!(a.truth.as_ref().unwrap().defective, false);
+        assert!(!a.truth.as_ref().unwrap().defective);
         assert_eq!(a.data[0], 76, "601 luma of pure red");
         let b = r.next_frame().unwrap().unwrap();
         assert_eq!(b.timestamp_ns - a.timestamp_ns, 1_000_000);
