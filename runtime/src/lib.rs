@@ -6,3 +6,7 @@
 pub mod config;
 pub mod frame;
 pub mod inspect;
+pub mod ortlib;
+pub mod manifest;
+pub mod engine;
+pub mod preprocess;
