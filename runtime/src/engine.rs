@@ -207,7 +207,7 @@ impl Engine {
 
         let mut builder = Session::builder(&lib.env)
             .map_err(|e| EngineError::Run(e.to_string()))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| EngineError::Run(e.to_string()))?;
         if config.cpu.threads > 0 {
             builder = builder.with_intra_threads(config.cpu.threads).map_err(|e| EngineError::Run(e.to_string()))?;

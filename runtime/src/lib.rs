@@ -10,3 +10,8 @@ pub mod ortlib;
 pub mod manifest;
 pub mod engine;
 pub mod preprocess;
+pub mod metrics;
+pub mod heatmap;
+pub mod imagefile;
+pub mod dataset;
+pub mod cli;
