@@ -29,7 +29,13 @@ pub fn inspect(model: &Path) -> Result<()> {
     println!("model:        {}", model.display());
     println!("sha256:       {}", engine.sha256());
     println!("onnxruntime:  {} ({})", lib.version, lib.path.display());
-    let avail = |ok: ort::Result<bool>| if ok.unwrap_or(false) { "available" } else { "not in this build" };
+    let avail = |ok: ort::Result<bool>| {
+        if ok.unwrap_or(false) {
+            "available"
+        } else {
+            "not in this build"
+        }
+    };
     println!(
         "providers:    tensorrt: {}, cuda: {}, cpu: available",
         avail(ep::TensorRT::is_available()),
@@ -41,9 +47,18 @@ pub fn inspect(model: &Path) -> Result<()> {
         "input:        {} float32 [{}, {}, {}, {}] range [{}, {}]",
         i.name, i.batch, i.channels, i.height, i.width, i.range[0], i.range[1]
     );
-    println!("outputs:      {} float32 [{}, 1, {}, {}], {} float32 [{}]", m.outputs.map, i.batch, i.height, i.width, m.outputs.score, i.batch);
+    println!(
+        "outputs:      {} float32 [{}, 1, {}, {}], {} float32 [{}]",
+        m.outputs.map, i.batch, i.height, i.width, m.outputs.score, i.batch
+    );
     match &m.threshold {
-        Some(t) => println!("threshold:    {} ({}, target FRR {:?}, {} images)", t.value, t.method, t.target_frr, t.n_images.unwrap_or(0)),
+        Some(t) => println!(
+            "threshold:    {} ({}, target FRR {:?}, {} images)",
+            t.value,
+            t.method,
+            t.target_frr,
+            t.n_images.unwrap_or(0)
+        ),
         None => println!("threshold:    not calibrated (run `python -m exporter calibrate`)"),
     }
     println!("manifest:\n{}", serde_json::to_string_pretty(m)?);
@@ -55,7 +70,8 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in inputs {
         if p.is_dir() {
-            let files = dataset::sorted_dir(p).with_context(|| format!("reading folder {}", p.display()))?;
+            let files = dataset::sorted_dir(p)
+                .with_context(|| format!("reading folder {}", p.display()))?;
             out.extend(files.into_iter().filter(|f| dataset::is_image(f)));
         } else {
             out.push(p.clone());
@@ -75,22 +91,33 @@ pub fn infer(
     let mut insp = inspector(config, threshold)?;
     let thr = insp.threshold();
     if let Some(dir) = heatmaps {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating heatmap folder {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating heatmap folder {}", dir.display()))?;
     }
     let mut failed = 0;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for path in expand(images)? {
-        let result = imagefile::load(&path).map_err(|e| e.to_string()).and_then(|frame| {
-            let r = insp.inspect(&[&frame]).pop().expect("one result per frame").map_err(|e| e.to_string())?;
-            Ok((frame, r))
-        });
+        let result = imagefile::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|frame| {
+                let r = insp
+                    .inspect(&[&frame])
+                    .pop()
+                    .expect("one result per frame")
+                    .map_err(|e| e.to_string())?;
+                Ok((frame, r))
+            });
         match result {
             Ok((frame, r)) => {
                 let verdict = if r.score >= thr { "reject" } else { "pass" };
                 let mut heat = None;
                 if let Some(dir) = heatmaps {
-                    let name = path.file_stem().unwrap_or_default().to_string_lossy().to_string();
+                    let name = path
+                        .file_stem()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .to_string();
                     let dest = dir.join(format!("{name}_heatmap.png"));
                     heatmap::overlay(&frame, &r.map, r.map_width, r.map_height, thr)
                         .map_err(anyhow::Error::msg)
@@ -171,7 +198,12 @@ pub fn eval(config: &EngineConfig, root: &Path, threshold: Option<f32>) -> Resul
     for s in &samples {
         let r = imagefile::load(&s.image)
             .map_err(|e| e.to_string())
-            .and_then(|f| insp.inspect(&[&f]).pop().expect("one result").map_err(|e| e.to_string()));
+            .and_then(|f| {
+                insp.inspect(&[&f])
+                    .pop()
+                    .expect("one result")
+                    .map_err(|e| e.to_string())
+            });
         let r = match r {
             Ok(r) => r,
             Err(e) => {
@@ -184,7 +216,10 @@ pub fn eval(config: &EngineConfig, root: &Path, threshold: Option<f32>) -> Resul
         let mask = match &s.mask {
             Some(m) => load_mask(m, r.map_width, r.map_height)?,
             None if s.defective() => {
-                log::warn!("{}: no mask; pixel metrics treat it as all-defect-free", s.image.display());
+                log::warn!(
+                    "{}: no mask; pixel metrics treat it as all-defect-free",
+                    s.image.display()
+                );
                 vec![false; r.map.len()]
             }
             None => vec![false; r.map.len()],
@@ -204,9 +239,18 @@ pub fn eval(config: &EngineConfig, root: &Path, threshold: Option<f32>) -> Resul
     let map_refs: Vec<&[f32]> = maps.iter().map(Vec::as_slice).collect();
     let mask_refs: Vec<&[bool]> = masks.iter().map(Vec::as_slice).collect();
     let rate = |want_defective: bool, rejected: bool| {
-        let group: Vec<f32> = scores.iter().zip(&labels).filter(|(_, &l)| l == want_defective).map(|(s, _)| *s).collect();
+        let group: Vec<f32> = scores
+            .iter()
+            .zip(&labels)
+            .filter(|(_, &l)| l == want_defective)
+            .map(|(s, _)| *s)
+            .collect();
         let hit = group.iter().filter(|&&s| (s >= thr) == rejected).count();
-        if group.is_empty() { f64::NAN } else { hit as f64 / group.len() as f64 }
+        if group.is_empty() {
+            f64::NAN
+        } else {
+            hit as f64 / group.len() as f64
+        }
     };
     let mut kind_names: Vec<String> = kinds.clone();
     kind_names.sort();
@@ -214,7 +258,12 @@ pub fn eval(config: &EngineConfig, root: &Path, threshold: Option<f32>) -> Resul
     let kinds_rows = kind_names
         .into_iter()
         .map(|k| {
-            let ks: Vec<f32> = scores.iter().zip(&kinds).filter(|(_, kk)| **kk == k).map(|(s, _)| *s).collect();
+            let ks: Vec<f32> = scores
+                .iter()
+                .zip(&kinds)
+                .filter(|(_, kk)| **kk == k)
+                .map(|(s, _)| *s)
+                .collect();
             KindRow {
                 n: ks.len(),
                 mean_score: ks.iter().map(|&s| s as f64).sum::<f64>() / ks.len() as f64,
@@ -239,7 +288,9 @@ pub fn eval(config: &EngineConfig, root: &Path, threshold: Option<f32>) -> Resul
 }
 
 fn load_mask(path: &Path, w: u32, h: u32) -> Result<Vec<bool>> {
-    let img = image::open(path).with_context(|| format!("reading mask {}", path.display()))?.into_luma8();
+    let img = image::open(path)
+        .with_context(|| format!("reading mask {}", path.display()))?
+        .into_luma8();
     let img = if img.dimensions() == (w, h) {
         img
     } else {
@@ -252,17 +303,36 @@ impl std::fmt::Display for EvalReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let opt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
         writeln!(f, "dataset          {}", self.dataset)?;
-        writeln!(f, "images           {} ({} unreadable)", self.images, self.failed)?;
+        writeln!(
+            f,
+            "images           {} ({} unreadable)",
+            self.images, self.failed
+        )?;
         writeln!(f, "image AUROC      {}", opt(self.image_auroc))?;
         writeln!(f, "pixel AUROC      {}", opt(self.pixel_auroc))?;
         writeln!(f, "PRO (FPR ≤ 0.3)  {}", opt(self.pro))?;
         writeln!(f, "threshold        {:.5}", self.threshold)?;
-        writeln!(f, "false rejects    {:.2} %", 100.0 * self.false_reject_rate)?;
+        writeln!(
+            f,
+            "false rejects    {:.2} %",
+            100.0 * self.false_reject_rate
+        )?;
         writeln!(f, "escapes          {:.2} %", 100.0 * self.escape_rate)?;
         writeln!(f, "throughput       {:.1} images/s", self.images_per_s)?;
-        writeln!(f, "{:<16} {:>5} {:>11} {:>10}", "kind", "n", "mean score", "rejected")?;
+        writeln!(
+            f,
+            "{:<16} {:>5} {:>11} {:>10}",
+            "kind", "n", "mean score", "rejected"
+        )?;
         for k in &self.kinds {
-            writeln!(f, "{:<16} {:>5} {:>11.5} {:>9.1} %", k.kind, k.n, k.mean_score, 100.0 * k.rejected)?;
+            writeln!(
+                f,
+                "{:<16} {:>5} {:>11.5} {:>9.1} %",
+                k.kind,
+                k.n,
+                k.mean_score,
+                100.0 * k.rejected
+            )?;
         }
         Ok(())
     }
@@ -285,7 +355,12 @@ impl Timing {
     fn of(seconds: &[f64]) -> Self {
         let ms: Vec<f64> = seconds.iter().map(|s| s * 1e3).collect();
         let mean = ms.iter().sum::<f64>() / ms.len() as f64;
-        Self { fps: 1e3 / mean, p50_ms: percentile(&ms, 50.0), p99_ms: percentile(&ms, 99.0), mean_ms: mean }
+        Self {
+            fps: 1e3 / mean,
+            p50_ms: percentile(&ms, 50.0),
+            p99_ms: percentile(&ms, 99.0),
+            mean_ms: mean,
+        }
     }
 }
 
@@ -315,20 +390,38 @@ pub struct BenchReport {
 }
 
 /// `diffad bench`: bare session vs the whole per-frame path, same model, same images.
-pub fn bench(config: &EngineConfig, images: &[PathBuf], iterations: usize, warmup: usize) -> Result<BenchReport> {
+pub fn bench(
+    config: &EngineConfig,
+    images: &[PathBuf],
+    iterations: usize,
+    warmup: usize,
+) -> Result<BenchReport> {
     let mut insp = inspector(config, Some(f32::INFINITY))?;
-    let files = if images.is_empty() { golden_images(&config.model)? } else { expand(images)? };
+    let files = if images.is_empty() {
+        golden_images(&config.model)?
+    } else {
+        expand(images)?
+    };
     if files.is_empty() {
         bail!("no images to benchmark with; pass --images");
     }
     let encoded: Vec<(String, Vec<u8>)> = files
         .iter()
-        .map(|p| Ok((p.display().to_string(), std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)))
+        .map(|p| {
+            Ok((
+                p.display().to_string(),
+                std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let thr = insp.manifest_threshold();
     let one = |insp: &mut EngineInspector, bytes: &[u8], origin: &str| -> Result<bool> {
         let frame: Frame = imagefile::decode(bytes, origin).map_err(anyhow::Error::msg)?;
-        let r = insp.inspect(&[&frame]).pop().expect("one result").map_err(|e| anyhow::anyhow!(e.to_string()))?;
+        let r = insp
+            .inspect(&[&frame])
+            .pop()
+            .expect("one result")
+            .map_err(|e| anyhow::anyhow!(e.to_string()))?;
         Ok(r.score >= thr)
     };
     for i in 0..warmup {
@@ -336,7 +429,10 @@ pub fn bench(config: &EngineConfig, images: &[PathBuf], iterations: usize, warmu
         one(&mut insp, b, o)?;
     }
     // Interleave the two loops in blocks so drift in machine load hits both alike.
-    let (mut bare, mut pipe) = (Vec::with_capacity(iterations), Vec::with_capacity(iterations));
+    let (mut bare, mut pipe) = (
+        Vec::with_capacity(iterations),
+        Vec::with_capacity(iterations),
+    );
     let block = 10.min(iterations.max(1));
     while pipe.len() < iterations {
         bare.extend(insp.engine_mut().time_bare(block)?);
@@ -367,14 +463,38 @@ pub fn bench(config: &EngineConfig, images: &[PathBuf], iterations: usize, warmu
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "model {} on {} (ONNX Runtime {}), {} iterations", self.model, self.providers.join(" > "), self.onnxruntime, self.iterations)?;
+        writeln!(
+            f,
+            "model {} on {} (ONNX Runtime {}), {} iterations",
+            self.model,
+            self.providers.join(" > "),
+            self.onnxruntime,
+            self.iterations
+        )?;
         writeln!(f, "{:<34} {:>8} {:>9} {:>9}", "", "FPS", "p50 ms", "p99 ms")?;
-        for (name, t) in [("session call (bare)", &self.session), ("decode→preprocess→infer→decide", &self.pipeline)] {
-            writeln!(f, "{:<34} {:>8.1} {:>9.2} {:>9.2}", name, t.fps, t.p50_ms, t.p99_ms)?;
+        for (name, t) in [
+            ("session call (bare)", &self.session),
+            ("decode→preprocess→infer→decide", &self.pipeline),
+        ] {
+            writeln!(
+                f,
+                "{:<34} {:>8.1} {:>9.2} {:>9.2}",
+                name, t.fps, t.p50_ms, t.p99_ms
+            )?;
         }
         writeln!(f, "pipeline ÷ session FPS            {:.3}", self.ratio)?;
-        writeln!(f, "pipeline p99 ÷ p50                {:.3}", self.pipeline.p99_ms / self.pipeline.p50_ms)?;
-        writeln!(f, "FLOPs per frame {:.3} G, session {:.1} GFLOP/s, peak RSS {:.0} MiB", self.flops_per_frame / 1e9, self.session_gflops, self.peak_rss_mib)
+        writeln!(
+            f,
+            "pipeline p99 ÷ p50                {:.3}",
+            self.pipeline.p99_ms / self.pipeline.p50_ms
+        )?;
+        writeln!(
+            f,
+            "FLOPs per frame {:.3} G, session {:.1} GFLOP/s, peak RSS {:.0} MiB",
+            self.flops_per_frame / 1e9,
+            self.session_gflops,
+            self.peak_rss_mib
+        )
     }
 }
 
@@ -390,6 +510,10 @@ pub fn golden_images(model: &Path) -> Result<Vec<PathBuf>> {
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }

@@ -14,7 +14,10 @@ pub struct Invalid {
 impl Invalid {
     /// Build an error for `key` with a message that says what is allowed.
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { key: key.into(), message: message.into() }
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 

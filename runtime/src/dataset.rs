@@ -28,7 +28,11 @@ pub fn scan(root: &Path) -> Result<Vec<Sample>, String> {
     })?;
     let mut out = Vec::new();
     for kind_dir in kinds.into_iter().filter(|p| p.is_dir()) {
-        let kind = kind_dir.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let kind = kind_dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         for image in sorted_dir(&kind_dir).map_err(|e| format!("{}: {e}", kind_dir.display()))? {
             if !is_image(&image) {
                 continue;
@@ -36,10 +40,16 @@ pub fn scan(root: &Path) -> Result<Vec<Sample>, String> {
             let mask = (kind != "good")
                 .then(|| {
                     let stem = image.file_stem().unwrap_or_default().to_string_lossy();
-                    root.join("ground_truth").join(&kind).join(format!("{stem}_mask.png"))
+                    root.join("ground_truth")
+                        .join(&kind)
+                        .join(format!("{stem}_mask.png"))
                 })
                 .filter(|m| m.exists());
-            out.push(Sample { image, kind: kind.clone(), mask });
+            out.push(Sample {
+                image,
+                kind: kind.clone(),
+                mask,
+            });
         }
     }
     if out.is_empty() {
@@ -50,7 +60,10 @@ pub fn scan(root: &Path) -> Result<Vec<Sample>, String> {
 
 /// Files of a folder, sorted by name.
 pub fn sorted_dir(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     v.sort();
     Ok(v)
 }
@@ -58,7 +71,10 @@ pub fn sorted_dir(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// PNG/JPEG by extension.
 pub fn is_image(p: &Path) -> bool {
     matches!(
-        p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+        p.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
         Some("png" | "jpg" | "jpeg")
     )
 }

@@ -60,7 +60,12 @@ pub struct TensorRtConfig {
 
 impl Default for TensorRtConfig {
     fn default() -> Self {
-        Self { device_id: 0, fp16: true, cache_dir: PathBuf::from("/var/cache/diffad/tensorrt"), workspace_mb: 1024 }
+        Self {
+            device_id: 0,
+            fp16: true,
+            cache_dir: PathBuf::from("/var/cache/diffad/tensorrt"),
+            workspace_mb: 1024,
+        }
     }
 }
 
@@ -101,7 +106,10 @@ impl EngineConfig {
     /// Check values that serde cannot.
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.providers.is_empty() {
-            return Err(Invalid::new("engine.providers", "empty; list at least one of \"tensorrt\", \"cuda\", \"cpu\""));
+            return Err(Invalid::new(
+                "engine.providers",
+                "empty; list at least one of \"tensorrt\", \"cuda\", \"cpu\"",
+            ));
         }
         for (i, p) in self.providers.iter().enumerate() {
             if !PROVIDERS.contains(&p.as_str()) {
@@ -111,7 +119,10 @@ impl EngineConfig {
                 ));
             }
             if self.providers[..i].contains(p) {
-                return Err(Invalid::new(format!("engine.providers[{i}]"), format!("\"{p}\" is listed twice")));
+                return Err(Invalid::new(
+                    format!("engine.providers[{i}]"),
+                    format!("\"{p}\" is listed twice"),
+                ));
             }
         }
         if self.tensorrt.workspace_mb == 0 {
@@ -201,16 +212,24 @@ impl Engine {
         let lib = ortlib::load()?;
         let path = config.model.clone();
         let shown = path.display().to_string();
-        let bytes = std::fs::read(&path).map_err(|source| EngineError::Io { path: shown.clone(), source })?;
+        let bytes = std::fs::read(&path).map_err(|source| EngineError::Io {
+            path: shown.clone(),
+            source,
+        })?;
         let sha256 = hex(&Sha256::digest(&bytes));
-        let not_onnx = |e: ort::Error| EngineError::NotOnnx { path: shown.clone(), reason: e.to_string() };
+        let not_onnx = |e: ort::Error| EngineError::NotOnnx {
+            path: shown.clone(),
+            reason: e.to_string(),
+        };
 
         let mut builder = Session::builder(&lib.env)
             .map_err(|e| EngineError::Run(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| EngineError::Run(e.to_string()))?;
         if config.cpu.threads > 0 {
-            builder = builder.with_intra_threads(config.cpu.threads).map_err(|e| EngineError::Run(e.to_string()))?;
+            builder = builder
+                .with_intra_threads(config.cpu.threads)
+                .map_err(|e| EngineError::Run(e.to_string()))?;
         }
         let providers = register_providers(&mut builder, config, &sha256, &lib.version)?;
         let session = builder.commit_from_memory(&bytes).map_err(not_onnx)?;
@@ -219,10 +238,18 @@ impl Engine {
             .metadata()
             .ok()
             .and_then(|m| m.custom(METADATA_KEY))
-            .ok_or(EngineError::Manifest { path: shown.clone(), source: ManifestError::Missing })?;
-        let manifest =
-            Manifest::parse(&manifest_json).map_err(|source| EngineError::Manifest { path: shown.clone(), source })?;
-        check_io(&session, &manifest).map_err(|reason| EngineError::Mismatch { path: shown.clone(), reason })?;
+            .ok_or(EngineError::Manifest {
+                path: shown.clone(),
+                source: ManifestError::Missing,
+            })?;
+        let manifest = Manifest::parse(&manifest_json).map_err(|source| EngineError::Manifest {
+            path: shown.clone(),
+            source,
+        })?;
+        check_io(&session, &manifest).map_err(|reason| EngineError::Mismatch {
+            path: shown.clone(),
+            reason,
+        })?;
 
         let i = &manifest.input;
         let input = vec![0.0; i.batch * i.channels * i.height * i.width];
@@ -234,7 +261,15 @@ impl Engine {
             providers.join(" > "),
             lib.version
         );
-        Ok(Self { session, manifest, input, path, sha256, providers, lib })
+        Ok(Self {
+            session,
+            manifest,
+            input,
+            path,
+            sha256,
+            providers,
+            lib,
+        })
     }
 
     /// The model's manifest.
@@ -281,11 +316,19 @@ impl Engine {
     /// Run the graph on the whole input buffer; returns the first `n` images' outputs.
     pub fn run(&mut self, n: usize) -> Result<Vec<Output>, EngineError> {
         let i = &self.manifest.input;
-        let shape = [i.batch as i64, i.channels as i64, i.height as i64, i.width as i64];
+        let shape = [
+            i.batch as i64,
+            i.channels as i64,
+            i.height as i64,
+            i.width as i64,
+        ];
         let (hw, batch) = (i.height * i.width, i.batch);
-        let (map_name, score_name) = (self.manifest.outputs.map.clone(), self.manifest.outputs.score.clone());
-        let tensor =
-            TensorRef::from_array_view((shape, self.input.as_slice())).map_err(|e| EngineError::Run(e.to_string()))?;
+        let (map_name, score_name) = (
+            self.manifest.outputs.map.clone(),
+            self.manifest.outputs.score.clone(),
+        );
+        let tensor = TensorRef::from_array_view((shape, self.input.as_slice()))
+            .map_err(|e| EngineError::Run(e.to_string()))?;
         let outputs = self
             .session
             .run(ort::inputs![i.name.as_str() => tensor])
@@ -304,7 +347,12 @@ impl Engine {
                 scores.len()
             )));
         }
-        Ok((0..n.min(batch)).map(|b| Output { score: scores[b], map: maps[b * hw..(b + 1) * hw].to_vec() }).collect())
+        Ok((0..n.min(batch))
+            .map(|b| Output {
+                score: scores[b],
+                map: maps[b * hw..(b + 1) * hw].to_vec(),
+            })
+            .collect())
     }
 
     /// Time `iterations` bare session calls (the backend's limit), returning per-call seconds.
@@ -323,11 +371,25 @@ impl Engine {
 fn check_io(session: &Session, m: &Manifest) -> Result<(), String> {
     let inputs = session.inputs();
     if inputs.len() != 1 {
-        return Err(format!("graph has {} inputs, expected 1 (`{}`)", inputs.len(), m.input.name));
+        return Err(format!(
+            "graph has {} inputs, expected 1 (`{}`)",
+            inputs.len(),
+            m.input.name
+        ));
     }
-    let want = [m.input.batch as i64, m.input.channels as i64, m.input.height as i64, m.input.width as i64];
+    let want = [
+        m.input.batch as i64,
+        m.input.channels as i64,
+        m.input.height as i64,
+        m.input.width as i64,
+    ];
     check_tensor(inputs[0].name(), inputs[0].dtype(), &m.input.name, &want)?;
-    let hw = [m.input.batch as i64, 1, m.input.height as i64, m.input.width as i64];
+    let hw = [
+        m.input.batch as i64,
+        1,
+        m.input.height as i64,
+        m.input.width as i64,
+    ];
     for (name, want) in [(&m.outputs.map, &hw[..]), (&m.outputs.score, &hw[..1])] {
         let out = session
             .outputs()
@@ -344,14 +406,21 @@ fn check_tensor(name: &str, ty: &ValueType, want_name: &str, want: &[i64]) -> Re
         return Err(format!("tensor `{name}`, manifest says `{want_name}`"));
     }
     match ty {
-        ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } => {
+        ValueType::Tensor {
+            ty: TensorElementType::Float32,
+            shape,
+            ..
+        } => {
             let dims: Vec<i64> = shape.iter().copied().collect();
             // A dynamic dimension (-1) is accepted where the manifest fixes it.
-            let ok = dims.len() == want.len() && dims.iter().zip(want).all(|(d, w)| *d == *w || *d < 0);
+            let ok =
+                dims.len() == want.len() && dims.iter().zip(want).all(|(d, w)| *d == *w || *d < 0);
             if ok {
                 Ok(())
             } else {
-                Err(format!("`{name}` has shape {dims:?}, manifest implies {want:?}"))
+                Err(format!(
+                    "`{name}` has shape {dims:?}, manifest implies {want:?}"
+                ))
             }
         }
         other => Err(format!("`{name}` is {other:?}, expected a float32 tensor")),
@@ -399,7 +468,12 @@ fn register_providers(
             Err(reason) if config.allow_fallback => {
                 log::error!("execution provider `{name}` unavailable ({reason}); falling back as engine.allow_fallback allows");
             }
-            Err(reason) => return Err(EngineError::Provider { name: name.clone(), reason }),
+            Err(reason) => {
+                return Err(EngineError::Provider {
+                    name: name.clone(),
+                    reason,
+                })
+            }
         }
         if name == "cpu" {
             break;
@@ -439,10 +513,17 @@ pub fn tensorrt_cache_dir(trt: &TensorRtConfig, model_sha: &str, ort_version: &s
 
 /// TensorRT version from the `libnvinfer.so.X.Y.Z` file name, where one is installed.
 pub fn tensorrt_version() -> Option<String> {
-    const DIRS: &[&str] = &["/usr/lib/aarch64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/usr/local/lib", "/usr/lib"];
+    const DIRS: &[&str] = &[
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/local/lib",
+        "/usr/lib",
+    ];
     let mut best: Option<String> = None;
     for dir in DIRS {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             if let Some(v) = name.strip_prefix("libnvinfer.so.") {
@@ -478,11 +559,21 @@ mod tests {
 
     #[test]
     fn cache_dir_keys_everything() {
-        let t = TensorRtConfig { cache_dir: "/c".into(), ..Default::default() };
+        let t = TensorRtConfig {
+            cache_dir: "/c".into(),
+            ..Default::default()
+        };
         let a = tensorrt_cache_dir(&t, "aaaaaaaaaaaaaaaaaaaa", "1.20.1");
         let b = tensorrt_cache_dir(&t, "bbbbbbbbbbbbbbbbbbbb", "1.20.1");
         let c = tensorrt_cache_dir(&t, "aaaaaaaaaaaaaaaaaaaa", "1.32.0");
-        let d = tensorrt_cache_dir(&TensorRtConfig { device_id: 1, ..t.clone() }, "aaaaaaaaaaaaaaaaaaaa", "1.20.1");
+        let d = tensorrt_cache_dir(
+            &TensorRtConfig {
+                device_id: 1,
+                ..t.clone()
+            },
+            "aaaaaaaaaaaaaaaaaaaa",
+            "1.20.1",
+        );
         assert!(a != b && a != c && a != d);
         assert!(a.to_string_lossy().contains("ort1.20.1"));
     }

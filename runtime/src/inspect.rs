@@ -55,7 +55,11 @@ impl EngineInspector {
             }
         };
         let pre = crate::preprocess::Preprocessor::new(&engine.manifest().input, roi);
-        Ok(Self { engine, pre, threshold })
+        Ok(Self {
+            engine,
+            pre,
+            threshold,
+        })
     }
 
     /// The engine inside.
@@ -94,11 +98,19 @@ impl Inspector for EngineInspector {
                     }
                 }
             }
-            let (mw, mh) = (self.engine.manifest().input.width as u32, self.engine.manifest().input.height as u32);
+            let (mw, mh) = (
+                self.engine.manifest().input.width as u32,
+                self.engine.manifest().input.height as u32,
+            );
             match self.engine.run(chunk.len()) {
                 Ok(outputs) => {
                     for (pre, out) in ok.into_iter().zip(outputs) {
-                        results.push(pre.map(|()| Inspection { score: out.score, map: out.map, map_width: mw, map_height: mh }));
+                        results.push(pre.map(|()| Inspection {
+                            score: out.score,
+                            map: out.map,
+                            map_width: mw,
+                            map_height: mh,
+                        }));
                     }
                 }
                 Err(e) => results.extend(chunk.iter().map(|_| Err(InspectError(e.to_string())))),
@@ -111,6 +123,10 @@ impl Inspector for EngineInspector {
 impl EngineInspector {
     /// The manifest's calibrated threshold, or +∞ when the model is uncalibrated.
     pub fn manifest_threshold(&self) -> f32 {
-        self.engine.manifest().threshold.as_ref().map_or(f32::INFINITY, |t| t.value)
+        self.engine
+            .manifest()
+            .threshold
+            .as_ref()
+            .map_or(f32::INFINITY, |t| t.value)
     }
 }

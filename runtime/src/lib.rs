@@ -3,15 +3,15 @@
 //! Data flows one way: sources (`camera`) → stages (`preprocess`, `engine`, `decide`) →
 //! sinks (`reject`, `supervisor`, `archive`).
 
+pub mod cli;
 pub mod config;
-pub mod frame;
-pub mod inspect;
-pub mod ortlib;
-pub mod manifest;
+pub mod dataset;
 pub mod engine;
-pub mod preprocess;
-pub mod metrics;
+pub mod frame;
 pub mod heatmap;
 pub mod imagefile;
-pub mod dataset;
-pub mod cli;
+pub mod inspect;
+pub mod manifest;
+pub mod metrics;
+pub mod ortlib;
+pub mod preprocess;

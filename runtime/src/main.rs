@@ -10,7 +10,11 @@ use diffad::cli;
 use diffad::engine::EngineConfig;
 
 #[derive(Parser)]
-#[command(name = "diffad", version, about = "Diffusion anomaly detection on the conveyor line")]
+#[command(
+    name = "diffad",
+    version,
+    about = "Diffusion anomaly detection on the conveyor line"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -93,15 +97,32 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Inspect { model } => cli::inspect(&model).map(|()| ExitCode::SUCCESS),
-        Command::Infer { images, model, heatmaps, json, threshold } => {
-            let failed = cli::infer(&EngineConfig::cpu(model), &images, heatmaps.as_deref(), json, threshold)?;
+        Command::Infer {
+            images,
+            model,
+            heatmaps,
+            json,
+            threshold,
+        } => {
+            let failed = cli::infer(
+                &EngineConfig::cpu(model),
+                &images,
+                heatmaps.as_deref(),
+                json,
+                threshold,
+            )?;
             if failed > 0 {
                 eprintln!("error: {failed} image(s) could not be scored (see the lines above)");
                 return Ok(ExitCode::from(1));
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Eval { model, dataset, json, threshold } => {
+        Command::Eval {
+            model,
+            dataset,
+            json,
+            threshold,
+        } => {
             let report = cli::eval(&EngineConfig::cpu(model), &dataset, threshold)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -110,7 +131,14 @@ fn run(args: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { model, images, iterations, warmup, threads, json } => {
+        Command::Bench {
+            model,
+            images,
+            iterations,
+            warmup,
+            threads,
+            json,
+        } => {
             let mut config = EngineConfig::cpu(model);
             config.cpu.threads = threads;
             let report = cli::bench(&config, &images, iterations.max(1), warmup)?;

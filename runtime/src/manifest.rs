@@ -127,7 +127,8 @@ pub enum ManifestError {
 impl Manifest {
     /// Parse and check a manifest JSON string.
     pub fn parse(json: &str) -> Result<Self, ManifestError> {
-        let v: serde_json::Value = serde_json::from_str(json).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| ManifestError::Malformed(e.to_string()))?;
         // Check the version before the fields: a newer schema may have moved them.
         let schema = v.get("schema_version").and_then(|s| s.as_u64());
         match schema {
@@ -135,7 +136,8 @@ impl Manifest {
             Some(s) => return Err(ManifestError::Schema(s as u32)),
             None => return Err(ManifestError::Malformed("missing `schema_version`".into())),
         }
-        let m: Manifest = serde_json::from_value(v).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        let m: Manifest =
+            serde_json::from_value(v).map_err(|e| ManifestError::Malformed(e.to_string()))?;
         m.validate()?;
         Ok(m)
     }
@@ -146,20 +148,35 @@ impl Manifest {
         }
         let i = &self.input;
         if i.channels != 1 && i.channels != 3 {
-            return Err(ManifestError::Field("input.channels", format!("{} (must be 1 or 3)", i.channels)));
+            return Err(ManifestError::Field(
+                "input.channels",
+                format!("{} (must be 1 or 3)", i.channels),
+            ));
         }
         if i.batch == 0 || i.height == 0 || i.width == 0 {
-            return Err(ManifestError::Field("input", "batch, height and width must be positive".into()));
+            return Err(ManifestError::Field(
+                "input",
+                "batch, height and width must be positive".into(),
+            ));
         }
         if !(i.range[0].is_finite() && i.range[1].is_finite() && i.range[0] < i.range[1]) {
-            return Err(ManifestError::Field("input.range", format!("{:?} (must be [lo, hi] with lo < hi)", i.range)));
+            return Err(ManifestError::Field(
+                "input.range",
+                format!("{:?} (must be [lo, hi] with lo < hi)", i.range),
+            ));
         }
         if i.resize != "bilinear" {
-            return Err(ManifestError::Field("input.resize", format!("`{}` (only `bilinear`)", i.resize)));
+            return Err(ManifestError::Field(
+                "input.resize",
+                format!("`{}` (only `bilinear`)", i.resize),
+            ));
         }
         if let Some(t) = &self.threshold {
             if !t.value.is_finite() {
-                return Err(ManifestError::Field("threshold.value", "not a finite number".into()));
+                return Err(ManifestError::Field(
+                    "threshold.value",
+                    "not a finite number".into(),
+                ));
             }
         }
         Ok(())
@@ -193,13 +210,25 @@ mod tests {
 
         let mut v = sample();
         v["schema_version"] = 2.into();
-        assert!(matches!(Manifest::parse(&v.to_string()), Err(ManifestError::Schema(2))));
+        assert!(matches!(
+            Manifest::parse(&v.to_string()),
+            Err(ManifestError::Schema(2))
+        ));
         let mut v = sample();
         v["method"] = "patchcore".into();
-        assert!(matches!(Manifest::parse(&v.to_string()), Err(ManifestError::Method(_))));
+        assert!(matches!(
+            Manifest::parse(&v.to_string()),
+            Err(ManifestError::Method(_))
+        ));
         let mut v = sample();
         v["input"]["channels"] = 2.into();
-        assert!(matches!(Manifest::parse(&v.to_string()), Err(ManifestError::Field("input.channels", _))));
-        assert!(matches!(Manifest::parse("{"), Err(ManifestError::Malformed(_))));
+        assert!(matches!(
+            Manifest::parse(&v.to_string()),
+            Err(ManifestError::Field("input.channels", _))
+        ));
+        assert!(matches!(
+            Manifest::parse("{"),
+            Err(ManifestError::Malformed(_))
+        ));
     }
 }

@@ -52,22 +52,33 @@ static LOADED: OnceLock<Result<OrtLib, OrtLibError>> = OnceLock::new();
 
 /// Load ONNX Runtime once per process; later calls return the first outcome.
 pub fn load() -> Result<&'static OrtLib, OrtLibError> {
-    LOADED.get_or_init(load_uncached).as_ref().map_err(Clone::clone)
+    LOADED
+        .get_or_init(load_uncached)
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 fn load_uncached() -> Result<OrtLib, OrtLibError> {
     let (path, searched) = find();
     let path = path.ok_or(OrtLibError::NotFound { searched })?;
-    let load_err = |reason: String| OrtLibError::Load { path: path.display().to_string(), reason };
+    let load_err = |reason: String| OrtLibError::Load {
+        path: path.display().to_string(),
+        reason,
+    };
     if !path.exists() {
         return Err(load_err("no such file".into()));
     }
     // ort checks the library's API level (>= api-20, i.e. ONNX Runtime 1.20) while loading it.
     let builder = ort::init_from(&path).map_err(|e| load_err(e.to_string()))?;
-    let env = builder.with_name("diffad").build().map_err(|e| load_err(e.to_string()))?;
+    let env = builder
+        .with_name("diffad")
+        .build()
+        .map_err(|e| load_err(e.to_string()))?;
     let version = version_from_filename(&path).unwrap_or_else(|| parse_build_info(ort::info()));
     if !version_ok(&version) && version != "unknown" {
-        return Err(load_err(format!("version {version} is older than supported")));
+        return Err(load_err(format!(
+            "version {version} is older than supported"
+        )));
     }
     Ok(OrtLib { path, version, env })
 }
@@ -86,7 +97,11 @@ fn version_from_filename(path: &Path) -> Option<String> {
 
 fn parse_build_info(info: &str) -> String {
     // e.g. "ORT Build Info: git-branch=rel-1.20.1, git-commit-id=..."
-    info.split("rel-").nth(1).and_then(|s| s.split(',').next()).unwrap_or("unknown").to_string()
+    info.split("rel-")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("unknown")
+        .to_string()
 }
 
 fn find() -> (Option<PathBuf>, String) {
@@ -113,7 +128,12 @@ fn find() -> (Option<PathBuf>, String) {
             return (Some(lib), searched.join(", "));
         }
     }
-    for dir in ["/usr/local/lib", "/usr/lib", "/usr/lib/aarch64-linux-gnu", "/usr/lib/x86_64-linux-gnu"] {
+    for dir in [
+        "/usr/local/lib",
+        "/usr/lib",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu",
+    ] {
         let p = Path::new(dir).join("libonnxruntime.so");
         searched.push(p.display().to_string());
         if p.exists() {
@@ -131,7 +151,11 @@ fn venv_library(venv: &Path) -> Option<PathBuf> {
             let mut libs: Vec<PathBuf> = files
                 .flatten()
                 .map(|f| f.path())
-                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+                })
                 .collect();
             libs.sort();
             if let Some(l) = libs.pop() {
@@ -151,8 +175,17 @@ mod tests {
         assert!(version_ok("1.20.1"));
         assert!(version_ok("1.32.0"));
         assert!(!version_ok("1.19.2"));
-        assert_eq!(version_from_filename(Path::new("/x/libonnxruntime.so.1.20.1")).as_deref(), Some("1.20.1"));
-        assert_eq!(version_from_filename(Path::new("/x/libonnxruntime.so")), None);
-        assert_eq!(parse_build_info("ORT Build Info: git-branch=rel-1.20.1, git-commit-id=abc"), "1.20.1");
+        assert_eq!(
+            version_from_filename(Path::new("/x/libonnxruntime.so.1.20.1")).as_deref(),
+            Some("1.20.1")
+        );
+        assert_eq!(
+            version_from_filename(Path::new("/x/libonnxruntime.so")),
+            None
+        );
+        assert_eq!(
+            parse_build_info("ORT Build Info: git-branch=rel-1.20.1, git-commit-id=abc"),
+            "1.20.1"
+        );
     }
 }

@@ -74,10 +74,13 @@ pub struct Preprocessor {
     /// ROI pixels in the model's channel count, interleaved, reused between frames.
     plane: Vec<u8>,
     /// Interpolation taps along x and y, rebuilt only when the source size changes.
-    taps: Option<((u32, u32), Vec<Tap>, Vec<Tap>)>,
+    taps: Option<Taps>,
     scale: f32,
     offset: f32,
 }
+
+/// Source size the taps were built for, then the x and y taps.
+type Taps = ((u32, u32), Vec<Tap>, Vec<Tap>);
 
 #[derive(Debug, Clone, Copy)]
 struct Tap {
@@ -90,7 +93,14 @@ impl Preprocessor {
     /// A preprocessor for the model input `spec`, cropping `roi` first when given.
     pub fn new(spec: &InputSpec, roi: Option<Roi>) -> Self {
         let [lo, hi] = spec.range;
-        Self { spec: spec.clone(), roi, plane: Vec::new(), taps: None, scale: (hi - lo) / 255.0, offset: lo }
+        Self {
+            spec: spec.clone(),
+            roi,
+            plane: Vec::new(),
+            taps: None,
+            scale: (hi - lo) / 255.0,
+            offset: lo,
+        }
     }
 
     /// Elements written per frame (C × H × W).
@@ -143,22 +153,44 @@ impl Preprocessor {
         if frame.width == 0 || frame.height == 0 {
             return Err(PreprocessError::Empty(frame.origin.clone()));
         }
-        let roi = self.roi.unwrap_or(Roi { x: 0, y: 0, width: frame.width, height: frame.height });
+        let roi = self.roi.unwrap_or(Roi {
+            x: 0,
+            y: 0,
+            width: frame.width,
+            height: frame.height,
+        });
         if roi.width == 0
             || roi.height == 0
             || roi.x.checked_add(roi.width).is_none_or(|r| r > frame.width)
-            || roi.y.checked_add(roi.height).is_none_or(|b| b > frame.height)
+            || roi
+                .y
+                .checked_add(roi.height)
+                .is_none_or(|b| b > frame.height)
         {
-            return Err(PreprocessError::Roi { origin: frame.origin.clone(), roi, width: frame.width, height: frame.height });
+            return Err(PreprocessError::Roi {
+                origin: frame.origin.clone(),
+                roi,
+                width: frame.width,
+                height: frame.height,
+            });
         }
         let decoded;
         let (src, fmt): (&[u8], PixelFormat) = if frame.format == PixelFormat::Mjpeg {
             let img = image::load_from_memory_with_format(&frame.data, image::ImageFormat::Jpeg)
-                .map_err(|e| PreprocessError::Decode { origin: frame.origin.clone(), reason: e.to_string() })?;
+                .map_err(|e| PreprocessError::Decode {
+                    origin: frame.origin.clone(),
+                    reason: e.to_string(),
+                })?;
             if (img.width(), img.height()) != (frame.width, frame.height) {
                 return Err(PreprocessError::Decode {
                     origin: frame.origin.clone(),
-                    reason: format!("decoded {}×{}, frame says {}×{}", img.width(), img.height(), frame.width, frame.height),
+                    reason: format!(
+                        "decoded {}×{}, frame says {}×{}",
+                        img.width(),
+                        img.height(),
+                        frame.width,
+                        frame.height
+                    ),
                 });
             }
             decoded = img.into_rgb8().into_raw();
@@ -185,7 +217,8 @@ impl Preprocessor {
         }
         let c = self.spec.channels;
         self.plane.clear();
-        self.plane.reserve(roi.width as usize * roi.height as usize * c);
+        self.plane
+            .reserve(roi.width as usize * roi.height as usize * c);
         let fw = frame.width as usize;
         for y in roi.y as usize..(roi.y + roi.height) as usize {
             for x in roi.x as usize..(roi.x + roi.width) as usize {
@@ -228,7 +261,11 @@ fn yuyv_rgb(src: &[u8], width: usize, x: usize, y: usize) -> [u8; 3] {
     let yv = src[(y * width + x) * 2] as f32;
     let (u, v) = (src[pair + 1] as f32 - 128.0, src[pair + 3] as f32 - 128.0);
     let clamp = |f: f32| f.round().clamp(0.0, 255.0) as u8;
-    [clamp(yv + 1.402 * v), clamp(yv - 0.344_136 * u - 0.714_136 * v), clamp(yv + 1.772 * u)]
+    [
+        clamp(yv + 1.402 * v),
+        clamp(yv - 0.344_136 * u - 0.714_136 * v),
+        clamp(yv + 1.772 * u),
+    ]
 }
 
 /// Bilinear taps for resizing `src` samples to `dst` with half-pixel centres (cv2 INTER_LINEAR).
@@ -239,7 +276,11 @@ fn taps(src: usize, dst: usize) -> Vec<Tap> {
             let s = ((d as f32 + 0.5) * scale - 0.5).max(0.0);
             let i0 = (s.floor() as usize).min(src - 1);
             let i1 = (i0 + 1).min(src - 1);
-            Tap { i0, i1, f: s - i0 as f32 }
+            Tap {
+                i0,
+                i1,
+                f: s - i0 as f32,
+            }
         })
         .collect()
 }
@@ -249,18 +290,39 @@ mod tests {
     use super::*;
 
     fn spec(c: usize, h: usize, w: usize, range: [f32; 2]) -> InputSpec {
-        InputSpec { name: "image".into(), batch: 1, channels: c, height: h, width: w, range, resize: "bilinear".into() }
+        InputSpec {
+            name: "image".into(),
+            batch: 1,
+            channels: c,
+            height: h,
+            width: w,
+            range,
+            resize: "bilinear".into(),
+        }
     }
 
     fn frame(w: u32, h: u32, format: PixelFormat, data: Vec<u8>) -> Frame {
-        Frame { seq: 0, timestamp_ns: 0, width: w, height: h, format, data, truth: None, origin: "test".into() }
+        Frame {
+            seq: 0,
+            timestamp_ns: 0,
+            width: w,
+            height: h,
+            format,
+            data,
+            truth: None,
+            origin: "test".into(),
+        }
     }
 
     #[test]
     fn same_size_grey_is_exact_scaling() {
         let mut p = Preprocessor::new(&spec(1, 2, 2, [-1.0, 1.0]), None);
         let mut out = vec![0.0; 4];
-        p.run(&frame(2, 2, PixelFormat::Grey8, vec![0, 255, 51, 204]), &mut out).unwrap();
+        p.run(
+            &frame(2, 2, PixelFormat::Grey8, vec![0, 255, 51, 204]),
+            &mut out,
+        )
+        .unwrap();
         for (a, b) in out.iter().zip([-1.0, 1.0, -0.6, 0.6]) {
             assert!((a - b).abs() < 1e-6, "{out:?}");
         }
@@ -274,7 +336,8 @@ mod tests {
         assert_eq!(luma([255, 255, 255]), 255);
         let mut p = Preprocessor::new(&spec(1, 1, 1, [0.0, 255.0]), None);
         let mut out = vec![0.0];
-        p.run(&frame(1, 1, PixelFormat::Rgb8, vec![10, 200, 30]), &mut out).unwrap();
+        p.run(&frame(1, 1, PixelFormat::Rgb8, vec![10, 200, 30]), &mut out)
+            .unwrap();
         assert_eq!(out[0], luma([10, 200, 30]) as f32);
     }
 
@@ -283,7 +346,16 @@ mod tests {
         // Half-pixel centres: a 2× downscale samples exactly between source pixels.
         let mut p = Preprocessor::new(&spec(1, 1, 2, [0.0, 255.0]), None);
         let mut out = vec![0.0; 2];
-        p.run(&frame(4, 2, PixelFormat::Grey8, vec![0, 100, 200, 50, 0, 100, 200, 50]), &mut out).unwrap();
+        p.run(
+            &frame(
+                4,
+                2,
+                PixelFormat::Grey8,
+                vec![0, 100, 200, 50, 0, 100, 200, 50],
+            ),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out, vec![50.0, 125.0]);
     }
 
@@ -292,37 +364,74 @@ mod tests {
         // cv2.resize(np.array([[0, 100]], np.uint8).astype(np.float32), (4, 1)) == [0, 25, 75, 100]
         let mut p = Preprocessor::new(&spec(1, 1, 4, [0.0, 255.0]), None);
         let mut out = vec![0.0; 4];
-        p.run(&frame(2, 1, PixelFormat::Grey8, vec![0, 100]), &mut out).unwrap();
+        p.run(&frame(2, 1, PixelFormat::Grey8, vec![0, 100]), &mut out)
+            .unwrap();
         assert_eq!(out, vec![0.0, 25.0, 75.0, 100.0]);
     }
 
     #[test]
     fn roi_crops_and_rgb_is_planar() {
-        let mut p = Preprocessor::new(&spec(3, 1, 1, [0.0, 255.0]), Some(Roi { x: 1, y: 0, width: 1, height: 1 }));
+        let mut p = Preprocessor::new(
+            &spec(3, 1, 1, [0.0, 255.0]),
+            Some(Roi {
+                x: 1,
+                y: 0,
+                width: 1,
+                height: 1,
+            }),
+        );
         let mut out = vec![0.0; 3];
-        p.run(&frame(2, 1, PixelFormat::Rgb8, vec![1, 2, 3, 4, 5, 6]), &mut out).unwrap();
+        p.run(
+            &frame(2, 1, PixelFormat::Rgb8, vec![1, 2, 3, 4, 5, 6]),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out, vec![4.0, 5.0, 6.0]);
     }
 
     #[test]
     fn bad_frames_are_errors_not_panics() {
-        let mut p = Preprocessor::new(&spec(1, 2, 2, [0.0, 1.0]), Some(Roi { x: 1, y: 1, width: 2, height: 2 }));
+        let mut p = Preprocessor::new(
+            &spec(1, 2, 2, [0.0, 1.0]),
+            Some(Roi {
+                x: 1,
+                y: 1,
+                width: 2,
+                height: 2,
+            }),
+        );
         let mut out = vec![0.0; 4];
-        assert!(matches!(p.run(&frame(2, 2, PixelFormat::Grey8, vec![0; 4]), &mut out), Err(PreprocessError::Roi { .. })));
-        let mut p = Preprocessor::new(&spec(1, 2, 2, [0.0, 1.0]), None);
-        assert!(matches!(p.run(&frame(2, 2, PixelFormat::Grey8, vec![0; 3]), &mut out), Err(PreprocessError::Size { .. })));
         assert!(matches!(
-            p.run(&frame(2, 2, PixelFormat::Mjpeg, vec![0xff, 0xd8, 0]), &mut out),
+            p.run(&frame(2, 2, PixelFormat::Grey8, vec![0; 4]), &mut out),
+            Err(PreprocessError::Roi { .. })
+        ));
+        let mut p = Preprocessor::new(&spec(1, 2, 2, [0.0, 1.0]), None);
+        assert!(matches!(
+            p.run(&frame(2, 2, PixelFormat::Grey8, vec![0; 3]), &mut out),
+            Err(PreprocessError::Size { .. })
+        ));
+        assert!(matches!(
+            p.run(
+                &frame(2, 2, PixelFormat::Mjpeg, vec![0xff, 0xd8, 0]),
+                &mut out
+            ),
             Err(PreprocessError::Decode { .. })
         ));
-        assert!(matches!(p.run(&frame(0, 0, PixelFormat::Grey8, vec![]), &mut out), Err(PreprocessError::Empty(_))));
+        assert!(matches!(
+            p.run(&frame(0, 0, PixelFormat::Grey8, vec![]), &mut out),
+            Err(PreprocessError::Empty(_))
+        ));
     }
 
     #[test]
     fn yuyv_grey_uses_luma_bytes() {
         let mut p = Preprocessor::new(&spec(1, 1, 2, [0.0, 255.0]), None);
         let mut out = vec![0.0; 2];
-        p.run(&frame(2, 1, PixelFormat::Yuyv, vec![10, 128, 200, 128]), &mut out).unwrap();
+        p.run(
+            &frame(2, 1, PixelFormat::Yuyv, vec![10, 128, 200, 128]),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out, vec![10.0, 200.0]);
     }
 }
