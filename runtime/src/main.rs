@@ -77,6 +77,9 @@ enum Command {
         /// Intra-op threads for the CPU provider (0 = one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Execution provider: cpu, cuda or tensorrt (no fallback: a missing one is an error).
+        #[arg(long, default_value = "cpu")]
+        provider: String,
         /// Write the report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
