@@ -140,10 +140,13 @@ fn run(args: Args) -> Result<ExitCode> {
             iterations,
             warmup,
             threads,
+            provider,
             json,
         } => {
             let mut config = EngineConfig::cpu(model);
             config.cpu.threads = threads;
+            config.providers = vec![provider];
+            config.validate()?;
             let report = cli::bench(&config, &images, iterations.max(1), warmup)?;
             print!("{report}");
             if let Some(path) = json {
