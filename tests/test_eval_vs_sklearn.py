@@ -51,7 +51,10 @@ def make_dataset(root: Path, rng: np.random.Generator) -> None:
 def test_eval_auroc_matches_sklearn(tmp_path: Path) -> None:
     make_dataset(tmp_path, np.random.default_rng(7))
     out = subprocess.run(
-        [diffad(), "eval", "--json", "--model", MODEL, "--dataset", tmp_path], check=True, capture_output=True, text=True
+        [diffad(), "eval", "--json", "--model", MODEL, "--dataset", tmp_path],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     report = json.loads(out.stdout)
     labels, scores, pixel_scores, pixel_labels = [], [], [], []
@@ -72,7 +75,9 @@ def test_eval_auroc_matches_sklearn(tmp_path: Path) -> None:
     assert report["images"] == len(scores) == 26
     assert report["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
     assert 0.5 < report["image_auroc"] < 1.0
-    pix = roc_auc_score(np.concatenate([m.ravel() for m in pixel_labels]), np.concatenate([s.ravel() for s in pixel_scores]))
+    pix = roc_auc_score(
+        np.concatenate([m.ravel() for m in pixel_labels]), np.concatenate([s.ravel() for s in pixel_scores])
+    )
     # float32 maps vs float64 reference: ties can split differently, hence the looser bound.
     assert report["pixel_auroc"] == pytest.approx(pix, abs=1e-4)
     assert {k["kind"] for k in report["kinds"]} == {"good", "bright_spot", "stripe"}

@@ -61,6 +61,7 @@ listen = "127.0.0.1:0"
         )
         proc = subprocess.run(
             [str(DIFFAD), "run", "--config", str(config), "--quiet", "--summary-json", str(summary)],
+            check=False,
             capture_output=True,
             text=True,
         )
@@ -87,19 +88,52 @@ def main() -> None:
     images = sorted(str(p) for p in golden.glob("*.png"))
     if not images:
         sys.exit(f"bench: no golden images at {golden}; export the model with `python -m exporter export`")
-    manifest = json.loads(subprocess.run([str(DIFFAD), "inspect", str(model)], check=True, capture_output=True, text=True)
-                          .stdout.split("manifest:\n", 1)[1])
+    manifest = json.loads(
+        subprocess.run([str(DIFFAD), "inspect", str(model)], check=True, capture_output=True, text=True).stdout.split(
+            "manifest:\n", 1
+        )[1]
+    )
     flops = float(manifest.get("flops_per_frame") or 0.0)
     common = ["--iterations", str(args.iterations), "--threads", str(args.threads)]
 
-    print(f"bench: {model.relative_to(ROOT) if model.is_relative_to(ROOT) else model}, {len(images)} images, "
-          f"{args.iterations} iterations, provider {args.provider}", flush=True)
-    py = run_json([sys.executable, str(ROOT / "scripts/bench.d/python_pipeline.py"), "--model", str(model),
-                   "--images", *images, "--provider", args.provider, *common])
+    print(
+        f"bench: {model.relative_to(ROOT) if model.is_relative_to(ROOT) else model}, {len(images)} images, "
+        f"{args.iterations} iterations, provider {args.provider}",
+        flush=True,
+    )
+    py = run_json(
+        [
+            sys.executable,
+            str(ROOT / "scripts/bench.d/python_pipeline.py"),
+            "--model",
+            str(model),
+            "--images",
+            *images,
+            "--provider",
+            args.provider,
+            *common,
+        ]
+    )
     rust_json = args.out / "diffad-bench.json"
     args.out.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(DIFFAD), "bench", "--model", str(model), "--images", *images, "--provider", args.provider,
-                    "--json", str(rust_json), *common], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            str(DIFFAD),
+            "bench",
+            "--model",
+            str(model),
+            "--images",
+            *images,
+            "--provider",
+            args.provider,
+            "--json",
+            str(rust_json),
+            *common,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     rust = json.loads(rust_json.read_text())
     line = line_run(model, golden, args.parts, args.provider)
 
@@ -122,17 +156,24 @@ def main() -> None:
     for key, value in ratios.items():
         target = TARGETS[key]
         ok = value <= target if key == "p99_vs_p50" else value >= target
-        print(f"{key:22} {value:6.3f}   target {'≤' if key == 'p99_vs_p50' else '≥'} {target}   {'met' if ok else 'MISSED'}")
+        sign = "≤" if key == "p99_vs_p50" else "≥"
+        print(f"{key:22} {value:6.3f}   target {sign} {target}   {'met' if ok else 'MISSED'}")
     gflops = flops * rust["session"]["fps"] / 1e9
     print(f"\nmodel: {flops / 1e9:.3f} GFLOP per frame; bare Rust session achieves {gflops:.1f} GFLOP/s")
 
     report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-        "model": str(model), "provider": args.provider, "iterations": args.iterations,
+        "model": str(model),
+        "provider": args.provider,
+        "iterations": args.iterations,
         "rows": [{"name": n, **t, "peak_rss_mib": r} for n, t, r in rows],
-        "ratios": ratios, "targets": TARGETS, "flops_per_frame": flops, "session_gflops": gflops,
-        "line": line, "onnxruntime": {"python": py["onnxruntime"], "rust": rust["onnxruntime"]},
+        "ratios": ratios,
+        "targets": TARGETS,
+        "flops_per_frame": flops,
+        "session_gflops": gflops,
+        "line": line,
+        "onnxruntime": {"python": py["onnxruntime"], "rust": rust["onnxruntime"]},
     }
     dest = args.out / ("bench-smoke.json" if args.smoke else "bench.json")
     dest.write_text(json.dumps(report, indent=2))

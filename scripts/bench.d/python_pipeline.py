@@ -19,8 +19,16 @@ from PIL import Image
 
 def stats(seconds: list[float]) -> dict[str, float]:
     ms = np.sort(np.asarray(seconds) * 1e3)
-    rank = lambda q: ms[min(len(ms), max(1, int(np.ceil(q / 100 * len(ms))))) - 1]  # noqa: E731
-    return {"fps": 1e3 / float(ms.mean()), "p50_ms": float(rank(50)), "p99_ms": float(rank(99)), "mean_ms": float(ms.mean())}
+
+    def rank(q: float) -> float:
+        return float(ms[min(len(ms), max(1, int(np.ceil(q / 100 * len(ms))))) - 1])
+
+    return {
+        "fps": 1e3 / float(ms.mean()),
+        "p50_ms": float(rank(50)),
+        "p99_ms": float(rank(99)),
+        "mean_ms": float(ms.mean()),
+    }
 
 
 def peak_rss_mib() -> float:
@@ -42,7 +50,9 @@ def main() -> None:
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.provider == "cuda" else ["CPUExecutionProvider"]
+    providers = (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.provider == "cuda" else ["CPUExecutionProvider"]
+    )
     sess = ort.InferenceSession(args.model, opts, providers=providers)
     if args.provider == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
         raise SystemExit("python pipeline: CUDA provider unavailable in this onnxruntime build")
@@ -82,13 +92,17 @@ def main() -> None:
             t = time.perf_counter()
             pipeline(blob)
             pipe.append(time.perf_counter() - t)
-    print(json.dumps({
-        "onnxruntime": ort.__version__,
-        "iterations": len(pipe),
-        "session": stats(bare),
-        "pipeline": stats(pipe),
-        "peak_rss_mib": peak_rss_mib(),
-    }))
+    print(
+        json.dumps(
+            {
+                "onnxruntime": ort.__version__,
+                "iterations": len(pipe),
+                "session": stats(bare),
+                "pipeline": stats(pipe),
+                "peak_rss_mib": peak_rss_mib(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
