@@ -517,3 +517,75 @@ pub fn peak_rss_mib() -> f64 {
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
+
+/// Whether the TensorRT cache for `config`'s model already holds a built engine.
+pub fn tensorrt_cache(config: &EngineConfig) -> Result<Option<(PathBuf, bool)>> {
+    if !config.providers.iter().any(|p| p == "tensorrt") {
+        return Ok(None);
+    }
+    let lib = crate::ortlib::load()?;
+    let bytes = std::fs::read(&config.model)
+        .with_context(|| format!("reading model {}", config.model.display()))?;
+    let sha = crate::engine::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let dir = crate::engine::tensorrt_cache_dir(&config.tensorrt, &sha, &lib.version);
+    let built = dataset::sorted_dir(&dir)
+        .map(|files| {
+            files
+                .iter()
+                .any(|f| f.extension().is_some_and(|e| e == "engine"))
+        })
+        .unwrap_or(false);
+    Ok(Some((dir, built)))
+}
+
+/// `diffad build-engine`: build (or reuse) the TensorRT engine for the configured model.
+pub fn build_engine(config: &EngineConfig) -> Result<()> {
+    let Some((dir, built)) = tensorrt_cache(config)? else {
+        bail!("engine.providers does not list \"tensorrt\": there is no engine to build");
+    };
+    let mut config = config.clone();
+    // Building must not quietly end up on another provider.
+    config.allow_fallback = false;
+    if built {
+        println!(
+            "build-engine: cached engine found in {}; verifying it loads",
+            dir.display()
+        );
+    } else {
+        println!(
+            "build-engine: no cached engine in {}; building (this takes minutes on a Jetson)",
+            dir.display()
+        );
+    }
+    let start = Instant::now();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_secs(10));
+                if !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    println!(
+                        "build-engine: still building… {:.0} s",
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        })
+    };
+    let result = Engine::load(&config).and_then(|mut e| {
+        // TensorRT builds lazily on the first run.
+        let n = e.batch_size();
+        e.run(n).map(|_| e)
+    });
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    ticker.join().ok();
+    let engine = result?;
+    println!(
+        "build-engine: ready in {:.1} s on {}; cache {}",
+        start.elapsed().as_secs_f64(),
+        engine.providers().join(" > "),
+        dir.display()
+    );
+    Ok(())
+}
