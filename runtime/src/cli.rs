@@ -589,3 +589,80 @@ pub fn build_engine(config: &EngineConfig) -> Result<()> {
     );
     Ok(())
 }
+
+/// `diffad check-config`: parse and validate a board file, then summarise it.
+pub fn check_config(path: &Path) -> Result<crate::config::BoardConfig> {
+    let c = crate::config::BoardConfig::load(path)?;
+    let s = &c.setup;
+    println!("board:      {} — {}", c.board.name, c.board.description);
+    println!(
+        "engine:     {} on {}{}",
+        c.engine.model.display(),
+        c.engine.providers.join(" > "),
+        if c.engine.allow_fallback {
+            " (fallback allowed)"
+        } else {
+            ""
+        }
+    );
+    println!("camera:     {:?}", s.camera.source);
+    let lines: Vec<String> = [
+        ("reject", &s.gpio.reject),
+        ("ready", &s.gpio.ready),
+        ("heartbeat", &s.gpio.heartbeat),
+    ]
+    .iter()
+    .chain([("fault", &s.gpio.fault), ("trigger", &s.gpio.trigger)].iter())
+    .filter_map(|(n, l)| l.as_ref().map(|l| format!("{n}={}", l.name)))
+    .collect();
+    println!(
+        "gpio:       {} {} pulse {} ms",
+        if s.gpio.sim {
+            "simulated"
+        } else {
+            s.gpio.chip.as_str()
+        },
+        lines.join(" "),
+        s.gpio.pulse_ms
+    );
+    println!(
+        "line:       {} trigger {:?}, ejector {:.1} mm at {:.1} mm/s = {:.1} ms after the trigger, fail-safe {:?}",
+        s.line.name,
+        s.line.trigger,
+        s.line.travel_mm(),
+        s.line.belt_speed_mm_s,
+        s.line.delay_ns() as f64 / 1e6,
+        s.line.fail_safe
+    );
+    println!(
+        "supervisor: {}",
+        if s.supervisor.listen.is_empty() {
+            "off".to_string()
+        } else {
+            format!("ndjson on {}", s.supervisor.listen)
+        }
+    );
+    println!(
+        "mqtt:       {}",
+        s.mqtt.as_ref().map_or("off".to_string(), |m| format!(
+            "{} prefix {}",
+            m.url, m.prefix
+        ))
+    );
+    println!(
+        "archive:    {}",
+        s.archive.as_ref().map_or("off".to_string(), |a| format!(
+            "{} (cap {} MB)",
+            a.dir.display(),
+            a.max_mb
+        ))
+    );
+    if !c.engine.model.exists() {
+        println!(
+            "warning:    model {} does not exist on this machine",
+            c.engine.model.display()
+        );
+    }
+    println!("ok: {}", path.display());
+    Ok(c)
+}

@@ -60,6 +60,17 @@ enum Command {
         #[arg(long)]
         threshold: Option<f32>,
     },
+    /// Parse and validate a board config; errors name the file and the key.
+    CheckConfig {
+        /// The board TOML.
+        config: PathBuf,
+    },
+    /// Build (or verify) the cached TensorRT engine for a board config's model.
+    BuildEngine {
+        /// The board TOML.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Frames per second and latency: bare session call vs decode→preprocess→infer→decide.
     Bench {
         /// The exported .onnx model.
@@ -100,6 +111,11 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Inspect { model } => cli::inspect(&model).map(|()| ExitCode::SUCCESS),
+        Command::CheckConfig { config } => cli::check_config(&config).map(|_| ExitCode::SUCCESS),
+        Command::BuildEngine { config } => {
+            let board = diffad::config::BoardConfig::load(&config)?;
+            cli::build_engine(&board.engine).map(|()| ExitCode::SUCCESS)
+        }
         Command::Infer {
             images,
             model,
