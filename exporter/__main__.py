@@ -1,0 +1,230 @@
+"""CLI: python -m exporter {train,export,calibrate,verify,evaluate,card,make-tiles}."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import ExporterError
+
+
+def _ints(s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in s.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {s!r}") from None
+
+
+def _add_arch(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("architecture")
+    g.add_argument("--image-size", type=int, default=128)
+    g.add_argument("--channels", type=int, default=1, choices=(1, 3))
+    g.add_argument("--base-channels", type=int, default=16)
+    g.add_argument("--channel-mults", type=_ints, default=(1, 2, 2, 4))
+    g.add_argument("--num-res-blocks", type=int, default=1)
+    g.add_argument("--attention-resolutions", type=_ints, default=(16, 8),
+                   help="pixel sizes (of the feature map) that get self-attention")
+    g.add_argument("--heads", type=int, default=1)
+    g.add_argument("--head-channels", type=int, default=-1)
+    g.add_argument("--norm-groups", type=int, default=8)
+    g.add_argument("--seg-width", type=int, default=8)
+
+
+def _unet_cfg(a: argparse.Namespace):
+    from .unet import UNetConfig
+
+    if a.image_size % 32:
+        raise ExporterError(f"--image-size must be a multiple of 32, got {a.image_size}")
+    return UNetConfig(
+        image_size=a.image_size, in_channels=a.channels, base_channels=a.base_channels,
+        channel_mults=a.channel_mults, num_res_blocks=a.num_res_blocks,
+        attention_resolutions=a.attention_resolutions, n_heads=a.heads,
+        n_head_channels=a.head_channels, norm_groups=a.norm_groups,
+    )
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from .train import TrainOptions, train
+
+    opts = TrainOptions(
+        data=a.data, out=a.out, unet=_unet_cfg(a), seg_width=a.seg_width, steps=a.steps,
+        batch=a.batch, lr_unet=a.lr_unet, lr_seg=a.lr_seg, seed=a.seed, threads=a.threads,
+        crop=a.crop, augment=not a.no_augment, anomaly_source=a.anomaly_source,
+        checkpoint_every=a.checkpoint_every, max_minutes=a.max_minutes, resume=not a.no_resume,
+    )
+    train(opts)
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    import torch
+
+    from .diffusion import DiffusionConfig
+    from .export import ExportOptions, export_model
+    from .official import build_from_checkpoint
+
+    torch.set_num_threads(max(1, a.threads))
+    if (a.checkpoint is None) == (a.official_checkpoint is None):
+        raise ExporterError("give exactly one of --checkpoint or --official-checkpoint")
+    src = a.checkpoint or a.official_checkpoint
+    if a.out.exists() and not a.force:
+        raise ExporterError(f"{a.out} exists (use --force to overwrite)")
+    overrides = {}
+    if a.official_checkpoint is not None and a.official_args:
+        overrides = json.loads(Path(a.official_args).read_text())
+    unet, seg, info = build_from_checkpoint(src, a.official_checkpoint is not None, overrides)
+    if a.training_data:
+        info["training"]["data"] = a.training_data
+    name = a.name or a.out.stem
+    lo, hi = a.range if a.range else (0.0, 1.0)
+    opts = ExportOptions(
+        name=name, diff=DiffusionConfig(t_s=a.t_s, t_b=a.t_b, w=a.w, top_k=a.top_k,
+                                        noise_seed=a.noise_seed),
+        batch=a.batch, opset=a.opset, fp16=a.fp16, value_range=(lo, hi), force=a.force,
+        golden_from=a.golden_from,
+    )
+    r = export_model(unet, seg, info, a.out, opts)
+    print(f"wrote {a.out} ({r['size_bytes'] / 1e6:.2f} MB, sha256 {r['model_sha256'][:12]})")
+    print(f"flops_per_frame: {r['flops_per_frame'] / 1e9:.3f} GFLOP")
+    print(f"parity ORT vs PyTorch: max abs error map {r['map_max_abs_err']:.3g}, "
+          f"score {r['score_max_abs_err']:.3g}")
+
+
+def cmd_calibrate(a: argparse.Namespace) -> None:
+    from .calibrate import calibrate
+
+    r = calibrate(a.model, a.good, a.target_frr, threads=a.threads)
+    print(json.dumps({"threshold": r["threshold"], "normal_scores": r["normal_scores"]},
+                     indent=2))
+
+
+def cmd_verify(a: argparse.Namespace) -> None:
+    from .export import verify_model
+
+    r = verify_model(a.model, tol=a.tol)
+    print(json.dumps(r["manifest"], indent=2))
+    print(f"golden check OK: {r['cases']} cases, max error {r['max_err']:.3g}")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from .evaluate import evaluate, format_table
+
+    r = evaluate(a.model, a.dataset, threads=a.threads)
+    print(json.dumps(r, indent=2) if a.json else format_table(r))
+
+
+def cmd_card(a: argparse.Namespace) -> None:
+    from .card import write_card
+
+    notes = a.notes.read_text() if a.notes else ""
+    out = a.out or a.model.with_name("MODEL.md")
+    r = write_card(a.model, a.dataset, out, threads=a.threads, notes=notes)
+    print(f"wrote {out}: {r['ms']:.1f} ms/frame, image AUROC {r['eval']['image_auroc']:.4f}")
+
+
+def cmd_make_tiles(a: argparse.Namespace) -> None:
+    from .tiles import make_tiles
+
+    make_tiles(a.out, force=a.force, seed=a.seed)
+    print(f"wrote tiles under {a.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m exporter", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train UNet + seg on good images")
+    t.add_argument("--data", type=Path, required=True,
+                   help="folder of good images, or an MVTec-style dir with train/good")
+    t.add_argument("--out", type=Path, required=True, help="checkpoint dir (last.pt)")
+    _add_arch(t)
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--lr-unet", type=float, default=2e-4)
+    t.add_argument("--lr-seg", type=float, default=1e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--crop", type=int, default=0, help="train on random crops (multiple of 32)")
+    t.add_argument("--no-augment", action="store_true", help="no flips / rot90")
+    t.add_argument("--anomaly-source", type=Path, default=None,
+                   help="folder of foreign-texture images (default: procedural + skimage)")
+    t.add_argument("--checkpoint-every", type=int, default=100)
+    t.add_argument("--max-minutes", type=float, default=0.0)
+    t.add_argument("--no-resume", action="store_true")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("export", help="export the one-step graph to ONNX")
+    e.add_argument("--checkpoint", type=Path, help="our training checkpoint (file or dir)")
+    e.add_argument("--official-checkpoint", type=Path,
+                   help="official DiffusionAD checkpoint (params-best.pt or its dir)")
+    e.add_argument("--official-args", type=Path,
+                   help="JSON overriding the official args (img_size, channels, ...)")
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--name", default="")
+    e.add_argument("--t-s", type=int, default=200)
+    e.add_argument("--t-b", type=int, default=400)
+    e.add_argument("--w", type=float, default=1.0)
+    e.add_argument("--top-k", type=int, default=50)
+    e.add_argument("--noise-seed", type=int, default=0)
+    e.add_argument("--opset", type=int, default=17)
+    e.add_argument("--batch", type=int, default=1)
+    e.add_argument("--fp16", action="store_true", help="fp16 weights/compute, fp32 norms")
+    e.add_argument("--range", type=float, nargs=2, metavar=("LO", "HI"))
+    e.add_argument("--training-data", default="", help="recorded in the manifest")
+    e.add_argument("--golden-from", type=Path, default=None,
+                   help="folder: its first 2 images join the fixed golden patterns")
+    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    e.set_defaults(fn=cmd_export)
+
+    c = sub.add_parser("calibrate", help="set the threshold from good validation images")
+    c.add_argument("model", type=Path)
+    c.add_argument("--good", type=Path, required=True)
+    c.add_argument("--target-frr", type=float, default=0.005)
+    c.add_argument("--threads", type=int, default=2)
+    c.set_defaults(fn=cmd_calibrate)
+
+    v = sub.add_parser("verify", help="re-run the golden cases and print the manifest")
+    v.add_argument("model", type=Path)
+    v.add_argument("--tol", type=float, default=1e-4)
+    v.set_defaults(fn=cmd_verify)
+
+    ev = sub.add_parser("evaluate", help="AUROC / PRO / escapes on an MVTec-style dataset")
+    ev.add_argument("model", type=Path)
+    ev.add_argument("--dataset", type=Path, required=True)
+    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--threads", type=int, default=2)
+    ev.set_defaults(fn=cmd_evaluate)
+
+    cd = sub.add_parser("card", help="write MODEL.md (manifest, timing, evaluation)")
+    cd.add_argument("model", type=Path)
+    cd.add_argument("--dataset", type=Path, required=True)
+    cd.add_argument("--out", type=Path, default=None)
+    cd.add_argument("--notes", type=Path, default=None, help="markdown file appended")
+    cd.add_argument("--threads", type=int, default=2)
+    cd.set_defaults(fn=cmd_card)
+
+    m = sub.add_parser("make-tiles", help="tile dataset from skimage brick/grass/gravel")
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--force", action="store_true")
+    m.set_defaults(fn=cmd_make_tiles)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except ExporterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Linear beta schedule and the norm-guided one-step reconstruction (ARCHITECTURE §1)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .seg import SegmentationSubNetwork
+from .unet import UNetModel
+
+
+@dataclass
+class DiffusionConfig:
+    T: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    t_s: int = 200
+    t_b: int = 400
+    w: float = 1.0
+    top_k: int = 50
+    noise_seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def alphas_cumprod(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+    """abar_t for t = 0..T-1 (float64), linear betas as in the official code."""
+    betas = np.linspace(beta_start, beta_end, T, dtype=np.float64)
+    return np.cumprod(1.0 - betas)
+
+
+def q_sample(x0: torch.Tensor, abar: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(abar) x0 + sqrt(1 - abar) noise; abar broadcastable to x0."""
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+
+def guided_x0(
+    x_s: torch.Tensor,
+    x_b: torch.Tensor,
+    e_s: torch.Tensor,
+    e_b: torch.Tensor,
+    abar_s: torch.Tensor | float,
+    abar_b: torch.Tensor | float,
+    w: float,
+) -> torch.Tensor:
+    """Steps 3-6 of §1: norm-guided reconstruction x0_hat from the two eps estimates."""
+    abar_s = torch.as_tensor(abar_s, dtype=x_s.dtype)
+    abar_b = torch.as_tensor(abar_b, dtype=x_s.dtype)
+    ss, sb = abar_s.sqrt(), abar_b.sqrt()
+    ns, nb = (1 - abar_s).sqrt(), (1 - abar_b).sqrt()
+    x0_b = ((x_b - nb * e_b) / sb).clamp(-1, 1)
+    xs_from_b = ss * x0_b + ns * e_s
+    e_hat = e_s - w * ns * (xs_from_b - x_s)
+    return ((x_s - ns * e_hat) / ss).clamp(-1, 1)
+
+
+def topk_mean(m: torch.Tensor, k: int) -> torch.Tensor:
+    flat = m.reshape(m.shape[0], -1)
+    return torch.topk(flat, min(k, flat.shape[1]), dim=1).values.mean(dim=1)
+
+
+class OneStepDetector(nn.Module):
+    """image [B,C,H,W] -> (anomaly_map [B,1,H,W], score [B]); steps 1-7 of §1.
+
+    Noises n1, n2 and the two timestep embeddings are fixed buffers (constants in
+    the exported graph), so the same image always gets the same score.
+    """
+
+    def __init__(
+        self,
+        unet: UNetModel,
+        seg: SegmentationSubNetwork,
+        diff: DiffusionConfig,
+        batch: int = 1,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.unet, self.seg, self.diff = unet, seg, diff
+        self.batch = batch
+        self.compute_dtype = compute_dtype
+        cfg = unet.cfg
+        ab = alphas_cumprod(diff.T, diff.beta_start, diff.beta_end)
+        self.abar_s = float(ab[diff.t_s])
+        self.abar_b = float(ab[diff.t_b])
+        g = torch.Generator().manual_seed(diff.noise_seed)
+        shape = (1, cfg.in_channels, cfg.image_size, cfg.image_size)
+        self.register_buffer("n1", torch.randn(shape, generator=g))
+        self.register_buffer("n2", torch.randn(shape, generator=g))
+        with torch.no_grad():
+            t = torch.tensor([diff.t_s, diff.t_b], dtype=torch.float32)
+            emb = unet.embed(t.to(next(unet.parameters()).device)).float()
+        # [2B, E]: first B rows for t_s, next B rows for t_b
+        self.register_buffer("emb", torch.cat([emb[:1].expand(batch, -1),
+                                               emb[1:].expand(batch, -1)]).contiguous())
+
+    def reconstruct(self, x0: torch.Tensor) -> torch.Tensor:
+        b = x0.shape[0]
+        x_s = self.abar_s**0.5 * x0 + (1 - self.abar_s) ** 0.5 * self.n1
+        x_b = self.abar_b**0.5 * x0 + (1 - self.abar_b) ** 0.5 * self.n2
+        xin = torch.cat([x_s, x_b], 0).to(self.compute_dtype)
+        e = self.unet.forward_emb(xin, self.emb.to(self.compute_dtype)).float()
+        e_s, e_b = e[:b], e[b:]
+        return guided_x0(x_s, x_b, e_s, e_b, self.abar_s, self.abar_b, self.diff.w)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = image.float()
+        x0_hat = self.reconstruct(x0)
+        seg_in = torch.cat([x0, x0_hat], 1).to(self.compute_dtype)
+        amap = self.seg(seg_in).float()
+        return amap, topk_mean(amap, self.diff.top_k)

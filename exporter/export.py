@@ -1,0 +1,259 @@
+"""One static ONNX graph image -> (anomaly_map, score), with manifest and goldens."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from PIL import Image
+
+from . import __version__
+from .diffusion import DiffusionConfig, OneStepDetector
+from .errors import ExporterError
+from .onnxio import (
+    count_flops,
+    get_manifest,
+    graph_sha256,
+    ort_session,
+    run_batched,
+    save_model_atomic,
+    set_manifest,
+    write_text_atomic,
+)
+from .preprocess import list_images, preprocess_file
+from .seg import SegmentationSubNetwork
+from .unet import UNetModel
+
+PARITY_TOL_FP32 = 1e-4
+PARITY_TOL_FP16 = 2e-2
+
+
+@dataclass
+class ExportOptions:
+    name: str
+    diff: DiffusionConfig
+    batch: int = 1
+    opset: int = 17
+    fp16: bool = False
+    value_range: tuple[float, float] = (0.0, 1.0)
+    force: bool = False
+    golden_from: Path | None = None  # up to 2 real images added to the golden cases
+
+
+def golden_paths(model_path: Path) -> tuple[Path, Path]:
+    stem = model_path.with_suffix("")
+    return stem.with_name(stem.name + ".golden.json"), stem.with_name(stem.name + ".golden")
+
+
+def golden_pixels(size: int, channels: int, n: int = 4) -> list[np.ndarray]:
+    """Fixed deterministic uint8 inputs [H, W, C]: flat grey, gradient, checker, noise."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    flat = np.full((size, size), 128, np.uint8)
+    grad = ((xx + yy) * 255 // max(1, 2 * size - 2)).astype(np.uint8)
+    checker = np.where(((xx // 8) + (yy // 8)) % 2 == 0, 60, 190).astype(np.uint8)
+    rng = np.random.default_rng(12345)
+    noise = rng.integers(0, 256, (size, size), dtype=np.uint8)
+    out = []
+    for i, g in enumerate([flat, grad, checker, noise][:n]):
+        if channels == 1:
+            out.append(g[:, :, None])
+        else:
+            out.append(np.stack([g, np.roll(g, 5 * i + 3, 1), 255 - g], axis=2))
+    return out
+
+
+def manifest_for(
+    opts: ExportOptions, unet: UNetModel, seg: SegmentationSubNetwork, info: dict[str, Any],
+) -> dict[str, Any]:
+    c = unet.cfg
+    d = opts.diff
+    return {
+        "schema_version": 1,
+        "method": "diffusionad",
+        "name": opts.name,
+        "input": {"name": "image", "batch": opts.batch, "channels": c.in_channels,
+                  "height": c.image_size, "width": c.image_size,
+                  "range": [float(opts.value_range[0]), float(opts.value_range[1])],
+                  "resize": "bilinear"},
+        "outputs": {"map": "anomaly_map", "score": "score"},
+        "diffusion": {"T": d.T, "schedule": "linear", "beta_start": d.beta_start,
+                      "beta_end": d.beta_end, "t_s": d.t_s, "t_b": d.t_b, "w": d.w,
+                      "noise_seed": d.noise_seed},
+        "score": {"reduction": "topk_mean", "top_k": d.top_k},
+        "threshold": None,
+        "normal_scores": None,
+        "architecture": {
+            "unet": {**c.to_dict(),
+                     "parameters": sum(p.numel() for p in unet.parameters())},
+            "seg": {**seg.cfg.to_dict(),
+                    "parameters": sum(p.numel() for p in seg.parameters())},
+            "precision": "fp16" if opts.fp16 else "fp32",
+        },
+        "flops_per_frame": 0,
+        "training": info.get("training", {"data": "", "command": "", "seed": 0}),
+        "checkpoint_sha256": info.get("checkpoint_sha256", ""),
+        "exporter_version": __version__,
+    }
+
+
+def _torch_export(det: OneStepDetector, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            det, (example,), buf, input_names=["image"],
+            output_names=["anomaly_map", "score"], opset_version=opset,
+            do_constant_folding=True, dynamo=False,
+        )
+    return onnx.load_from_string(buf.getvalue())
+
+
+def export_model(
+    unet: UNetModel, seg: SegmentationSubNetwork, info: dict[str, Any], out: Path,
+    opts: ExportOptions,
+) -> dict[str, Any]:
+    """Exports, checks, compares ORT with PyTorch, writes model + goldens. Returns a report."""
+    if opts.opset < 17:
+        raise ExporterError(f"opset {opts.opset} < 17 is not supported")
+    if opts.batch < 1:
+        raise ExporterError("batch must be >= 1")
+    if out.suffix != ".onnx":
+        raise ExporterError(f"output must end in .onnx: {out}")
+    gjson, gdir = golden_paths(out)
+    if not opts.force:
+        for p in (out, gjson, gdir):
+            if p.exists():
+                raise ExporterError(f"{p} exists (use --force to overwrite)")
+    d = opts.diff
+    if not (0 <= d.t_s < d.T and 0 <= d.t_b < d.T):
+        raise ExporterError(f"t_s={d.t_s}, t_b={d.t_b} must lie in [0, {d.T})")
+    unet.eval()
+    seg.eval()
+    dtype = torch.float16 if opts.fp16 else torch.float32
+    det = OneStepDetector(unet, seg, d, batch=opts.batch, compute_dtype=dtype)
+    if opts.fp16:
+        det.unet.half()
+        det.seg.half()
+    det.eval()
+    c = unet.cfg
+    size, ch = c.image_size, c.in_channels
+
+    manifest = manifest_for(opts, unet, seg, info)
+    model = _torch_export(det, torch.zeros(opts.batch, ch, size, size), opts.opset)
+    manifest["flops_per_frame"] = int(count_flops(model) // opts.batch)
+    model.producer_name = "diffad-edge-exporter"
+    model.producer_version = __version__
+    set_manifest(model, manifest)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:  # noqa: BLE001
+        raise ExporterError(f"onnx.checker rejected the graph: {e}") from None
+
+    sess = ort_session(model.SerializeToString())
+    # parity: golden patterns plus seeded random inputs, ORT vs PyTorch
+    lo, hi = opts.value_range
+    gpix = golden_pixels(size, ch)
+    if opts.golden_from is not None:
+        for p in list_images(opts.golden_from)[:2]:
+            t = preprocess_file(p, ch, size, size)  # [C, H, W] in [0, 1]
+            gpix.append(np.clip(np.rint(t * 255), 0, 255).astype(np.uint8).transpose(1, 2, 0))
+    with tempfile.TemporaryDirectory() as td:
+        tmpd = Path(td)
+        gfiles = []
+        for i, g in enumerate(gpix):
+            p = tmpd / f"{i:02d}.png"
+            Image.fromarray(g[:, :, 0] if ch == 1 else g).save(p)
+            gfiles.append(p)
+        gin = np.stack([preprocess_file(p, ch, size, size, (lo, hi)) for p in gfiles])
+        rng = np.random.default_rng(7)
+        rin = (lo + (hi - lo) * rng.random((2, ch, size, size))).astype(np.float32)
+        allin = np.concatenate([gin, rin])
+        ort_map, ort_score = run_batched(sess, allin, opts.batch)
+        with torch.no_grad():
+            tm, ts = [], []
+            for i in range(0, len(allin), opts.batch):
+                chunk = allin[i : i + opts.batch]
+                n = len(chunk)
+                if n < opts.batch:
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], opts.batch - n, 0)])
+                m, s = det(torch.from_numpy(chunk))
+                tm.append(m[:n].numpy())
+                ts.append(s[:n].numpy())
+        map_err = float(np.abs(np.concatenate(tm) - ort_map).max())
+        score_err = float(np.abs(np.concatenate(ts) - ort_score).max())
+        tol = PARITY_TOL_FP16 if opts.fp16 else PARITY_TOL_FP32
+        if map_err > tol:
+            raise ExporterError(
+                f"parity failed: max |map ORT - PyTorch| = {map_err:.3g} > {tol:g}"
+            )
+        sha = graph_sha256(model)
+        golden = {"model_sha256": sha, "cases": []}
+        for i in range(len(gfiles)):
+            m = ort_map[i]
+            golden["cases"].append({
+                "image": f"{gdir.name}/{i:02d}.png", "score": float(ort_score[i]),
+                "map_sum": float(m.astype(np.float64).sum()), "map_max": float(m.max()),
+                "map_mean": float(m.astype(np.float64).mean()),
+            })
+        # write: goldens first into temp names, then model, then renames
+        tmp_gdir = gdir.with_name(f".{gdir.name}.tmp")
+        if tmp_gdir.exists():
+            shutil.rmtree(tmp_gdir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copytree(tmpd, tmp_gdir)
+            tmp_gdir.chmod(0o755)
+            save_model_atomic(model, out)
+            if gdir.exists():
+                shutil.rmtree(gdir)
+            tmp_gdir.rename(gdir)
+            write_text_atomic(gjson, json.dumps(golden, indent=2) + "\n")
+        finally:
+            if tmp_gdir.exists():
+                shutil.rmtree(tmp_gdir)
+    return {"map_max_abs_err": map_err, "score_max_abs_err": score_err,
+            "flops_per_frame": manifest["flops_per_frame"], "model_sha256": sha,
+            "size_bytes": out.stat().st_size, "manifest": manifest}
+
+
+def verify_model(path: Path, tol: float = 1e-4) -> dict[str, Any]:
+    """Re-runs the golden cases with ORT CPU; raises ExporterError on any mismatch."""
+    from .onnxio import load_model
+
+    model = load_model(path)
+    manifest = get_manifest(model)
+    gjson, _ = golden_paths(path)
+    if not gjson.is_file():
+        raise ExporterError(f"golden file not found: {gjson}")
+    golden = json.loads(gjson.read_text())
+    sha = graph_sha256(model)
+    if golden.get("model_sha256") != sha:
+        raise ExporterError(f"model_sha256 mismatch: golden {golden.get('model_sha256')} "
+                            f"vs model {sha}")
+    inp = manifest["input"]
+    sess = ort_session(path)
+    imgs = np.stack([
+        preprocess_file(gjson.parent / c["image"], inp["channels"], inp["height"], inp["width"],
+                        tuple(inp["range"]))
+        for c in golden["cases"]
+    ])
+    maps, scores = run_batched(sess, imgs, inp["batch"])
+    worst = 0.0
+    for c, m, s in zip(golden["cases"], maps, scores, strict=True):
+        npx = m.size
+        errs = [abs(float(s) - c["score"]), abs(float(m.max()) - c["map_max"]),
+                abs(float(m.astype(np.float64).mean()) - c["map_mean"]),
+                abs(float(m.astype(np.float64).sum()) - c["map_sum"]) / npx]
+        worst = max(worst, *errs)
+    if worst > tol:
+        raise ExporterError(f"golden mismatch: max error {worst:.3g} > {tol:g}")
+    return {"max_err": worst, "cases": len(golden["cases"]), "manifest": manifest}

@@ -1,0 +1,156 @@
+"""ONNX file helpers: manifest metadata, atomic writes, graph hash, FLOP count, ORT runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from .errors import ExporterError
+
+MANIFEST_KEY = "diffad.manifest"
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yields a temp path beside `final`; renamed onto it on success, removed on failure."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise ExporterError(f"model not found: {path}")
+    try:
+        return onnx.load(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise ExporterError(f"cannot read ONNX model {path}: {e}") from None
+
+
+def get_manifest(model: onnx.ModelProto) -> dict[str, Any]:
+    for p in model.metadata_props:
+        if p.key == MANIFEST_KEY:
+            try:
+                return json.loads(p.value)
+            except json.JSONDecodeError as e:
+                raise ExporterError(f"manifest is not valid JSON: {e}") from None
+    raise ExporterError(f"model has no '{MANIFEST_KEY}' metadata")
+
+
+def set_manifest(model: onnx.ModelProto, manifest: dict[str, Any]) -> None:
+    text = json.dumps(manifest, indent=None, sort_keys=False)
+    for p in model.metadata_props:
+        if p.key == MANIFEST_KEY:
+            p.value = text
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = MANIFEST_KEY, text
+
+
+def save_model_atomic(model: onnx.ModelProto, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def graph_sha256(model: onnx.ModelProto) -> str:
+    """sha256 of the model with metadata_props cleared: graph + weights, manifest excluded.
+
+    So calibration (which only rewrites the manifest) keeps goldens valid.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.metadata_props[:]
+    return hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()
+
+
+def count_flops(model: onnx.ModelProto) -> int:
+    """2 x multiply-accumulates of Conv / Gemm / MatMul nodes, whole graph (all batch)."""
+    inferred = shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int]] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(
+        inferred.graph.output
+    ):
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = dims
+    for init in inferred.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    for node in inferred.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    shapes[node.output[0]] = list(a.t.dims)
+    macs = 0
+    for node in inferred.graph.node:
+        if node.op_type == "Conv":
+            w = shapes.get(node.input[1])
+            out = shapes.get(node.output[0])
+            if w and out:
+                macs += int(np.prod(out)) * int(np.prod(w[1:]))
+        elif node.op_type in ("MatMul", "Gemm"):
+            a = shapes.get(node.input[0])
+            out = shapes.get(node.output[0])
+            if a and out:
+                trans_a = any(x.name == "transA" and x.i for x in node.attribute)
+                k = a[-2] if trans_a else a[-1]
+                macs += int(np.prod(out)) * int(k)
+    return 2 * macs
+
+
+def ort_session(path_or_bytes: Path | bytes, threads: int = 0, spin: bool = False) -> Any:
+    """CPU session; no spin-waiting by default (this machine's cores are shared)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
+    try:
+        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001
+        raise ExporterError(f"onnxruntime cannot load the model: {e}") from None
+
+
+def run_batched(sess: Any, images: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Runs [N, C, H, W] through a static-batch session, padding the last batch."""
+    maps, scores = [], []
+    for i in range(0, len(images), batch):
+        chunk = images[i : i + batch]
+        n = len(chunk)
+        if n < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, 0)])
+        m, s = sess.run(["anomaly_map", "score"], {"image": chunk.astype(np.float32)})
+        maps.append(m[:n])
+        scores.append(s[:n])
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def tensor_to_numpy(t: onnx.TensorProto) -> np.ndarray:
+    return numpy_helper.to_array(t)

@@ -1,0 +1,80 @@
+"""Pixels -> tensor, the ARCHITECTURE §5 convention, in numpy.
+
+grey = Pillow `convert("L")` (ITU-R 601 luma); resize (only if the size differs) is
+bilinear with half-pixel centres, no antialiasing, edge replicate (cv2 INTER_LINEAR
+semantics, computed in float: the resized values are NOT rounded back to 8 bit);
+value = lo + (hi - lo) * p / 255.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ExporterError
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def load_pixels(path: Path, channels: int) -> np.ndarray:
+    """uint8 array [H, W, C] with C = channels (1: Pillow luma, 3: RGB)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if channels == 1:
+                arr = np.asarray(im.convert("L"))[:, :, None]
+            elif channels == 3:
+                arr = np.asarray(im.convert("RGB"))
+            else:
+                raise ExporterError(f"unsupported channel count {channels} (1 or 3)")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ExporterError(f"cannot read image {path}: {e}") from None
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise ExporterError(f"image too small: {path} ({arr.shape[1]}x{arr.shape[0]})")
+    return arr
+
+
+def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    scale = n_in / n_out
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
+    src = np.clip(src, 0.0, n_in - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, src - i0
+
+
+def resize_bilinear(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[H, W, C] -> float64 [height, width, C], half-pixel centres, no antialias."""
+    h, w = img.shape[:2]
+    if (h, w) == (height, width):
+        return img.astype(np.float64)
+    y0, y1, fy = _axis_weights(h, height)
+    x0, x1, fx = _axis_weights(w, width)
+    a = img.astype(np.float64)
+    top = a[y0][:, x0] * (1 - fx)[None, :, None] + a[y0][:, x1] * fx[None, :, None]
+    bot = a[y1][:, x0] * (1 - fx)[None, :, None] + a[y1][:, x1] * fx[None, :, None]
+    return top * (1 - fy)[:, None, None] + bot * fy[:, None, None]
+
+
+def to_tensor(
+    pixels: np.ndarray, height: int, width: int, value_range: tuple[float, float] = (0.0, 1.0)
+) -> np.ndarray:
+    """uint8 [H, W, C] -> float32 [C, height, width] in value_range."""
+    lo, hi = value_range
+    p = resize_bilinear(pixels, height, width)
+    return (lo + (hi - lo) * p / 255.0).astype(np.float32).transpose(2, 0, 1).copy()
+
+
+def preprocess_file(
+    path: Path, channels: int, height: int, width: int,
+    value_range: tuple[float, float] = (0.0, 1.0),
+) -> np.ndarray:
+    return to_tensor(load_pixels(path, channels), height, width, value_range)
+
+
+def list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise ExporterError(f"not a directory: {folder}")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from exporter.seg import SegConfig, SegmentationSubNetwork  # noqa: E402
+from exporter.unet import UNetConfig, UNetModel  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def tiny_unet_cfg(channels: int = 1) -> UNetConfig:
+    return UNetConfig(image_size=32, in_channels=channels, base_channels=16,
+                      channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(16,),
+                      n_heads=2, norm_groups=8)
+
+
+def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Replace zero-initialised weights so the networks compute something non-trivial."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1 and float(p.abs().sum()) == 0.0:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+def tiny_models(channels: int = 1, seed: int = 0) -> tuple[UNetModel, SegmentationSubNetwork]:
+    torch.manual_seed(seed)
+    unet = randomized(UNetModel(tiny_unet_cfg(channels)), seed)
+    seg = randomized(SegmentationSubNetwork(SegConfig(2 * channels, 4)), seed + 1)
+    return unet, seg
+
+
+def write_images(folder: Path, n: int, size: int = 32, seed: int = 0, mode: str = "L") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        shape = (size, size) if mode == "L" else (size, size, 3)
+        a = rng.integers(60, 200, shape, dtype=np.uint8)
+        Image.fromarray(a).save(folder / f"{i:03d}.png")
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny exported model (fp32, batch 1) shared by several tests."""
+    from exporter.diffusion import DiffusionConfig
+    from exporter.export import ExportOptions, export_model
+
+    unet, seg = tiny_models()
+    out = tmp_path_factory.mktemp("model") / "tiny.onnx"
+    export_model(unet, seg, {"checkpoint_sha256": "x"}, out,
+                 ExportOptions(name="tiny", diff=DiffusionConfig(top_k=10)))
+    return out

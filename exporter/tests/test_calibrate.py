@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from exporter.__main__ import main
+from exporter.calibrate import quantile_threshold, score_folder
+from exporter.errors import ExporterError
+from exporter.export import verify_model
+from exporter.onnxio import get_manifest
+
+from .conftest import write_images
+
+
+def test_quantile_rule() -> None:
+    s = np.arange(1, 201, dtype=np.float32)  # 200 scores
+    thr = quantile_threshold(s, 0.005)  # k = ceil(0.995 * 200) = 199
+    assert 199.0 < thr < 199.001
+    assert (s > thr).sum() == 1
+    s = np.arange(1, 67, dtype=np.float32)  # 66 scores: only the max is safe
+    assert (s > quantile_threshold(s, 0.005)).sum() == 0
+    assert quantile_threshold(s, 0.005) > s.max()
+
+
+def test_calibrate_writes_threshold(exported: Path, tmp_path: Path, capsys) -> None:
+    d = tmp_path / "m"
+    shutil.copytree(exported.parent, d)
+    model = d / "tiny.onnx"
+    good = tmp_path / "good"
+    write_images(good, 24)
+    assert main(["calibrate", str(model), "--good", str(good), "--target-frr", "0.05",
+                 "--threads", "1"]) == 0
+    m = get_manifest(onnx.load(str(model)))
+    thr = m["threshold"]
+    assert thr["method"] == "quantile" and thr["n_images"] == 24 and thr["target_frr"] == 0.05
+    scores, _ = score_folder(model, good, 1)
+    assert (scores > thr["value"]).sum() <= int(24 * 0.05)
+    ns = m["normal_scores"]
+    assert set(ns) == {"n", "mean", "std", "min", "max", "p50", "p99"}
+    assert ns["max"] == pytest.approx(float(scores.max()), abs=1e-6)
+    verify_model(model)  # goldens stay valid: the graph did not change
+    assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_calibrate_refuses_few_images(exported: Path, tmp_path: Path, capsys) -> None:
+    good = tmp_path / "good"
+    write_images(good, 19)
+    before = exported.read_bytes()
+    assert main(["calibrate", str(exported), "--good", str(good)]) == 2
+    err = capsys.readouterr().err
+    assert "at least 20" in err and err.count("\n") == 1
+    assert exported.read_bytes() == before
+
+
+def test_calibrate_rejects_bad_image(exported: Path, tmp_path: Path, capsys) -> None:
+    good = tmp_path / "good"
+    write_images(good, 21)
+    (good / "zz.png").write_bytes(b"not a png")
+    with pytest.raises(ExporterError, match="cannot read image"):
+        score_folder(exported, good, 1)
+    assert main(["calibrate", str(exported), "--good", str(good)]) == 2
+    assert "Traceback" not in capsys.readouterr().err

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from exporter.__main__ import main
+from exporter.official import build_from_checkpoint
+
+from .conftest import write_images
+
+ARGS = ["--image-size", "32", "--base-channels", "16", "--channel-mults", "1,2",
+        "--attention-resolutions", "16", "--seg-width", "4", "--batch", "2", "--threads", "1",
+        "--seed", "3"]
+
+
+def test_train_checkpoint_resume_is_exact(tmp_path: Path) -> None:
+    data = tmp_path / "data" / "train" / "good"  # MVTec-style layout
+    write_images(data, 4)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", "--data", str(tmp_path / "data"), "--out", str(a), "--steps", "3",
+                 *ARGS]) == 0
+    assert main(["train", "--data", str(data), "--out", str(b), "--steps", "2", *ARGS]) == 0
+    assert main(["train", "--data", str(data), "--out", str(b), "--steps", "3", *ARGS]) == 0
+    ca = torch.load(a / "last.pt", weights_only=False)
+    cb = torch.load(b / "last.pt", weights_only=False)
+    assert ca["exporter"]["step"] == cb["exporter"]["step"] == 3
+    for k, v in ca["unet_model_state_dict"].items():
+        assert torch.equal(v, cb["unet_model_state_dict"][k]), k
+    for k, v in ca["seg_model_state_dict"].items():
+        assert torch.equal(v, cb["seg_model_state_dict"][k]), k
+    # the checkpoint is in the official layout and exports
+    assert set(ca) >= {"unet_model_state_dict", "seg_model_state_dict", "n_epoch", "args"}
+    unet, seg, info = build_from_checkpoint(a, official=False)
+    assert info["training"]["seed"] == 3 and info["training"]["steps"] == 3
+    assert main(["export", "--checkpoint", str(a), "--out", str(tmp_path / "m.onnx"),
+                 "--threads", "1"]) == 0
+
+
+def test_synthesis_masks_and_blend() -> None:
+    import numpy as np
+
+    from exporter.synth import TexturePool, perlin_mask, synthesize
+
+    rng = np.random.default_rng(0)
+    pool = TexturePool(32, 1, None, 0)
+    x = np.full((1, 32, 32), 0.5, np.float32)
+    for _ in range(5):
+        aug, m = synthesize(x, pool, rng)
+        assert aug.shape == x.shape and m.shape == (1, 32, 32)
+        assert set(np.unique(m)) <= {0.0, 1.0}
+        assert np.array_equal(aug[m == 0], x[m == 0])  # outside the mask: untouched
+    assert perlin_mask(64, rng).sum() > 0

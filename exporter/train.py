@@ -1,0 +1,229 @@
+"""Training on good images with synthetic anomalies (ARCHITECTURE §1, "Training").
+
+Per sample t_s ~ U{0..299}, t_b ~ U{300..999}; half the batch gets a synthetic
+anomaly; loss = noise MSE (both steps, normal samples only) + 5 x focal(alpha 0.5,
+gamma 4) + smooth-L1 on the predicted mask; one backward through both networks.
+"""
+
+from __future__ import annotations
+
+import random
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .diffusion import alphas_cumprod, guided_x0
+from .errors import ExporterError
+from .official import sha256_file
+from .onnxio import atomic_path
+from .preprocess import list_images, preprocess_file
+from .seg import SegConfig, SegmentationSubNetwork
+from .synth import TexturePool, synthesize
+from .unet import UNetConfig, UNetModel
+
+
+@dataclass
+class TrainOptions:
+    data: Path
+    out: Path
+    unet: UNetConfig
+    seg_width: int = 8
+    steps: int = 1000
+    batch: int = 8
+    lr_unet: float = 2e-4
+    lr_seg: float = 1e-3
+    anomaly_prob: float = 0.5
+    seed: int = 0
+    threads: int = 2
+    crop: int = 0
+    augment: bool = True
+    anomaly_source: Path | None = None
+    checkpoint_every: int = 200
+    max_minutes: float = 0.0
+    resume: bool = True
+    command: str = field(default_factory=lambda: "python -m exporter " + shlex.join(sys.argv[1:]))
+
+
+def good_dir(data: Path) -> Path:
+    if (data / "train" / "good").is_dir():
+        return data / "train" / "good"
+    return data
+
+
+def load_good_images(data: Path, channels: int, size: int) -> np.ndarray:
+    folder = good_dir(data)
+    files = list_images(folder)
+    if not files:
+        raise ExporterError(f"no images in {folder}")
+    return np.stack([preprocess_file(p, channels, size, size) for p in files])
+
+
+def binary_focal(p: torch.Tensor, y: torch.Tensor, alpha: float = 0.5, gamma: float = 4.0):
+    bce = F.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), y, reduction="none")
+    pt = torch.exp(-bce)
+    return (alpha * (1 - pt) ** gamma * bce).mean()
+
+
+def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if rng.random() < 0.5:
+        x = x[:, :, ::-1]
+    if rng.random() < 0.5:
+        x = x[:, ::-1, :]
+    return np.rot90(x, int(rng.integers(4)), axes=(1, 2))
+
+
+def make_batch(
+    images: np.ndarray, opts: TrainOptions, pool: TexturePool, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    xs, ms, labels = [], [], []
+    size = images.shape[-1]
+    crop = opts.crop or size
+    for _ in range(opts.batch):
+        x = images[rng.integers(len(images))]
+        if crop < size:
+            y0, x0 = rng.integers(0, size - crop + 1, 2)
+            x = x[:, y0 : y0 + crop, x0 : x0 + crop]
+        if opts.augment:
+            x = _augment(x, rng)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if rng.random() < opts.anomaly_prob:
+            x, m = synthesize(x, pool, rng)
+            label = float(m.sum() > 0)
+        else:
+            m, label = np.zeros((1, crop, crop), np.float32), 0.0
+        xs.append(x)
+        ms.append(m)
+        labels.append(label)
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ms)), torch.tensor(labels)
+
+
+def train_step(
+    unet: UNetModel, seg: SegmentationSubNetwork, x0: torch.Tensor, mask: torch.Tensor,
+    label: torch.Tensor, abar: torch.Tensor, gen: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    b = x0.shape[0]
+    t_s = torch.randint(0, 300, (b,), generator=gen)
+    t_b = torch.randint(300, len(abar), (b,), generator=gen)
+    n_s = torch.randn(x0.shape, generator=gen)
+    n_b = torch.randn(x0.shape, generator=gen)
+    a_s, a_b = abar[t_s].view(b, 1, 1, 1), abar[t_b].view(b, 1, 1, 1)
+    x_s = a_s.sqrt() * x0 + (1 - a_s).sqrt() * n_s
+    x_b = a_b.sqrt() * x0 + (1 - a_b).sqrt() * n_b
+    e = unet(torch.cat([x_s, x_b]), torch.cat([t_s, t_b]).float())
+    e_s, e_b = e[:b], e[b:]
+    per = ((e_s - n_s) ** 2).mean((1, 2, 3)) + ((e_b - n_b) ** 2).mean((1, 2, 3))
+    normal = label == 0
+    noise_loss = per[normal].mean() if normal.any() else per.sum() * 0.0
+    x0_hat = guided_x0(x_s, x_b, e_s, e_b, a_s, a_b, 1.0)
+    pred = seg(torch.cat([x0, x0_hat], 1))
+    focal = binary_focal(pred, mask)
+    sl1 = F.smooth_l1_loss(pred, mask)
+    loss = noise_loss + 5 * focal + sl1
+    return loss, {"noise": noise_loss.item(), "focal": focal.item(), "sl1": sl1.item()}
+
+
+def _rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any]:
+    return {"numpy": rng.bit_generator.state, "torch_gen": gen.get_state(),
+            "torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def save_checkpoint(path: Path, unet, seg, opt_u, opt_s, step: int, opts: TrainOptions,
+                    rng, gen, wall: float) -> None:
+    ck = {
+        "unet_model_state_dict": unet.state_dict(),
+        "seg_model_state_dict": seg.state_dict(),
+        "n_epoch": step,
+        "args": {"img_size": [opts.unet.image_size] * 2, "base_channels": opts.unet.base_channels,
+                 "channels": opts.unet.in_channels},
+        "exporter": {
+            "unet": opts.unet.to_dict(), "seg": seg.cfg.to_dict(), "step": step,
+            "wall_seconds": wall,
+            "training": {"data": str(opts.data), "command": opts.command, "seed": opts.seed,
+                         "steps": step, "batch": opts.batch, "lr_unet": opts.lr_unet,
+                         "lr_seg": opts.lr_seg, "crop": opts.crop, "wall_seconds": round(wall, 1)},
+            "opt_unet": opt_u.state_dict(), "opt_seg": opt_s.state_dict(),
+            "rng": _rng_state(rng, gen),
+        },
+    }
+    with atomic_path(path) as tmp:
+        torch.save(ck, tmp)
+
+
+def train(opts: TrainOptions) -> Path:
+    torch.set_num_threads(max(1, opts.threads))
+    random.seed(opts.seed)
+    np_rng = np.random.default_rng(opts.seed)
+    torch.manual_seed(opts.seed)
+    gen = torch.Generator().manual_seed(opts.seed + 1)
+    cfg = opts.unet
+    if cfg.in_channels not in (1, 3):
+        raise ExporterError(f"channels must be 1 or 3, got {cfg.in_channels}")
+    crop = opts.crop or cfg.image_size
+    if crop % 32 or crop > cfg.image_size:
+        raise ExporterError(f"crop/image size {crop} must be a multiple of 32, <= image size")
+    images = load_good_images(opts.data, cfg.in_channels, cfg.image_size)
+    pool = TexturePool(crop, cfg.in_channels, opts.anomaly_source, opts.seed)
+    unet = UNetModel(cfg)
+    seg = SegmentationSubNetwork(SegConfig(2 * cfg.in_channels, opts.seg_width))
+    opt_u = torch.optim.Adam(unet.parameters(), lr=opts.lr_unet)
+    opt_s = torch.optim.Adam(seg.parameters(), lr=opts.lr_seg)
+    abar = torch.tensor(alphas_cumprod(), dtype=torch.float32)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    ck_path = opts.out / "last.pt"
+    step, wall0 = 0, 0.0
+    if opts.resume and ck_path.exists():
+        ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+        meta = ck["exporter"]
+        if UNetConfig.from_dict(meta["unet"]) != cfg:
+            raise ExporterError(f"{ck_path}: UNet config differs from the requested one; "
+                                "use another --out or --no-resume")
+        unet.load_state_dict(ck["unet_model_state_dict"])
+        seg.load_state_dict(ck["seg_model_state_dict"])
+        opt_u.load_state_dict(meta["opt_unet"])
+        opt_s.load_state_dict(meta["opt_seg"])
+        np_rng.bit_generator.state = meta["rng"]["numpy"]
+        gen.set_state(meta["rng"]["torch_gen"])
+        torch.set_rng_state(meta["rng"]["torch"])
+        random.setstate(meta["rng"]["python"])
+        step, wall0 = int(meta["step"]), float(meta.get("wall_seconds", 0.0))
+        print(f"resuming from {ck_path} at step {step}", file=sys.stderr)
+    unet.train()
+    seg.train()
+    t0 = time.time()
+    bar = tqdm(total=opts.steps, initial=step, desc="train", dynamic_ncols=True)
+    ema: dict[str, float] = {}
+    while step < opts.steps:
+        x0, mask, label = make_batch(images, opts, pool, np_rng)
+        loss, parts = train_step(unet, seg, x0, mask, label, abar, gen)
+        opt_u.zero_grad(set_to_none=True)
+        opt_s.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_u.step()
+        opt_s.step()
+        step += 1
+        for k, v in parts.items():
+            ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in ema.items()})
+        elapsed = wall0 + time.time() - t0
+        out_of_time = opts.max_minutes > 0 and elapsed > opts.max_minutes * 60
+        if step % opts.checkpoint_every == 0 or step == opts.steps or out_of_time:
+            save_checkpoint(ck_path, unet, seg, opt_u, opt_s, step, opts, np_rng, gen, elapsed)
+        if out_of_time:
+            print(f"\nstopping at step {step}: --max-minutes reached", file=sys.stderr)
+            break
+    bar.close()
+    if not ck_path.exists():
+        save_checkpoint(ck_path, unet, seg, opt_u, opt_s, step, opts, np_rng, gen,
+                        wall0 + time.time() - t0)
+    print(f"checkpoint: {ck_path} (sha256 {sha256_file(ck_path)[:12]}, step {step}, "
+          f"wall {wall0 + time.time() - t0:.0f} s)")
+    return ck_path

@@ -1,0 +1,184 @@
+"""One benchmark run, as ratios: bare session, the Python peer pipeline, `diffad bench`, `diffad run`.
+
+Run through `scripts/bench`. Everything is measured here, one after another, on the same model,
+images and machine; the table and the ratios are printed and written as JSON under target/bench/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DIFFAD = ROOT / "target/release/diffad"
+TARGETS = {"pipeline_vs_session": 0.95, "pipeline_vs_python": 1.2, "p99_vs_p50": 1.5}
+
+
+def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def line_run(model: Path, images: Path, parts: int, provider: str) -> dict:
+    """`diffad run` on the replay source at full speed with simulated pins."""
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = Path(tmp) / "summary.json"
+        config = Path(tmp) / "bench.toml"
+        config.write_text(
+            f"""[board]
+name = "bench"
+
+[engine]
+model = "{model}"
+providers = ["{provider}"]
+
+[camera]
+source = "replay"
+[camera.replay]
+dir = "{images}"
+loop_forever = true
+
+[gpio]
+sim = true
+
+[line]
+name = "bench"
+part_rate_hz = 0.0
+parts = {parts}
+camera_to_ejector_mm = 100000.0
+belt_speed_mm_s = 1000.0
+
+[supervisor]
+listen = "127.0.0.1:0"
+"""
+        )
+        proc = subprocess.run(
+            [str(DIFFAD), "run", "--config", str(config), "--quiet", "--summary-json", str(summary)],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"diffad run failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        return json.loads(summary.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", type=Path, default=ROOT / "models/tiles-brick/model.onnx")
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--parts", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = one per core)")
+    ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--smoke", action="store_true", help="a few iterations, to prove the script runs")
+    ap.add_argument("--out", type=Path, default=ROOT / "target/bench")
+    args = ap.parse_args()
+    if args.smoke:
+        args.iterations, args.parts = 20, 30
+
+    model = args.model.resolve()
+    golden = model.with_suffix(".golden")
+    images = sorted(str(p) for p in golden.glob("*.png"))
+    if not images:
+        sys.exit(f"bench: no golden images at {golden}; export the model with `python -m exporter export`")
+    manifest = json.loads(
+        subprocess.run([str(DIFFAD), "inspect", str(model)], check=True, capture_output=True, text=True).stdout.split(
+            "manifest:\n", 1
+        )[1]
+    )
+    flops = float(manifest.get("flops_per_frame") or 0.0)
+    common = ["--iterations", str(args.iterations), "--threads", str(args.threads)]
+
+    print(
+        f"bench: {model.relative_to(ROOT) if model.is_relative_to(ROOT) else model}, {len(images)} images, "
+        f"{args.iterations} iterations, provider {args.provider}",
+        flush=True,
+    )
+    py = run_json(
+        [
+            sys.executable,
+            str(ROOT / "scripts/bench.d/python_pipeline.py"),
+            "--model",
+            str(model),
+            "--images",
+            *images,
+            "--provider",
+            args.provider,
+            *common,
+        ]
+    )
+    rust_json = args.out / "diffad-bench.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            str(DIFFAD),
+            "bench",
+            "--model",
+            str(model),
+            "--images",
+            *images,
+            "--provider",
+            args.provider,
+            "--json",
+            str(rust_json),
+            *common,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    rust = json.loads(rust_json.read_text())
+    line = line_run(model, golden, args.parts, args.provider)
+
+    rows = [
+        ("1. bare session, Python onnxruntime", py["session"], py["peak_rss_mib"]),
+        ("1. bare session, Rust ort", rust["session"], rust["peak_rss_mib"]),
+        ("2. Python pipeline (PIL, numpy, ORT)", py["pipeline"], py["peak_rss_mib"]),
+        ("3. diffad bench (decode→decide)", rust["pipeline"], rust["peak_rss_mib"]),
+        ("4. diffad run, replay, whole line", line["throughput"], line["peak_rss_mib"]),
+    ]
+    ratios = {
+        "pipeline_vs_session": rust["pipeline"]["fps"] / rust["session"]["fps"],
+        "pipeline_vs_python": rust["pipeline"]["fps"] / py["pipeline"]["fps"],
+        "p99_vs_p50": rust["pipeline"]["p99_ms"] / rust["pipeline"]["p50_ms"],
+    }
+    print(f"\n{'':40} {'FPS':>8} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS MiB':>13}")
+    for name, t, rss in rows:
+        print(f"{name:40} {t['fps']:8.1f} {t['p50_ms']:8.2f} {t['p99_ms']:8.2f} {rss:13.0f}")
+    print()
+    for key, value in ratios.items():
+        target = TARGETS[key]
+        ok = value <= target if key == "p99_vs_p50" else value >= target
+        sign = "≤" if key == "p99_vs_p50" else "≥"
+        print(f"{key:22} {value:6.3f}   target {sign} {target}   {'met' if ok else 'MISSED'}")
+    gflops = flops * rust["session"]["fps"] / 1e9
+    print(f"\nmodel: {flops / 1e9:.3f} GFLOP per frame; bare Rust session achieves {gflops:.1f} GFLOP/s")
+
+    report = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "model": str(model),
+        "provider": args.provider,
+        "iterations": args.iterations,
+        "rows": [{"name": n, **t, "peak_rss_mib": r} for n, t, r in rows],
+        "ratios": ratios,
+        "targets": TARGETS,
+        "flops_per_frame": flops,
+        "session_gflops": gflops,
+        "line": line,
+        "onnxruntime": {"python": py["onnxruntime"], "rust": rust["onnxruntime"]},
+    }
+    dest = args.out / ("bench-smoke.json" if args.smoke else "bench.json")
+    dest.write_text(json.dumps(report, indent=2))
+    print(f"wrote {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest}")
+
+
+if __name__ == "__main__":
+    main()
