@@ -162,8 +162,8 @@ def main() -> None:
         sign = "≤" if key == "p99_vs_p50" else "≥"
         print(f"{key:22} {value:6.3f}   target {sign} {target}   {'met' if ok else 'MISSED'}")
     print(
-        f"line: {line['parts']} parts, {line['fault_rejects']} fail-safe rejects, {line['late_verdicts']} late verdicts, "
-        f"reject timing error max {line['max_reject_error_ms']:.3f} ms"
+        f"line: {line['parts']} parts, {line['fault_rejects']} fail-safe rejects, "
+        f"{line['late_verdicts']} late verdicts, reject timing error max {line['max_reject_error_ms']:.3f} ms"
     )
     gflops = flops * rust["session"]["fps"] / 1e9
     print(f"\nmodel: {flops / 1e9:.3f} GFLOP per frame; bare Rust session achieves {gflops:.1f} GFLOP/s")
