@@ -751,7 +751,9 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::pipeline::Summar
     let wall = start.elapsed().as_secs_f64();
     if let Some(dest) = &opts.summary_json {
         let c = &summary.counters;
-        let fps = c.triggers as f64 / wall;
+        // The drain waits for the last part to reach the ejector; that wait is belt travel, not work.
+        let busy = (wall - setup.line.delay_ns() as f64 / 1e9).max(1e-9);
+        let fps = c.triggers as f64 / busy;
         let report = json!({
             "board": board.board.name, "line": setup.line.name, "wall_s": wall,
             "parts": c.triggers, "passes": c.passes, "rejects": c.rejects, "fault_rejects": c.fault_rejects,

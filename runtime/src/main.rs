@@ -95,7 +95,7 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
         /// Images to cycle through (default: the model's golden inputs).
-        #[arg(long)]
+        #[arg(long, num_args = 1..)]
         images: Vec<PathBuf>,
         /// Timed iterations per loop.
         #[arg(long, default_value_t = 200)]

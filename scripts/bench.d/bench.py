@@ -21,9 +21,15 @@ DIFFAD = ROOT / "target/release/diffad"
 TARGETS = {"pipeline_vs_session": 0.95, "pipeline_vs_python": 1.2, "p99_vs_p50": 1.5}
 
 
-def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_checked(cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {Path(cmd[0]).name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def run_json(cmd: list[str]) -> dict:
+    return json.loads(run_checked(cmd).strip().splitlines()[-1])
 
 
 def line_run(model: Path, images: Path, parts: int, provider: str, rate_hz: float) -> dict:
@@ -52,7 +58,7 @@ sim = true
 name = "bench"
 part_rate_hz = {rate_hz:.3f}
 parts = {parts}
-camera_to_ejector_mm = 100000.0
+camera_to_ejector_mm = 1000.0
 belt_speed_mm_s = 1000.0
 
 [supervisor]
@@ -116,7 +122,7 @@ def main() -> None:
     )
     rust_json = args.out / "diffad-bench.json"
     args.out.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
+    run_checked(
         [
             str(DIFFAD),
             "bench",
@@ -130,9 +136,6 @@ def main() -> None:
             str(rust_json),
             *common,
         ],
-        check=True,
-        capture_output=True,
-        text=True,
     )
     rust = json.loads(rust_json.read_text())
     # A camera cannot be slowed down, so "full speed" is parts arriving just under what the
