@@ -69,6 +69,8 @@ pub struct Options {
     pub live_log: bool,
     /// Events queued between the stages and the fan-out thread.
     pub bus_capacity: usize,
+    /// Told the supervisor stream's bound address once it listens (useful with port 0).
+    pub listening: Option<crossbeam_channel::Sender<std::net::SocketAddr>>,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             notifier: None,
             live_log: true,
             bus_capacity: 65_536,
+            listening: None,
         }
     }
 }
@@ -297,6 +300,9 @@ pub fn run(
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if let Some(s) = &supervisor {
         sinks.push(s.sink());
+        if let Some(tx) = &opts.listening {
+            let _ = tx.send(s.local_addr());
+        }
     }
     if let Some(m) = &mqtt {
         sinks.push(m.sink());
