@@ -280,3 +280,73 @@ fn sd_notify_ready_watchdog_stopping() {
     );
     assert_eq!(got.last().map(String::as_str), Some("STOPPING=1"));
 }
+
+#[test]
+fn photo_eye_triggers_arm_parts_and_frames_are_matched() {
+    use diffad::clock::{SimClock, SimMode};
+    use diffad::pins::{LinePins, SimTrigger};
+    use diffad::pipeline::{Hardware, Options, Shutdown};
+    let mut setup = sim_setup(100);
+    setup.line.trigger = diffad::setup::Trigger::Gpio;
+    setup.gpio.trigger = Some(diffad::setup::LineRef {
+        name: "PAA.01".into(),
+        active: Default::default(),
+    });
+    setup.validate().unwrap();
+    let clock: std::sync::Arc<dyn Clock> =
+        std::sync::Arc::new(SimClock::new(SimMode::Auto, common::T0));
+    let (pins, logs) = LinePins::sim(&setup.gpio, clock.clone());
+    // The photo-eye sees each part 3 ms before the camera's exposure.
+    let edges: Vec<u64> = (0..100)
+        .map(|i| common::T0 + i * 20 * MS - 3 * MS)
+        .collect();
+    let trigger = SimTrigger::new(clock.clone(), edges.clone());
+    let source = diffad::camera::open(&setup.camera, &setup.line, clock.clone()).unwrap();
+    let (tap, rx) = crossbeam_channel::unbounded();
+    let opts = Options {
+        sinks: vec![Box::new(diffad::events::TapSink(tap))],
+        live_log: false,
+        ..Default::default()
+    };
+    let hw = Hardware {
+        source,
+        pins,
+        trigger: Some(Box::new(trigger)),
+    };
+    let s = diffad::pipeline::run(
+        &setup,
+        Box::new(TruthInspector::new(clock.clone())),
+        clock,
+        hw,
+        Shutdown::new(),
+        opts,
+    )
+    .unwrap();
+    println!("{s}");
+    assert_eq!(s.counters.triggers, 100);
+    assert!(s.invariant_ok);
+    assert_eq!(
+        s.counters.fault_rejects, 0,
+        "every part got its frame and verdict: {s}"
+    );
+    let parts: Vec<_> = rx
+        .try_iter()
+        .filter_map(|r| {
+            if let Event::Part(p) = &r.event {
+                Some(p.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(parts.len(), 100);
+    for p in &parts {
+        // Born at the edge, not at the frame; the frame was matched to it.
+        assert_eq!(p.trigger_ns, edges[(p.part - 1) as usize]);
+        assert_eq!(p.deadline_ns, p.trigger_ns + 500 * MS);
+        assert_eq!(p.frame_seq, p.part);
+        assert!(p.defective.is_some());
+    }
+    assert_eq!(s.escapes + s.false_rejects, 0);
+    assert_eq!(logs.reject.level(), Some(false));
+}

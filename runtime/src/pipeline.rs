@@ -241,6 +241,8 @@ struct Shared {
     camera_errors: AtomicU64,
     pin_errors: AtomicU64,
     trigger_progress: AtomicU64,
+    /// The trigger thread is blocked waiting for an edge: every earlier edge has been armed.
+    trigger_waiting: AtomicBool,
     fatal: Mutex<Option<LineError>>,
 }
 
@@ -324,6 +326,7 @@ pub fn run(
         camera_errors: AtomicU64::new(0),
         pin_errors: AtomicU64::new(0),
         trigger_progress: AtomicU64::new(0),
+        trigger_waiting: AtomicBool::new(false),
         fatal: Mutex::new(None),
     });
     for s in 0..STAGES.len() {
@@ -588,6 +591,17 @@ fn capture_loop(
         {
             break;
         }
+        // Photo-eye mode: once the trigger thread has stopped and every edge got its frame (or
+        // was given up on), there is nothing left to match.
+        if !by_frame
+            && shared.is_done(3)
+            && awaiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+        {
+            break;
+        }
         while let Ok(buf) = recycle.try_recv() {
             source.recycle(buf);
         }
@@ -642,7 +656,9 @@ fn capture_loop(
             // Let the trigger thread catch up to this frame's time first (it may run behind).
             let ts = frame.timestamp_ns;
             clock.wait_until(Some(ts + MATCH_WINDOW_NS), &|| {
-                shared.trigger_progress.load(Ordering::SeqCst) >= ts || shared.is_done(3)
+                shared.trigger_progress.load(Ordering::SeqCst) >= ts
+                    || shared.trigger_waiting.load(Ordering::SeqCst)
+                    || shared.is_done(3)
             });
             match match_trigger(awaiting, ts) {
                 Some(part) => {
@@ -735,7 +751,10 @@ fn trigger_loop(
         {
             break;
         }
+        shared.trigger_waiting.store(true, Ordering::SeqCst);
+        clock.notify();
         let got = input.next_edge(tick / MS);
+        shared.trigger_waiting.store(false, Ordering::SeqCst);
         let progress = clock.now_ns();
         match got {
             Ok(Some(edge)) => {
