@@ -350,3 +350,76 @@ fn photo_eye_triggers_arm_parts_and_frames_are_matched() {
     assert_eq!(s.escapes + s.false_rejects, 0);
     assert_eq!(logs.reject.level(), Some(false));
 }
+
+/// An output that works `ok_writes` times and then fails.
+struct FlakyPin {
+    ok_writes: u32,
+}
+
+impl embedded_hal::digital::ErrorType for FlakyPin {
+    type Error = diffad::pins::PinError;
+}
+
+impl embedded_hal::digital::OutputPin for FlakyPin {
+    fn set_low(&mut self) -> Result<(), Self::Error> {
+        self.set_high()
+    }
+    fn set_high(&mut self) -> Result<(), Self::Error> {
+        if self.ok_writes == 0 {
+            return Err(diffad::pins::PinError::Io("line request revoked".into()));
+        }
+        self.ok_writes -= 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn failing_reject_pin_alarms_and_drops_ready() {
+    use diffad::clock::{SimClock, SimMode};
+    use diffad::pins::{LinePins, Output};
+    use diffad::pipeline::{open_hardware, Options, Shutdown};
+    let setup = sim_setup(100);
+    let clock: std::sync::Arc<dyn Clock> =
+        std::sync::Arc::new(SimClock::new(SimMode::Auto, common::T0));
+    let (mut hw, logs) = open_hardware(&setup, clock.clone()).unwrap();
+    let logs = logs.expect("gpio.sim gives pin logs");
+    let flaky = Output::new(Box::new(FlakyPin { ok_writes: 4 }), Default::default()).unwrap();
+    let LinePins {
+        ready,
+        heartbeat,
+        fault,
+        ..
+    } = hw.pins;
+    hw.pins = LinePins {
+        reject: flaky,
+        ready,
+        heartbeat,
+        fault,
+    };
+    let (tap, rx) = crossbeam_channel::unbounded();
+    let opts = Options {
+        sinks: vec![Box::new(diffad::events::TapSink(tap))],
+        live_log: false,
+        ..Default::default()
+    };
+    let s = diffad::pipeline::run(
+        &setup,
+        Box::new(TruthInspector::new(clock.clone())),
+        clock,
+        hw,
+        Shutdown::new(),
+        opts,
+    )
+    .unwrap();
+    assert!(s.invariant_ok);
+    assert!(s.pin_errors > 0);
+    let recs: Vec<_> = rx.try_iter().collect();
+    assert!(recs
+        .iter()
+        .any(|r| matches!(&r.event, Event::Alarm(a) if a.code == "pin_error")));
+    assert!(recs.iter().any(|r| matches!(&r.event, Event::Heartbeat(h) if !h.ready && h.faults.iter().any(|f| f == "pin_error"))));
+    assert!(
+        logs.fault.rising().len() == 1,
+        "fault went high once and stayed until the stop"
+    );
+}

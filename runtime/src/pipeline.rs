@@ -105,6 +105,35 @@ pub enum LineError {
     Panic(&'static str),
 }
 
+/// Open what the config names: the camera, the pins (simulated when `gpio.sim`, with their
+/// logs) and the photo-eye when `line.trigger = "gpio"`.
+pub fn open_hardware(
+    setup: &LineSetup,
+    clock: Arc<dyn Clock>,
+) -> Result<(Hardware, Option<crate::pins::SimLogs>), LineError> {
+    setup.validate()?;
+    let trigger =
+        match setup.line.trigger {
+            Trigger::Gpio if setup.gpio.sim => return Err(Invalid::new(
+                "line.trigger",
+                "\"gpio\" needs real pins (gpio.sim = false); simulations pass a pins::SimTrigger",
+            )
+            .into()),
+            Trigger::Gpio => Some(crate::pins::open_trigger(&setup.gpio)?),
+            Trigger::Frame => None,
+        };
+    let (pins, logs) = LinePins::open(&setup.gpio, clock.clone())?;
+    let source = crate::camera::open(&setup.camera, &setup.line, clock)?;
+    Ok((
+        Hardware {
+            source,
+            pins,
+            trigger,
+        },
+        logs,
+    ))
+}
+
 /// The line's report at shutdown.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
@@ -964,7 +993,8 @@ fn health_loop(
         if !counters.balanced() {
             faults.push("invariant".into());
         }
-        if shared.pin_errors.load(Ordering::Relaxed) > 0 {
+        // A pin that failed once is not trusted again until a restart.
+        if shared.pin_errors.load(Ordering::Relaxed) + counters.pin_errors > 0 {
             faults.push("pin_error".into());
         }
         for f in faults.iter().filter(|f| !active.contains(f)) {

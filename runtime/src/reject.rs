@@ -374,6 +374,8 @@ impl Scheduler {
     fn set_pin(&mut self, on: bool) {
         if let Err(e) = self.pin.set(on) {
             self.stats.pin_errors += 1;
+            self.counters.pin_errors += 1;
+            self.publish();
             self.events.emit(Event::alarm(
                 "pin_error",
                 format!("reject line: {e}"),

@@ -33,11 +33,27 @@ pub struct LineSetup {
 impl LineSetup {
     /// Parse the sections from TOML text (a whole board file minus the engine side, or a test).
     pub fn from_toml(text: &str) -> Result<Self, Invalid> {
-        let setup: Self = toml::from_str(text).map_err(|e| {
+        let value: toml::Value = text
+            .parse::<toml::Table>()
+            .map(toml::Value::Table)
+            .map_err(|e| Invalid::new("<file>", e.to_string()))?;
+        let setup: Self = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            // toml appends its own "in `key`" context; the dotted key already says it.
+            let message = e.inner().to_string();
+            let message = message
+                .split("\nin `")
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
             Invalid::new(
-                e.span()
-                    .map_or("<file>".into(), |s| format!("at byte {}", s.start)),
-                e.message(),
+                if key == "." {
+                    "<file>".to_string()
+                } else {
+                    key
+                },
+                message,
             )
         })?;
         setup.validate()?;
