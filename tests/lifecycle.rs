@@ -25,6 +25,9 @@ fn sigterm_drains_flushes_and_reports() {
     setup.line.belt_speed_mm_s = 1000.0;
     setup.line.camera_to_ejector_mm = 100.0;
     setup.supervisor.listen = "127.0.0.1:0".into();
+    setup.supervisor.log_level = "info".into();
+    // Log records go to env_logger's output and, at `info` and above, onto the stream.
+    diffad::events::LogBridge::install().unwrap();
     setup.archive = Some(ArchiveConfig {
         dir: dir.path().to_path_buf(),
         max_mb: 50.0,
@@ -75,6 +78,7 @@ fn sigterm_drains_flushes_and_reports() {
     let mut seqs = Vec::new();
     let mut line_buf = String::new();
     let mut signalled = false;
+    let mut logs_seen = Vec::new();
     loop {
         line_buf.clear();
         match reader.read_line(&mut line_buf) {
@@ -84,6 +88,9 @@ fn sigterm_drains_flushes_and_reports() {
         }
         let v: serde_json::Value = serde_json::from_str(&line_buf).unwrap();
         seqs.push(v["seq"].as_u64().unwrap());
+        if v["type"] == "log" {
+            logs_seen.push(v["message"].as_str().unwrap_or_default().to_string());
+        }
         if v["type"] == "part" {
             *parts.entry(v["part"].as_u64().unwrap()).or_default() += 1;
         }
@@ -95,6 +102,14 @@ fn sigterm_drains_flushes_and_reports() {
     let summary = line.join().unwrap().expect("line stops cleanly");
     println!("{summary}");
     assert!(signalled);
+    assert!(
+        logs_seen.iter().any(|m| m.contains("threshold")),
+        "{logs_seen:?}"
+    );
+    assert!(
+        logs_seen.iter().any(|m| m.contains("stop requested")),
+        "{logs_seen:?}"
+    );
     let c = &summary.counters;
     assert!(summary.invariant_ok, "{summary}");
     assert!(c.triggers >= 30);

@@ -308,6 +308,14 @@ pub fn run(
         .into());
     }
     let threshold = crate::decide::threshold(inspector.threshold(), line.threshold);
+    if let Some(wd) = opts.notifier.as_ref().and_then(|n| n.watchdog_interval()) {
+        if Duration::from_millis(2 * line.heartbeat_ms) > wd {
+            log::warn!(
+                "line.heartbeat_ms = {} pings the systemd watchdog ({wd:?}) too rarely: lower it",
+                line.heartbeat_ms
+            );
+        }
+    }
     if line.fail_safe == FailSafe::Pass {
         log::warn!("line.fail_safe = \"pass\": parts whose inspection is late, missing or failed will NOT be rejected");
     }

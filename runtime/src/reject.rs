@@ -55,6 +55,8 @@ pub struct ArchiveJob {
     pub frame: Frame,
     /// The inspection, if there was one.
     pub inspection: Option<Inspection>,
+    /// Threshold in force (drawn as the overlay's contour).
+    pub threshold: f32,
 }
 
 /// Totals of the stage, beyond the counters.
@@ -341,6 +343,7 @@ impl Scheduler {
                     outcome,
                     frame,
                     inspection,
+                    threshold: self.policy.threshold,
                 }) {
                     self.stats.archive_dropped += 1;
                     self.give_back(Some(e.into_inner().frame));
