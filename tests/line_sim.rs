@@ -423,3 +423,86 @@ fn failing_reject_pin_alarms_and_drops_ready() {
         "fault went high once and stayed until the stop"
     );
 }
+
+/// A camera that panics after a few frames.
+struct Exploding {
+    inner: Box<dyn diffad::camera::Source>,
+    n: u64,
+}
+
+impl diffad::camera::Source for Exploding {
+    fn next_frame(&mut self) -> Result<Option<diffad::frame::Frame>, diffad::camera::SourceError> {
+        self.n += 1;
+        assert!(self.n <= 10, "camera driver bug");
+        self.inner.next_frame()
+    }
+    fn describe(&self) -> String {
+        "exploding".into()
+    }
+}
+
+struct PanickyInspector(TruthInspector);
+
+impl diffad::inspect::Inspector for PanickyInspector {
+    fn batch_size(&self) -> usize {
+        1
+    }
+    fn threshold(&self) -> f32 {
+        0.5
+    }
+    fn inspect(
+        &mut self,
+        frames: &[&diffad::frame::Frame],
+    ) -> Vec<Result<diffad::inspect::Inspection, diffad::inspect::InspectError>> {
+        assert!(frames[0].seq % 10 != 0, "engine bug");
+        self.0.inspect(frames)
+    }
+}
+
+#[test]
+fn panics_fail_safe_and_never_hang_the_line() {
+    // An inspector panic is contained: that part fails safe, the line goes on.
+    let run = run_line(
+        &sim_setup(50),
+        |c| Box::new(PanickyInspector(TruthInspector::new(c))),
+        None,
+        None,
+    );
+    let s = &run.summary;
+    assert!(s.invariant_ok);
+    assert_eq!(s.counters.triggers, 50);
+    assert_eq!(s.counters.inspect_errors, 5);
+    assert_eq!(s.counters.fault_rejects, 5);
+
+    // A capture thread that dies ends the run with an error instead of hanging it.
+    let setup = sim_setup(50);
+    let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(diffad::clock::SimClock::new(
+        diffad::clock::SimMode::Auto,
+        common::T0,
+    ));
+    let (mut hw, logs) = diffad::pipeline::open_hardware(&setup, clock.clone()).unwrap();
+    hw.source = Box::new(Exploding {
+        inner: hw.source,
+        n: 0,
+    });
+    let opts = diffad::pipeline::Options {
+        live_log: false,
+        ..Default::default()
+    };
+    let r = diffad::pipeline::run(
+        &setup,
+        Box::new(TruthInspector::new(clock.clone())),
+        clock,
+        hw,
+        diffad::pipeline::Shutdown::new(),
+        opts,
+    );
+    assert!(
+        matches!(r, Err(diffad::pipeline::LineError::Panic("capture"))),
+        "{:?}",
+        r.err()
+    );
+    let logs = logs.unwrap();
+    assert_eq!(logs.ready.level(), Some(false));
+    assert_eq!(logs.reject.level(), Some(false));
+}

@@ -260,6 +260,16 @@ enum SchedMsg {
 
 const STAGES: [&str; 4] = ["capture", "inspect", "reject", "trigger"];
 
+/// Marks a stage finished when its thread ends, by return or by panic, so the stages after it
+/// drain and stop instead of waiting forever.
+struct Done<'a>(&'a Shared, usize, &'a dyn Clock);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.finish(self.1, self.2);
+    }
+}
+
 /// State the stage threads share with the health thread.
 struct Shared {
     counters: Arc<Mutex<Counters>>,
@@ -434,11 +444,11 @@ pub fn run(
                 .name("capture".into())
                 .spawn_scoped(scope, move || {
                     let _h = h;
+                    let _done = Done(&shared, 0, &*clock);
                     capture_loop(
                         setup, source, &*clock, &shared, &events, &sched_tx, frames_tx, recycle_rx,
                         &shutdown, &awaiting, &next_part,
                     );
-                    shared.finish(0, &*clock);
                 })
                 .expect("spawn capture")
         };
@@ -449,8 +459,8 @@ pub fn run(
                 .name("inspect".into())
                 .spawn_scoped(scope, move || {
                     let _h = h;
+                    let _done = Done(&shared, 1, &*clock);
                     inspect_loop(inspector, &*clock, &shared, frames_rx, &sched_tx, tick);
-                    shared.finish(1, &*clock);
                 })
                 .expect("spawn inspect")
         };
@@ -468,6 +478,7 @@ pub fn run(
                 .name("trigger".into())
                 .spawn_scoped(scope, move || {
                     let _h = h;
+                    let _done = Done(&shared, 3, &*clock);
                     trigger_loop(
                         setup,
                         &mut *input,
@@ -479,7 +490,6 @@ pub fn run(
                         &next_part,
                         tick,
                     );
-                    shared.finish(3, &*clock);
                 })
                 .expect("spawn trigger")
         });
@@ -491,8 +501,8 @@ pub fn run(
                 .name("reject".into())
                 .spawn_scoped(scope, move || {
                     let _h = h;
+                    let _done = Done(&shared, 2, &*clock);
                     let stats = reject_loop(&mut scheduler, &*clock, &shared, &sched_rx, tick);
-                    shared.finish(2, &*clock);
                     (scheduler.counters(), stats)
                 })
                 .expect("spawn reject")

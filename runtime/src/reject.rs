@@ -315,12 +315,6 @@ impl Scheduler {
             let pos = self.pulses.partition_point(|&(_, t)| t <= at);
             self.pulses.insert(pos, (info.part, at));
         }
-        if outcome == Outcome::FaultPass {
-            log::warn!(
-                "part {} let through without a valid verdict (fail_safe = \"pass\")",
-                info.part
-            );
-        }
         self.events.emit(Event::Part(PartEvent {
             part: info.part,
             frame_seq: info.frame_seq,
@@ -474,6 +468,15 @@ impl Scheduler {
     pub fn release_pin(&mut self) {
         self.set_pin(false);
         self.active_until = None;
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // Also on a panic: an air jet must not be left blowing.
+        if self.active_until.is_some() {
+            let _ = self.pin.set(false);
+        }
     }
 }
 
