@@ -506,3 +506,51 @@ fn panics_fail_safe_and_never_hang_the_line() {
     assert_eq!(logs.ready.level(), Some(false));
     assert_eq!(logs.reject.level(), Some(false));
 }
+
+#[test]
+fn replayed_mvtec_folder_keeps_ground_truth_through_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // 6 good and 4 scratched 64×64 tiles with masks, MVTec layout.
+    for (kind, n) in [("good", 6u32), ("scratch", 4)] {
+        std::fs::create_dir_all(root.join("test").join(kind)).unwrap();
+        std::fs::create_dir_all(root.join("ground_truth").join(kind)).unwrap();
+        for i in 0..n {
+            let mut img = image::GrayImage::from_fn(64, 64, |x, y| {
+                image::Luma([(100 + (x * 7 + y * 3 + i) % 40) as u8])
+            });
+            let mut mask = image::GrayImage::new(64, 64);
+            if kind != "good" {
+                for x in 10..50 {
+                    img.put_pixel(x, 30, image::Luma([250]));
+                    mask.put_pixel(x, 30, image::Luma([255]));
+                }
+                mask.save(root.join(format!("ground_truth/{kind}/{i:03}_mask.png")))
+                    .unwrap();
+            }
+            img.save(root.join(format!("test/{kind}/{i:03}.png")))
+                .unwrap();
+        }
+    }
+    let mut setup = sim_setup(1000);
+    setup.camera.source = diffad::setup::SourceKind::Replay;
+    setup.camera.replay.dir = root.to_path_buf();
+    setup.validate().unwrap();
+    let run = run_line(&setup, |c| Box::new(TruthInspector::new(c)), None, None);
+    let s = &run.summary;
+    assert_eq!(s.counters.triggers, 10, "the replay ends after one pass");
+    assert_eq!(
+        (s.with_truth, s.counters.rejects, s.escapes, s.false_rejects),
+        (10, 4, 0, 0),
+        "{s}"
+    );
+    let kinds: Vec<Option<String>> = run.parts().iter().map(|p| p.kind.clone()).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| k.as_deref() == Some("scratch"))
+            .count(),
+        4
+    );
+    assert!(run.parts().iter().all(|p| p.origin.ends_with(".png")));
+}

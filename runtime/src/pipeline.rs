@@ -1,6 +1,26 @@
 //! The line: capture → inspect (batched) → decide + reject, with a health thread and the event
 //! fan-out, joined by bounded channels. Capture never waits for a slower stage: a frame that
 //! finds the engine queue full fails safe at once (its part still gets exactly one outcome).
+//!
+//! Wiring, as `diffad run` does it:
+//! ```no_run
+//! # fn demo(setup: &diffad::setup::LineSetup, inspector: Box<dyn diffad::inspect::Inspector>)
+//! #     -> Result<(), Box<dyn std::error::Error>> {
+//! use diffad::clock::{Clock, SystemClock};
+//! use diffad::pipeline::{open_hardware, run, Options, Shutdown};
+//! use std::sync::Arc;
+//! diffad::events::LogBridge::install()?; // instead of env_logger::init()
+//! let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+//! let (hw, _sim_pin_logs) = open_hardware(setup, clock.clone())?; // sim pins when gpio.sim
+//! let shutdown = Shutdown::new();
+//! shutdown.install_signals()?; // SIGINT/SIGTERM drain and stop
+//! let opts = Options { notifier: diffad::watchdog::Notifier::from_env()?, ..Default::default() };
+//! let summary = run(setup, inspector, clock, hw, shutdown, opts)?;
+//! println!("{summary}");
+//! # Ok(()) }
+//! ```
+//! Simulations use `SimClock::new(SimMode::Auto, t0)` instead (as fast as possible, same
+//! results every run); the inspector's own time then counts as zero unless it waits on the clock.
 
 use crate::archive::{Archive, ArchiveStats};
 use crate::camera::{Source, SourceError};
