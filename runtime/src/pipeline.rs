@@ -300,8 +300,8 @@ struct Shared {
     camera_errors: AtomicU64,
     pin_errors: AtomicU64,
     trigger_progress: AtomicU64,
-    /// The trigger thread is blocked waiting for an edge: every earlier edge has been armed.
-    trigger_waiting: AtomicBool,
+    /// The trigger thread waits for an edge with none queued.
+    trigger_idle: AtomicBool,
     fatal: Mutex<Option<LineError>>,
 }
 
@@ -393,7 +393,7 @@ pub fn run(
         camera_errors: AtomicU64::new(0),
         pin_errors: AtomicU64::new(0),
         trigger_progress: AtomicU64::new(0),
-        trigger_waiting: AtomicBool::new(false),
+        trigger_idle: AtomicBool::new(false),
         fatal: Mutex::new(None),
     });
     for s in 0..STAGES.len() {
@@ -528,7 +528,12 @@ pub fn run(
                 .expect("spawn reject")
         };
         let health = {
-            let (clock, shared, events) = (clock.clone(), shared.clone(), events.clone());
+            let (clock, shared, events, awaiting) = (
+                clock.clone(),
+                shared.clone(),
+                events.clone(),
+                awaiting.clone(),
+            );
             let h = held.next().expect("guard");
             let notifier = opts.notifier;
             std::thread::Builder::new()
@@ -546,6 +551,7 @@ pub fn run(
                             fault,
                         },
                         notifier.as_ref(),
+                        &awaiting,
                     );
                 })
                 .expect("spawn health")
@@ -724,7 +730,7 @@ fn capture_loop(
             let ts = frame.timestamp_ns;
             clock.wait_until(Some(ts + MATCH_WINDOW_NS), &|| {
                 shared.trigger_progress.load(Ordering::SeqCst) >= ts
-                    || shared.trigger_waiting.load(Ordering::SeqCst)
+                    || shared.trigger_idle.load(Ordering::SeqCst)
                     || shared.is_done(3)
             });
             match match_trigger(awaiting, ts) {
@@ -818,10 +824,13 @@ fn trigger_loop(
         {
             break;
         }
-        shared.trigger_waiting.store(true, Ordering::SeqCst);
-        clock.notify();
+        // Blocked with no edge queued: every part up to now is armed, frames may be matched.
+        if let Ok(false) = input.pending() {
+            shared.trigger_idle.store(true, Ordering::SeqCst);
+            clock.notify();
+        }
         let got = input.next_edge(tick / MS);
-        shared.trigger_waiting.store(false, Ordering::SeqCst);
+        shared.trigger_idle.store(false, Ordering::SeqCst);
         let progress = clock.now_ns();
         match got {
             Ok(Some(edge)) => {
@@ -855,7 +864,9 @@ fn trigger_loop(
                 clock.notify();
             }
             Ok(None) => {
-                shared.trigger_progress.store(progress, Ordering::SeqCst);
+                shared
+                    .trigger_progress
+                    .fetch_max(progress, Ordering::SeqCst);
                 clock.notify();
             }
             Err(e) => {
@@ -973,7 +984,9 @@ fn health_loop(
     events: &Events,
     mut pins: Pins,
     notifier: Option<&Notifier>,
+    awaiting: &Mutex<VecDeque<(u64, u64)>>,
 ) {
+    let by_frame = setup.line.trigger == Trigger::Frame;
     let period = setup.line.heartbeat_ms * MS;
     let stall = setup.camera.stall_ms * MS;
     let tick = (period / 2).clamp(5 * MS, 250 * MS);
@@ -1014,9 +1027,18 @@ fn health_loop(
             c
         };
         let mut faults: Vec<String> = Vec::new();
-        if !shared.is_done(0)
-            && now.saturating_sub(shared.last_frame_ns.load(Ordering::Relaxed)) > stall
-        {
+        // Free-running: frames must keep coming. Photo-eye: a camera triggered by the parts is
+        // quiet while the belt is empty; it has stalled when a triggered part waits for its frame.
+        let waiting_since = if by_frame {
+            Some(shared.last_frame_ns.load(Ordering::Relaxed))
+        } else {
+            awaiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .front()
+                .map(|&(_, t)| t.max(shared.last_frame_ns.load(Ordering::Relaxed)))
+        };
+        if !shared.is_done(0) && waiting_since.is_some_and(|t| now.saturating_sub(t) > stall) {
             faults.push("camera_stalled".into());
         }
         let mut all_alive = true;
