@@ -127,6 +127,7 @@ fn sigterm_drains_flushes_and_reports() {
     assert_eq!(logs.ready.level(), Some(false), "ready dropped");
     assert_eq!(logs.reject.level(), Some(false));
     assert_eq!(summary.archive.written, c.rejects + c.fault_rejects);
-    // Real-time timing on a shared CI machine: loose bound; the 2 ms bound is tested on the sim clock.
-    assert!(summary.max_reject_error_ms < 25.0, "{summary}");
+    // Real time on a shared, loaded CI machine: this only catches gross errors (a pulse a whole
+    // belt travel late); the 2 ms bound is tested on the simulated clock.
+    assert!(summary.max_reject_error_ms < 100.0, "{summary}");
 }

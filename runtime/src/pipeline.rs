@@ -522,6 +522,7 @@ pub fn run(
                 .spawn_scoped(scope, move || {
                     let _h = h;
                     let _done = Done(&shared, 2, &*clock);
+                    set_realtime(setup.line.realtime_priority);
                     let stats = reject_loop(&mut scheduler, &*clock, &shared, &sched_rx, tick);
                     (scheduler.counters(), stats)
                 })
@@ -924,6 +925,24 @@ fn inspect_loop(
                 frame: job.frame,
             });
         }
+    }
+}
+
+/// Put the calling thread on SCHED_FIFO at `prio` (0: leave it alone).
+fn set_realtime(prio: u8) {
+    if prio == 0 {
+        return;
+    }
+    let param = libc::sched_param {
+        sched_priority: i32::from(prio),
+    };
+    // SAFETY: plain syscall on the current thread with a valid parameter struct.
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        log::warn!(
+            "reject thread: SCHED_FIFO {prio} refused ({}); pulses run at normal priority",
+            std::io::Error::from_raw_os_error(rc)
+        );
     }
 }
 

@@ -444,6 +444,9 @@ pub struct LineConfig {
     pub heartbeat_ms: u64,
     /// Frames queued for the engine before new ones become fault-rejects.
     pub queue: usize,
+    /// SCHED_FIFO priority for the reject thread (1..=99; 0 = normal scheduling). Needs
+    /// `LimitRTPRIO` (systemd) or CAP_SYS_NICE; refused priorities are logged, not fatal.
+    pub realtime_priority: u8,
 }
 
 impl Default for LineConfig {
@@ -462,6 +465,7 @@ impl Default for LineConfig {
             parts: None,
             heartbeat_ms: 500,
             queue: 8,
+            realtime_priority: 0,
         }
     }
 }
@@ -517,6 +521,12 @@ impl LineConfig {
         }
         if self.heartbeat_ms == 0 {
             return Err(Invalid::new("line.heartbeat_ms", "must be > 0"));
+        }
+        if self.realtime_priority > 99 {
+            return Err(Invalid::new(
+                "line.realtime_priority",
+                "must be within 0..=99",
+            ));
         }
         if !(1..=4096).contains(&self.queue) {
             return Err(Invalid::new("line.queue", "must be within 1..=4096"));
