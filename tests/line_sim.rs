@@ -280,3 +280,277 @@ fn sd_notify_ready_watchdog_stopping() {
     );
     assert_eq!(got.last().map(String::as_str), Some("STOPPING=1"));
 }
+
+#[test]
+fn photo_eye_triggers_arm_parts_and_frames_are_matched() {
+    use diffad::clock::{SimClock, SimMode};
+    use diffad::pins::{LinePins, SimTrigger};
+    use diffad::pipeline::{Hardware, Options, Shutdown};
+    let mut setup = sim_setup(100);
+    setup.line.trigger = diffad::setup::Trigger::Gpio;
+    setup.gpio.trigger = Some(diffad::setup::LineRef {
+        name: "PAA.01".into(),
+        active: Default::default(),
+    });
+    setup.validate().unwrap();
+    let clock: std::sync::Arc<dyn Clock> =
+        std::sync::Arc::new(SimClock::new(SimMode::Auto, common::T0));
+    let (pins, logs) = LinePins::sim(&setup.gpio, clock.clone());
+    // The photo-eye sees each part 3 ms before the camera's exposure.
+    let edges: Vec<u64> = (0..100)
+        .map(|i| common::T0 + i * 20 * MS - 3 * MS)
+        .collect();
+    let trigger = SimTrigger::new(clock.clone(), edges.clone());
+    let source = diffad::camera::open(&setup.camera, &setup.line, clock.clone()).unwrap();
+    let (tap, rx) = crossbeam_channel::unbounded();
+    let opts = Options {
+        sinks: vec![Box::new(diffad::events::TapSink(tap))],
+        live_log: false,
+        ..Default::default()
+    };
+    let hw = Hardware {
+        source,
+        pins,
+        trigger: Some(Box::new(trigger)),
+    };
+    let s = diffad::pipeline::run(
+        &setup,
+        Box::new(TruthInspector::new(clock.clone())),
+        clock,
+        hw,
+        Shutdown::new(),
+        opts,
+    )
+    .unwrap();
+    println!("{s}");
+    assert_eq!(s.counters.triggers, 100);
+    assert!(s.invariant_ok);
+    assert_eq!(
+        s.counters.fault_rejects, 0,
+        "every part got its frame and verdict: {s}"
+    );
+    let parts: Vec<_> = rx
+        .try_iter()
+        .filter_map(|r| {
+            if let Event::Part(p) = &r.event {
+                Some(p.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(parts.len(), 100);
+    for p in &parts {
+        // Born at the edge, not at the frame; the frame was matched to it.
+        assert_eq!(p.trigger_ns, edges[(p.part - 1) as usize]);
+        assert_eq!(p.deadline_ns, p.trigger_ns + 500 * MS);
+        assert_eq!(p.frame_seq, p.part);
+        assert!(p.defective.is_some());
+    }
+    assert_eq!(s.escapes + s.false_rejects, 0);
+    assert_eq!(logs.reject.level(), Some(false));
+}
+
+/// An output that works `ok_writes` times and then fails.
+struct FlakyPin {
+    ok_writes: u32,
+}
+
+impl embedded_hal::digital::ErrorType for FlakyPin {
+    type Error = diffad::pins::PinError;
+}
+
+impl embedded_hal::digital::OutputPin for FlakyPin {
+    fn set_low(&mut self) -> Result<(), Self::Error> {
+        self.set_high()
+    }
+    fn set_high(&mut self) -> Result<(), Self::Error> {
+        if self.ok_writes == 0 {
+            return Err(diffad::pins::PinError::Io("line request revoked".into()));
+        }
+        self.ok_writes -= 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn failing_reject_pin_alarms_and_drops_ready() {
+    use diffad::clock::{SimClock, SimMode};
+    use diffad::pins::{LinePins, Output};
+    use diffad::pipeline::{open_hardware, Options, Shutdown};
+    let setup = sim_setup(100);
+    let clock: std::sync::Arc<dyn Clock> =
+        std::sync::Arc::new(SimClock::new(SimMode::Auto, common::T0));
+    let (mut hw, logs) = open_hardware(&setup, clock.clone()).unwrap();
+    let logs = logs.expect("gpio.sim gives pin logs");
+    let flaky = Output::new(Box::new(FlakyPin { ok_writes: 4 }), Default::default()).unwrap();
+    let LinePins {
+        ready,
+        heartbeat,
+        fault,
+        ..
+    } = hw.pins;
+    hw.pins = LinePins {
+        reject: flaky,
+        ready,
+        heartbeat,
+        fault,
+    };
+    let (tap, rx) = crossbeam_channel::unbounded();
+    let opts = Options {
+        sinks: vec![Box::new(diffad::events::TapSink(tap))],
+        live_log: false,
+        ..Default::default()
+    };
+    let s = diffad::pipeline::run(
+        &setup,
+        Box::new(TruthInspector::new(clock.clone())),
+        clock,
+        hw,
+        Shutdown::new(),
+        opts,
+    )
+    .unwrap();
+    assert!(s.invariant_ok);
+    assert!(s.pin_errors > 0);
+    let recs: Vec<_> = rx.try_iter().collect();
+    assert!(recs
+        .iter()
+        .any(|r| matches!(&r.event, Event::Alarm(a) if a.code == "pin_error")));
+    assert!(recs.iter().any(|r| matches!(&r.event, Event::Heartbeat(h) if !h.ready && h.faults.iter().any(|f| f == "pin_error"))));
+    assert!(
+        logs.fault.rising().len() == 1,
+        "fault went high once and stayed until the stop"
+    );
+}
+
+/// A camera that panics after a few frames.
+struct Exploding {
+    inner: Box<dyn diffad::camera::Source>,
+    n: u64,
+}
+
+impl diffad::camera::Source for Exploding {
+    fn next_frame(&mut self) -> Result<Option<diffad::frame::Frame>, diffad::camera::SourceError> {
+        self.n += 1;
+        assert!(self.n <= 10, "camera driver bug");
+        self.inner.next_frame()
+    }
+    fn describe(&self) -> String {
+        "exploding".into()
+    }
+}
+
+struct PanickyInspector(TruthInspector);
+
+impl diffad::inspect::Inspector for PanickyInspector {
+    fn batch_size(&self) -> usize {
+        1
+    }
+    fn threshold(&self) -> f32 {
+        0.5
+    }
+    fn inspect(
+        &mut self,
+        frames: &[&diffad::frame::Frame],
+    ) -> Vec<Result<diffad::inspect::Inspection, diffad::inspect::InspectError>> {
+        assert!(frames[0].seq % 10 != 0, "engine bug");
+        self.0.inspect(frames)
+    }
+}
+
+#[test]
+fn panics_fail_safe_and_never_hang_the_line() {
+    // An inspector panic is contained: that part fails safe, the line goes on.
+    let run = run_line(
+        &sim_setup(50),
+        |c| Box::new(PanickyInspector(TruthInspector::new(c))),
+        None,
+        None,
+    );
+    let s = &run.summary;
+    assert!(s.invariant_ok);
+    assert_eq!(s.counters.triggers, 50);
+    assert_eq!(s.counters.inspect_errors, 5);
+    assert_eq!(s.counters.fault_rejects, 5);
+
+    // A capture thread that dies ends the run with an error instead of hanging it.
+    let setup = sim_setup(50);
+    let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(diffad::clock::SimClock::new(
+        diffad::clock::SimMode::Auto,
+        common::T0,
+    ));
+    let (mut hw, logs) = diffad::pipeline::open_hardware(&setup, clock.clone()).unwrap();
+    hw.source = Box::new(Exploding {
+        inner: hw.source,
+        n: 0,
+    });
+    let opts = diffad::pipeline::Options {
+        live_log: false,
+        ..Default::default()
+    };
+    let r = diffad::pipeline::run(
+        &setup,
+        Box::new(TruthInspector::new(clock.clone())),
+        clock,
+        hw,
+        diffad::pipeline::Shutdown::new(),
+        opts,
+    );
+    assert!(
+        matches!(r, Err(diffad::pipeline::LineError::Panic("capture"))),
+        "{:?}",
+        r.err()
+    );
+    let logs = logs.unwrap();
+    assert_eq!(logs.ready.level(), Some(false));
+    assert_eq!(logs.reject.level(), Some(false));
+}
+
+#[test]
+fn replayed_mvtec_folder_keeps_ground_truth_through_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // 6 good and 4 scratched 64×64 tiles with masks, MVTec layout.
+    for (kind, n) in [("good", 6u32), ("scratch", 4)] {
+        std::fs::create_dir_all(root.join("test").join(kind)).unwrap();
+        std::fs::create_dir_all(root.join("ground_truth").join(kind)).unwrap();
+        for i in 0..n {
+            let mut img = image::GrayImage::from_fn(64, 64, |x, y| {
+                image::Luma([(100 + (x * 7 + y * 3 + i) % 40) as u8])
+            });
+            let mut mask = image::GrayImage::new(64, 64);
+            if kind != "good" {
+                for x in 10..50 {
+                    img.put_pixel(x, 30, image::Luma([250]));
+                    mask.put_pixel(x, 30, image::Luma([255]));
+                }
+                mask.save(root.join(format!("ground_truth/{kind}/{i:03}_mask.png")))
+                    .unwrap();
+            }
+            img.save(root.join(format!("test/{kind}/{i:03}.png")))
+                .unwrap();
+        }
+    }
+    let mut setup = sim_setup(1000);
+    setup.camera.source = diffad::setup::SourceKind::Replay;
+    setup.camera.replay.dir = root.to_path_buf();
+    setup.validate().unwrap();
+    let run = run_line(&setup, |c| Box::new(TruthInspector::new(c)), None, None);
+    let s = &run.summary;
+    assert_eq!(s.counters.triggers, 10, "the replay ends after one pass");
+    assert_eq!(
+        (s.with_truth, s.counters.rejects, s.escapes, s.false_rejects),
+        (10, 4, 0, 0),
+        "{s}"
+    );
+    let kinds: Vec<Option<String>> = run.parts().iter().map(|p| p.kind.clone()).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| k.as_deref() == Some("scratch"))
+            .count(),
+        4
+    );
+    assert!(run.parts().iter().all(|p| p.origin.ends_with(".png")));
+}

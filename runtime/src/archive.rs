@@ -154,11 +154,16 @@ impl Store {
         self.put(format!("{stem}.{ext}"), &bytes)
             .map_err(|e| e.to_string())?;
         if let Some(insp) = &job.inspection {
-            if let Some(png) = overlay_png(&job.frame, insp)? {
+            if let Some(png) = map_png(insp)? {
                 self.put(format!("{stem}_map.png"), &png)
                     .map_err(|e| e.to_string())?;
             }
+            if let Some(png) = overlay_png(&job.frame, insp, job.threshold)? {
+                self.put(format!("{stem}_overlay.png"), &png)
+                    .map_err(|e| e.to_string())?;
+            }
         }
+
         Ok(())
     }
 }
@@ -221,12 +226,18 @@ pub fn map_png(insp: &Inspection) -> Result<Option<Vec<u8>>, String> {
     encode_png(&img).map(Some)
 }
 
-/// The picture stored beside a rejected frame.
-///
-/// TODO(lead): wire `crate::heatmap::overlay(...)` here once it exists (heatmap blended over the
-/// frame); until then the grey-scale map alone.
-pub fn overlay_png(_frame: &Frame, insp: &Inspection) -> Result<Option<Vec<u8>>, String> {
-    map_png(insp)
+/// The anomaly map over the frame (turbo colours, threshold contour) as PNG.
+pub fn overlay_png(
+    frame: &Frame,
+    insp: &Inspection,
+    threshold: f32,
+) -> Result<Option<Vec<u8>>, String> {
+    if insp.map.is_empty() || insp.map.len() != (insp.map_width * insp.map_height) as usize {
+        return Ok(None);
+    }
+    let img =
+        crate::heatmap::overlay(frame, &insp.map, insp.map_width, insp.map_height, threshold)?;
+    encode_png(&img).map(Some)
 }
 
 #[cfg(test)]
@@ -247,6 +258,7 @@ mod tests {
                 truth: None,
                 origin: String::new(),
             },
+            threshold: 0.5,
             inspection: Some(Inspection {
                 score: 1.0,
                 map: vec![0.5; 16 * 16],
@@ -261,7 +273,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let cfg = ArchiveConfig {
             dir: d.path().to_path_buf(),
-            max_mb: 0.02,
+            max_mb: 0.05,
             queue: 64,
         };
         let a = Archive::start(&cfg).unwrap();
@@ -280,12 +292,13 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().metadata().unwrap().len())
             .sum();
-        assert!(total <= (0.02 * 1024.0 * 1024.0) as u64, "{total}");
+        assert!(total <= (0.05 * 1024.0 * 1024.0) as u64, "{total}");
         assert!(
             names.contains(&"00000020_reject.png".to_string()),
             "{names:?}"
         );
         assert!(names.contains(&"00000020_reject_map.png".to_string()));
+        assert!(names.contains(&"00000020_reject_overlay.png".to_string()));
         assert!(
             !names.contains(&"00000001_reject.png".to_string()),
             "oldest go first"

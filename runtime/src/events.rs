@@ -118,6 +118,8 @@ pub struct Counters {
     pub camera_errors: u64,
     /// Events dropped because the bus was full.
     pub events_dropped: u64,
+    /// Pin writes (or photo-eye reads) that failed.
+    pub pin_errors: u64,
 }
 
 impl Counters {

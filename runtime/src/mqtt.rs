@@ -27,8 +27,6 @@ pub struct MqttStats {
     pub overflow: AtomicU64,
     /// Successful connections.
     pub connects: AtomicU64,
-    /// Messages sent again after a reconnect.
-    pub resent: AtomicU64,
 }
 
 struct Outbox {
@@ -192,20 +190,20 @@ struct ConnParams {
 
 fn run(p: ConnParams, outbox: Arc<Outbox>, stats: Arc<MqttStats>, stop: Arc<AtomicBool>) {
     let mut pkid: u16 = 0;
-    let mut warned = false;
+    // Warn once per outage, not once per retry.
+    let mut warned_after: Option<u64> = None;
     while !stop.load(Ordering::Relaxed) {
-        match session(&p, &outbox, &stats, &stop, &mut pkid) {
-            Ok(()) => {}
-            Err(e) => {
-                if !warned {
-                    log::warn!(
-                        "mqtt {}:{}: {e}; retrying every {:?}",
-                        p.host,
-                        p.port,
-                        p.reconnect
-                    );
-                    warned = true;
-                }
+        if let Err(e) = session(&p, &outbox, &stats, &stop, &mut pkid) {
+            let connects = stats.connects.load(Ordering::Relaxed);
+            if warned_after != Some(connects) {
+                log::warn!(
+                    "mqtt {}:{}: {e}; retrying every {:?}, {} messages held",
+                    p.host,
+                    p.port,
+                    p.reconnect,
+                    outbox.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+                );
+                warned_after = Some(connects);
             }
         }
         let q = outbox.queue.lock().unwrap_or_else(|e| e.into_inner());

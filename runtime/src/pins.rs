@@ -270,6 +270,8 @@ pub struct TriggerEdge {
 pub trait TriggerInput: Send {
     /// Wait up to `timeout_ms` for the next edge.
     fn next_edge(&mut self, timeout_ms: u64) -> Result<Option<TriggerEdge>, PinError>;
+    /// Whether an edge is already waiting to be read (false: none happened up to now).
+    fn pending(&mut self) -> Result<bool, PinError>;
 }
 
 /// Simulated photo-eye: replays a list of edge times on the clock.
@@ -291,6 +293,13 @@ impl SimTrigger {
 }
 
 impl TriggerInput for SimTrigger {
+    fn pending(&mut self) -> Result<bool, PinError> {
+        Ok(self
+            .times
+            .front()
+            .is_some_and(|&t| t <= self.clock.now_ns()))
+    }
+
     fn next_edge(&mut self, timeout_ms: u64) -> Result<Option<TriggerEdge>, PinError> {
         let limit = self.clock.now_ns() + timeout_ms * crate::clock::MS;
         match self.times.front().copied() {
@@ -391,6 +400,12 @@ mod cdev {
     }
 
     impl TriggerInput for CdevTrigger {
+        fn pending(&mut self) -> Result<bool, PinError> {
+            self.req
+                .has_edge_event()
+                .map_err(|e| PinError::Io(e.to_string()))
+        }
+
         fn next_edge(&mut self, timeout_ms: u64) -> Result<Option<TriggerEdge>, PinError> {
             let io = |e: gpiocdev::Error| PinError::Io(e.to_string());
             if !self

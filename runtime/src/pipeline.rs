@@ -1,6 +1,26 @@
 //! The line: capture → inspect (batched) → decide + reject, with a health thread and the event
 //! fan-out, joined by bounded channels. Capture never waits for a slower stage: a frame that
 //! finds the engine queue full fails safe at once (its part still gets exactly one outcome).
+//!
+//! Wiring, as `diffad run` does it:
+//! ```no_run
+//! # fn demo(setup: &diffad::setup::LineSetup, inspector: Box<dyn diffad::inspect::Inspector>)
+//! #     -> Result<(), Box<dyn std::error::Error>> {
+//! use diffad::clock::{Clock, SystemClock};
+//! use diffad::pipeline::{open_hardware, run, Options, Shutdown};
+//! use std::sync::Arc;
+//! diffad::events::LogBridge::install()?; // instead of env_logger::init()
+//! let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+//! let (hw, _sim_pin_logs) = open_hardware(setup, clock.clone())?; // sim pins when gpio.sim
+//! let shutdown = Shutdown::new();
+//! shutdown.install_signals()?; // SIGINT/SIGTERM drain and stop
+//! let opts = Options { notifier: diffad::watchdog::Notifier::from_env()?, ..Default::default() };
+//! let summary = run(setup, inspector, clock, hw, shutdown, opts)?;
+//! println!("{summary}");
+//! # Ok(()) }
+//! ```
+//! Simulations use `SimClock::new(SimMode::Auto, t0)` instead (as fast as possible, same
+//! results every run); the inspector's own time then counts as zero unless it waits on the clock.
 
 use crate::archive::{Archive, ArchiveStats};
 use crate::camera::{Source, SourceError};
@@ -69,6 +89,8 @@ pub struct Options {
     pub live_log: bool,
     /// Events queued between the stages and the fan-out thread.
     pub bus_capacity: usize,
+    /// Told the supervisor stream's bound address once it listens (useful with port 0).
+    pub listening: Option<crossbeam_channel::Sender<std::net::SocketAddr>>,
 }
 
 impl Default for Options {
@@ -78,6 +100,7 @@ impl Default for Options {
             notifier: None,
             live_log: true,
             bus_capacity: 65_536,
+            listening: None,
         }
     }
 }
@@ -100,6 +123,35 @@ pub enum LineError {
     /// A stage thread died.
     #[error("stage {0} panicked")]
     Panic(&'static str),
+}
+
+/// Open what the config names: the camera, the pins (simulated when `gpio.sim`, with their
+/// logs) and the photo-eye when `line.trigger = "gpio"`.
+pub fn open_hardware(
+    setup: &LineSetup,
+    clock: Arc<dyn Clock>,
+) -> Result<(Hardware, Option<crate::pins::SimLogs>), LineError> {
+    setup.validate()?;
+    let trigger =
+        match setup.line.trigger {
+            Trigger::Gpio if setup.gpio.sim => return Err(Invalid::new(
+                "line.trigger",
+                "\"gpio\" needs real pins (gpio.sim = false); simulations pass a pins::SimTrigger",
+            )
+            .into()),
+            Trigger::Gpio => Some(crate::pins::open_trigger(&setup.gpio)?),
+            Trigger::Frame => None,
+        };
+    let (pins, logs) = LinePins::open(&setup.gpio, clock.clone())?;
+    let source = crate::camera::open(&setup.camera, &setup.line, clock)?;
+    Ok((
+        Hardware {
+            source,
+            pins,
+            trigger,
+        },
+        logs,
+    ))
 }
 
 /// The line's report at shutdown.
@@ -228,6 +280,16 @@ enum SchedMsg {
 
 const STAGES: [&str; 4] = ["capture", "inspect", "reject", "trigger"];
 
+/// Marks a stage finished when its thread ends, by return or by panic, so the stages after it
+/// drain and stop instead of waiting forever.
+struct Done<'a>(&'a Shared, usize, &'a dyn Clock);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.finish(self.1, self.2);
+    }
+}
+
 /// State the stage threads share with the health thread.
 struct Shared {
     counters: Arc<Mutex<Counters>>,
@@ -238,6 +300,8 @@ struct Shared {
     camera_errors: AtomicU64,
     pin_errors: AtomicU64,
     trigger_progress: AtomicU64,
+    /// The trigger thread waits for an edge with none queued.
+    trigger_idle: AtomicBool,
     fatal: Mutex<Option<LineError>>,
 }
 
@@ -274,6 +338,14 @@ pub fn run(
         .into());
     }
     let threshold = crate::decide::threshold(inspector.threshold(), line.threshold);
+    if let Some(wd) = opts.notifier.as_ref().and_then(|n| n.watchdog_interval()) {
+        if Duration::from_millis(2 * line.heartbeat_ms) > wd {
+            log::warn!(
+                "line.heartbeat_ms = {} pings the systemd watchdog ({wd:?}) too rarely: lower it",
+                line.heartbeat_ms
+            );
+        }
+    }
     if line.fail_safe == FailSafe::Pass {
         log::warn!("line.fail_safe = \"pass\": parts whose inspection is late, missing or failed will NOT be rejected");
     }
@@ -297,6 +369,9 @@ pub fn run(
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if let Some(s) = &supervisor {
         sinks.push(s.sink());
+        if let Some(tx) = &opts.listening {
+            let _ = tx.send(s.local_addr());
+        }
     }
     if let Some(m) = &mqtt {
         sinks.push(m.sink());
@@ -318,6 +393,7 @@ pub fn run(
         camera_errors: AtomicU64::new(0),
         pin_errors: AtomicU64::new(0),
         trigger_progress: AtomicU64::new(0),
+        trigger_idle: AtomicBool::new(false),
         fatal: Mutex::new(None),
     });
     for s in 0..STAGES.len() {
@@ -388,11 +464,11 @@ pub fn run(
                 .name("capture".into())
                 .spawn_scoped(scope, move || {
                     let _h = h;
+                    let _done = Done(&shared, 0, &*clock);
                     capture_loop(
                         setup, source, &*clock, &shared, &events, &sched_tx, frames_tx, recycle_rx,
                         &shutdown, &awaiting, &next_part,
                     );
-                    shared.finish(0, &*clock);
                 })
                 .expect("spawn capture")
         };
@@ -403,8 +479,8 @@ pub fn run(
                 .name("inspect".into())
                 .spawn_scoped(scope, move || {
                     let _h = h;
+                    let _done = Done(&shared, 1, &*clock);
                     inspect_loop(inspector, &*clock, &shared, frames_rx, &sched_tx, tick);
-                    shared.finish(1, &*clock);
                 })
                 .expect("spawn inspect")
         };
@@ -422,6 +498,7 @@ pub fn run(
                 .name("trigger".into())
                 .spawn_scoped(scope, move || {
                     let _h = h;
+                    let _done = Done(&shared, 3, &*clock);
                     trigger_loop(
                         setup,
                         &mut *input,
@@ -433,7 +510,6 @@ pub fn run(
                         &next_part,
                         tick,
                     );
-                    shared.finish(3, &*clock);
                 })
                 .expect("spawn trigger")
         });
@@ -445,14 +521,20 @@ pub fn run(
                 .name("reject".into())
                 .spawn_scoped(scope, move || {
                     let _h = h;
+                    let _done = Done(&shared, 2, &*clock);
+                    set_realtime(setup.line.realtime_priority);
                     let stats = reject_loop(&mut scheduler, &*clock, &shared, &sched_rx, tick);
-                    shared.finish(2, &*clock);
                     (scheduler.counters(), stats)
                 })
                 .expect("spawn reject")
         };
         let health = {
-            let (clock, shared, events) = (clock.clone(), shared.clone(), events.clone());
+            let (clock, shared, events, awaiting) = (
+                clock.clone(),
+                shared.clone(),
+                events.clone(),
+                awaiting.clone(),
+            );
             let h = held.next().expect("guard");
             let notifier = opts.notifier;
             std::thread::Builder::new()
@@ -470,6 +552,7 @@ pub fn run(
                             fault,
                         },
                         notifier.as_ref(),
+                        &awaiting,
                     );
                 })
                 .expect("spawn health")
@@ -582,6 +665,17 @@ fn capture_loop(
         {
             break;
         }
+        // Photo-eye mode: once the trigger thread has stopped and every edge got its frame (or
+        // was given up on), there is nothing left to match.
+        if !by_frame
+            && shared.is_done(3)
+            && awaiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+        {
+            break;
+        }
         while let Ok(buf) = recycle.try_recv() {
             source.recycle(buf);
         }
@@ -636,7 +730,9 @@ fn capture_loop(
             // Let the trigger thread catch up to this frame's time first (it may run behind).
             let ts = frame.timestamp_ns;
             clock.wait_until(Some(ts + MATCH_WINDOW_NS), &|| {
-                shared.trigger_progress.load(Ordering::SeqCst) >= ts || shared.is_done(3)
+                shared.trigger_progress.load(Ordering::SeqCst) >= ts
+                    || shared.trigger_idle.load(Ordering::SeqCst)
+                    || shared.is_done(3)
             });
             match match_trigger(awaiting, ts) {
                 Some(part) => {
@@ -729,7 +825,13 @@ fn trigger_loop(
         {
             break;
         }
+        // Blocked with no edge queued: every part up to now is armed, frames may be matched.
+        if let Ok(false) = input.pending() {
+            shared.trigger_idle.store(true, Ordering::SeqCst);
+            clock.notify();
+        }
         let got = input.next_edge(tick / MS);
+        shared.trigger_idle.store(false, Ordering::SeqCst);
         let progress = clock.now_ns();
         match got {
             Ok(Some(edge)) => {
@@ -763,7 +865,9 @@ fn trigger_loop(
                 clock.notify();
             }
             Ok(None) => {
-                shared.trigger_progress.store(progress, Ordering::SeqCst);
+                shared
+                    .trigger_progress
+                    .fetch_max(progress, Ordering::SeqCst);
                 clock.notify();
             }
             Err(e) => {
@@ -824,6 +928,24 @@ fn inspect_loop(
     }
 }
 
+/// Put the calling thread on SCHED_FIFO at `prio` (0: leave it alone).
+fn set_realtime(prio: u8) {
+    if prio == 0 {
+        return;
+    }
+    let param = libc::sched_param {
+        sched_priority: i32::from(prio),
+    };
+    // SAFETY: plain syscall on the current thread with a valid parameter struct.
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        log::warn!(
+            "reject thread: SCHED_FIFO {prio} refused ({}); pulses run at normal priority",
+            std::io::Error::from_raw_os_error(rc)
+        );
+    }
+}
+
 fn reject_loop(
     s: &mut Scheduler,
     clock: &dyn Clock,
@@ -881,7 +1003,9 @@ fn health_loop(
     events: &Events,
     mut pins: Pins,
     notifier: Option<&Notifier>,
+    awaiting: &Mutex<VecDeque<(u64, u64)>>,
 ) {
+    let by_frame = setup.line.trigger == Trigger::Frame;
     let period = setup.line.heartbeat_ms * MS;
     let stall = setup.camera.stall_ms * MS;
     let tick = (period / 2).clamp(5 * MS, 250 * MS);
@@ -922,9 +1046,18 @@ fn health_loop(
             c
         };
         let mut faults: Vec<String> = Vec::new();
-        if !shared.is_done(0)
-            && now.saturating_sub(shared.last_frame_ns.load(Ordering::Relaxed)) > stall
-        {
+        // Free-running: frames must keep coming. Photo-eye: a camera triggered by the parts is
+        // quiet while the belt is empty; it has stalled when a triggered part waits for its frame.
+        let waiting_since = if by_frame {
+            Some(shared.last_frame_ns.load(Ordering::Relaxed))
+        } else {
+            awaiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .front()
+                .map(|&(_, t)| t.max(shared.last_frame_ns.load(Ordering::Relaxed)))
+        };
+        if !shared.is_done(0) && waiting_since.is_some_and(|t| now.saturating_sub(t) > stall) {
             faults.push("camera_stalled".into());
         }
         let mut all_alive = true;
@@ -939,7 +1072,8 @@ fn health_loop(
         if !counters.balanced() {
             faults.push("invariant".into());
         }
-        if shared.pin_errors.load(Ordering::Relaxed) > 0 {
+        // A pin that failed once is not trusted again until a restart.
+        if shared.pin_errors.load(Ordering::Relaxed) + counters.pin_errors > 0 {
             faults.push("pin_error".into());
         }
         for f in faults.iter().filter(|f| !active.contains(f)) {

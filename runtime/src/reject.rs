@@ -55,6 +55,8 @@ pub struct ArchiveJob {
     pub frame: Frame,
     /// The inspection, if there was one.
     pub inspection: Option<Inspection>,
+    /// Threshold in force (drawn as the overlay's contour).
+    pub threshold: f32,
 }
 
 /// Totals of the stage, beyond the counters.
@@ -313,12 +315,6 @@ impl Scheduler {
             let pos = self.pulses.partition_point(|&(_, t)| t <= at);
             self.pulses.insert(pos, (info.part, at));
         }
-        if outcome == Outcome::FaultPass {
-            log::warn!(
-                "part {} let through without a valid verdict (fail_safe = \"pass\")",
-                info.part
-            );
-        }
         self.events.emit(Event::Part(PartEvent {
             part: info.part,
             frame_seq: info.frame_seq,
@@ -341,6 +337,7 @@ impl Scheduler {
                     outcome,
                     frame,
                     inspection,
+                    threshold: self.policy.threshold,
                 }) {
                     self.stats.archive_dropped += 1;
                     self.give_back(Some(e.into_inner().frame));
@@ -374,6 +371,8 @@ impl Scheduler {
     fn set_pin(&mut self, on: bool) {
         if let Err(e) = self.pin.set(on) {
             self.stats.pin_errors += 1;
+            self.counters.pin_errors += 1;
+            self.publish();
             self.events.emit(Event::alarm(
                 "pin_error",
                 format!("reject line: {e}"),
@@ -469,6 +468,15 @@ impl Scheduler {
     pub fn release_pin(&mut self) {
         self.set_pin(false);
         self.active_until = None;
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // Also on a panic: an air jet must not be left blowing.
+        if self.active_until.is_some() {
+            let _ = self.pin.set(false);
+        }
     }
 }
 

@@ -33,11 +33,27 @@ pub struct LineSetup {
 impl LineSetup {
     /// Parse the sections from TOML text (a whole board file minus the engine side, or a test).
     pub fn from_toml(text: &str) -> Result<Self, Invalid> {
-        let setup: Self = toml::from_str(text).map_err(|e| {
+        let value: toml::Value = text
+            .parse::<toml::Table>()
+            .map(toml::Value::Table)
+            .map_err(|e| Invalid::new("<file>", e.to_string()))?;
+        let setup: Self = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            // toml appends its own "in `key`" context; the dotted key already says it.
+            let message = e.inner().to_string();
+            let message = message
+                .split("\nin `")
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
             Invalid::new(
-                e.span()
-                    .map_or("<file>".into(), |s| format!("at byte {}", s.start)),
-                e.message(),
+                if key == "." {
+                    "<file>".to_string()
+                } else {
+                    key
+                },
+                message,
             )
         })?;
         setup.validate()?;
@@ -428,6 +444,9 @@ pub struct LineConfig {
     pub heartbeat_ms: u64,
     /// Frames queued for the engine before new ones become fault-rejects.
     pub queue: usize,
+    /// SCHED_FIFO priority for the reject thread (1..=99; 0 = normal scheduling). Needs
+    /// `LimitRTPRIO` (systemd) or CAP_SYS_NICE; refused priorities are logged, not fatal.
+    pub realtime_priority: u8,
 }
 
 impl Default for LineConfig {
@@ -446,6 +465,7 @@ impl Default for LineConfig {
             parts: None,
             heartbeat_ms: 500,
             queue: 8,
+            realtime_priority: 0,
         }
     }
 }
@@ -501,6 +521,12 @@ impl LineConfig {
         }
         if self.heartbeat_ms == 0 {
             return Err(Invalid::new("line.heartbeat_ms", "must be > 0"));
+        }
+        if self.realtime_priority > 99 {
+            return Err(Invalid::new(
+                "line.realtime_priority",
+                "must be within 0..=99",
+            ));
         }
         if !(1..=4096).contains(&self.queue) {
             return Err(Invalid::new("line.queue", "must be within 1..=4096"));
