@@ -29,3 +29,104 @@ pub trait Inspector: Send {
     /// Inspect up to `batch_size()` frames; one result per frame, in order.
     fn inspect(&mut self, frames: &[&Frame]) -> Vec<Result<Inspection, InspectError>>;
 }
+
+/// The real inspector: preprocess into the engine's input buffer, one session call per batch.
+pub struct EngineInspector {
+    engine: crate::engine::Engine,
+    pre: crate::preprocess::Preprocessor,
+    threshold: f32,
+}
+
+impl EngineInspector {
+    /// Wrap a loaded engine; the threshold is `threshold` if given, else the manifest's.
+    pub fn new(
+        engine: crate::engine::Engine,
+        roi: Option<crate::preprocess::Roi>,
+        threshold: Option<f32>,
+    ) -> Result<Self, InspectError> {
+        let threshold = match (threshold, &engine.manifest().threshold) {
+            (Some(t), _) => t,
+            (None, Some(t)) => t.value,
+            (None, None) => {
+                return Err(InspectError(format!(
+                    "model {} has no calibrated threshold: run `python -m exporter calibrate` on it, or set line.threshold",
+                    engine.path().display()
+                )))
+            }
+        };
+        let pre = crate::preprocess::Preprocessor::new(&engine.manifest().input, roi);
+        Ok(Self {
+            engine,
+            pre,
+            threshold,
+        })
+    }
+
+    /// The engine inside.
+    pub fn engine(&self) -> &crate::engine::Engine {
+        &self.engine
+    }
+
+    /// Mutable access to the engine (benchmarks time bare session calls through it).
+    pub fn engine_mut(&mut self) -> &mut crate::engine::Engine {
+        &mut self.engine
+    }
+}
+
+impl Inspector for EngineInspector {
+    fn batch_size(&self) -> usize {
+        self.engine.batch_size()
+    }
+
+    fn threshold(&self) -> f32 {
+        self.threshold
+    }
+
+    fn inspect(&mut self, frames: &[&Frame]) -> Vec<Result<Inspection, InspectError>> {
+        let mut results = Vec::with_capacity(frames.len());
+        for chunk in frames.chunks(self.batch_size()) {
+            let len = self.engine.image_len();
+            let mut ok = Vec::with_capacity(chunk.len());
+            for (slot, frame) in chunk.iter().enumerate() {
+                let out = &mut self.engine.input_mut()[slot * len..(slot + 1) * len];
+                match self.pre.run(frame, out) {
+                    Ok(()) => ok.push(Ok(())),
+                    Err(e) => {
+                        // The slot still goes through the graph with the batch; its result is dropped.
+                        out.fill(0.0);
+                        ok.push(Err(InspectError(e.to_string())));
+                    }
+                }
+            }
+            let (mw, mh) = (
+                self.engine.manifest().input.width as u32,
+                self.engine.manifest().input.height as u32,
+            );
+            match self.engine.run(chunk.len()) {
+                Ok(outputs) => {
+                    for (pre, out) in ok.into_iter().zip(outputs) {
+                        results.push(pre.map(|()| Inspection {
+                            score: out.score,
+                            map: out.map,
+                            map_width: mw,
+                            map_height: mh,
+                        }));
+                    }
+                }
+                Err(e) => results.extend(chunk.iter().map(|_| Err(InspectError(e.to_string())))),
+            }
+        }
+        results
+    }
+}
+
+impl EngineInspector {
+    /// The manifest's calibrated threshold, or +∞ when the model is uncalibrated.
+    pub fn manifest_threshold(&self) -> f32 {
+        self.engine
+            .manifest()
+            .threshold
+            .as_ref()
+            .map_or(f32::INFINITY, |t| t.value)
+    }
+}

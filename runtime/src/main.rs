@@ -1,5 +1,217 @@
 //! `diffad`: the line runtime's command-line entry point.
 
-fn main() {
-    println!("diffad {}", env!("CARGO_PKG_VERSION"));
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use diffad::cli;
+use diffad::engine::EngineConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "diffad",
+    version,
+    about = "Diffusion anomaly detection on the conveyor line"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a model's manifest, inputs/outputs, the ONNX Runtime found and its providers.
+    Inspect {
+        /// The exported .onnx model.
+        model: PathBuf,
+    },
+    /// Score images (files or folders): one line per image with score and verdict.
+    Infer {
+        /// Image files or folders of images.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// The exported .onnx model.
+        #[arg(long)]
+        model: PathBuf,
+        /// Write heatmap overlay PNGs into this folder.
+        #[arg(long)]
+        heatmaps: Option<PathBuf>,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Override the model's calibrated threshold.
+        #[arg(long)]
+        threshold: Option<f32>,
+    },
+    /// Evaluate on an MVTec-AD-style folder: AUROC, pixel AUROC, PRO, rates at the threshold.
+    Eval {
+        /// The exported .onnx model.
+        #[arg(long)]
+        model: PathBuf,
+        /// Dataset folder holding test/<kind>/ and ground_truth/<kind>/.
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Override the model's calibrated threshold.
+        #[arg(long)]
+        threshold: Option<f32>,
+    },
+    /// Run the line: camera → inspection → reject pulses, events to the supervisor.
+    Run {
+        /// The board TOML.
+        #[arg(long)]
+        config: PathBuf,
+        /// Stop after this many parts (overrides line.parts).
+        #[arg(long)]
+        parts: Option<u64>,
+        /// Part rate of simulated/replayed sources (overrides line.part_rate_hz).
+        #[arg(long)]
+        part_rate: Option<f64>,
+        /// No line per part, only the summary.
+        #[arg(long)]
+        quiet: bool,
+        /// Write the summary as JSON to this file.
+        #[arg(long)]
+        summary_json: Option<PathBuf>,
+    },
+    /// Parse and validate a board config; errors name the file and the key.
+    CheckConfig {
+        /// The board TOML.
+        config: PathBuf,
+    },
+    /// Build (or verify) the cached TensorRT engine for a board config's model.
+    BuildEngine {
+        /// The board TOML.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Frames per second and latency: bare session call vs decode→preprocess→infer→decide.
+    Bench {
+        /// The exported .onnx model.
+        #[arg(long)]
+        model: PathBuf,
+        /// Images to cycle through (default: the model's golden inputs).
+        #[arg(long, num_args = 1..)]
+        images: Vec<PathBuf>,
+        /// Timed iterations per loop.
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
+        /// Untimed warm-up iterations.
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        /// Intra-op threads for the CPU provider (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Execution provider: cpu, cuda or tensorrt (no fallback: a missing one is an error).
+        #[arg(long, default_value = "cpu")]
+        provider: String,
+        /// Write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Args::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    match args.command {
+        Command::Inspect { model } => cli::inspect(&model).map(|()| ExitCode::SUCCESS),
+        Command::Run {
+            config,
+            parts,
+            part_rate,
+            quiet,
+            summary_json,
+        } => {
+            let opts = cli::RunOptions {
+                parts,
+                part_rate_hz: part_rate,
+                quiet,
+                summary_json,
+            };
+            let summary = cli::run_line(&config, opts)?;
+            println!("{summary}");
+            Ok(if summary.invariant_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::CheckConfig { config } => cli::check_config(&config).map(|_| ExitCode::SUCCESS),
+        Command::BuildEngine { config } => {
+            let board = diffad::config::BoardConfig::load(&config)?;
+            cli::build_engine(&board.engine).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Infer {
+            images,
+            model,
+            heatmaps,
+            json,
+            threshold,
+        } => {
+            let failed = cli::infer(
+                &EngineConfig::cpu(model),
+                &images,
+                heatmaps.as_deref(),
+                json,
+                threshold,
+            )?;
+            if failed > 0 {
+                eprintln!("error: {failed} image(s) could not be scored (see the lines above)");
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval {
+            model,
+            dataset,
+            json,
+            threshold,
+        } => {
+            let report = cli::eval(&EngineConfig::cpu(model), &dataset, threshold)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            model,
+            images,
+            iterations,
+            warmup,
+            threads,
+            provider,
+            json,
+        } => {
+            let mut config = EngineConfig::cpu(model);
+            config.cpu.threads = threads;
+            config.providers = vec![provider];
+            config.validate()?;
+            let report = cli::bench(&config, &images, iterations.max(1), warmup)?;
+            print!("{report}");
+            if let Some(path) = json {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).ok();
+                }
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -1,0 +1,307 @@
+//! Reject archive: each rejected part's frame (PNG, or the camera's JPEG) and its anomaly map,
+//! in a folder kept under a size cap by deleting the oldest files first.
+
+use crate::events::Outcome;
+use crate::frame::{Frame, PixelFormat};
+use crate::inspect::Inspection;
+use crate::reject::ArchiveJob;
+use crate::setup::ArchiveConfig;
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::VecDeque;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+/// What the archive did.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveStats {
+    /// Parts written.
+    pub written: u64,
+    /// Files deleted to stay under the cap.
+    pub deleted: u64,
+    /// Parts that could not be written.
+    pub errors: u64,
+}
+
+/// The archive writer thread.
+pub struct Archive {
+    tx: Option<Sender<ArchiveJob>>,
+    handle: Option<JoinHandle<ArchiveStats>>,
+}
+
+impl Archive {
+    /// Create the folder and start the writer.
+    pub fn start(cfg: &ArchiveConfig) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&cfg.dir)?;
+        let (tx, rx) = crossbeam_channel::bounded(cfg.queue);
+        let mut store = Store::open(&cfg.dir, (cfg.max_mb * 1024.0 * 1024.0) as u64)?;
+        let handle = std::thread::Builder::new()
+            .name("archive".into())
+            .spawn(move || store.run(rx))?;
+        Ok(Self {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    /// Where the reject stage sends rejected parts.
+    pub fn sender(&self) -> Sender<ArchiveJob> {
+        self.tx.clone().expect("archive running")
+    }
+
+    /// Write what is queued and stop.
+    pub fn finish(mut self) -> ArchiveStats {
+        self.tx.take();
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Archive {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct Store {
+    dir: PathBuf,
+    cap: u64,
+    files: VecDeque<(PathBuf, u64)>,
+    total: u64,
+    stats: ArchiveStats,
+}
+
+fn ours(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e == "png" || e == "jpg")
+}
+
+impl Store {
+    fn open(dir: &Path, cap: u64) -> std::io::Result<Self> {
+        let mut files: Vec<(std::time::SystemTime, PathBuf, u64)> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                (m.is_file() && ours(&e.path())).then(|| {
+                    (
+                        m.modified().unwrap_or(std::time::UNIX_EPOCH),
+                        e.path(),
+                        m.len(),
+                    )
+                })
+            })
+            .collect();
+        files.sort();
+        let total = files.iter().map(|f| f.2).sum();
+        let mut s = Self {
+            dir: dir.to_path_buf(),
+            cap,
+            files: files.into_iter().map(|f| (f.1, f.2)).collect(),
+            total,
+            stats: ArchiveStats::default(),
+        };
+        s.trim();
+        Ok(s)
+    }
+
+    fn run(&mut self, rx: Receiver<ArchiveJob>) -> ArchiveStats {
+        for job in rx.iter() {
+            match self.write(&job) {
+                Ok(()) => self.stats.written += 1,
+                Err(e) => {
+                    self.stats.errors += 1;
+                    log::warn!("archive: part {}: {e}", job.part);
+                }
+            }
+        }
+        self.stats.clone()
+    }
+
+    fn put(&mut self, name: String, bytes: &[u8]) -> std::io::Result<()> {
+        let path = self.dir.join(name);
+        std::fs::write(&path, bytes)?;
+        self.total += bytes.len() as u64;
+        self.files.push_back((path, bytes.len() as u64));
+        self.trim();
+        Ok(())
+    }
+
+    fn trim(&mut self) {
+        while self.total > self.cap {
+            let Some((p, n)) = self.files.pop_front() else {
+                break;
+            };
+            self.total -= n;
+            if std::fs::remove_file(&p).is_ok() {
+                self.stats.deleted += 1;
+            }
+        }
+    }
+
+    fn write(&mut self, job: &ArchiveJob) -> Result<(), String> {
+        let tag = match job.outcome {
+            Outcome::FaultReject | Outcome::FaultPass => "fault",
+            _ => "reject",
+        };
+        let stem = format!("{:08}_{tag}", job.part);
+        let (bytes, ext) = frame_file(&job.frame)?;
+        self.put(format!("{stem}.{ext}"), &bytes)
+            .map_err(|e| e.to_string())?;
+        if let Some(insp) = &job.inspection {
+            if let Some(png) = map_png(insp)? {
+                self.put(format!("{stem}_map.png"), &png)
+                    .map_err(|e| e.to_string())?;
+            }
+            if let Some(png) = overlay_png(&job.frame, insp, job.threshold)? {
+                self.put(format!("{stem}_overlay.png"), &png)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+
+        Ok(())
+    }
+}
+
+fn encode_png<P: image::PixelWithColorType>(
+    img: &image::ImageBuffer<P, Vec<P::Subpixel>>,
+) -> Result<Vec<u8>, String>
+where
+    [P::Subpixel]: image::EncodableLayout,
+{
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
+    Ok(out.into_inner())
+}
+
+/// The frame as an image file: `(bytes, extension)`; MJPEG frames are stored as they came.
+pub fn frame_file(f: &Frame) -> Result<(Vec<u8>, &'static str), String> {
+    let bad = || {
+        format!(
+            "frame of {} bytes does not fit {}x{} {:?}",
+            f.data.len(),
+            f.width,
+            f.height,
+            f.format
+        )
+    };
+    match f.format {
+        PixelFormat::Mjpeg => Ok((f.data.clone(), "jpg")),
+        PixelFormat::Grey8 => {
+            let img =
+                image::GrayImage::from_raw(f.width, f.height, f.data.clone()).ok_or_else(bad)?;
+            Ok((encode_png(&img)?, "png"))
+        }
+        PixelFormat::Rgb8 => {
+            let img =
+                image::RgbImage::from_raw(f.width, f.height, f.data.clone()).ok_or_else(bad)?;
+            Ok((encode_png(&img)?, "png"))
+        }
+        PixelFormat::Yuyv => {
+            // Luma only: every other byte is Y.
+            let y: Vec<u8> = f.data.iter().step_by(2).copied().collect();
+            let img = image::GrayImage::from_raw(f.width, f.height, y).ok_or_else(bad)?;
+            Ok((encode_png(&img)?, "png"))
+        }
+    }
+}
+
+/// The anomaly map as a grey PNG (0..1 → 0..255) at model size.
+pub fn map_png(insp: &Inspection) -> Result<Option<Vec<u8>>, String> {
+    if insp.map.is_empty() || insp.map.len() != (insp.map_width * insp.map_height) as usize {
+        return Ok(None);
+    }
+    let px: Vec<u8> = insp
+        .map
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
+    let img = image::GrayImage::from_raw(insp.map_width, insp.map_height, px).ok_or("map size")?;
+    encode_png(&img).map(Some)
+}
+
+/// The anomaly map over the frame (turbo colours, threshold contour) as PNG.
+pub fn overlay_png(
+    frame: &Frame,
+    insp: &Inspection,
+    threshold: f32,
+) -> Result<Option<Vec<u8>>, String> {
+    if insp.map.is_empty() || insp.map.len() != (insp.map_width * insp.map_height) as usize {
+        return Ok(None);
+    }
+    let img =
+        crate::heatmap::overlay(frame, &insp.map, insp.map_width, insp.map_height, threshold)?;
+    encode_png(&img).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(part: u64) -> ArchiveJob {
+        ArchiveJob {
+            part,
+            outcome: Outcome::Reject,
+            frame: Frame {
+                seq: part,
+                timestamp_ns: 0,
+                width: 64,
+                height: 64,
+                format: PixelFormat::Grey8,
+                data: (0..64 * 64).map(|i| (i * 7 % 251) as u8).collect(),
+                truth: None,
+                origin: String::new(),
+            },
+            threshold: 0.5,
+            inspection: Some(Inspection {
+                score: 1.0,
+                map: vec![0.5; 16 * 16],
+                map_width: 16,
+                map_height: 16,
+            }),
+        }
+    }
+
+    #[test]
+    fn writes_frame_and_map_and_keeps_under_cap() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = ArchiveConfig {
+            dir: d.path().to_path_buf(),
+            max_mb: 0.05,
+            queue: 64,
+        };
+        let a = Archive::start(&cfg).unwrap();
+        for p in 1..=20 {
+            a.sender().send(job(p)).unwrap();
+        }
+        let stats = a.finish();
+        assert_eq!(stats.written, 20);
+        assert!(stats.deleted > 0);
+        let mut names: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into())
+            .collect();
+        names.sort();
+        let total: u64 = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(total <= (0.05 * 1024.0 * 1024.0) as u64, "{total}");
+        assert!(
+            names.contains(&"00000020_reject.png".to_string()),
+            "{names:?}"
+        );
+        assert!(names.contains(&"00000020_reject_map.png".to_string()));
+        assert!(names.contains(&"00000020_reject_overlay.png".to_string()));
+        assert!(
+            !names.contains(&"00000001_reject.png".to_string()),
+            "oldest go first"
+        );
+    }
+}

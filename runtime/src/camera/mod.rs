@@ -1,0 +1,138 @@
+//! Frame sources: a simulated conveyor, replayed images, or a V4L2 camera.
+
+pub mod replay;
+pub mod sim;
+#[cfg(feature = "v4l2")]
+pub mod v4l2;
+
+use crate::clock::Clock;
+use crate::frame::Frame;
+use crate::setup::{CameraConfig, LineConfig, SourceKind};
+use std::sync::Arc;
+
+/// Why a source gave no frame this time.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// No frame within the source's timeout; the capture loop carries on.
+    #[error("no frame within {0} ms")]
+    Timeout(u64),
+    /// The device went away; the source keeps trying to reconnect.
+    #[error("camera disconnected: {0}")]
+    Disconnected(String),
+    /// The source cannot be opened or read as configured.
+    #[error("camera: {0}")]
+    Config(String),
+    /// Reading or decoding failed for one frame.
+    #[error("camera io: {0}")]
+    Io(String),
+}
+
+/// Something that yields frames, one part each.
+pub trait Source: Send {
+    /// The next frame; `Ok(None)` when the source has ended (replay done, sim part limit).
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError>;
+    /// Give a frame's buffer back for reuse.
+    fn recycle(&mut self, _buf: Vec<u8>) {}
+    /// Frames lost before they reached us (sequence gaps).
+    fn dropped(&self) -> u64 {
+        0
+    }
+    /// Short description for logs.
+    fn describe(&self) -> String;
+}
+
+/// Open the source `cfg` selects; sim and replay are paced at `line.part_rate_hz` on `clock`.
+pub fn open(
+    cfg: &CameraConfig,
+    line: &LineConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<Box<dyn Source>, SourceError> {
+    match cfg.source {
+        SourceKind::Sim => Ok(Box::new(sim::SimConveyor::new(
+            &cfg.sim,
+            line.part_rate_hz,
+            clock,
+        )?)),
+        SourceKind::Replay => Ok(Box::new(replay::Replay::new(
+            &cfg.replay,
+            line.part_rate_hz,
+            clock,
+        )?)),
+        #[cfg(feature = "v4l2")]
+        SourceKind::V4l2 => Ok(Box::new(v4l2::V4l2Source::new(&cfg.v4l2, clock))),
+        #[cfg(not(feature = "v4l2"))]
+        SourceKind::V4l2 => Err(SourceError::Config(
+            "built without the `v4l2` feature".into(),
+        )),
+    }
+}
+
+/// Presents parts at a fixed rate on the clock: part `i` at `start + i / rate`.
+pub(crate) struct Pacer {
+    clock: Arc<dyn Clock>,
+    period_ns: u64,
+    start_ns: Option<u64>,
+    n: u64,
+}
+
+impl Pacer {
+    pub(crate) fn new(clock: Arc<dyn Clock>, rate_hz: f64) -> Self {
+        Self {
+            clock,
+            period_ns: (1e9 / rate_hz) as u64,
+            start_ns: None,
+            n: 0,
+        }
+    }
+
+    /// Sleep until the next part's slot and return its time.
+    pub(crate) fn wait_next(&mut self) -> u64 {
+        let start = *self.start_ns.get_or_insert_with(|| self.clock.now_ns());
+        let t = start + self.n * self.period_ns;
+        self.n += 1;
+        self.clock.sleep_until(t);
+        t
+    }
+}
+
+/// Grey value of an RGB pixel as Pillow's `convert("L")` computes it (ITU-R 601, fixed point).
+pub fn luma601(r: u8, g: u8, b: u8) -> u8 {
+    ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
+}
+
+/// Decode an image as 8-bit grey (601 luma for colour images) or RGB.
+pub(crate) fn decode(
+    path: &std::path::Path,
+    rgb: bool,
+) -> Result<(u32, u32, Vec<u8>), SourceError> {
+    let img = image::open(path).map_err(|e| SourceError::Io(format!("{}: {e}", path.display())))?;
+    let (w, h) = (img.width(), img.height());
+    if rgb {
+        return Ok((w, h, img.to_rgb8().into_raw()));
+    }
+    let data = match img {
+        image::DynamicImage::ImageLuma8(g) => g.into_raw(),
+        image::DynamicImage::ImageLuma16(_) | image::DynamicImage::ImageLumaA8(_) => {
+            img.to_luma8().into_raw()
+        }
+        other => other
+            .to_rgb8()
+            .pixels()
+            .map(|p| luma601(p[0], p[1], p[2]))
+            .collect(),
+    };
+    Ok((w, h, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn luma_matches_pillow() {
+        assert_eq!(luma601(255, 255, 255), 255);
+        assert_eq!(luma601(255, 0, 0), 76);
+        assert_eq!(luma601(0, 255, 0), 150);
+        assert_eq!(luma601(0, 0, 255), 29);
+    }
+}

@@ -1,0 +1,774 @@
+//! The offline commands: `inspect`, `infer`, `eval`, `bench`. Errors get their context here.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use ort::ep::{self, ExecutionProvider};
+use serde_json::json;
+
+use crate::dataset;
+use crate::engine::{Engine, EngineConfig};
+use crate::frame::Frame;
+use crate::heatmap;
+use crate::imagefile;
+use crate::inspect::{EngineInspector, Inspector};
+use crate::metrics::{auroc, percentile, pro};
+
+/// Load a model on the CPU (or as `config` says) and wrap it for inspection.
+pub fn inspector(config: &EngineConfig, threshold: Option<f32>) -> Result<EngineInspector> {
+    let engine = Engine::load(config)?;
+    Ok(EngineInspector::new(engine, None, threshold)?)
+}
+
+/// `diffad inspect MODEL`: manifest, graph I/O, ONNX Runtime and its providers.
+pub fn inspect(model: &Path) -> Result<()> {
+    let engine = Engine::load(&EngineConfig::cpu(model))?;
+    let lib = engine.runtime();
+    println!("model:        {}", model.display());
+    println!("sha256:       {}", engine.sha256());
+    println!("onnxruntime:  {} ({})", lib.version, lib.path.display());
+    let avail = |ok: ort::Result<bool>| {
+        if ok.unwrap_or(false) {
+            "available"
+        } else {
+            "not in this build"
+        }
+    };
+    println!(
+        "providers:    tensorrt: {}, cuda: {}, cpu: available",
+        avail(ep::TensorRT::is_available()),
+        avail(ep::CUDA::is_available())
+    );
+    let m = engine.manifest();
+    let i = &m.input;
+    println!(
+        "input:        {} float32 [{}, {}, {}, {}] range [{}, {}]",
+        i.name, i.batch, i.channels, i.height, i.width, i.range[0], i.range[1]
+    );
+    println!(
+        "outputs:      {} float32 [{}, 1, {}, {}], {} float32 [{}]",
+        m.outputs.map, i.batch, i.height, i.width, m.outputs.score, i.batch
+    );
+    match &m.threshold {
+        Some(t) => println!(
+            "threshold:    {} ({}, target FRR {:?}, {} images)",
+            t.value,
+            t.method,
+            t.target_frr,
+            t.n_images.unwrap_or(0)
+        ),
+        None => println!("threshold:    not calibrated (run `python -m exporter calibrate`)"),
+    }
+    println!("manifest:\n{}", serde_json::to_string_pretty(m)?);
+    Ok(())
+}
+
+/// Expand folders into their image files; files are kept as given.
+fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            let files = dataset::sorted_dir(p)
+                .with_context(|| format!("reading folder {}", p.display()))?;
+            out.extend(files.into_iter().filter(|f| dataset::is_image(f)));
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// `diffad infer`: score and verdict per image; returns the number of images that failed.
+pub fn infer(
+    config: &EngineConfig,
+    images: &[PathBuf],
+    heatmaps: Option<&Path>,
+    as_json: bool,
+    threshold: Option<f32>,
+) -> Result<usize> {
+    let mut insp = inspector(config, threshold)?;
+    let thr = insp.threshold();
+    if let Some(dir) = heatmaps {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating heatmap folder {}", dir.display()))?;
+    }
+    let mut failed = 0;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for path in expand(images)? {
+        let result = imagefile::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|frame| {
+                let r = insp
+                    .inspect(&[&frame])
+                    .pop()
+                    .expect("one result per frame")
+                    .map_err(|e| e.to_string())?;
+                Ok((frame, r))
+            });
+        match result {
+            Ok((frame, r)) => {
+                let verdict = if r.score >= thr { "reject" } else { "pass" };
+                let mut heat = None;
+                if let Some(dir) = heatmaps {
+                    let name = path
+                        .file_stem()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .to_string();
+                    let dest = dir.join(format!("{name}_heatmap.png"));
+                    heatmap::overlay(&frame, &r.map, r.map_width, r.map_height, thr)
+                        .map_err(anyhow::Error::msg)
+                        .and_then(|img| img.save(&dest).map_err(Into::into))
+                        .with_context(|| format!("writing {}", dest.display()))?;
+                    heat = Some(dest);
+                }
+                if as_json {
+                    let line = json!({"image": path, "score": r.score, "threshold": thr, "verdict": verdict, "heatmap": heat});
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(out, "{:<8} {:>9.5}  {}", verdict, r.score, path.display())?;
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if as_json {
+                    writeln!(out, "{}", json!({"image": path, "error": e}))?;
+                } else {
+                    writeln!(out, "error    {:>9}  {}: {e}", "-", path.display())?;
+                }
+            }
+        }
+    }
+    Ok(failed)
+}
+
+/// Everything `eval` measures.
+#[derive(Debug, serde::Serialize)]
+pub struct EvalReport {
+    /// Dataset folder.
+    pub dataset: String,
+    /// Threshold used for rates.
+    pub threshold: f32,
+    /// Images scored.
+    pub images: usize,
+    /// Images that could not be read.
+    pub failed: usize,
+    /// Image-level AUROC.
+    pub image_auroc: Option<f64>,
+    /// Pixel-level AUROC over all test pixels.
+    pub pixel_auroc: Option<f64>,
+    /// PRO integrated to 30 % FPR.
+    pub pro: Option<f64>,
+    /// Good images rejected / good images.
+    pub false_reject_rate: f64,
+    /// Defective images passed / defective images.
+    pub escape_rate: f64,
+    /// Per defect kind: count, mean score, rejected share.
+    pub kinds: Vec<KindRow>,
+    /// Images per second through decode → preprocess → infer.
+    pub images_per_s: f64,
+}
+
+/// One defect kind's line in the report.
+#[derive(Debug, serde::Serialize)]
+pub struct KindRow {
+    /// Kind (`good` for normal images).
+    pub kind: String,
+    /// Images.
+    pub n: usize,
+    /// Mean score.
+    pub mean_score: f64,
+    /// Share rejected at the threshold.
+    pub rejected: f64,
+}
+
+/// `diffad eval`: image/pixel AUROC, PRO and rates at the threshold on an MVTec-style folder.
+pub fn eval(config: &EngineConfig, root: &Path, threshold: Option<f32>) -> Result<EvalReport> {
+    let samples = dataset::scan(root).map_err(anyhow::Error::msg)?;
+    let mut insp = inspector(config, threshold)?;
+    let thr = insp.threshold();
+    let (mut scores, mut labels, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut maps, mut masks) = (Vec::<Vec<f32>>::new(), Vec::<Vec<bool>>::new());
+    let mut width = 0;
+    let mut failed = 0;
+    let start = Instant::now();
+    for s in &samples {
+        let r = imagefile::load(&s.image)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                insp.inspect(&[&f])
+                    .pop()
+                    .expect("one result")
+                    .map_err(|e| e.to_string())
+            });
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("{}: {e}", s.image.display());
+                failed += 1;
+                continue;
+            }
+        };
+        width = r.map_width as usize;
+        let mask = match &s.mask {
+            Some(m) => load_mask(m, r.map_width, r.map_height)?,
+            None if s.defective() => {
+                log::warn!(
+                    "{}: no mask; pixel metrics treat it as all-defect-free",
+                    s.image.display()
+                );
+                vec![false; r.map.len()]
+            }
+            None => vec![false; r.map.len()],
+        };
+        scores.push(r.score);
+        labels.push(s.defective());
+        kinds.push(s.kind.clone());
+        maps.push(r.map);
+        masks.push(mask);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if scores.is_empty() {
+        bail!("no image of {} could be scored", root.display());
+    }
+    let flat_scores: Vec<f32> = maps.iter().flatten().copied().collect();
+    let flat_labels: Vec<bool> = masks.iter().flatten().copied().collect();
+    let map_refs: Vec<&[f32]> = maps.iter().map(Vec::as_slice).collect();
+    let mask_refs: Vec<&[bool]> = masks.iter().map(Vec::as_slice).collect();
+    let rate = |want_defective: bool, rejected: bool| {
+        let group: Vec<f32> = scores
+            .iter()
+            .zip(&labels)
+            .filter(|(_, &l)| l == want_defective)
+            .map(|(s, _)| *s)
+            .collect();
+        let hit = group.iter().filter(|&&s| (s >= thr) == rejected).count();
+        if group.is_empty() {
+            f64::NAN
+        } else {
+            hit as f64 / group.len() as f64
+        }
+    };
+    let mut kind_names: Vec<String> = kinds.clone();
+    kind_names.sort();
+    kind_names.dedup();
+    let kinds_rows = kind_names
+        .into_iter()
+        .map(|k| {
+            let ks: Vec<f32> = scores
+                .iter()
+                .zip(&kinds)
+                .filter(|(_, kk)| **kk == k)
+                .map(|(s, _)| *s)
+                .collect();
+            KindRow {
+                n: ks.len(),
+                mean_score: ks.iter().map(|&s| s as f64).sum::<f64>() / ks.len() as f64,
+                rejected: ks.iter().filter(|&&s| s >= thr).count() as f64 / ks.len() as f64,
+                kind: k,
+            }
+        })
+        .collect();
+    Ok(EvalReport {
+        dataset: root.display().to_string(),
+        threshold: thr,
+        images: scores.len(),
+        failed,
+        image_auroc: auroc(&scores, &labels),
+        pixel_auroc: auroc(&flat_scores, &flat_labels),
+        pro: pro(&map_refs, &mask_refs, width, 0.3),
+        false_reject_rate: rate(false, true),
+        escape_rate: rate(true, false),
+        kinds: kinds_rows,
+        images_per_s: scores.len() as f64 / elapsed,
+    })
+}
+
+fn load_mask(path: &Path, w: u32, h: u32) -> Result<Vec<bool>> {
+    let img = image::open(path)
+        .with_context(|| format!("reading mask {}", path.display()))?
+        .into_luma8();
+    let img = if img.dimensions() == (w, h) {
+        img
+    } else {
+        image::imageops::resize(&img, w, h, image::imageops::FilterType::Nearest)
+    };
+    Ok(img.into_raw().into_iter().map(|v| v > 127).collect())
+}
+
+impl std::fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let opt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+        writeln!(f, "dataset          {}", self.dataset)?;
+        writeln!(
+            f,
+            "images           {} ({} unreadable)",
+            self.images, self.failed
+        )?;
+        writeln!(f, "image AUROC      {}", opt(self.image_auroc))?;
+        writeln!(f, "pixel AUROC      {}", opt(self.pixel_auroc))?;
+        writeln!(f, "PRO (FPR ≤ 0.3)  {}", opt(self.pro))?;
+        writeln!(f, "threshold        {:.5}", self.threshold)?;
+        writeln!(
+            f,
+            "false rejects    {:.2} %",
+            100.0 * self.false_reject_rate
+        )?;
+        writeln!(f, "escapes          {:.2} %", 100.0 * self.escape_rate)?;
+        writeln!(f, "throughput       {:.1} images/s", self.images_per_s)?;
+        writeln!(
+            f,
+            "{:<16} {:>5} {:>11} {:>10}",
+            "kind", "n", "mean score", "rejected"
+        )?;
+        for k in &self.kinds {
+            writeln!(
+                f,
+                "{:<16} {:>5} {:>11.5} {:>9.1} %",
+                k.kind,
+                k.n,
+                k.mean_score,
+                100.0 * k.rejected
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Latency statistics of one timed loop.
+#[derive(Debug, serde::Serialize)]
+pub struct Timing {
+    /// Frames per second (1 / mean latency).
+    pub fps: f64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Mean latency, ms.
+    pub mean_ms: f64,
+}
+
+impl Timing {
+    fn of(seconds: &[f64]) -> Self {
+        let ms: Vec<f64> = seconds.iter().map(|s| s * 1e3).collect();
+        let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+        Self {
+            fps: 1e3 / mean,
+            p50_ms: percentile(&ms, 50.0),
+            p99_ms: percentile(&ms, 99.0),
+            mean_ms: mean,
+        }
+    }
+}
+
+/// What `bench` measured.
+#[derive(Debug, serde::Serialize)]
+pub struct BenchReport {
+    /// Model path.
+    pub model: String,
+    /// Providers the session registered.
+    pub providers: Vec<String>,
+    /// ONNX Runtime version.
+    pub onnxruntime: String,
+    /// Timed iterations per loop.
+    pub iterations: usize,
+    /// The bare session call.
+    pub session: Timing,
+    /// decode → preprocess → infer → decide.
+    pub pipeline: Timing,
+    /// pipeline FPS ÷ session FPS.
+    pub ratio: f64,
+    /// FLOPs per frame from the manifest.
+    pub flops_per_frame: f64,
+    /// Achieved GFLOP/s in the bare session loop.
+    pub session_gflops: f64,
+    /// Peak resident memory of the process, MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// `diffad bench`: bare session vs the whole per-frame path, same model, same images.
+pub fn bench(
+    config: &EngineConfig,
+    images: &[PathBuf],
+    iterations: usize,
+    warmup: usize,
+) -> Result<BenchReport> {
+    let mut insp = inspector(config, Some(f32::INFINITY))?;
+    let files = if images.is_empty() {
+        golden_images(&config.model)?
+    } else {
+        expand(images)?
+    };
+    if files.is_empty() {
+        bail!("no images to benchmark with; pass --images");
+    }
+    let encoded: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|p| {
+            Ok((
+                p.display().to_string(),
+                std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let thr = insp.manifest_threshold();
+    let one = |insp: &mut EngineInspector, bytes: &[u8], origin: &str| -> Result<bool> {
+        let frame: Frame = imagefile::decode(bytes, origin).map_err(anyhow::Error::msg)?;
+        let r = insp
+            .inspect(&[&frame])
+            .pop()
+            .expect("one result")
+            .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+        Ok(r.score >= thr)
+    };
+    for i in 0..warmup {
+        let (o, b) = &encoded[i % encoded.len()];
+        one(&mut insp, b, o)?;
+    }
+    // Interleave the two loops in blocks so drift in machine load hits both alike.
+    let (mut bare, mut pipe) = (
+        Vec::with_capacity(iterations),
+        Vec::with_capacity(iterations),
+    );
+    let block = 10.min(iterations.max(1));
+    while pipe.len() < iterations {
+        bare.extend(insp.engine_mut().time_bare(block)?);
+        for _ in 0..block {
+            let (o, b) = &encoded[pipe.len() % encoded.len()];
+            let t = Instant::now();
+            std::hint::black_box(one(&mut insp, b, o)?);
+            pipe.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let engine = insp.engine();
+    let session = Timing::of(&bare);
+    let pipeline = Timing::of(&pipe);
+    let flops = engine.manifest().flops_per_frame * engine.batch_size() as f64;
+    Ok(BenchReport {
+        model: config.model.display().to_string(),
+        providers: engine.providers().to_vec(),
+        onnxruntime: engine.runtime().version.clone(),
+        iterations: pipe.len(),
+        ratio: pipeline.fps / session.fps,
+        session_gflops: flops * session.fps / 1e9,
+        flops_per_frame: engine.manifest().flops_per_frame,
+        session,
+        pipeline,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "model {} on {} (ONNX Runtime {}), {} iterations",
+            self.model,
+            self.providers.join(" > "),
+            self.onnxruntime,
+            self.iterations
+        )?;
+        writeln!(f, "{:<34} {:>8} {:>9} {:>9}", "", "FPS", "p50 ms", "p99 ms")?;
+        for (name, t) in [
+            ("session call (bare)", &self.session),
+            ("decode→preprocess→infer→decide", &self.pipeline),
+        ] {
+            writeln!(
+                f,
+                "{:<34} {:>8.1} {:>9.2} {:>9.2}",
+                name, t.fps, t.p50_ms, t.p99_ms
+            )?;
+        }
+        writeln!(f, "pipeline ÷ session FPS            {:.3}", self.ratio)?;
+        writeln!(
+            f,
+            "pipeline p99 ÷ p50                {:.3}",
+            self.pipeline.p99_ms / self.pipeline.p50_ms
+        )?;
+        writeln!(
+            f,
+            "FLOPs per frame {:.3} G, session {:.1} GFLOP/s, peak RSS {:.0} MiB",
+            self.flops_per_frame / 1e9,
+            self.session_gflops,
+            self.peak_rss_mib
+        )
+    }
+}
+
+/// The golden inputs shipped beside a model (`NAME.golden/*.png`).
+pub fn golden_images(model: &Path) -> Result<Vec<PathBuf>> {
+    let dir = model.with_extension("golden");
+    let files = dataset::sorted_dir(&dir)
+        .with_context(|| format!("no images given and no golden inputs at {}", dir.display()))?;
+    Ok(files.into_iter().filter(|f| dataset::is_image(f)).collect())
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Whether the TensorRT cache for `config`'s model already holds a built engine.
+pub fn tensorrt_cache(config: &EngineConfig) -> Result<Option<(PathBuf, bool)>> {
+    if !config.providers.iter().any(|p| p == "tensorrt") {
+        return Ok(None);
+    }
+    let lib = crate::ortlib::load()?;
+    let bytes = std::fs::read(&config.model)
+        .with_context(|| format!("reading model {}", config.model.display()))?;
+    let sha = crate::engine::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let dir = crate::engine::tensorrt_cache_dir(&config.tensorrt, &sha, &lib.version);
+    let built = dataset::sorted_dir(&dir)
+        .map(|files| {
+            files
+                .iter()
+                .any(|f| f.extension().is_some_and(|e| e == "engine"))
+        })
+        .unwrap_or(false);
+    Ok(Some((dir, built)))
+}
+
+/// `diffad build-engine`: build (or reuse) the TensorRT engine for the configured model.
+pub fn build_engine(config: &EngineConfig) -> Result<()> {
+    let Some((dir, built)) = tensorrt_cache(config)? else {
+        bail!("engine.providers does not list \"tensorrt\": there is no engine to build");
+    };
+    let mut config = config.clone();
+    // Building must not quietly end up on another provider.
+    config.allow_fallback = false;
+    if built {
+        println!(
+            "build-engine: cached engine found in {}; verifying it loads",
+            dir.display()
+        );
+    } else {
+        println!(
+            "build-engine: no cached engine in {}; building (this takes minutes on a Jetson)",
+            dir.display()
+        );
+    }
+    let start = Instant::now();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_secs(10));
+                if !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    println!(
+                        "build-engine: still building… {:.0} s",
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        })
+    };
+    let result = Engine::load(&config).and_then(|mut e| {
+        // TensorRT builds lazily on the first run.
+        let n = e.batch_size();
+        e.run(n).map(|_| e)
+    });
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    ticker.join().ok();
+    let engine = result?;
+    println!(
+        "build-engine: ready in {:.1} s on {}; cache {}",
+        start.elapsed().as_secs_f64(),
+        engine.providers().join(" > "),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `diffad check-config`: parse and validate a board file, then summarise it.
+pub fn check_config(path: &Path) -> Result<crate::config::BoardConfig> {
+    let c = crate::config::BoardConfig::load(path)?;
+    let s = &c.setup;
+    println!("board:      {} — {}", c.board.name, c.board.description);
+    println!(
+        "engine:     {} on {}{}",
+        c.engine.model.display(),
+        c.engine.providers.join(" > "),
+        if c.engine.allow_fallback {
+            " (fallback allowed)"
+        } else {
+            ""
+        }
+    );
+    println!("camera:     {:?}", s.camera.source);
+    let lines: Vec<String> = [
+        ("reject", &s.gpio.reject),
+        ("ready", &s.gpio.ready),
+        ("heartbeat", &s.gpio.heartbeat),
+    ]
+    .iter()
+    .chain([("fault", &s.gpio.fault), ("trigger", &s.gpio.trigger)].iter())
+    .filter_map(|(n, l)| l.as_ref().map(|l| format!("{n}={}", l.name)))
+    .collect();
+    println!(
+        "gpio:       {} {} pulse {} ms",
+        if s.gpio.sim {
+            "simulated"
+        } else {
+            s.gpio.chip.as_str()
+        },
+        lines.join(" "),
+        s.gpio.pulse_ms
+    );
+    println!(
+        "line:       {} trigger {:?}, ejector {:.1} mm at {:.1} mm/s = {:.1} ms after the trigger, fail-safe {:?}",
+        s.line.name,
+        s.line.trigger,
+        s.line.travel_mm(),
+        s.line.belt_speed_mm_s,
+        s.line.delay_ns() as f64 / 1e6,
+        s.line.fail_safe
+    );
+    println!(
+        "supervisor: {}",
+        if s.supervisor.listen.is_empty() {
+            "off".to_string()
+        } else {
+            format!("ndjson on {}", s.supervisor.listen)
+        }
+    );
+    println!(
+        "mqtt:       {}",
+        s.mqtt.as_ref().map_or("off".to_string(), |m| format!(
+            "{} prefix {}",
+            m.url, m.prefix
+        ))
+    );
+    println!(
+        "archive:    {}",
+        s.archive.as_ref().map_or("off".to_string(), |a| format!(
+            "{} (cap {} MB)",
+            a.dir.display(),
+            a.max_mb
+        ))
+    );
+    if !c.engine.model.exists() {
+        println!(
+            "warning:    model {} does not exist on this machine",
+            c.engine.model.display()
+        );
+    }
+    println!("ok: {}", path.display());
+    Ok(c)
+}
+
+/// Options of `diffad run` beyond the board file.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Stop after this many parts (overrides `line.parts`).
+    pub parts: Option<u64>,
+    /// Override the part rate of simulated and replayed sources.
+    pub part_rate_hz: Option<f64>,
+    /// No line per part.
+    pub quiet: bool,
+    /// Write the summary as JSON here.
+    pub summary_json: Option<PathBuf>,
+}
+
+/// `diffad run`: the line, until the source ends, `line.parts` is reached or a signal arrives.
+pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::pipeline::Summary> {
+    use crate::clock::{Clock, SystemClock};
+    use crate::pipeline::{self, Hardware, Shutdown};
+    use std::sync::Arc;
+
+    let mut board = crate::config::BoardConfig::load(path)?;
+    if let Some(n) = opts.parts {
+        board.setup.line.parts = Some(n);
+    }
+    if let Some(r) = opts.part_rate_hz {
+        board.setup.line.part_rate_hz = r;
+    }
+    board
+        .setup
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let setup = &board.setup;
+    if let Some((dir, built)) = tensorrt_cache(&board.engine)? {
+        if !built {
+            log::warn!(
+                "no cached TensorRT engine in {}: building it now delays the start by minutes; run `diffad build-engine --config {}` beforehand",
+                dir.display(),
+                path.display()
+            );
+        }
+    }
+    let engine = Engine::load(&board.engine)?;
+    let inspector = EngineInspector::new(engine, None, setup.line.threshold)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let (pins, _sim_logs) = crate::pins::LinePins::open(&setup.gpio, clock.clone())
+        .with_context(|| format!("opening the GPIO lines of {}", path.display()))?;
+    let trigger = match setup.line.trigger {
+        crate::setup::Trigger::Gpio => {
+            Some(crate::pins::open_trigger(&setup.gpio).context("opening the trigger input")?)
+        }
+        crate::setup::Trigger::Frame => None,
+    };
+    let source = crate::camera::open(&setup.camera, &setup.line, clock.clone())
+        .with_context(|| format!("opening the camera of {}", path.display()))?;
+    log::info!(
+        "line {} on board {}: camera {}",
+        setup.line.name,
+        board.board.name,
+        source.describe()
+    );
+    let shutdown = Shutdown::new();
+    shutdown
+        .install_signals()
+        .context("installing SIGINT/SIGTERM handlers")?;
+    let options = pipeline::Options {
+        notifier: crate::watchdog::Notifier::from_env().context("NOTIFY_SOCKET")?,
+        live_log: !opts.quiet,
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let summary = pipeline::run(
+        setup,
+        Box::new(inspector),
+        clock,
+        Hardware {
+            source,
+            pins,
+            trigger,
+        },
+        shutdown,
+        options,
+    )?;
+    let wall = start.elapsed().as_secs_f64();
+    if let Some(dest) = &opts.summary_json {
+        let c = &summary.counters;
+        // The drain waits for the last part to reach the ejector; that wait is belt travel, not work.
+        let busy = (wall - setup.line.delay_ns() as f64 / 1e9).max(1e-9);
+        let fps = c.triggers as f64 / busy;
+        let report = json!({
+            "board": board.board.name, "line": setup.line.name, "wall_s": wall,
+            "parts": c.triggers, "passes": c.passes, "rejects": c.rejects, "fault_rejects": c.fault_rejects,
+            "fault_passes": c.fault_passes, "invariant_ok": summary.invariant_ok,
+            "with_truth": summary.with_truth, "escapes": summary.escapes, "false_rejects": summary.false_rejects,
+            "false_fault_rejects": summary.false_fault_rejects,
+            "latency_p50_ms": summary.latency_p50_ms, "latency_p99_ms": summary.latency_p99_ms,
+            "max_reject_error_ms": summary.max_reject_error_ms,
+            "late_verdicts": c.late_verdicts, "queue_full": c.queue_full, "inspect_errors": c.inspect_errors,
+            "events_delivered": summary.events_delivered, "events_dropped": summary.events_dropped,
+            "throughput": {"fps": fps, "p50_ms": summary.latency_p50_ms, "p99_ms": summary.latency_p99_ms},
+            "peak_rss_mib": peak_rss_mib(),
+        });
+        std::fs::write(dest, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", dest.display()))?;
+    }
+    Ok(summary)
+}

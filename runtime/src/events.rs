@@ -1,0 +1,485 @@
+//! What the line tells the world: part outcomes, fired rejects, alarms, heartbeats and log
+//! records, numbered in one sequence and fanned out to sinks (supervisor stream, MQTT, live log).
+//!
+//! Emitting never blocks: a full bus drops the event and counts it, and the count is reported.
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+/// What happened to a part; exactly one per part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Inspected in time and good: the armed reject was cancelled.
+    Pass,
+    /// Inspected in time and bad.
+    Reject,
+    /// Rejected because its inspection was late, missing or failed (`fail_safe = "reject"`).
+    FaultReject,
+    /// Let through although its inspection was late, missing or failed (`fail_safe = "pass"`).
+    FaultPass,
+}
+
+impl Outcome {
+    /// Whether the reject fires for this outcome.
+    pub fn rejects(self) -> bool {
+        matches!(self, Outcome::Reject | Outcome::FaultReject)
+    }
+}
+
+/// One part's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartEvent {
+    /// Part number (1-based, in trigger order).
+    pub part: u64,
+    /// Source frame sequence number (0 when no frame was matched).
+    pub frame_seq: u64,
+    /// Trigger time (clock ns).
+    pub trigger_ns: u64,
+    /// Time the part reaches the ejector.
+    pub deadline_ns: u64,
+    /// When the verdict reached the reject stage, if it did before the outcome was fixed.
+    pub verdict_ns: Option<u64>,
+    /// Anomaly score, when inspected.
+    pub score: Option<f32>,
+    /// Threshold applied.
+    pub threshold: f32,
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Trigger-to-verdict latency.
+    pub latency_ms: Option<f64>,
+    /// Why a fault outcome happened.
+    pub reason: Option<String>,
+    /// Ground truth, when the source knows it.
+    pub defective: Option<bool>,
+    /// Ground-truth defect kind.
+    pub kind: Option<String>,
+    /// Where the frame came from.
+    pub origin: String,
+}
+
+/// A reject pulse that went out.
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectEvent {
+    /// Part rejected.
+    pub part: u64,
+    /// Deadline it was scheduled for.
+    pub scheduled_ns: u64,
+    /// When the line was (or already was) active for it.
+    pub actual_ns: u64,
+    /// `actual - scheduled` in microseconds.
+    pub error_us: i64,
+    /// True when the pulse extended one still active for an earlier part.
+    pub extended: bool,
+}
+
+/// A condition someone should look at; `active: false` says it cleared.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlarmEvent {
+    /// Stable machine-readable code, e.g. `late_verdict`, `queue_full`, `camera_stalled`.
+    pub code: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// Part concerned, if any.
+    pub part: Option<u64>,
+    /// Raised (true) or cleared (false).
+    pub active: bool,
+}
+
+/// Counters every heartbeat carries; `triggers = passes + rejects + fault_rejects + fault_passes + pending`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Counters {
+    /// Parts born.
+    pub triggers: u64,
+    /// Parts passed.
+    pub passes: u64,
+    /// Parts rejected by verdict.
+    pub rejects: u64,
+    /// Parts rejected because inspection was late, missing or failed.
+    pub fault_rejects: u64,
+    /// Parts let through although inspection was late, missing or failed.
+    pub fault_passes: u64,
+    /// Parts armed without an outcome yet.
+    pub pending: u64,
+    /// Frames that found the engine queue full.
+    pub queue_full: u64,
+    /// Verdicts that came after the outcome was fixed.
+    pub late_verdicts: u64,
+    /// Inspections that failed.
+    pub inspect_errors: u64,
+    /// Reject pulses requested.
+    pub pulses: u64,
+    /// Frames lost at the source.
+    pub frames_dropped: u64,
+    /// Camera errors (disconnects, decode failures).
+    pub camera_errors: u64,
+    /// Events dropped because the bus was full.
+    pub events_dropped: u64,
+    /// Pin writes (or photo-eye reads) that failed.
+    pub pin_errors: u64,
+}
+
+impl Counters {
+    /// The part-accounting invariant.
+    pub fn balanced(&self) -> bool {
+        self.triggers
+            == self.passes + self.rejects + self.fault_rejects + self.fault_passes + self.pending
+    }
+}
+
+/// Periodic health report.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeartbeatEvent {
+    /// Whether `ready` is high.
+    pub ready: bool,
+    /// Whether the part-accounting invariant holds.
+    pub invariant_ok: bool,
+    /// Conditions currently keeping `ready` low.
+    pub faults: Vec<String>,
+    /// Counters.
+    pub counters: Counters,
+}
+
+/// A log record forwarded to the stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogEvent {
+    /// `ERROR`, `WARN`, ...
+    pub level: String,
+    /// Module path.
+    pub target: String,
+    /// Text.
+    pub message: String,
+}
+
+/// Everything that goes on the stream.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A part's outcome.
+    Part(PartEvent),
+    /// A reject pulse.
+    Reject(RejectEvent),
+    /// An alarm raised or cleared.
+    Alarm(AlarmEvent),
+    /// Health and counters.
+    Heartbeat(HeartbeatEvent),
+    /// A log record.
+    Log(LogEvent),
+}
+
+impl Event {
+    /// Short name of the kind (`part`, `reject`, `alarm`, `heartbeat`, `log`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Part(_) => "part",
+            Event::Reject(_) => "reject",
+            Event::Alarm(_) => "alarm",
+            Event::Heartbeat(_) => "heartbeat",
+            Event::Log(_) => "log",
+        }
+    }
+
+    /// An alarm event.
+    pub fn alarm(code: &str, message: impl Into<String>, part: Option<u64>, active: bool) -> Self {
+        Event::Alarm(AlarmEvent {
+            code: code.into(),
+            message: message.into(),
+            part,
+            active,
+        })
+    }
+}
+
+/// An event with its place in the sequence, serialized once for every sink.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    /// Sequence number, from 1, without gaps among delivered events.
+    pub seq: u64,
+    /// Clock time of emission.
+    pub t_ns: u64,
+    /// Line name.
+    #[serde(serialize_with = "ser_str")]
+    pub line: Arc<str>,
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+    /// The NDJSON line (without newline).
+    #[serde(skip)]
+    pub json: String,
+}
+
+fn ser_str<S: serde::Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v)
+}
+
+/// Something that receives every record; must not block (queue or drop and count).
+pub trait Sink: Send {
+    /// Take one record.
+    fn deliver(&mut self, rec: &Arc<Record>);
+    /// The bus is closing: flush what can be flushed quickly.
+    fn close(&mut self) {}
+}
+
+/// A test or embedding program's tap on the record stream (bounded; drops when full).
+pub struct TapSink(pub Sender<Arc<Record>>);
+
+impl Sink for TapSink {
+    fn deliver(&mut self, rec: &Arc<Record>) {
+        let _ = self.0.try_send(rec.clone());
+    }
+}
+
+/// Prints one line per part (and per alarm) through the log, target `diffad::live`.
+pub struct LiveLog;
+
+/// Log target of the live per-part lines (never forwarded back onto the bus).
+pub const LIVE_TARGET: &str = "diffad::live";
+
+impl Sink for LiveLog {
+    fn deliver(&mut self, rec: &Arc<Record>) {
+        match &rec.event {
+            Event::Part(p) => log::info!(
+                target: LIVE_TARGET,
+                "part {:>6} {:<12} score {} latency {} {}",
+                p.part,
+                format!("{:?}", p.outcome),
+                p.score.map_or("-".into(), |s| format!("{s:.4}")),
+                p.latency_ms.map_or("-".into(), |l| format!("{l:.1} ms")),
+                p.reason.as_deref().unwrap_or("")
+            ),
+            Event::Alarm(a) => log::warn!(
+                target: LIVE_TARGET,
+                "alarm {} {}: {}",
+                a.code,
+                if a.active { "raised" } else { "cleared" },
+                a.message
+            ),
+            _ => {}
+        }
+    }
+}
+
+enum Msg {
+    Event(u64, Event),
+    Close,
+}
+
+/// Cheap, cloneable handle for emitting events; never blocks.
+#[derive(Clone)]
+pub struct Events {
+    tx: Sender<Msg>,
+    dropped: Arc<AtomicU64>,
+    clock: Arc<dyn crate::clock::Clock>,
+}
+
+impl Events {
+    /// Queue `event`; when the bus is full it is dropped and counted.
+    pub fn emit(&self, event: Event) {
+        let t = self.clock.now_ns();
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx.try_send(Msg::Event(t, event))
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events dropped so far because the bus was full or closed.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Totals of a finished bus.
+#[derive(Debug, Clone, Default)]
+pub struct BusStats {
+    /// Records delivered to the sinks.
+    pub delivered: u64,
+    /// Events dropped at emission.
+    pub dropped: u64,
+}
+
+/// The fan-out thread and its input.
+pub struct Bus {
+    events: Events,
+    handle: Option<JoinHandle<u64>>,
+}
+
+impl Bus {
+    /// Start the fan-out thread with room for `capacity` queued events.
+    pub fn start(
+        line: &str,
+        capacity: usize,
+        clock: Arc<dyn crate::clock::Clock>,
+        sinks: Vec<Box<dyn Sink>>,
+    ) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let line: Arc<str> = Arc::from(line);
+        let handle = std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || fan_out(rx, line, sinks))
+            .expect("spawn events thread");
+        Self {
+            events: Events {
+                tx,
+                dropped: Arc::new(AtomicU64::new(0)),
+                clock,
+            },
+            handle: Some(handle),
+        }
+    }
+
+    /// A handle for emitting.
+    pub fn events(&self) -> Events {
+        self.events.clone()
+    }
+
+    /// Deliver what is queued, close the sinks and stop the thread.
+    pub fn close(mut self) -> BusStats {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> BusStats {
+        let Some(h) = self.handle.take() else {
+            return BusStats::default();
+        };
+        // Blocking is fine here: the line has stopped and the fan-out thread only drains.
+        let _ = self.events.tx.send(Msg::Close);
+        let delivered = h.join().unwrap_or(0);
+        BusStats {
+            delivered,
+            dropped: self.events.dropped(),
+        }
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn fan_out(rx: Receiver<Msg>, line: Arc<str>, mut sinks: Vec<Box<dyn Sink>>) -> u64 {
+    let mut seq = 0u64;
+    while let Ok(Msg::Event(t_ns, event)) = rx.recv() {
+        seq += 1;
+        let mut rec = Record {
+            seq,
+            t_ns,
+            line: line.clone(),
+            event,
+            json: String::new(),
+        };
+        rec.json = serde_json::to_string(&rec).unwrap_or_else(|e| {
+            format!("{{\"seq\":{seq},\"type\":\"error\",\"message\":\"{e}\"}}")
+        });
+        let rec = Arc::new(rec);
+        for s in sinks.iter_mut() {
+            s.deliver(&rec);
+        }
+    }
+    for s in sinks.iter_mut() {
+        s.close();
+    }
+    seq
+}
+
+static LOG_BUS: RwLock<Option<(Events, log::LevelFilter)>> = RwLock::new(None);
+
+/// Forward log records at or above `level` to `events` (until [`detach_log`]).
+pub fn attach_log(events: Events, level: log::LevelFilter) {
+    *LOG_BUS.write().unwrap_or_else(|e| e.into_inner()) = Some((events, level));
+}
+
+/// Stop forwarding log records to the bus.
+pub fn detach_log() {
+    *LOG_BUS.write().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+/// A `log::Log` that writes through env_logger and forwards records to the event bus.
+pub struct LogBridge {
+    inner: env_logger::Logger,
+}
+
+impl LogBridge {
+    /// Install as the global logger (env_logger reads `RUST_LOG`, default `info`); once per process.
+    pub fn install() -> Result<(), log::SetLoggerError> {
+        let inner =
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+                .build();
+        // Debug records must reach `log` so the stream can have them even when the console filters them.
+        log::set_max_level(log::LevelFilter::Trace.min(log::STATIC_MAX_LEVEL));
+        log::set_boxed_logger(Box::new(LogBridge { inner }))
+    }
+}
+
+impl log::Log for LogBridge {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.inner.enabled(metadata)
+            || LOG_BUS
+                .read()
+                .map(|b| b.as_ref().is_some_and(|(_, l)| metadata.level() <= *l))
+                .unwrap_or(false)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.inner.matches(record) {
+            self.inner.log(record);
+        }
+        if record.target() == LIVE_TARGET {
+            return;
+        }
+        if let Ok(guard) = LOG_BUS.read() {
+            if let Some((events, level)) = guard.as_ref() {
+                if record.level() <= *level {
+                    events.emit(Event::Log(LogEvent {
+                        level: record.level().to_string(),
+                        target: record.target().to_string(),
+                        message: record.args().to_string(),
+                    }));
+                }
+            }
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+
+    #[test]
+    fn records_are_numbered_serialized_and_drops_counted() {
+        let (tap, rx) = crossbeam_channel::unbounded();
+        let bus = Bus::start(
+            "l1",
+            4,
+            Arc::new(SystemClock::new()),
+            vec![Box::new(TapSink(tap))],
+        );
+        let ev = bus.events();
+        for i in 0..3 {
+            ev.emit(Event::alarm("test", format!("n{i}"), Some(i), true));
+        }
+        let stats = bus.close();
+        let recs: Vec<Arc<Record>> = rx.try_iter().collect();
+        assert_eq!(
+            recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        let v: serde_json::Value = serde_json::from_str(&recs[0].json).unwrap();
+        assert_eq!(v["type"], "alarm");
+        assert_eq!(v["code"], "test");
+        assert_eq!(v["line"], "l1");
+        assert_eq!(v["seq"], 1);
+        assert_eq!(stats.delivered + stats.dropped, 3);
+        ev.emit(Event::alarm("late", "", None, true));
+        assert_eq!(ev.dropped(), stats.dropped + 1);
+    }
+}

@@ -1,0 +1,578 @@
+//! The reject stage: every part is armed at its trigger, a timely pass verdict cancels it, and
+//! anything else (late, missing or failed inspection) leaves it rejected. Owns the reject pin and
+//! fires pulses at deadlines on the clock; overlapping pulses extend each other.
+
+use crate::clock::Clock;
+use crate::decide::{decide, Verdict};
+use crate::events::{Counters, Event, Events, Outcome, PartEvent, RejectEvent};
+use crate::frame::Frame;
+use crate::inspect::Inspection;
+use crate::pins::Output;
+use crate::setup::FailSafe;
+use crossbeam_channel::Sender;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+/// A part as it is armed at its trigger.
+#[derive(Debug, Clone)]
+pub struct PartInfo {
+    /// Part number.
+    pub part: u64,
+    /// Frame sequence number (0 until a frame is matched).
+    pub frame_seq: u64,
+    /// Trigger time.
+    pub trigger_ns: u64,
+    /// Time the part reaches the ejector.
+    pub deadline_ns: u64,
+    /// Ground truth, when known.
+    pub defective: Option<bool>,
+    /// Ground-truth defect kind.
+    pub kind: Option<String>,
+    /// Frame origin.
+    pub origin: String,
+}
+
+/// How the stage decides and fires.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Outcome of a part whose inspection is late, missing or failed.
+    pub fail_safe: FailSafe,
+    /// A verdict must reach this stage this long before the deadline.
+    pub margin_ns: u64,
+    /// Reject pulse width.
+    pub pulse_ns: u64,
+    /// Threshold in force.
+    pub threshold: f32,
+}
+
+/// A rejected part's frame and map, for the archive.
+pub struct ArchiveJob {
+    /// Part number.
+    pub part: u64,
+    /// Its outcome.
+    pub outcome: Outcome,
+    /// The frame.
+    pub frame: Frame,
+    /// The inspection, if there was one.
+    pub inspection: Option<Inspection>,
+    /// Threshold in force (drawn as the overlay's contour).
+    pub threshold: f32,
+}
+
+/// Totals of the stage, beyond the counters.
+#[derive(Debug, Clone, Default)]
+pub struct RejectStats {
+    /// Trigger-to-verdict latencies (ns) of inspected parts.
+    pub latencies_ns: Vec<u64>,
+    /// Largest |actual − scheduled| of fired pulses (ns).
+    pub max_timing_error_ns: u64,
+    /// Defective parts that passed (ground truth known).
+    pub escapes: u64,
+    /// Good parts rejected by verdict (ground truth known).
+    pub false_rejects: u64,
+    /// Good parts rejected by fail-safe (ground truth known).
+    pub false_fault_rejects: u64,
+    /// Parts with ground truth.
+    pub with_truth: u64,
+    /// Rejects the archive had no room for.
+    pub archive_dropped: u64,
+    /// Pin writes that failed.
+    pub pin_errors: u64,
+}
+
+/// The reject scheduler's state (driven by the reject thread, or directly by unit tests).
+pub struct Scheduler {
+    policy: Policy,
+    clock: Arc<dyn Clock>,
+    pin: Output,
+    events: Events,
+    ledger: BTreeMap<u64, PartInfo>,
+    last_armed: u64,
+    pulses: VecDeque<(u64, u64)>,
+    active_until: Option<u64>,
+    counters: Counters,
+    shared: Arc<Mutex<Counters>>,
+    stats: RejectStats,
+    archive: Option<Sender<ArchiveJob>>,
+    recycle: Option<Sender<Vec<u8>>>,
+}
+
+impl Scheduler {
+    /// A scheduler owning `pin`; `shared` mirrors the counters for the health thread.
+    pub fn new(
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+        pin: Output,
+        events: Events,
+        shared: Arc<Mutex<Counters>>,
+    ) -> Self {
+        Self {
+            policy,
+            clock,
+            pin,
+            events,
+            ledger: BTreeMap::new(),
+            last_armed: 0,
+            pulses: VecDeque::new(),
+            active_until: None,
+            counters: Counters::default(),
+            shared,
+            stats: RejectStats::default(),
+            archive: None,
+            recycle: None,
+        }
+    }
+
+    /// Where rejected frames go (bounded; full = skipped and counted).
+    pub fn with_archive(mut self, tx: Sender<ArchiveJob>) -> Self {
+        self.archive = Some(tx);
+        self
+    }
+
+    /// Where frame buffers go back to the source.
+    pub fn with_recycle(mut self, tx: Sender<Vec<u8>>) -> Self {
+        self.recycle = Some(tx);
+        self
+    }
+
+    /// Arm the reject for a part that was just triggered.
+    pub fn arm(&mut self, info: PartInfo) {
+        self.counters.triggers += 1;
+        self.counters.pending += 1;
+        self.last_armed = self.last_armed.max(info.part);
+        self.ledger.insert(info.part, info);
+        self.publish();
+    }
+
+    /// A frame was matched to a part armed at its photo-eye edge.
+    pub fn matched(
+        &mut self,
+        part: u64,
+        frame_seq: u64,
+        defective: Option<bool>,
+        kind: Option<String>,
+        origin: String,
+    ) {
+        if let Some(p) = self.ledger.get_mut(&part) {
+            p.frame_seq = frame_seq;
+            p.defective = defective;
+            p.kind = kind;
+            p.origin = origin;
+        }
+    }
+
+    /// The part's frame could not be queued for inspection: it fails safe now.
+    pub fn not_queued(&mut self, part: u64, reason: &str, frame: Option<Frame>) {
+        self.counters.queue_full += 1;
+        match self.ledger.remove(&part) {
+            Some(info) => self.finish(
+                info,
+                self.fault(),
+                None,
+                None,
+                Some(reason.to_string()),
+                frame,
+                None,
+            ),
+            None => self.give_back(frame),
+        }
+        self.events
+            .emit(Event::alarm("queue_full", reason, Some(part), true));
+    }
+
+    /// An inspection result reached this stage.
+    pub fn inspected(
+        &mut self,
+        part: u64,
+        result: Result<Inspection, String>,
+        frame: Option<Frame>,
+    ) {
+        let now = self.clock.now_ns();
+        let Some(info) = self.ledger.remove(&part) else {
+            self.counters.late_verdicts += 1;
+            let what = if part <= self.last_armed {
+                "verdict came after the part's outcome was fixed"
+            } else {
+                "verdict for a part never armed"
+            };
+            let score = result
+                .as_ref()
+                .map_or("failed".to_string(), |i| format!("score {:.4}", i.score));
+            self.events.emit(Event::alarm(
+                "late_verdict",
+                format!("{what} ({score})"),
+                Some(part),
+                true,
+            ));
+            self.publish();
+            self.give_back(frame);
+            return;
+        };
+        let latency = now.saturating_sub(info.trigger_ns);
+        let decided = match &result {
+            Ok(insp) => decide(insp.score, self.policy.threshold).map_err(|e| e.to_string()),
+            Err(e) => Err(e.clone()),
+        };
+        let score = result.as_ref().ok().map(|i| i.score);
+        let inspection = result.ok();
+        if let Err(e) = &decided {
+            self.counters.inspect_errors += 1;
+            self.events
+                .emit(Event::alarm("inspect_failed", e.clone(), Some(part), true));
+        } else {
+            self.stats.latencies_ns.push(latency);
+        }
+        if now > info.deadline_ns.saturating_sub(self.policy.margin_ns) {
+            self.counters.late_verdicts += 1;
+            let late_ms =
+                (now - (info.deadline_ns.saturating_sub(self.policy.margin_ns))) as f64 / 1e6;
+            let reason = format!("verdict {late_ms:.1} ms past the ejector deadline minus margin");
+            self.events.emit(Event::alarm(
+                "late_verdict",
+                reason.clone(),
+                Some(part),
+                true,
+            ));
+            self.finish(
+                info,
+                self.fault(),
+                score,
+                Some(now),
+                Some(reason),
+                frame,
+                inspection,
+            );
+            return;
+        }
+        match decided {
+            Ok(Verdict::Pass) => self.finish(
+                info,
+                Outcome::Pass,
+                score,
+                Some(now),
+                None,
+                frame,
+                inspection,
+            ),
+            Ok(Verdict::Reject) => self.finish(
+                info,
+                Outcome::Reject,
+                score,
+                Some(now),
+                None,
+                frame,
+                inspection,
+            ),
+            Err(e) => self.finish(
+                info,
+                self.fault(),
+                score,
+                Some(now),
+                Some(format!("inspection failed: {e}")),
+                frame,
+                inspection,
+            ),
+        }
+    }
+
+    fn fault(&self) -> Outcome {
+        match self.policy.fail_safe {
+            FailSafe::Reject => Outcome::FaultReject,
+            FailSafe::Pass => Outcome::FaultPass,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        info: PartInfo,
+        outcome: Outcome,
+        score: Option<f32>,
+        verdict_ns: Option<u64>,
+        reason: Option<String>,
+        frame: Option<Frame>,
+        inspection: Option<Inspection>,
+    ) {
+        self.counters.pending -= 1;
+        match outcome {
+            Outcome::Pass => self.counters.passes += 1,
+            Outcome::Reject => self.counters.rejects += 1,
+            Outcome::FaultReject => self.counters.fault_rejects += 1,
+            Outcome::FaultPass => self.counters.fault_passes += 1,
+        }
+        if let Some(defective) = info.defective {
+            self.stats.with_truth += 1;
+            match (defective, outcome) {
+                (true, Outcome::Pass | Outcome::FaultPass) => self.stats.escapes += 1,
+                (false, Outcome::Reject) => self.stats.false_rejects += 1,
+                (false, Outcome::FaultReject) => self.stats.false_fault_rejects += 1,
+                _ => {}
+            }
+        }
+        if outcome.rejects() {
+            self.counters.pulses += 1;
+            let at = info.deadline_ns;
+            let pos = self.pulses.partition_point(|&(_, t)| t <= at);
+            self.pulses.insert(pos, (info.part, at));
+        }
+        self.events.emit(Event::Part(PartEvent {
+            part: info.part,
+            frame_seq: info.frame_seq,
+            trigger_ns: info.trigger_ns,
+            deadline_ns: info.deadline_ns,
+            verdict_ns,
+            score,
+            threshold: self.policy.threshold,
+            outcome,
+            latency_ms: verdict_ns.map(|v| v.saturating_sub(info.trigger_ns) as f64 / 1e6),
+            reason,
+            defective: info.defective,
+            kind: info.kind.clone(),
+            origin: info.origin.clone(),
+        }));
+        match (outcome.rejects(), frame, &self.archive) {
+            (true, Some(frame), Some(tx)) => {
+                if let Err(e) = tx.try_send(ArchiveJob {
+                    part: info.part,
+                    outcome,
+                    frame,
+                    inspection,
+                    threshold: self.policy.threshold,
+                }) {
+                    self.stats.archive_dropped += 1;
+                    self.give_back(Some(e.into_inner().frame));
+                }
+            }
+            (_, frame, _) => self.give_back(frame),
+        }
+        self.publish();
+    }
+
+    fn give_back(&mut self, frame: Option<Frame>) {
+        if let (Some(f), Some(tx)) = (frame, &self.recycle) {
+            let _ = tx.try_send(f.data);
+        }
+    }
+
+    fn publish(&self) {
+        let mut c = self.counters.clone();
+        c.events_dropped = self.events.dropped();
+        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = c;
+        if !self.counters.balanced() {
+            self.events.emit(Event::alarm(
+                "invariant",
+                format!("part accounting off: {:?}", self.counters),
+                None,
+                true,
+            ));
+        }
+    }
+
+    fn set_pin(&mut self, on: bool) {
+        if let Err(e) = self.pin.set(on) {
+            self.stats.pin_errors += 1;
+            self.counters.pin_errors += 1;
+            self.publish();
+            self.events.emit(Event::alarm(
+                "pin_error",
+                format!("reject line: {e}"),
+                None,
+                true,
+            ));
+        }
+    }
+
+    /// Do what is due now (fail-safe decisions, pulse edges); returns when to call again.
+    pub fn poll(&mut self) -> Option<u64> {
+        let now = self.clock.now_ns();
+        let margin = self.policy.margin_ns;
+        let overdue: Vec<u64> = self
+            .ledger
+            .values()
+            .filter(|p| now > p.deadline_ns.saturating_sub(margin))
+            .map(|p| p.part)
+            .collect();
+        for part in overdue {
+            let info = self.ledger.remove(&part).expect("listed above");
+            let reason = format!(
+                "no verdict {:.1} ms before the ejector",
+                margin as f64 / 1e6
+            );
+            self.events.emit(Event::alarm(
+                "verdict_missing",
+                reason.clone(),
+                Some(part),
+                true,
+            ));
+            self.finish(info, self.fault(), None, None, Some(reason), None, None);
+        }
+        while let Some(&(part, at)) = self.pulses.front() {
+            if at > now {
+                break;
+            }
+            self.pulses.pop_front();
+            let extended = self.active_until.is_some();
+            if !extended {
+                self.set_pin(true);
+            }
+            let actual = self.clock.now_ns();
+            let end = at + self.policy.pulse_ns;
+            self.active_until = Some(self.active_until.map_or(end, |u| u.max(end)));
+            let err = actual as i64 - at as i64;
+            self.stats.max_timing_error_ns = self.stats.max_timing_error_ns.max(err.unsigned_abs());
+            self.events.emit(Event::Reject(RejectEvent {
+                part,
+                scheduled_ns: at,
+                actual_ns: actual,
+                error_us: err / 1000,
+                extended,
+            }));
+        }
+        if let Some(end) = self.active_until {
+            if now >= end {
+                self.set_pin(false);
+                self.active_until = None;
+            }
+        }
+        let next_decision = self
+            .ledger
+            .values()
+            .map(|p| p.deadline_ns.saturating_sub(margin) + 1)
+            .min();
+        [
+            next_decision,
+            self.pulses.front().map(|p| p.1),
+            self.active_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Nothing armed, nothing scheduled, the line is off.
+    pub fn idle(&self) -> bool {
+        self.ledger.is_empty() && self.pulses.is_empty() && self.active_until.is_none()
+    }
+
+    /// Current counters.
+    pub fn counters(&self) -> Counters {
+        self.counters.clone()
+    }
+
+    /// Statistics so far.
+    pub fn stats(&self) -> &RejectStats {
+        &self.stats
+    }
+
+    /// Force the reject line off (shutdown after an error).
+    pub fn release_pin(&mut self) {
+        self.set_pin(false);
+        self.active_until = None;
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // Also on a panic: an air jet must not be left blowing.
+        if self.active_until.is_some() {
+            let _ = self.pin.set(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{SimClock, SimMode, MS};
+    use crate::events::{Bus, TapSink};
+    use crate::pins::{PinLog, SimPin};
+    use crate::setup::ActiveLevel;
+
+    fn setup(
+        fail_safe: FailSafe,
+    ) -> (
+        Scheduler,
+        Arc<SimClock>,
+        PinLog,
+        crossbeam_channel::Receiver<Arc<crate::events::Record>>,
+        Bus,
+    ) {
+        let clock = Arc::new(SimClock::new(SimMode::Manual, 0));
+        let (pin, log) = SimPin::new(clock.clone());
+        let out = Output::new(Box::new(pin), ActiveLevel::High).unwrap();
+        let (tap, rx) = crossbeam_channel::unbounded();
+        let bus = Bus::start("t", 1024, clock.clone(), vec![Box::new(TapSink(tap))]);
+        let policy = Policy {
+            fail_safe,
+            margin_ns: 5 * MS,
+            pulse_ns: 20 * MS,
+            threshold: 0.5,
+        };
+        let s = Scheduler::new(policy, clock.clone(), out, bus.events(), Default::default());
+        (s, clock, log, rx, bus)
+    }
+
+    fn part(n: u64, trigger: u64) -> PartInfo {
+        PartInfo {
+            part: n,
+            frame_seq: n,
+            trigger_ns: trigger,
+            deadline_ns: trigger + 100 * MS,
+            defective: None,
+            kind: None,
+            origin: String::new(),
+        }
+    }
+
+    fn insp(score: f32) -> Result<Inspection, String> {
+        Ok(Inspection {
+            score,
+            map: vec![],
+            map_width: 0,
+            map_height: 0,
+        })
+    }
+
+    #[test]
+    fn pass_cancels_reject_fires_and_missing_fails_safe() {
+        let (mut s, clock, log, _rx, _bus) = setup(FailSafe::Reject);
+        s.arm(part(1, 0));
+        s.arm(part(2, 10 * MS));
+        s.arm(part(3, 20 * MS));
+        clock.advance_to(30 * MS);
+        s.inspected(1, insp(0.1), None);
+        s.inspected(2, insp(0.9), None);
+        // Part 3 never gets a verdict: at 115 ms (its deadline minus margin) it fails safe.
+        let mut t = clock.now_ns();
+        while let Some(next) = s.poll() {
+            t = next;
+            clock.advance_to(t);
+        }
+        assert!(t >= 140 * MS);
+        let c = s.counters();
+        assert_eq!(
+            (c.triggers, c.passes, c.rejects, c.fault_rejects, c.pending),
+            (3, 1, 1, 1, 0)
+        );
+        // Parts 2 (110 ms) and 3 (120 ms) overlap: one extended pulse from 110 to 140 ms.
+        assert_eq!(log.high_pulses(), vec![(110 * MS, 140 * MS)]);
+        assert_eq!(s.stats().max_timing_error_ns, 0);
+        assert!(s.idle());
+    }
+
+    #[test]
+    fn late_verdict_is_a_fault_and_a_second_one_is_counted() {
+        let (mut s, clock, log, _rx, _bus) = setup(FailSafe::Pass);
+        s.arm(part(1, 0));
+        clock.advance_to(97 * MS);
+        s.inspected(1, insp(0.1), None);
+        s.inspected(1, insp(0.1), None);
+        while let Some(next) = s.poll() {
+            clock.advance_to(next);
+        }
+        let c = s.counters();
+        assert_eq!((c.fault_passes, c.late_verdicts, c.pulses), (1, 2, 0));
+        assert!(log.rising().is_empty());
+        assert!(c.balanced());
+    }
+}

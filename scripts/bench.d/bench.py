@@ -1,0 +1,210 @@
+"""One benchmark run, as ratios: bare session, the Python peer pipeline, `diffad bench`, `diffad run`.
+
+Run through `scripts/bench`. Everything is measured here, one after another, on the same model,
+images and machine; the table and the ratios are printed and written as JSON under target/bench/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DIFFAD = ROOT / "target/release/diffad"
+TARGETS = {"pipeline_vs_session": 0.95, "pipeline_vs_python": 1.2, "p99_vs_p50": 1.5}
+
+
+def cpu_peak_gflops() -> tuple[float, str]:
+    """Nominal fp32 peak of this machine's cores: cores × clock × FMA width (two FMA units assumed)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    mhz = next((float(line.split(":", 1)[1]) for line in info.splitlines() if line.startswith("cpu MHz")), 0.0)
+    lanes, isa = (16, "AVX-512") if "avx512f" in flags else (8, "AVX2") if "avx2" in flags else (4, "SSE")
+    flop_per_cycle = lanes * 2 * 2  # lanes × (multiply + add) × two FMA units
+    cores = os.cpu_count() or 1
+    return cores * mhz * 1e6 * flop_per_cycle / 1e9, f"{cores} cores × {mhz / 1e3:.1f} GHz × {flop_per_cycle} ({isa})"
+
+
+def run_checked(cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {Path(cmd[0]).name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def run_json(cmd: list[str]) -> dict:
+    return json.loads(run_checked(cmd).strip().splitlines()[-1])
+
+
+def line_run(model: Path, images: Path, parts: int, provider: str, rate_hz: float) -> dict:
+    """`diffad run` on the replay source with simulated pins, parts arriving at `rate_hz`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = Path(tmp) / "summary.json"
+        config = Path(tmp) / "bench.toml"
+        config.write_text(
+            f"""[board]
+name = "bench"
+
+[engine]
+model = "{model}"
+providers = ["{provider}"]
+
+[camera]
+source = "replay"
+[camera.replay]
+dir = "{images}"
+loop_forever = true
+
+[gpio]
+sim = true
+
+[line]
+name = "bench"
+part_rate_hz = {rate_hz:.3f}
+parts = {parts}
+camera_to_ejector_mm = 1000.0
+belt_speed_mm_s = 1000.0
+
+[supervisor]
+listen = "127.0.0.1:0"
+"""
+        )
+        proc = subprocess.run(
+            [str(DIFFAD), "run", "--config", str(config), "--quiet", "--summary-json", str(summary)],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"diffad run failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        return json.loads(summary.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", type=Path, default=ROOT / "models/tiles-brick/model.onnx")
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--parts", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = one per core)")
+    ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--smoke", action="store_true", help="a few iterations, to prove the script runs")
+    ap.add_argument("--out", type=Path, default=ROOT / "target/bench")
+    args = ap.parse_args()
+    if args.smoke:
+        args.iterations, args.parts = 20, 30
+
+    model = args.model.resolve()
+    golden = model.with_suffix(".golden")
+    images = sorted(str(p) for p in golden.glob("*.png"))
+    if not images:
+        sys.exit(f"bench: no golden images at {golden}; export the model with `python -m exporter export`")
+    manifest = json.loads(
+        subprocess.run([str(DIFFAD), "inspect", str(model)], check=True, capture_output=True, text=True).stdout.split(
+            "manifest:\n", 1
+        )[1]
+    )
+    flops = float(manifest.get("flops_per_frame") or 0.0)
+    common = ["--iterations", str(args.iterations), "--threads", str(args.threads)]
+
+    print(
+        f"bench: {model.relative_to(ROOT) if model.is_relative_to(ROOT) else model}, {len(images)} images, "
+        f"{args.iterations} iterations, provider {args.provider}",
+        flush=True,
+    )
+    py = run_json(
+        [
+            sys.executable,
+            str(ROOT / "scripts/bench.d/python_pipeline.py"),
+            "--model",
+            str(model),
+            "--images",
+            *images,
+            "--provider",
+            args.provider,
+            *common,
+        ]
+    )
+    rust_json = args.out / "diffad-bench.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    run_checked(
+        [
+            str(DIFFAD),
+            "bench",
+            "--model",
+            str(model),
+            "--images",
+            *images,
+            "--provider",
+            args.provider,
+            "--json",
+            str(rust_json),
+            *common,
+        ],
+    )
+    rust = json.loads(rust_json.read_text())
+    # A camera cannot be slowed down, so "full speed" is parts arriving just under what the
+    # per-frame pipeline sustains; the line must keep up without fail-safe rejects.
+    rate = min(1000.0, 0.9 * rust["pipeline"]["fps"])
+    line = line_run(model, golden, args.parts, args.provider, rate)
+
+    rows = [
+        ("1. bare session, Python onnxruntime", py["session"], py["peak_rss_mib"]),
+        ("1. bare session, Rust ort", rust["session"], rust["peak_rss_mib"]),
+        ("2. Python pipeline (PIL, numpy, ORT)", py["pipeline"], py["peak_rss_mib"]),
+        ("3. diffad bench (decode→decide)", rust["pipeline"], rust["peak_rss_mib"]),
+        (f"4. diffad run, replay at {rate:.1f}/s", line["throughput"], line["peak_rss_mib"]),
+    ]
+    ratios = {
+        "pipeline_vs_session": rust["pipeline"]["fps"] / rust["session"]["fps"],
+        "pipeline_vs_python": rust["pipeline"]["fps"] / py["pipeline"]["fps"],
+        "p99_vs_p50": rust["pipeline"]["p99_ms"] / rust["pipeline"]["p50_ms"],
+    }
+    print(f"\n{'':40} {'FPS':>8} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS MiB':>13}")
+    for name, t, rss in rows:
+        print(f"{name:40} {t['fps']:8.1f} {t['p50_ms']:8.2f} {t['p99_ms']:8.2f} {rss:13.0f}")
+    print()
+    for key, value in ratios.items():
+        target = TARGETS[key]
+        ok = value <= target if key == "p99_vs_p50" else value >= target
+        sign = "≤" if key == "p99_vs_p50" else "≥"
+        print(f"{key:22} {value:6.3f}   target {sign} {target}   {'met' if ok else 'MISSED'}")
+    print(
+        f"line: {line['parts']} parts, {line['fault_rejects']} fail-safe rejects, "
+        f"{line['late_verdicts']} late verdicts, reject timing error max {line['max_reject_error_ms']:.3f} ms"
+    )
+    gflops = flops * rust["session"]["fps"] / 1e9
+    peak, peak_how = cpu_peak_gflops()
+    print(
+        f"\nmodel: {flops / 1e9:.3f} GFLOP per frame; bare Rust session achieves {gflops:.1f} GFLOP/s"
+        + (f", {100 * gflops / peak:.1f} % of the nominal fp32 peak {peak:.0f} GFLOP/s ({peak_how})" if peak else "")
+    )
+
+    report = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "model": str(model),
+        "provider": args.provider,
+        "iterations": args.iterations,
+        "rows": [{"name": n, **t, "peak_rss_mib": r} for n, t, r in rows],
+        "ratios": ratios,
+        "targets": TARGETS,
+        "flops_per_frame": flops,
+        "session_gflops": gflops,
+        "nominal_peak_gflops": peak,
+        "line": line,
+        "onnxruntime": {"python": py["onnxruntime"], "rust": rust["onnxruntime"]},
+    }
+    dest = args.out / ("bench-smoke.json" if args.smoke else "bench.json")
+    dest.write_text(json.dumps(report, indent=2))
+    print(f"wrote {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+//! Helpers shared by the line's end-to-end tests.
+#![allow(dead_code)]
+
+use diffad::camera::{self, Source};
+use diffad::clock::{Clock, SimClock, SimMode};
+use diffad::events::{Event, Record, TapSink};
+use diffad::inspect::Inspector;
+use diffad::pins::{LinePins, SimLogs};
+use diffad::pipeline::{self, Hardware, Options, Shutdown, Summary};
+use diffad::setup::LineSetup;
+use diffad::watchdog::Notifier;
+use std::sync::Arc;
+
+/// Virtual start time: far from zero so arithmetic near zero would show.
+pub const T0: u64 = 1_000_000_000_000;
+
+/// A simulated line: `parts` parts at 50 Hz, 20 % defective, ejector 500 ms downstream.
+pub fn sim_setup(parts: u64) -> LineSetup {
+    let mut s = LineSetup::from_toml(
+        r#"
+        [camera]
+        source = "sim"
+        stall_ms = 500
+        [camera.sim]
+        defect_rate = 0.2
+        seed = 42
+        [gpio]
+        sim = true
+        pulse_ms = 15
+        [gpio.reject]
+        name = "PAC.06"
+        [line]
+        name = "test"
+        part_rate_hz = 50
+        belt_speed_mm_s = 500
+        camera_to_ejector_mm = 250
+        verdict_margin_ms = 5
+        heartbeat_ms = 100
+        queue = 8
+        [supervisor]
+        listen = ""
+        "#,
+    )
+    .expect("test setup is valid");
+    s.line.parts = Some(parts);
+    s
+}
+
+/// Builds a replacement camera from the run's clock.
+pub type MakeSource = Box<dyn FnOnce(Arc<dyn Clock>) -> Box<dyn Source>>;
+
+/// What a finished run left behind.
+pub struct Run {
+    pub summary: Summary,
+    pub records: Vec<Arc<Record>>,
+    pub pins: SimLogs,
+}
+
+impl Run {
+    pub fn parts(&self) -> Vec<&diffad::events::PartEvent> {
+        self.records
+            .iter()
+            .filter_map(|r| {
+                if let Event::Part(p) = &r.event {
+                    Some(p)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+    pub fn rejects(&self) -> Vec<&diffad::events::RejectEvent> {
+        self.records
+            .iter()
+            .filter_map(|r| {
+                if let Event::Reject(p) = &r.event {
+                    Some(p)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+    pub fn alarms(&self, code: &str) -> Vec<&diffad::events::AlarmEvent> {
+        self.records
+            .iter()
+            .filter_map(|r| {
+                if let Event::Alarm(a) = &r.event {
+                    Some(a)
+                } else {
+                    None
+                }
+            })
+            .filter(|a| a.code == code)
+            .collect()
+    }
+}
+
+/// Run the line on a virtual clock (as fast as possible) with simulated pins.
+///
+/// `inspector` builds the inspector from the clock, so the same test runs the stand-in or the
+/// real engine; `source` replaces the configured camera when given.
+pub fn run_line(
+    setup: &LineSetup,
+    inspector: impl FnOnce(Arc<dyn Clock>) -> Box<dyn Inspector>,
+    source: Option<MakeSource>,
+    notifier: Option<Notifier>,
+) -> Run {
+    let clock: Arc<dyn Clock> = Arc::new(SimClock::new(SimMode::Auto, T0));
+    let (pins, logs) = LinePins::sim(&setup.gpio, clock.clone());
+    let source = match source {
+        Some(f) => f(clock.clone()),
+        None => camera::open(&setup.camera, &setup.line, clock.clone()).expect("camera opens"),
+    };
+    let (tap, rx) = crossbeam_channel::unbounded();
+    let opts = Options {
+        sinks: vec![Box::new(TapSink(tap))],
+        notifier,
+        live_log: false,
+        ..Default::default()
+    };
+    let hw = Hardware {
+        source,
+        pins,
+        trigger: None,
+    };
+    let summary = pipeline::run(
+        setup,
+        inspector(clock.clone()),
+        clock,
+        hw,
+        Shutdown::new(),
+        opts,
+    )
+    .expect("line runs");
+    Run {
+        summary,
+        records: rx.try_iter().collect(),
+        pins: logs,
+    }
+}

@@ -1,0 +1,556 @@
+//! End-to-end line simulations on a virtual clock: real threads, simulated camera and pins.
+
+mod common;
+
+use common::{run_line, sim_setup};
+use diffad::clock::{Clock, MS};
+use diffad::events::{Event, Outcome};
+use diffad::testkit::TruthInspector;
+use std::collections::HashMap;
+
+#[test]
+fn three_hundred_parts_one_verdict_each_and_pulses_on_time() {
+    let setup = sim_setup(300);
+    let run = run_line(&setup, |c| Box::new(TruthInspector::new(c)), None, None);
+    let s = &run.summary;
+    println!("{s}");
+
+    // Exactly one outcome event per part, numbered 1..=300.
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for p in run.parts() {
+        *seen.entry(p.part).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 300);
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "a part had more than one outcome"
+    );
+    assert!((1..=300).all(|i| seen.contains_key(&i)));
+    assert_eq!(s.counters.triggers, 300);
+    assert!(s.invariant_ok);
+    assert_eq!(s.counters.passes + s.counters.rejects, 300, "{s}");
+    assert_eq!(s.counters.fault_rejects, 0);
+
+    // The stand-in inspector is exact on ground truth: nothing escapes, nothing good is wasted.
+    assert_eq!(s.with_truth, 300);
+    assert_eq!((s.escapes, s.false_rejects), (0, 0));
+    let defective = run
+        .parts()
+        .iter()
+        .filter(|p| p.defective == Some(true))
+        .count() as u64;
+    assert!(
+        (30..=90).contains(&defective),
+        "{defective} defective of 300"
+    );
+    assert_eq!(s.counters.rejects, defective);
+
+    // Every reject lands within 2 ms of its deadline, on the pin too.
+    let rejects = run.rejects();
+    assert_eq!(rejects.len() as u64, s.counters.rejects);
+    let deadlines: HashMap<u64, u64> = run
+        .parts()
+        .iter()
+        .map(|p| (p.part, p.deadline_ns))
+        .collect();
+    let pulses = run.pins.reject.high_pulses();
+    for r in &rejects {
+        assert_eq!(r.scheduled_ns, deadlines[&r.part]);
+        assert!(r.actual_ns.abs_diff(r.scheduled_ns) <= 2 * MS, "{r:?}");
+        assert!(
+            pulses
+                .iter()
+                .any(|&(a, b)| a <= r.scheduled_ns + 2 * MS && r.scheduled_ns < b),
+            "no pulse covers part {} at {}",
+            r.part,
+            r.scheduled_ns
+        );
+    }
+    for &(a, b) in &pulses {
+        assert!(
+            rejects.iter().any(|r| r.scheduled_ns.abs_diff(a) <= 2 * MS),
+            "pulse at {a} matches no reject"
+        );
+        assert!(b - a >= 15 * MS);
+    }
+    assert!(s.max_reject_error_ms <= 2.0);
+    assert!(
+        run.pins.reject.level() == Some(false),
+        "reject line left off"
+    );
+
+    // ready went high while running and low at the end; the heartbeat toggled.
+    assert!(!run.pins.ready.rising().is_empty());
+    assert_eq!(run.pins.ready.level(), Some(false));
+    assert!(run.pins.heartbeat.rising().len() > 10);
+    let hb = run
+        .records
+        .iter()
+        .filter(|r| matches!(r.event, Event::Heartbeat(_)))
+        .count();
+    assert!(hb > 10);
+    assert_eq!(s.events_dropped, 0);
+    // Sequence numbers have no gaps.
+    assert!(run.records.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+}
+
+#[test]
+fn same_seed_same_line() {
+    let setup = sim_setup(60);
+    let outcomes = |run: &common::Run| {
+        run.parts()
+            .iter()
+            .map(|p| (p.part, p.outcome, p.trigger_ns))
+            .collect::<Vec<_>>()
+    };
+    let a = run_line(&setup, |c| Box::new(TruthInspector::new(c)), None, None);
+    let b = run_line(&setup, |c| Box::new(TruthInspector::new(c)), None, None);
+    assert_eq!(outcomes(&a), outcomes(&b));
+    assert_eq!(a.pins.reject.edges(), b.pins.reject.edges());
+}
+
+#[test]
+fn slow_engine_fails_safe_and_loses_no_part() {
+    let setup = sim_setup(300);
+    let run = run_line(
+        &setup,
+        |c| {
+            let mut i = TruthInspector::new(c);
+            i.batch = 2;
+            // Every 25th frame stalls the engine for 700 ms: longer than the 500 ms belt travel.
+            i.slow_every = Some((25, 700 * MS));
+            i.fail_every = Some(37);
+            Box::new(i)
+        },
+        None,
+        None,
+    );
+    let s = &run.summary;
+    println!("{s}");
+    assert_eq!(s.counters.triggers, 300);
+    assert!(s.invariant_ok, "{s}");
+    assert!(s.counters.fault_rejects > 0);
+    assert!(
+        s.counters.queue_full > 0,
+        "the 8-frame queue overflowed during stalls"
+    );
+    assert!(s.counters.late_verdicts > 0);
+    assert!(s.counters.inspect_errors > 0);
+    assert_eq!(
+        s.escapes, 0,
+        "fail-safe never lets a defective part through"
+    );
+    let parts = run.parts();
+    assert_eq!(parts.len(), 300);
+    let mut ids: Vec<u64> = parts.iter().map(|p| p.part).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 300, "exactly one outcome per part");
+    let faults = parts
+        .iter()
+        .filter(|p| p.outcome == Outcome::FaultReject)
+        .count() as u64;
+    assert_eq!(faults, s.counters.fault_rejects);
+    assert!(parts
+        .iter()
+        .filter(|p| p.outcome == Outcome::FaultReject)
+        .all(|p| p.reason.is_some()));
+    assert!(!run.alarms("queue_full").is_empty());
+    assert!(!run.alarms("late_verdict").is_empty() || !run.alarms("verdict_missing").is_empty());
+    assert!(!run.alarms("inspect_failed").is_empty());
+    // Every fault reject still fired on time.
+    for r in run.rejects() {
+        assert!(r.actual_ns.abs_diff(r.scheduled_ns) <= 2 * MS, "{r:?}");
+    }
+    assert_eq!(
+        run.rejects().len() as u64,
+        s.counters.rejects + s.counters.fault_rejects
+    );
+}
+
+/// A camera that delivers some frames, then nothing for a while, then ends.
+struct Stalling {
+    inner: Box<dyn diffad::camera::Source>,
+    clock: std::sync::Arc<dyn Clock>,
+    good: u64,
+    n: u64,
+    stall_ns: u64,
+}
+
+impl diffad::camera::Source for Stalling {
+    fn next_frame(&mut self) -> Result<Option<diffad::frame::Frame>, diffad::camera::SourceError> {
+        self.n += 1;
+        if self.n == self.good + 1 {
+            let until = self.clock.now_ns() + self.stall_ns;
+            while self.clock.now_ns() < until {
+                // Like a v4l2 dequeue timing out every 200 ms.
+                self.clock
+                    .sleep_until((self.clock.now_ns() + 200 * MS).min(until));
+            }
+            return Ok(None);
+        }
+        self.inner.next_frame()
+    }
+    fn describe(&self) -> String {
+        "stalling".into()
+    }
+}
+
+#[test]
+fn stalled_camera_raises_alarm_and_drops_ready() {
+    let setup = sim_setup(1000);
+    let cam = setup.camera.clone();
+    let line = setup.line.clone();
+    let run = run_line(
+        &setup,
+        |c| Box::new(TruthInspector::new(c)),
+        Some(Box::new(move |clock| {
+            let inner = diffad::camera::open(&cam, &line, clock.clone()).unwrap();
+            Box::new(Stalling {
+                inner,
+                clock,
+                good: 20,
+                n: 0,
+                stall_ns: 3000 * MS,
+            }) as Box<dyn diffad::camera::Source>
+        })),
+        None,
+    );
+    let raised = run.alarms("camera_stalled");
+    assert!(
+        raised.iter().any(|a| a.active),
+        "no camera_stalled alarm: {:?}",
+        run.records.len()
+    );
+    // ready was high while frames came, then fell during the stall (before the end of the run).
+    let ready = run.pins.ready.edges();
+    let first_high = ready.iter().position(|e| e.high).expect("ready went high");
+    assert!(ready[first_high..].iter().any(|e| !e.high));
+    let stalled_beats = run
+        .records
+        .iter()
+        .filter_map(|r| {
+            if let Event::Heartbeat(h) = &r.event {
+                Some(h)
+            } else {
+                None
+            }
+        })
+        .filter(|h| !h.ready && h.faults.iter().any(|f| f == "camera_stalled"))
+        .count();
+    assert!(stalled_beats >= 5, "{stalled_beats}");
+    assert!(run.summary.invariant_ok);
+    assert_eq!(run.summary.counters.triggers, 20);
+}
+
+#[test]
+fn sd_notify_ready_watchdog_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    // Read while the line runs: the kernel queues only a few datagrams per socket.
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = sock.recv(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).to_string();
+            let last = m == "STOPPING=1";
+            got.push(m);
+            if last {
+                break;
+            }
+        }
+        got
+    });
+    let notifier = diffad::watchdog::Notifier::new(path.to_str().unwrap(), None).unwrap();
+    let run = run_line(
+        &sim_setup(50),
+        |c| Box::new(TruthInspector::new(c)),
+        None,
+        Some(notifier),
+    );
+    assert!(run.summary.invariant_ok);
+    let got = reader.join().unwrap();
+    assert_eq!(got.first().map(String::as_str), Some("READY=1"), "{got:?}");
+    assert!(
+        got.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3,
+        "{got:?}"
+    );
+    assert_eq!(got.last().map(String::as_str), Some("STOPPING=1"));
+}
+
+#[test]
+fn photo_eye_triggers_arm_parts_and_frames_are_matched() {
+    use diffad::clock::{SimClock, SimMode};
+    use diffad::pins::{LinePins, SimTrigger};
+    use diffad::pipeline::{Hardware, Options, Shutdown};
+    let mut setup = sim_setup(100);
+    setup.line.trigger = diffad::setup::Trigger::Gpio;
+    setup.gpio.trigger = Some(diffad::setup::LineRef {
+        name: "PAA.01".into(),
+        active: Default::default(),
+    });
+    setup.validate().unwrap();
+    let clock: std::sync::Arc<dyn Clock> =
+        std::sync::Arc::new(SimClock::new(SimMode::Auto, common::T0));
+    let (pins, logs) = LinePins::sim(&setup.gpio, clock.clone());
+    // The photo-eye sees each part 3 ms before the camera's exposure.
+    let edges: Vec<u64> = (0..100)
+        .map(|i| common::T0 + i * 20 * MS - 3 * MS)
+        .collect();
+    let trigger = SimTrigger::new(clock.clone(), edges.clone());
+    let source = diffad::camera::open(&setup.camera, &setup.line, clock.clone()).unwrap();
+    let (tap, rx) = crossbeam_channel::unbounded();
+    let opts = Options {
+        sinks: vec![Box::new(diffad::events::TapSink(tap))],
+        live_log: false,
+        ..Default::default()
+    };
+    let hw = Hardware {
+        source,
+        pins,
+        trigger: Some(Box::new(trigger)),
+    };
+    let s = diffad::pipeline::run(
+        &setup,
+        Box::new(TruthInspector::new(clock.clone())),
+        clock,
+        hw,
+        Shutdown::new(),
+        opts,
+    )
+    .unwrap();
+    println!("{s}");
+    assert_eq!(s.counters.triggers, 100);
+    assert!(s.invariant_ok);
+    assert_eq!(
+        s.counters.fault_rejects, 0,
+        "every part got its frame and verdict: {s}"
+    );
+    let parts: Vec<_> = rx
+        .try_iter()
+        .filter_map(|r| {
+            if let Event::Part(p) = &r.event {
+                Some(p.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(parts.len(), 100);
+    for p in &parts {
+        // Born at the edge, not at the frame; the frame was matched to it.
+        assert_eq!(p.trigger_ns, edges[(p.part - 1) as usize]);
+        assert_eq!(p.deadline_ns, p.trigger_ns + 500 * MS);
+        assert_eq!(p.frame_seq, p.part);
+        assert!(p.defective.is_some());
+    }
+    assert_eq!(s.escapes + s.false_rejects, 0);
+    assert_eq!(logs.reject.level(), Some(false));
+}
+
+/// An output that works `ok_writes` times and then fails.
+struct FlakyPin {
+    ok_writes: u32,
+}
+
+impl embedded_hal::digital::ErrorType for FlakyPin {
+    type Error = diffad::pins::PinError;
+}
+
+impl embedded_hal::digital::OutputPin for FlakyPin {
+    fn set_low(&mut self) -> Result<(), Self::Error> {
+        self.set_high()
+    }
+    fn set_high(&mut self) -> Result<(), Self::Error> {
+        if self.ok_writes == 0 {
+            return Err(diffad::pins::PinError::Io("line request revoked".into()));
+        }
+        self.ok_writes -= 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn failing_reject_pin_alarms_and_drops_ready() {
+    use diffad::clock::{SimClock, SimMode};
+    use diffad::pins::{LinePins, Output};
+    use diffad::pipeline::{open_hardware, Options, Shutdown};
+    let setup = sim_setup(100);
+    let clock: std::sync::Arc<dyn Clock> =
+        std::sync::Arc::new(SimClock::new(SimMode::Auto, common::T0));
+    let (mut hw, logs) = open_hardware(&setup, clock.clone()).unwrap();
+    let logs = logs.expect("gpio.sim gives pin logs");
+    let flaky = Output::new(Box::new(FlakyPin { ok_writes: 4 }), Default::default()).unwrap();
+    let LinePins {
+        ready,
+        heartbeat,
+        fault,
+        ..
+    } = hw.pins;
+    hw.pins = LinePins {
+        reject: flaky,
+        ready,
+        heartbeat,
+        fault,
+    };
+    let (tap, rx) = crossbeam_channel::unbounded();
+    let opts = Options {
+        sinks: vec![Box::new(diffad::events::TapSink(tap))],
+        live_log: false,
+        ..Default::default()
+    };
+    let s = diffad::pipeline::run(
+        &setup,
+        Box::new(TruthInspector::new(clock.clone())),
+        clock,
+        hw,
+        Shutdown::new(),
+        opts,
+    )
+    .unwrap();
+    assert!(s.invariant_ok);
+    assert!(s.pin_errors > 0);
+    let recs: Vec<_> = rx.try_iter().collect();
+    assert!(recs
+        .iter()
+        .any(|r| matches!(&r.event, Event::Alarm(a) if a.code == "pin_error")));
+    assert!(recs.iter().any(|r| matches!(&r.event, Event::Heartbeat(h) if !h.ready && h.faults.iter().any(|f| f == "pin_error"))));
+    assert!(
+        logs.fault.rising().len() == 1,
+        "fault went high once and stayed until the stop"
+    );
+}
+
+/// A camera that panics after a few frames.
+struct Exploding {
+    inner: Box<dyn diffad::camera::Source>,
+    n: u64,
+}
+
+impl diffad::camera::Source for Exploding {
+    fn next_frame(&mut self) -> Result<Option<diffad::frame::Frame>, diffad::camera::SourceError> {
+        self.n += 1;
+        assert!(self.n <= 10, "camera driver bug");
+        self.inner.next_frame()
+    }
+    fn describe(&self) -> String {
+        "exploding".into()
+    }
+}
+
+struct PanickyInspector(TruthInspector);
+
+impl diffad::inspect::Inspector for PanickyInspector {
+    fn batch_size(&self) -> usize {
+        1
+    }
+    fn threshold(&self) -> f32 {
+        0.5
+    }
+    fn inspect(
+        &mut self,
+        frames: &[&diffad::frame::Frame],
+    ) -> Vec<Result<diffad::inspect::Inspection, diffad::inspect::InspectError>> {
+        assert!(frames[0].seq % 10 != 0, "engine bug");
+        self.0.inspect(frames)
+    }
+}
+
+#[test]
+fn panics_fail_safe_and_never_hang_the_line() {
+    // An inspector panic is contained: that part fails safe, the line goes on.
+    let run = run_line(
+        &sim_setup(50),
+        |c| Box::new(PanickyInspector(TruthInspector::new(c))),
+        None,
+        None,
+    );
+    let s = &run.summary;
+    assert!(s.invariant_ok);
+    assert_eq!(s.counters.triggers, 50);
+    assert_eq!(s.counters.inspect_errors, 5);
+    assert_eq!(s.counters.fault_rejects, 5);
+
+    // A capture thread that dies ends the run with an error instead of hanging it.
+    let setup = sim_setup(50);
+    let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(diffad::clock::SimClock::new(
+        diffad::clock::SimMode::Auto,
+        common::T0,
+    ));
+    let (mut hw, logs) = diffad::pipeline::open_hardware(&setup, clock.clone()).unwrap();
+    hw.source = Box::new(Exploding {
+        inner: hw.source,
+        n: 0,
+    });
+    let opts = diffad::pipeline::Options {
+        live_log: false,
+        ..Default::default()
+    };
+    let r = diffad::pipeline::run(
+        &setup,
+        Box::new(TruthInspector::new(clock.clone())),
+        clock,
+        hw,
+        diffad::pipeline::Shutdown::new(),
+        opts,
+    );
+    assert!(
+        matches!(r, Err(diffad::pipeline::LineError::Panic("capture"))),
+        "{:?}",
+        r.err()
+    );
+    let logs = logs.unwrap();
+    assert_eq!(logs.ready.level(), Some(false));
+    assert_eq!(logs.reject.level(), Some(false));
+}
+
+#[test]
+fn replayed_mvtec_folder_keeps_ground_truth_through_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // 6 good and 4 scratched 64×64 tiles with masks, MVTec layout.
+    for (kind, n) in [("good", 6u32), ("scratch", 4)] {
+        std::fs::create_dir_all(root.join("test").join(kind)).unwrap();
+        std::fs::create_dir_all(root.join("ground_truth").join(kind)).unwrap();
+        for i in 0..n {
+            let mut img = image::GrayImage::from_fn(64, 64, |x, y| {
+                image::Luma([(100 + (x * 7 + y * 3 + i) % 40) as u8])
+            });
+            let mut mask = image::GrayImage::new(64, 64);
+            if kind != "good" {
+                for x in 10..50 {
+                    img.put_pixel(x, 30, image::Luma([250]));
+                    mask.put_pixel(x, 30, image::Luma([255]));
+                }
+                mask.save(root.join(format!("ground_truth/{kind}/{i:03}_mask.png")))
+                    .unwrap();
+            }
+            img.save(root.join(format!("test/{kind}/{i:03}.png")))
+                .unwrap();
+        }
+    }
+    let mut setup = sim_setup(1000);
+    setup.camera.source = diffad::setup::SourceKind::Replay;
+    setup.camera.replay.dir = root.to_path_buf();
+    setup.validate().unwrap();
+    let run = run_line(&setup, |c| Box::new(TruthInspector::new(c)), None, None);
+    let s = &run.summary;
+    assert_eq!(s.counters.triggers, 10, "the replay ends after one pass");
+    assert_eq!(
+        (s.with_truth, s.counters.rejects, s.escapes, s.false_rejects),
+        (10, 4, 0, 0),
+        "{s}"
+    );
+    let kinds: Vec<Option<String>> = run.parts().iter().map(|p| p.kind.clone()).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| k.as_deref() == Some("scratch"))
+            .count(),
+        4
+    );
+    assert!(run.parts().iter().all(|p| p.origin.ends_with(".png")));
+}
