@@ -53,6 +53,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         batch=a.batch, lr_unet=a.lr_unet, lr_seg=a.lr_seg, seed=a.seed, threads=a.threads,
         crop=a.crop, augment=not a.no_augment, anomaly_source=a.anomaly_source,
         checkpoint_every=a.checkpoint_every, max_minutes=a.max_minutes, resume=not a.no_resume,
+        seg_extra=a.seg_extra, focal_gamma=a.focal_gamma,
     )
     train(opts)
 
@@ -100,7 +101,7 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
 
 
 def cmd_verify(a: argparse.Namespace) -> None:
-    from .export import verify_model
+    from .verify import verify_model
 
     r = verify_model(a.model, tol=a.tol)
     print(json.dumps(r["manifest"], indent=2))
@@ -152,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=100)
     t.add_argument("--max-minutes", type=float, default=0.0)
     t.add_argument("--no-resume", action="store_true")
+    t.add_argument("--focal-gamma", type=float, default=4.0,
+                   help="focal loss gamma (paper: 4; lower trains the seg head faster)")
+    t.add_argument("--seg-extra", type=int, default=0,
+                   help="extra seg-only updates per step (UNet under no_grad)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("export", help="export the one-step graph to ONNX")

@@ -21,7 +21,6 @@ from .diffusion import DiffusionConfig, OneStepDetector
 from .errors import ExporterError
 from .onnxio import (
     count_flops,
-    get_manifest,
     graph_sha256,
     ort_session,
     run_batched,
@@ -32,6 +31,7 @@ from .onnxio import (
 from .preprocess import list_images, preprocess_file
 from .seg import SegmentationSubNetwork
 from .unet import UNetModel
+from .verify import golden_paths, verify_model  # noqa: F401 (re-export)
 
 PARITY_TOL_FP32 = 1e-4
 PARITY_TOL_FP16 = 2e-2
@@ -47,11 +47,6 @@ class ExportOptions:
     value_range: tuple[float, float] = (0.0, 1.0)
     force: bool = False
     golden_from: Path | None = None  # up to 2 real images added to the golden cases
-
-
-def golden_paths(model_path: Path) -> tuple[Path, Path]:
-    stem = model_path.with_suffix("")
-    return stem.with_name(stem.name + ".golden.json"), stem.with_name(stem.name + ".golden")
 
 
 def golden_pixels(size: int, channels: int, n: int = 4) -> list[np.ndarray]:
@@ -223,37 +218,3 @@ def export_model(
     return {"map_max_abs_err": map_err, "score_max_abs_err": score_err,
             "flops_per_frame": manifest["flops_per_frame"], "model_sha256": sha,
             "size_bytes": out.stat().st_size, "manifest": manifest}
-
-
-def verify_model(path: Path, tol: float = 1e-4) -> dict[str, Any]:
-    """Re-runs the golden cases with ORT CPU; raises ExporterError on any mismatch."""
-    from .onnxio import load_model
-
-    model = load_model(path)
-    manifest = get_manifest(model)
-    gjson, _ = golden_paths(path)
-    if not gjson.is_file():
-        raise ExporterError(f"golden file not found: {gjson}")
-    golden = json.loads(gjson.read_text())
-    sha = graph_sha256(model)
-    if golden.get("model_sha256") != sha:
-        raise ExporterError(f"model_sha256 mismatch: golden {golden.get('model_sha256')} "
-                            f"vs model {sha}")
-    inp = manifest["input"]
-    sess = ort_session(path)
-    imgs = np.stack([
-        preprocess_file(gjson.parent / c["image"], inp["channels"], inp["height"], inp["width"],
-                        tuple(inp["range"]))
-        for c in golden["cases"]
-    ])
-    maps, scores = run_batched(sess, imgs, inp["batch"])
-    worst = 0.0
-    for c, m, s in zip(golden["cases"], maps, scores, strict=True):
-        npx = m.size
-        errs = [abs(float(s) - c["score"]), abs(float(m.max()) - c["map_max"]),
-                abs(float(m.astype(np.float64).mean()) - c["map_mean"]),
-                abs(float(m.astype(np.float64).sum()) - c["map_sum"]) / npx]
-        worst = max(worst, *errs)
-    if worst > tol:
-        raise ExporterError(f"golden mismatch: max error {worst:.3g} > {tol:g}")
-    return {"max_err": worst, "cases": len(golden["cases"]), "manifest": manifest}

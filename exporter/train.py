@@ -49,6 +49,8 @@ class TrainOptions:
     checkpoint_every: int = 200
     max_minutes: float = 0.0
     resume: bool = True
+    seg_extra: int = 0
+    focal_gamma: float = 4.0
     command: str = field(default_factory=lambda: "python -m exporter " + shlex.join(sys.argv[1:]))
 
 
@@ -105,9 +107,27 @@ def make_batch(
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ms)), torch.tensor(labels)
 
 
+def seg_only_step(
+    unet: UNetModel, seg: SegmentationSubNetwork, x0: torch.Tensor, mask: torch.Tensor,
+    abar: torch.Tensor, gen: torch.Generator, gamma: float = 4.0,
+) -> torch.Tensor:
+    """Mask loss with the reconstruction computed without gradient (UNet frozen)."""
+    b = x0.shape[0]
+    with torch.no_grad():
+        t_s = torch.randint(0, 300, (b,), generator=gen)
+        t_b = torch.randint(300, len(abar), (b,), generator=gen)
+        a_s, a_b = abar[t_s].view(b, 1, 1, 1), abar[t_b].view(b, 1, 1, 1)
+        x_s = a_s.sqrt() * x0 + (1 - a_s).sqrt() * torch.randn(x0.shape, generator=gen)
+        x_b = a_b.sqrt() * x0 + (1 - a_b).sqrt() * torch.randn(x0.shape, generator=gen)
+        e = unet(torch.cat([x_s, x_b]), torch.cat([t_s, t_b]).float())
+        x0_hat = guided_x0(x_s, x_b, e[:b], e[b:], a_s, a_b, 1.0)
+    pred = seg(torch.cat([x0, x0_hat], 1))
+    return 5 * binary_focal(pred, mask, gamma=gamma) + F.smooth_l1_loss(pred, mask)
+
+
 def train_step(
     unet: UNetModel, seg: SegmentationSubNetwork, x0: torch.Tensor, mask: torch.Tensor,
-    label: torch.Tensor, abar: torch.Tensor, gen: torch.Generator,
+    label: torch.Tensor, abar: torch.Tensor, gen: torch.Generator, gamma: float = 4.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     b = x0.shape[0]
     t_s = torch.randint(0, 300, (b,), generator=gen)
@@ -124,7 +144,7 @@ def train_step(
     noise_loss = per[normal].mean() if normal.any() else per.sum() * 0.0
     x0_hat = guided_x0(x_s, x_b, e_s, e_b, a_s, a_b, 1.0)
     pred = seg(torch.cat([x0, x0_hat], 1))
-    focal = binary_focal(pred, mask)
+    focal = binary_focal(pred, mask, gamma=gamma)
     sl1 = F.smooth_l1_loss(pred, mask)
     loss = noise_loss + 5 * focal + sl1
     return loss, {"noise": noise_loss.item(), "focal": focal.item(), "sl1": sl1.item()}
@@ -148,7 +168,9 @@ def save_checkpoint(path: Path, unet, seg, opt_u, opt_s, step: int, opts: TrainO
             "wall_seconds": wall,
             "training": {"data": str(opts.data), "command": opts.command, "seed": opts.seed,
                          "steps": step, "batch": opts.batch, "lr_unet": opts.lr_unet,
-                         "lr_seg": opts.lr_seg, "crop": opts.crop, "wall_seconds": round(wall, 1)},
+                         "lr_seg": opts.lr_seg, "crop": opts.crop, "seg_extra": opts.seg_extra,
+                         "focal_gamma": opts.focal_gamma,
+                         "wall_seconds": round(wall, 1)},
             "opt_unet": opt_u.state_dict(), "opt_seg": opt_s.state_dict(),
             "rng": _rng_state(rng, gen),
         },
@@ -202,12 +224,18 @@ def train(opts: TrainOptions) -> Path:
     ema: dict[str, float] = {}
     while step < opts.steps:
         x0, mask, label = make_batch(images, opts, pool, np_rng)
-        loss, parts = train_step(unet, seg, x0, mask, label, abar, gen)
+        loss, parts = train_step(unet, seg, x0, mask, label, abar, gen, opts.focal_gamma)
         opt_u.zero_grad(set_to_none=True)
         opt_s.zero_grad(set_to_none=True)
         loss.backward()
         opt_u.step()
         opt_s.step()
+        for _ in range(opts.seg_extra):
+            x0, mask, _ = make_batch(images, opts, pool, np_rng)
+            seg_loss = seg_only_step(unet, seg, x0, mask, abar, gen, opts.focal_gamma)
+            opt_s.zero_grad(set_to_none=True)
+            seg_loss.backward()
+            opt_s.step()
         step += 1
         for k, v in parts.items():
             ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v

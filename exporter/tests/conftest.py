@@ -5,17 +5,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from exporter.seg import SegConfig, SegmentationSubNetwork  # noqa: E402
-from exporter.unet import UNetConfig, UNetModel  # noqa: E402
+try:
+    import torch
+except ImportError:  # ORT-only environment: only the committed-model checks run
+    collect_ignore = [f.name for f in Path(__file__).parent.glob("test_*.py")
+                      if f.name != "test_committed_models.py"]
+    torch = None
+else:
+    from exporter.seg import SegConfig, SegmentationSubNetwork
+    from exporter.unet import UNetConfig, UNetModel
 
-torch.set_num_threads(1)
+    torch.set_num_threads(1)
 
 
 def tiny_unet_cfg(channels: int = 1) -> UNetConfig:

@@ -11,7 +11,7 @@ from .conftest import write_images
 
 ARGS = ["--image-size", "32", "--base-channels", "16", "--channel-mults", "1,2",
         "--attention-resolutions", "16", "--seg-width", "4", "--batch", "2", "--threads", "1",
-        "--seed", "3"]
+        "--seed", "3", "--seg-extra", "1", "--focal-gamma", "2"]
 
 
 def test_train_checkpoint_resume_is_exact(tmp_path: Path) -> None:

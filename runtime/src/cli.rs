@@ -666,3 +666,109 @@ pub fn check_config(path: &Path) -> Result<crate::config::BoardConfig> {
     println!("ok: {}", path.display());
     Ok(c)
 }
+
+/// Options of `diffad run` beyond the board file.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Stop after this many parts (overrides `line.parts`).
+    pub parts: Option<u64>,
+    /// Override the part rate of simulated and replayed sources.
+    pub part_rate_hz: Option<f64>,
+    /// No line per part.
+    pub quiet: bool,
+    /// Write the summary as JSON here.
+    pub summary_json: Option<PathBuf>,
+}
+
+/// `diffad run`: the line, until the source ends, `line.parts` is reached or a signal arrives.
+pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::pipeline::Summary> {
+    use crate::clock::{Clock, SystemClock};
+    use crate::pipeline::{self, Hardware, Shutdown};
+    use std::sync::Arc;
+
+    let mut board = crate::config::BoardConfig::load(path)?;
+    if let Some(n) = opts.parts {
+        board.setup.line.parts = Some(n);
+    }
+    if let Some(r) = opts.part_rate_hz {
+        board.setup.line.part_rate_hz = r;
+    }
+    board
+        .setup
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let setup = &board.setup;
+    if let Some((dir, built)) = tensorrt_cache(&board.engine)? {
+        if !built {
+            log::warn!(
+                "no cached TensorRT engine in {}: building it now delays the start by minutes; run `diffad build-engine --config {}` beforehand",
+                dir.display(),
+                path.display()
+            );
+        }
+    }
+    let engine = Engine::load(&board.engine)?;
+    let inspector = EngineInspector::new(engine, None, setup.line.threshold)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let (pins, _sim_logs) = crate::pins::LinePins::open(&setup.gpio, clock.clone())
+        .with_context(|| format!("opening the GPIO lines of {}", path.display()))?;
+    let trigger = match setup.line.trigger {
+        crate::setup::Trigger::Gpio => {
+            Some(crate::pins::open_trigger(&setup.gpio).context("opening the trigger input")?)
+        }
+        crate::setup::Trigger::Frame => None,
+    };
+    let source = crate::camera::open(&setup.camera, &setup.line, clock.clone())
+        .with_context(|| format!("opening the camera of {}", path.display()))?;
+    log::info!(
+        "line {} on board {}: camera {}",
+        setup.line.name,
+        board.board.name,
+        source.describe()
+    );
+    let shutdown = Shutdown::new();
+    shutdown
+        .install_signals()
+        .context("installing SIGINT/SIGTERM handlers")?;
+    let options = pipeline::Options {
+        notifier: crate::watchdog::Notifier::from_env().context("NOTIFY_SOCKET")?,
+        live_log: !opts.quiet,
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let summary = pipeline::run(
+        setup,
+        Box::new(inspector),
+        clock,
+        Hardware {
+            source,
+            pins,
+            trigger,
+        },
+        shutdown,
+        options,
+    )?;
+    let wall = start.elapsed().as_secs_f64();
+    if let Some(dest) = &opts.summary_json {
+        let c = &summary.counters;
+        // The drain waits for the last part to reach the ejector; that wait is belt travel, not work.
+        let busy = (wall - setup.line.delay_ns() as f64 / 1e9).max(1e-9);
+        let fps = c.triggers as f64 / busy;
+        let report = json!({
+            "board": board.board.name, "line": setup.line.name, "wall_s": wall,
+            "parts": c.triggers, "passes": c.passes, "rejects": c.rejects, "fault_rejects": c.fault_rejects,
+            "fault_passes": c.fault_passes, "invariant_ok": summary.invariant_ok,
+            "with_truth": summary.with_truth, "escapes": summary.escapes, "false_rejects": summary.false_rejects,
+            "false_fault_rejects": summary.false_fault_rejects,
+            "latency_p50_ms": summary.latency_p50_ms, "latency_p99_ms": summary.latency_p99_ms,
+            "max_reject_error_ms": summary.max_reject_error_ms,
+            "late_verdicts": c.late_verdicts, "queue_full": c.queue_full, "inspect_errors": c.inspect_errors,
+            "events_delivered": summary.events_delivered, "events_dropped": summary.events_dropped,
+            "throughput": {"fps": fps, "p50_ms": summary.latency_p50_ms, "p99_ms": summary.latency_p99_ms},
+            "peak_rss_mib": peak_rss_mib(),
+        });
+        std::fs::write(dest, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", dest.display()))?;
+    }
+    Ok(summary)
+}

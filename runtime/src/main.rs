@@ -60,6 +60,24 @@ enum Command {
         #[arg(long)]
         threshold: Option<f32>,
     },
+    /// Run the line: camera → inspection → reject pulses, events to the supervisor.
+    Run {
+        /// The board TOML.
+        #[arg(long)]
+        config: PathBuf,
+        /// Stop after this many parts (overrides line.parts).
+        #[arg(long)]
+        parts: Option<u64>,
+        /// Part rate of simulated/replayed sources (overrides line.part_rate_hz).
+        #[arg(long)]
+        part_rate: Option<f64>,
+        /// No line per part, only the summary.
+        #[arg(long)]
+        quiet: bool,
+        /// Write the summary as JSON to this file.
+        #[arg(long)]
+        summary_json: Option<PathBuf>,
+    },
     /// Parse and validate a board config; errors name the file and the key.
     CheckConfig {
         /// The board TOML.
@@ -77,7 +95,7 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
         /// Images to cycle through (default: the model's golden inputs).
-        #[arg(long)]
+        #[arg(long, num_args = 1..)]
         images: Vec<PathBuf>,
         /// Timed iterations per loop.
         #[arg(long, default_value_t = 200)]
@@ -111,6 +129,27 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Inspect { model } => cli::inspect(&model).map(|()| ExitCode::SUCCESS),
+        Command::Run {
+            config,
+            parts,
+            part_rate,
+            quiet,
+            summary_json,
+        } => {
+            let opts = cli::RunOptions {
+                parts,
+                part_rate_hz: part_rate,
+                quiet,
+                summary_json,
+            };
+            let summary = cli::run_line(&config, opts)?;
+            println!("{summary}");
+            Ok(if summary.invariant_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::CheckConfig { config } => cli::check_config(&config).map(|_| ExitCode::SUCCESS),
         Command::BuildEngine { config } => {
             let board = diffad::config::BoardConfig::load(&config)?;
