@@ -154,8 +154,8 @@ pub fn open_hardware(
     ))
 }
 
-/// The line's report at shutdown.
-#[derive(Debug, Clone, Default)]
+/// The line's report at shutdown (`Display` for people, `Serialize` for tools).
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Summary {
     /// Final counters (parts = `counters.triggers`).
     pub counters: Counters,
