@@ -78,6 +78,8 @@ fn three_hundred_parts_one_verdict_each_and_pulses_on_time() {
         run.pins.reject.level() == Some(false),
         "reject line left off"
     );
+    let json = serde_json::to_value(s).unwrap();
+    assert_eq!(json["counters"]["triggers"], 300);
 
     // ready went high while running and low at the end; the heartbeat toggled.
     assert!(!run.pins.ready.rising().is_empty());
