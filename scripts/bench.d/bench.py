@@ -21,6 +21,17 @@ DIFFAD = ROOT / "target/release/diffad"
 TARGETS = {"pipeline_vs_session": 0.95, "pipeline_vs_python": 1.2, "p99_vs_p50": 1.5}
 
 
+def cpu_peak_gflops() -> tuple[float, str]:
+    """Nominal fp32 peak of this machine's cores: cores × clock × FMA width (two FMA units assumed)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    mhz = next((float(line.split(":", 1)[1]) for line in info.splitlines() if line.startswith("cpu MHz")), 0.0)
+    lanes, isa = (16, "AVX-512") if "avx512f" in flags else (8, "AVX2") if "avx2" in flags else (4, "SSE")
+    flop_per_cycle = lanes * 2 * 2  # lanes × (multiply + add) × two FMA units
+    cores = os.cpu_count() or 1
+    return cores * mhz * 1e6 * flop_per_cycle / 1e9, f"{cores} cores × {mhz / 1e3:.1f} GHz × {flop_per_cycle} ({isa})"
+
+
 def run_checked(cmd: list[str]) -> str:
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -169,7 +180,11 @@ def main() -> None:
         f"{line['late_verdicts']} late verdicts, reject timing error max {line['max_reject_error_ms']:.3f} ms"
     )
     gflops = flops * rust["session"]["fps"] / 1e9
-    print(f"\nmodel: {flops / 1e9:.3f} GFLOP per frame; bare Rust session achieves {gflops:.1f} GFLOP/s")
+    peak, peak_how = cpu_peak_gflops()
+    print(
+        f"\nmodel: {flops / 1e9:.3f} GFLOP per frame; bare Rust session achieves {gflops:.1f} GFLOP/s"
+        + (f", {100 * gflops / peak:.1f} % of the nominal fp32 peak {peak:.0f} GFLOP/s ({peak_how})" if peak else "")
+    )
 
     report = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -182,6 +197,7 @@ def main() -> None:
         "targets": TARGETS,
         "flops_per_frame": flops,
         "session_gflops": gflops,
+        "nominal_peak_gflops": peak,
         "line": line,
         "onnxruntime": {"python": py["onnxruntime"], "rust": rust["onnxruntime"]},
     }
