@@ -1,9 +1,11 @@
 //! The supervisor stream: newline-delimited JSON over TCP, read-only, resumable.
 //!
-//! A client may send `resume <seq>` as its first line to get what it missed from a bounded ring;
-//! what fell out of the ring is reported to it as a `lost` line and counted. Each client has its
-//! own bounded queue and writer thread: a stuck client is dropped and disconnected, the line
-//! never waits for it.
+//! A client may send `resume <seq>` (within 300 ms of connecting) as its first line to get what
+//! it missed from a bounded ring; what fell out of the ring is reported to it as
+//! `{"type":"lost","from_seq":a,"to_seq":b,"count":n}` and counted, and a number from a previous
+//! run of the line gets `{"type":"restarted",...}` before this run's events. These two notices
+//! carry no `seq`. Each client has its own bounded queue and writer thread: a stuck client is
+//! dropped and disconnected, the line never waits for it. Nothing a client sends changes the line.
 
 use crate::events::{Record, Sink};
 use crate::setup::SupervisorConfig;
