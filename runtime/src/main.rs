@@ -116,7 +116,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // The bridge writes like env_logger (RUST_LOG, default info) and also feeds the supervisor stream.
+    if let Err(e) = diffad::events::LogBridge::install() {
+        eprintln!("error: logger: {e}");
+        return ExitCode::from(2);
+    }
     match run(Args::parse()) {
         Ok(code) => code,
         Err(e) => {

@@ -629,7 +629,12 @@ pub fn run(
         archive: archive_stats,
         pin_errors: stats.pin_errors + shared.pin_errors.load(Ordering::Relaxed),
     };
-    log::info!("line {} stopped\n{summary}", line.name);
+    log::info!(
+        "line {} stopped: {} parts, every part accounted for: {}",
+        line.name,
+        summary.counters.triggers,
+        summary.invariant_ok
+    );
     Ok(summary)
 }
 
