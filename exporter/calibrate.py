@@ -1,9 +1,9 @@
 """Threshold calibration on good images.
 
 Rule: with the n good scores sorted s_(1) <= ... <= s_(n) and q = 1 - target_frr,
-k = ceil(q n) and threshold = s_(k) nudged up by one float32 ulp. A part is rejected
-when score > threshold, so on the calibration set at most n - k <= floor(n target_frr)
-images are rejected (and the nudge makes ">" and ">=" agree on those images).
+k = ceil(q n) and threshold = s_(k) nudged up by one float32 ulp. The runtime rejects
+at score >= threshold; thanks to the nudge s_(k) itself passes under ">=" and ">" alike,
+so on the calibration set at most n - k <= floor(n target_frr) images are rejected.
 With fewer than 1 / target_frr images this is simply just above the largest score.
 """
 

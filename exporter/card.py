@@ -68,7 +68,8 @@ def write_card(path: Path, dataset: Path, out: Path, threads: int = 2,
         "on this 2-core dev VM (shared; see `scripts/bench-model`)",
         "",
         "## Training",
-        f"- data: {tr.get('data', '')}",
+        f"- data: {tr.get('data', '')}; made by `python -m exporter make-tiles --out "
+        f"{dataset.parent}` (deterministic, seed 0)",
         f"- command: `{tr.get('command', '')}`",
         f"- seed {tr.get('seed')}, steps {tr.get('steps')}, batch {tr.get('batch')}, "
         f"crop {tr.get('crop') or 'none'}, lr UNet {tr.get('lr_unet')}, lr seg {tr.get('lr_seg')}",

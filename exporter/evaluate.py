@@ -105,7 +105,7 @@ def evaluate(model_path: Path, dataset: Path, threads: int = 2) -> dict[str, Any
                 np.r_[np.zeros((y == 0).sum()), np.ones(sel.sum())],
                 np.r_[scores[y == 0], scores[sel]]))
         if thr is not None:
-            rejected = scores[sel] > thr
+            rejected = scores[sel] >= thr  # the runtime rejects at score >= threshold
             if k == "good":
                 entry["false_reject_rate"] = float(rejected.mean())
             else:
@@ -114,7 +114,7 @@ def evaluate(model_path: Path, dataset: Path, threads: int = 2) -> dict[str, Any
     res["per_kind"] = per_kind
     if thr is not None:
         res["false_reject_rate"] = per_kind["good"]["false_reject_rate"]
-        res["escape_rate"] = float((scores[y == 1] <= thr).mean())
+        res["escape_rate"] = float((scores[y == 1] < thr).mean())
     return res
 
 
