@@ -58,7 +58,11 @@ fn three_hundred_parts_through_the_real_model() {
     assert!(seen.values().all(|&n| n == 1));
     assert!(s.invariant_ok, "{s}");
     assert_eq!(s.counters.passes + s.counters.rejects, 300, "{s}");
-    assert_eq!(s.counters.fault_rejects + s.counters.inspect_errors, 0, "{s}");
+    assert_eq!(
+        s.counters.fault_rejects + s.counters.inspect_errors,
+        0,
+        "{s}"
+    );
 
     // Verdicts follow the model's scores and threshold, and every reject lands on time.
     for p in &parts {

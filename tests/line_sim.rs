@@ -78,6 +78,8 @@ fn three_hundred_parts_one_verdict_each_and_pulses_on_time() {
         run.pins.reject.level() == Some(false),
         "reject line left off"
     );
+    let json = serde_json::to_value(s).unwrap();
+    assert_eq!(json["counters"]["triggers"], 300);
 
     // ready went high while running and low at the end; the heartbeat toggled.
     assert!(!run.pins.ready.rising().is_empty());
@@ -553,4 +555,49 @@ fn replayed_mvtec_folder_keeps_ground_truth_through_the_line() {
         4
     );
     assert!(run.parts().iter().all(|p| p.origin.ends_with(".png")));
+}
+
+#[test]
+fn full_event_bus_drops_are_counted_and_the_line_is_unaffected() {
+    use diffad::clock::{SimClock, SimMode};
+    use diffad::pipeline::{open_hardware, Options, Shutdown};
+    let setup = sim_setup(200);
+    let clock: std::sync::Arc<dyn Clock> =
+        std::sync::Arc::new(SimClock::new(SimMode::Auto, common::T0));
+    let (hw, logs) = open_hardware(&setup, clock.clone()).unwrap();
+    /// A sink slower than the line.
+    struct Slow;
+    impl diffad::events::Sink for Slow {
+        fn deliver(&mut self, _rec: &std::sync::Arc<diffad::events::Record>) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    let opts = Options {
+        sinks: vec![Box::new(Slow)],
+        bus_capacity: 4,
+        live_log: false,
+        ..Default::default()
+    };
+    let s = diffad::pipeline::run(
+        &setup,
+        Box::new(TruthInspector::new(clock.clone())),
+        clock,
+        hw,
+        Shutdown::new(),
+        opts,
+    )
+    .unwrap();
+    assert!(s.events_dropped > 0, "{s}");
+    assert_eq!(s.counters.events_dropped, s.events_dropped);
+    assert!(s.invariant_ok);
+    assert_eq!(s.counters.triggers, 200);
+    assert_eq!(
+        s.counters.fault_rejects, 0,
+        "a slow event consumer never delays a verdict"
+    );
+    assert!(s.max_reject_error_ms <= 2.0);
+    assert_eq!(
+        logs.unwrap().reject.rising().len() as u64 > 0,
+        s.counters.rejects > 0
+    );
 }

@@ -166,3 +166,18 @@ fn stuck_client_is_dropped_and_does_not_slow_the_line_and_input_is_ignored() {
     drop(stuck);
     drop(bus);
 }
+
+#[test]
+fn resume_from_a_previous_run_is_told_the_line_restarted() {
+    let (sup, bus) = start(100, 100);
+    emit(&bus, 1, 20);
+    std::thread::sleep(Duration::from_millis(100));
+    let (_s, mut r) = connect(&sup, Some("resume 5000"));
+    let first = read_json(&mut r);
+    assert_eq!(first["type"], "restarted", "{first}");
+    assert_eq!(first["resume"].as_u64(), Some(5000));
+    for want in 1..=20 {
+        assert_eq!(read_json(&mut r)["seq"].as_u64(), Some(want));
+    }
+    drop(bus);
+}

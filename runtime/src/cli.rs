@@ -683,7 +683,7 @@ pub struct RunOptions {
 /// `diffad run`: the line, until the source ends, `line.parts` is reached or a signal arrives.
 pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::pipeline::Summary> {
     use crate::clock::{Clock, SystemClock};
-    use crate::pipeline::{self, Hardware, Shutdown};
+    use crate::pipeline::{self, Shutdown};
     use std::sync::Arc;
 
     let mut board = crate::config::BoardConfig::load(path)?;
@@ -710,21 +710,13 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::pipeline::Summar
     let engine = Engine::load(&board.engine)?;
     let inspector = EngineInspector::new(engine, None, setup.line.threshold)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let (pins, _sim_logs) = crate::pins::LinePins::open(&setup.gpio, clock.clone())
-        .with_context(|| format!("opening the GPIO lines of {}", path.display()))?;
-    let trigger = match setup.line.trigger {
-        crate::setup::Trigger::Gpio => {
-            Some(crate::pins::open_trigger(&setup.gpio).context("opening the trigger input")?)
-        }
-        crate::setup::Trigger::Frame => None,
-    };
-    let source = crate::camera::open(&setup.camera, &setup.line, clock.clone())
-        .with_context(|| format!("opening the camera of {}", path.display()))?;
+    let (hardware, _sim_pin_logs) = pipeline::open_hardware(setup, clock.clone())
+        .with_context(|| format!("opening the camera and pins of {}", path.display()))?;
     log::info!(
         "line {} on board {}: camera {}",
         setup.line.name,
         board.board.name,
-        source.describe()
+        hardware.source.describe()
     );
     let shutdown = Shutdown::new();
     shutdown
@@ -740,11 +732,7 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::pipeline::Summar
         setup,
         Box::new(inspector),
         clock,
-        Hardware {
-            source,
-            pins,
-            trigger,
-        },
+        hardware,
         shutdown,
         options,
     )?;
@@ -766,6 +754,7 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::pipeline::Summar
             "events_delivered": summary.events_delivered, "events_dropped": summary.events_dropped,
             "throughput": {"fps": fps, "p50_ms": summary.latency_p50_ms, "p99_ms": summary.latency_p99_ms},
             "peak_rss_mib": peak_rss_mib(),
+            "summary": &summary,
         });
         std::fs::write(dest, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", dest.display()))?;

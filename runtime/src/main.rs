@@ -38,6 +38,9 @@ enum Command {
         /// Write heatmap overlay PNGs into this folder.
         #[arg(long)]
         heatmaps: Option<PathBuf>,
+        /// Take the execution providers and their options from this board config.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
@@ -53,6 +56,9 @@ enum Command {
         /// Dataset folder holding test/<kind>/ and ground_truth/<kind>/.
         #[arg(long)]
         dataset: PathBuf,
+        /// Take the execution providers and their options from this board config.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -116,7 +122,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // The bridge writes like env_logger (RUST_LOG, default info) and also feeds the supervisor stream.
+    if let Err(e) = diffad::events::LogBridge::install() {
+        eprintln!("error: logger: {e}");
+        return ExitCode::from(2);
+    }
     match run(Args::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -159,11 +169,12 @@ fn run(args: Args) -> Result<ExitCode> {
             images,
             model,
             heatmaps,
+            config,
             json,
             threshold,
         } => {
             let failed = cli::infer(
-                &EngineConfig::cpu(model),
+                &engine_config(model, config.as_deref())?,
                 &images,
                 heatmaps.as_deref(),
                 json,
@@ -178,10 +189,15 @@ fn run(args: Args) -> Result<ExitCode> {
         Command::Eval {
             model,
             dataset,
+            config,
             json,
             threshold,
         } => {
-            let report = cli::eval(&EngineConfig::cpu(model), &dataset, threshold)?;
+            let report = cli::eval(
+                &engine_config(model, config.as_deref())?,
+                &dataset,
+                threshold,
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -214,4 +230,16 @@ fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The engine settings for `model`: CPU defaults, or the `[engine]` section of a board config.
+fn engine_config(model: PathBuf, board: Option<&std::path::Path>) -> Result<EngineConfig> {
+    Ok(match board {
+        Some(path) => {
+            let mut engine = diffad::config::BoardConfig::load(path)?.engine;
+            engine.model = model;
+            engine
+        }
+        None => EngineConfig::cpu(model),
+    })
 }

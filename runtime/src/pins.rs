@@ -57,8 +57,12 @@ impl Output {
         })
     }
 
-    /// Drive the line to its active (`true`) or inactive level.
+    /// Drive the line to its active (`true`) or inactive level; a write that changes nothing
+    /// is skipped (the line is requested by us alone, so nothing else moves it).
     pub fn set(&mut self, on: bool) -> Result<(), PinError> {
+        if on == self.on {
+            return Ok(());
+        }
         if on == self.active_high {
             self.pin.set_high()?;
         } else {
@@ -150,11 +154,12 @@ impl SimPin {
 
     fn record(&self, high: bool) {
         let t_ns = self.clock.now_ns();
-        self.log
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Edge { t_ns, high });
+        let mut log = self.log.0.lock().unwrap_or_else(|e| e.into_inner());
+        // A demo may run for days: keep the recent history, not all of it.
+        if log.len() >= 1_000_000 {
+            log.drain(..500_000);
+        }
+        log.push(Edge { t_ns, high });
     }
 }
 

@@ -154,8 +154,8 @@ pub fn open_hardware(
     ))
 }
 
-/// The line's report at shutdown.
-#[derive(Debug, Clone, Default)]
+/// The line's report at shutdown (`Display` for people, `Serialize` for tools).
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Summary {
     /// Final counters (parts = `counters.triggers`).
     pub counters: Counters,
@@ -629,7 +629,12 @@ pub fn run(
         archive: archive_stats,
         pin_errors: stats.pin_errors + shared.pin_errors.load(Ordering::Relaxed),
     };
-    log::info!("line {} stopped\n{summary}", line.name);
+    log::info!(
+        "line {} stopped: {} parts, every part accounted for: {}",
+        line.name,
+        summary.counters.triggers,
+        summary.invariant_ok
+    );
     Ok(summary)
 }
 
@@ -1020,6 +1025,7 @@ fn health_loop(
         events.emit(Event::alarm("pin_error", e.to_string(), None, true));
     };
     let mut told_stopping = false;
+    let mut dropped_seen = 0;
     loop {
         clock.wait_until(Some(next), &|| shared.is_done(2));
         if shared.is_done(0) && !told_stopping {
@@ -1045,6 +1051,19 @@ fn health_loop(
             c.events_dropped = events.dropped();
             c
         };
+        if counters.events_dropped > dropped_seen {
+            // Said loudly; the count also rides on every heartbeat, which outlives a full bus.
+            events.emit(Event::alarm(
+                "events_dropped",
+                format!(
+                    "{} events dropped: the event bus was full",
+                    counters.events_dropped
+                ),
+                None,
+                true,
+            ));
+            dropped_seen = counters.events_dropped;
+        }
         let mut faults: Vec<String> = Vec::new();
         // Free-running: frames must keep coming. Photo-eye: a camera triggered by the parts is
         // quiet while the belt is empty; it has stalled when a triggered part waits for its frame.

@@ -1,9 +1,11 @@
 //! The supervisor stream: newline-delimited JSON over TCP, read-only, resumable.
 //!
-//! A client may send `resume <seq>` as its first line to get what it missed from a bounded ring;
-//! what fell out of the ring is reported to it as a `lost` line and counted. Each client has its
-//! own bounded queue and writer thread: a stuck client is dropped and disconnected, the line
-//! never waits for it.
+//! A client may send `resume <seq>` (within 300 ms of connecting) as its first line to get what
+//! it missed from a bounded ring; what fell out of the ring is reported to it as
+//! `{"type":"lost","from_seq":a,"to_seq":b,"count":n}` and counted, and a number from a previous
+//! run of the line gets `{"type":"restarted",...}` before this run's events. These two notices
+//! carry no `seq`. Each client has its own bounded queue and writer thread: a stuck client is
+//! dropped and disconnected, the line never waits for it. Nothing a client sends changes the line.
 
 use crate::events::{Record, Sink};
 use crate::setup::SupervisorConfig;
@@ -48,6 +50,8 @@ struct Registered {
     rx: Receiver<Arc<Record>>,
     backlog: Vec<Arc<Record>>,
     lost: Option<(u64, u64)>,
+    /// The `resume` number was ahead of this stream: the line restarted since.
+    restarted: Option<u64>,
 }
 
 struct HubState {
@@ -79,7 +83,14 @@ impl Hub {
         let (tx, rx) = crossbeam_channel::bounded(self.client_queue);
         let mut backlog = Vec::new();
         let mut lost = None;
-        if let Some(after) = resume {
+        let mut restarted = None;
+        if let Some(mut after) = resume {
+            if after > s.last_seq {
+                // The client saw a previous run of the line (sequence numbers restart with the
+                // process): say so and give it everything this run still holds.
+                restarted = Some(after);
+                after = 0;
+            }
             let oldest = s.ring.front().map_or(s.last_seq + 1, |r| r.seq);
             if after + 1 < oldest && after < s.last_seq {
                 lost = Some((after + 1, oldest - 1));
@@ -95,6 +106,7 @@ impl Hub {
             rx,
             backlog,
             lost,
+            restarted,
         })
     }
 
@@ -286,6 +298,7 @@ fn serve(stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
         rx,
         backlog,
         lost,
+        restarted,
     }) = hub.register(&stream, resume)
     else {
         return;
@@ -314,6 +327,13 @@ fn serve(stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
     let mut out = std::io::BufWriter::new(&stream);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut ok = true;
+    if let Some(asked) = restarted {
+        ok &= writeln!(
+            out,
+            "{{\"type\":\"restarted\",\"resume\":{asked},\"message\":\"the line restarted: sequence numbers began again at 1\"}}"
+        )
+        .is_ok();
+    }
     if let Some((from, to)) = lost {
         let n = to - from + 1;
         hub.stats.resume_lost.fetch_add(n, Ordering::Relaxed);

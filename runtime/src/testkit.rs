@@ -53,7 +53,7 @@ impl TruthInspector {
             PixelFormat::Rgb8 => frame
                 .data
                 .chunks(3)
-                .map(|c| crate::camera::luma601(c[0], c[1], c[2]) as f32)
+                .map(|c| crate::preprocess::luma([c[0], c[1], c[2]]) as f32)
                 .collect(),
             PixelFormat::Yuyv => frame.data.iter().step_by(2).map(|&p| p as f32).collect(),
             PixelFormat::Mjpeg => return (0.0, Vec::new()),

@@ -95,11 +95,6 @@ impl Pacer {
     }
 }
 
-/// Grey value of an RGB pixel as Pillow's `convert("L")` computes it (ITU-R 601, fixed point).
-pub fn luma601(r: u8, g: u8, b: u8) -> u8 {
-    ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
-}
-
 /// Decode an image as 8-bit grey (601 luma for colour images) or RGB.
 pub(crate) fn decode(
     path: &std::path::Path,
@@ -118,21 +113,8 @@ pub(crate) fn decode(
         other => other
             .to_rgb8()
             .pixels()
-            .map(|p| luma601(p[0], p[1], p[2]))
+            .map(|p| crate::preprocess::luma(p.0))
             .collect(),
     };
     Ok((w, h, data))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn luma_matches_pillow() {
-        assert_eq!(luma601(255, 255, 255), 255);
-        assert_eq!(luma601(255, 0, 0), 76);
-        assert_eq!(luma601(0, 255, 0), 150);
-        assert_eq!(luma601(0, 0, 255), 29);
-    }
 }
