@@ -71,6 +71,7 @@ part_rate_hz = {rate_hz:.3f}
 parts = {parts}
 camera_to_ejector_mm = 1000.0
 belt_speed_mm_s = 1000.0
+realtime_priority = 50
 
 [supervisor]
 listen = "127.0.0.1:0"
@@ -94,6 +95,7 @@ def main() -> None:
     ap.add_argument("--parts", type=int, default=300)
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = one per core)")
     ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating Python/Rust rounds; the best of each counts")
     ap.add_argument("--smoke", action="store_true", help="a few iterations, to prove the script runs")
     ap.add_argument("--out", type=Path, default=ROOT / "target/bench")
     args = ap.parse_args()
@@ -118,37 +120,21 @@ def main() -> None:
         f"{args.iterations} iterations, provider {args.provider}",
         flush=True,
     )
-    py = run_json(
-        [
-            sys.executable,
-            str(ROOT / "scripts/bench.d/python_pipeline.py"),
-            "--model",
-            str(model),
-            "--images",
-            *images,
-            "--provider",
-            args.provider,
-            *common,
-        ]
-    )
     rust_json = args.out / "diffad-bench.json"
     args.out.mkdir(parents=True, exist_ok=True)
-    run_checked(
-        [
-            str(DIFFAD),
-            "bench",
-            "--model",
-            str(model),
-            "--images",
-            *images,
-            "--provider",
-            args.provider,
-            "--json",
-            str(rust_json),
-            *common,
-        ],
-    )
-    rust = json.loads(rust_json.read_text())
+    py_cmd = [sys.executable, str(ROOT / "scripts/bench.d/python_pipeline.py"), "--model", str(model)]
+    py_cmd += ["--images", *images, "--provider", args.provider, *common]
+    rust_cmd = [str(DIFFAD), "bench", "--model", str(model), "--images", *images, "--provider", args.provider]
+    rust_cmd += ["--json", str(rust_json), *common]
+    # Alternate the two processes and keep each one's best round: a change in machine load
+    # between them would otherwise show up as a difference between Python and Rust.
+    py, rust = None, None
+    for _ in range(1 if args.smoke else args.rounds):
+        p = run_json(py_cmd)
+        run_checked(rust_cmd)
+        r = json.loads(rust_json.read_text())
+        py = p if py is None or p["pipeline"]["fps"] > py["pipeline"]["fps"] else py
+        rust = r if rust is None or r["pipeline"]["fps"] > rust["pipeline"]["fps"] else rust
     # A camera cannot be slowed down, so "full speed" is parts arriving just under what the
     # per-frame pipeline sustains; the line must keep up without fail-safe rejects.
     rate = min(1000.0, 0.9 * rust["pipeline"]["fps"])
@@ -192,6 +178,7 @@ def main() -> None:
         "model": str(model),
         "provider": args.provider,
         "iterations": args.iterations,
+        "rounds": 1 if args.smoke else args.rounds,
         "rows": [{"name": n, **t, "peak_rss_mib": r} for n, t, r in rows],
         "ratios": ratios,
         "targets": TARGETS,
