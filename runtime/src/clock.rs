@@ -21,8 +21,8 @@ pub trait Clock: Send + Sync {
     fn now_ns(&self) -> u64;
     /// Block until `ready()` holds (returns true) or the clock reaches `deadline_ns` (false).
     ///
-    /// `ready` is evaluated with the clock's lock held, possibly from another waiting thread;
-    /// it must be cheap and must not block or touch the clock.
+    /// `ready` may be evaluated often and from another waiting thread (the simulated clock holds
+    /// its lock meanwhile); it must be cheap and must not block or touch the clock.
     fn wait_until(&self, deadline_ns: Option<u64>, ready: &Ready<'_>) -> bool;
     /// Wake waiters so they re-check their `ready` condition; call after making something ready.
     fn notify(&self);
@@ -57,24 +57,20 @@ impl Drop for Held {
 }
 
 /// The system's `CLOCK_MONOTONIC` (the clock kernel GPIO and V4L2 timestamps use).
-pub struct SystemClock {
-    lock: Mutex<()>,
-    cv: Condvar,
-}
+///
+/// Waiters poll their condition in short sleeps instead of sharing a mutex and condvar: with a
+/// shared lock, the SCHED_FIFO reject thread could wait behind a preempted ordinary thread that
+/// holds it (priority inversion; seen as rejects tens of ms late on a loaded machine).
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+/// Longest sleep between two checks of a waiter's condition: the most a message waits.
+const POLL_NS: u64 = 1_000_000;
 
 impl SystemClock {
     /// A new handle on the system clock.
     pub fn new() -> Self {
-        Self {
-            lock: Mutex::new(()),
-            cv: Condvar::new(),
-        }
-    }
-}
-
-impl Default for SystemClock {
-    fn default() -> Self {
-        Self::new()
+        Self
     }
 }
 
@@ -95,30 +91,22 @@ impl Clock for SystemClock {
     }
 
     fn wait_until(&self, deadline_ns: Option<u64>, ready: &Ready<'_>) -> bool {
-        let mut guard = lock(&self.lock);
         loop {
             if ready() {
                 return true;
             }
             let now = monotonic_ns();
-            match deadline_ns {
+            let slice = match deadline_ns {
                 Some(d) if now >= d => return false,
-                Some(d) => {
-                    guard = self
-                        .cv
-                        .wait_timeout(guard, Duration::from_nanos(d - now))
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-                None => guard = self.cv.wait(guard).unwrap_or_else(|e| e.into_inner()),
-            }
+                Some(d) => (d - now).min(POLL_NS),
+                None => POLL_NS,
+            };
+            std::thread::sleep(Duration::from_nanos(slice));
         }
     }
 
     fn notify(&self) {
-        // Taking the lock orders this wake-up after a waiter's `ready()` check.
-        let _g = lock(&self.lock);
-        self.cv.notify_all();
+        // Waiters poll; nothing to wake.
     }
 }
 
