@@ -1,15 +1,10 @@
 //! Board configs: every shipped file is valid; bad files are refused naming the file and the key.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::root;
 
 use diffad::config::{BoardConfig, ConfigError};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 #[test]
 fn every_shipped_board_config_is_valid() {

@@ -1,7 +1,11 @@
 //! Engine against real ONNX Runtime: refusals, providers, fixture arithmetic, and golden parity
 //! with every shipped model.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::root;
+
+use std::path::PathBuf;
 use std::process::Command;
 
 use diffad::engine::{Engine, EngineConfig, EngineError};
@@ -9,13 +13,6 @@ use diffad::frame::{Frame, PixelFormat};
 use diffad::imagefile;
 use diffad::inspect::{EngineInspector, Inspector};
 use diffad::manifest::ManifestError;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)

@@ -4,20 +4,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
-use common::{run_line, sim_setup};
+use common::{root, run_line, sim_setup};
 use diffad::clock::MS;
 use diffad::engine::{Engine, EngineConfig};
 use diffad::events::Outcome;
 use diffad::inspect::EngineInspector;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 #[test]
 fn three_hundred_parts_through_the_real_model() {

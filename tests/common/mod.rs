@@ -11,6 +11,14 @@ use diffad::setup::LineSetup;
 use diffad::watchdog::Notifier;
 use std::sync::Arc;
 
+/// The repository root (models/, board-configs/, tests/fixtures/ live there).
+pub fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("runtime/ has a parent")
+        .to_path_buf()
+}
+
 /// Virtual start time: far from zero so arithmetic near zero would show.
 pub const T0: u64 = 1_000_000_000_000;
 
