@@ -95,26 +95,22 @@ impl Pacer {
     }
 }
 
-/// Decode an image as 8-bit grey (601 luma for colour images) or RGB.
+/// Decode an image file as 8-bit grey (601 luma for colour images) or RGB.
 pub(crate) fn decode(
     path: &std::path::Path,
     rgb: bool,
 ) -> Result<(u32, u32, Vec<u8>), SourceError> {
-    let img = image::open(path).map_err(|e| SourceError::Io(format!("{}: {e}", path.display())))?;
-    let (w, h) = (img.width(), img.height());
-    if rgb {
-        return Ok((w, h, img.to_rgb8().into_raw()));
-    }
-    let data = match img {
-        image::DynamicImage::ImageLuma8(g) => g.into_raw(),
-        image::DynamicImage::ImageLuma16(_) | image::DynamicImage::ImageLumaA8(_) => {
-            img.to_luma8().into_raw()
-        }
-        other => other
-            .to_rgb8()
-            .pixels()
-            .map(|p| crate::preprocess::luma(p.0))
+    use crate::frame::PixelFormat;
+    let f = crate::imagefile::load(path).map_err(|e| SourceError::Io(e.to_string()))?;
+    let data = match (f.format, rgb) {
+        (PixelFormat::Rgb8, false) => f
+            .data
+            .chunks_exact(3)
+            .map(|p| crate::preprocess::luma([p[0], p[1], p[2]]))
             .collect(),
+        (PixelFormat::Grey8, true) => f.data.iter().flat_map(|&g| [g, g, g]).collect(),
+        // imagefile yields only Grey8 and Rgb8 frames.
+        _ => f.data,
     };
-    Ok((w, h, data))
+    Ok((f.width, f.height, data))
 }
