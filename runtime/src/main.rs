@@ -20,6 +20,34 @@ struct Args {
     command: Command,
 }
 
+/// The model and how to run it, shared by `infer` and `eval`.
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// The exported .onnx model.
+    #[arg(long)]
+    model: PathBuf,
+    /// Take the execution providers and their options from this board config.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override the model's calibrated threshold.
+    #[arg(long)]
+    threshold: Option<f32>,
+}
+
+impl ModelArgs {
+    /// The engine settings: CPU defaults, or the `[engine]` section of the board config.
+    fn engine(&self) -> Result<EngineConfig> {
+        Ok(match &self.config {
+            Some(path) => {
+                let mut engine = diffad::config::BoardConfig::load(path)?.engine;
+                engine.model = self.model.clone();
+                engine
+            }
+            None => EngineConfig::cpu(&self.model),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Print a model's manifest, inputs/outputs, the ONNX Runtime found and its providers.
@@ -32,39 +60,25 @@ enum Command {
         /// Image files or folders of images.
         #[arg(required = true)]
         images: Vec<PathBuf>,
-        /// The exported .onnx model.
-        #[arg(long)]
-        model: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Write heatmap overlay PNGs into this folder.
         #[arg(long)]
         heatmaps: Option<PathBuf>,
-        /// Take the execution providers and their options from this board config.
-        #[arg(long)]
-        config: Option<PathBuf>,
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
-        /// Override the model's calibrated threshold.
-        #[arg(long)]
-        threshold: Option<f32>,
     },
     /// Evaluate on an MVTec-AD-style folder: AUROC, pixel AUROC, PRO, rates at the threshold.
     Eval {
-        /// The exported .onnx model.
-        #[arg(long)]
-        model: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Dataset folder holding test/<kind>/ and ground_truth/<kind>/.
         #[arg(long)]
         dataset: PathBuf,
-        /// Take the execution providers and their options from this board config.
-        #[arg(long)]
-        config: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
-        /// Override the model's calibrated threshold.
-        #[arg(long)]
-        threshold: Option<f32>,
     },
     /// Run the line: camera → inspection → reject pulses, events to the supervisor.
     Run {
@@ -169,16 +183,14 @@ fn run(args: Args) -> Result<ExitCode> {
             images,
             model,
             heatmaps,
-            config,
             json,
-            threshold,
         } => {
             let failed = cli::infer(
-                &engine_config(model, config.as_deref())?,
+                &model.engine()?,
                 &images,
                 heatmaps.as_deref(),
                 json,
-                threshold,
+                model.threshold,
             )?;
             if failed > 0 {
                 eprintln!("error: {failed} image(s) could not be scored (see the lines above)");
@@ -189,15 +201,9 @@ fn run(args: Args) -> Result<ExitCode> {
         Command::Eval {
             model,
             dataset,
-            config,
             json,
-            threshold,
         } => {
-            let report = cli::eval(
-                &engine_config(model, config.as_deref())?,
-                &dataset,
-                threshold,
-            )?;
+            let report = cli::eval(&model.engine()?, &dataset, model.threshold)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -230,16 +236,4 @@ fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// The engine settings for `model`: CPU defaults, or the `[engine]` section of a board config.
-fn engine_config(model: PathBuf, board: Option<&std::path::Path>) -> Result<EngineConfig> {
-    Ok(match board {
-        Some(path) => {
-            let mut engine = diffad::config::BoardConfig::load(path)?.engine;
-            engine.model = model;
-            engine
-        }
-        None => EngineConfig::cpu(model),
-    })
 }
