@@ -60,8 +60,20 @@ def perlin_mask(size: int, rng: np.random.Generator, tries: int = 8) -> np.ndarr
 
 
 def procedural_texture(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random procedural texture in [0, 1], [size, size]."""
-    kind = rng.integers(0, 5)
+    """A random procedural texture in [0, 1], [size, size].
+
+    Kinds 5 and 6 are near-flat fills: blended at beta they shift the local grey level
+    without adding structure, the discolouration a texture-only pool never teaches.
+    """
+    kind = rng.integers(0, 7)
+    if kind >= 5:
+        level = rng.uniform(0, 1)
+        if kind == 5:
+            return np.full((size, size), level, np.float32)
+        a = rng.uniform(0, 2 * np.pi)
+        ramp = np.mgrid[0:size, 0:size] / size
+        ramp = ramp[0] * np.sin(a) + ramp[1] * np.cos(a)
+        return np.clip(level + 0.2 * (ramp - ramp.mean()), 0, 1).astype(np.float32)
     yy, xx = np.mgrid[0:size, 0:size] / size
     if kind == 0:  # fractal noise
         t = sum(perlin((size, size), (2**o, 2**o), rng) / 2**o for o in range(1, 6))
