@@ -53,7 +53,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         batch=a.batch, lr_unet=a.lr_unet, lr_seg=a.lr_seg, seed=a.seed, threads=a.threads,
         crop=a.crop, augment=not a.no_augment, anomaly_source=a.anomaly_source,
         checkpoint_every=a.checkpoint_every, max_minutes=a.max_minutes, resume=not a.no_resume,
-        seg_extra=a.seg_extra, focal_gamma=a.focal_gamma,
+        seg_extra=a.seg_extra, focal_gamma=a.focal_gamma, discolour=a.discolour,
     )
     train(opts)
 
@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--focal-gamma", type=float, default=4.0,
                    help="focal loss gamma (paper: 4; lower trains the seg head faster)")
+    t.add_argument("--discolour", type=float, default=0.0,
+                   help="share of synthetic anomalies that are soft brightness shifts "
+                        "(stains) instead of foreign-texture blends")
     t.add_argument("--seg-extra", type=int, default=0,
                    help="extra seg-only updates per step (UNet under no_grad)")
     t.set_defaults(fn=cmd_train)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 from skimage.transform import resize, rotate
 
 from .preprocess import list_images, load_pixels
@@ -144,10 +145,26 @@ class TexturePool:
         return rgb.transpose(2, 0, 1).astype(np.float32).copy()
 
 
+def discolour(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A soft-edged Perlin region brightened or darkened by 0.15-0.45, texture kept.
+
+    The paper's blend always trades texture for foreign content; a surface stain or
+    burn keeps the texture and moves only its grey level, which the blend never shows.
+    """
+    size = x.shape[-1]
+    alpha = ndimage.gaussian_filter(perlin_mask(size, rng), rng.uniform(1.0, 4.0))
+    alpha = alpha / max(float(alpha.max()), 1e-6)
+    delta = rng.choice([-1.0, 1.0]) * rng.uniform(0.15, 0.45)
+    aug = np.clip(x + delta * alpha[None], 0.0, 1.0)
+    return aug.astype(np.float32), (alpha > 0.5).astype(np.float32)[None]
+
+
 def synthesize(
-    x: np.ndarray, pool: TexturePool, rng: np.random.Generator
+    x: np.ndarray, pool: TexturePool, rng: np.random.Generator, discolour_prob: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """x float32 [C, H, W] in [0, 1] -> (augmented image, mask [1, H, W])."""
+    if discolour_prob > 0 and rng.random() < discolour_prob:
+        return discolour(x, rng)
     size = x.shape[-1]
     m = perlin_mask(size, rng)[None]
     tex = pool.sample(rng)

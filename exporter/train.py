@@ -51,6 +51,7 @@ class TrainOptions:
     resume: bool = True
     seg_extra: int = 0
     focal_gamma: float = 4.0
+    discolour: float = 0.0
     command: str = field(default_factory=lambda: "python -m exporter " + shlex.join(sys.argv[1:]))
 
 
@@ -97,7 +98,7 @@ def make_batch(
             x = _augment(x, rng)
         x = np.ascontiguousarray(x, dtype=np.float32)
         if rng.random() < opts.anomaly_prob:
-            x, m = synthesize(x, pool, rng)
+            x, m = synthesize(x, pool, rng, opts.discolour)
             label = float(m.sum() > 0)
         else:
             m, label = np.zeros((1, crop, crop), np.float32), 0.0
@@ -169,7 +170,7 @@ def save_checkpoint(path: Path, unet, seg, opt_u, opt_s, step: int, opts: TrainO
             "training": {"data": str(opts.data), "command": opts.command, "seed": opts.seed,
                          "steps": step, "batch": opts.batch, "lr_unet": opts.lr_unet,
                          "lr_seg": opts.lr_seg, "crop": opts.crop, "seg_extra": opts.seg_extra,
-                         "focal_gamma": opts.focal_gamma,
+                         "focal_gamma": opts.focal_gamma, "discolour": opts.discolour,
                          "wall_seconds": round(wall, 1)},
             "opt_unet": opt_u.state_dict(), "opt_seg": opt_s.state_dict(),
             "rng": _rng_state(rng, gen),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import onnx
 import pytest
 
+from exporter.evaluate import evaluate, format_table
 from exporter.onnxio import get_manifest
+from exporter.tiles import make_tiles
 from exporter.verify import verify_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,3 +35,29 @@ def test_committed_model(path: Path) -> None:
     assert len(golden["cases"]) >= 3
     verify_model(path)
     assert (path.parent / "MODEL.md").is_file()
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiles")
+    make_tiles(out, seed=0)
+    return out
+
+
+def _numbers(text: str) -> list[float]:
+    return [float(x) for x in re.findall(r"\d+\.\d+|\d+", text)]
+
+
+@pytest.mark.skipif(not MODELS, reason="no committed models")
+@pytest.mark.parametrize("path", MODELS, ids=[p.parent.name for p in MODELS])
+def test_evaluation_reproduces_card(path: Path, tiles: Path) -> None:
+    """The card's evaluation table is what `exporter evaluate` gives on a fresh make-tiles."""
+    card = (path.parent / "MODEL.md").read_text()
+    texture = path.parent.name.removeprefix("tiles-")
+    table = format_table(evaluate(path, tiles / texture, threads=1)).splitlines()
+    first = next(i for i, line in enumerate(card.splitlines()) if line.startswith("image AUROC"))
+    carded = card.splitlines()[first : first + len(table)]
+    for got, want in zip(table, carded, strict=True):
+        assert re.sub(r"[\d.]+", "#", got) == re.sub(r"[\d.]+", "#", want), (got, want)
+        # 4-decimal figures: allow one rounding step of drift across CPUs
+        assert _numbers(got) == pytest.approx(_numbers(want), abs=2e-4), (got, want)

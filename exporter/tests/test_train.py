@@ -67,3 +67,21 @@ def test_procedural_textures_cover_flat_fills() -> None:
         spreads.append(float(np.ptp(t)))
     # structured kinds span [0, 1]; the flat and ramp fills (discolouration) stay narrow
     assert any(s <= 0.3 for s in spreads) and any(s > 0.9 for s in spreads)
+
+
+def test_discolour_shifts_grey_level_and_keeps_texture() -> None:
+    import numpy as np
+
+    from exporter.synth import TexturePool, synthesize
+
+    rng = np.random.default_rng(3)
+    pool = TexturePool(64, 1, None, 0)
+    x = (0.5 + 0.02 * np.random.default_rng(4).standard_normal((1, 64, 64))).astype(np.float32)
+    for _ in range(5):
+        aug, m = synthesize(x, pool, rng, discolour_prob=1.0)
+        assert set(np.unique(m)) <= {0.0, 1.0} and m.sum() > 0
+        d = (aug - x)[m > 0]
+        assert np.all(np.abs(d) >= 0.07) and (np.all(d > 0) or np.all(d < 0))
+        # texture kept: the added field is smooth, not a replacement of the pixels
+        shift = aug - x
+        assert np.abs(np.diff(shift, axis=2)).mean() < 0.3 * np.abs(np.diff(x, axis=2)).mean()
