@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -98,6 +99,14 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
     r = calibrate(a.model, a.good, a.target_frr, threads=a.threads)
     print(json.dumps({"threshold": r["threshold"], "normal_scores": r["normal_scores"]},
                      indent=2))
+    n = r["threshold"]["n_images"]
+    if n * a.target_frr < 1:
+        # the empirical quantile cannot see a tail thinner than 1/n: it is the sample maximum
+        print(f"warning: {n} good images cannot resolve a false-reject rate of "
+              f"{a.target_frr:g}; the threshold is their maximum, so expect about "
+              f"1/{n + 1} = {1 / (n + 1):.3f} on new good parts. Calibrate on at least "
+              f"{math.ceil(10 / a.target_frr)} good images for a trustworthy rate.",
+              file=sys.stderr)
 
 
 def cmd_verify(a: argparse.Namespace) -> None:

@@ -44,6 +44,19 @@ def test_calibrate_writes_threshold(exported: Path, tmp_path: Path, capsys) -> N
     assert ns["max"] == pytest.approx(float(scores.max()), abs=1e-6)
     verify_model(model)  # goldens stay valid: the graph did not change
     assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
+    assert "warning" not in capsys.readouterr().err  # 24 x 0.05 >= 1: the rate is resolvable
+
+
+def test_calibrate_warns_when_too_few_images_for_the_rate(
+        exported: Path, tmp_path: Path, capsys) -> None:
+    d = tmp_path / "m"
+    shutil.copytree(exported.parent, d)
+    good = tmp_path / "good"
+    write_images(good, 24)
+    assert main(["calibrate", str(d / "tiny.onnx"), "--good", str(good), "--target-frr", "0.005",
+                 "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "24 good images cannot resolve" in err and "1/25 = 0.040" in err and "2000" in err
 
 
 def test_calibrate_refuses_few_images(exported: Path, tmp_path: Path, capsys) -> None:
