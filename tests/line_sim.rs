@@ -8,6 +8,24 @@ use diffad::events::{Event, Outcome};
 use diffad::testkit::TruthInspector;
 use std::collections::HashMap;
 
+/// Runs the stand-in inspector on hardware and options a test assembled itself.
+fn run_truth(
+    setup: &diffad::setup::LineSetup,
+    clock: std::sync::Arc<dyn Clock>,
+    hw: diffad::pipeline::Hardware,
+    opts: diffad::pipeline::Options,
+) -> Result<diffad::pipeline::Summary, diffad::pipeline::LineError> {
+    let inspector = Box::new(TruthInspector::new(clock.clone()));
+    diffad::pipeline::run(
+        setup,
+        inspector,
+        clock,
+        hw,
+        diffad::pipeline::Shutdown::new(),
+        opts,
+    )
+}
+
 #[test]
 fn three_hundred_parts_one_verdict_each_and_pulses_on_time() {
     let setup = sim_setup(300);
@@ -285,9 +303,8 @@ fn sd_notify_ready_watchdog_stopping() {
 
 #[test]
 fn photo_eye_triggers_arm_parts_and_frames_are_matched() {
-    use diffad::clock::{SimClock, SimMode};
     use diffad::pins::{LinePins, SimTrigger};
-    use diffad::pipeline::{Hardware, Options, Shutdown};
+    use diffad::pipeline::{Hardware, Options};
     let mut setup = sim_setup(100);
     setup.line.trigger = diffad::setup::Trigger::Gpio;
     setup.gpio.trigger = Some(diffad::setup::LineRef {
@@ -295,8 +312,7 @@ fn photo_eye_triggers_arm_parts_and_frames_are_matched() {
         active: Default::default(),
     });
     setup.validate().unwrap();
-    let clock: std::sync::Arc<dyn Clock> =
-        std::sync::Arc::new(SimClock::new(SimMode::Auto, common::T0));
+    let clock = common::sim_clock();
     let (pins, logs) = LinePins::sim(&setup.gpio, clock.clone());
     // The photo-eye sees each part 3 ms before the camera's exposure.
     let edges: Vec<u64> = (0..100)
@@ -315,15 +331,7 @@ fn photo_eye_triggers_arm_parts_and_frames_are_matched() {
         pins,
         trigger: Some(Box::new(trigger)),
     };
-    let s = diffad::pipeline::run(
-        &setup,
-        Box::new(TruthInspector::new(clock.clone())),
-        clock,
-        hw,
-        Shutdown::new(),
-        opts,
-    )
-    .unwrap();
+    let s = run_truth(&setup, clock, hw, opts).unwrap();
     println!("{s}");
     assert_eq!(s.counters.triggers, 100);
     assert!(s.invariant_ok);
@@ -377,12 +385,10 @@ impl embedded_hal::digital::OutputPin for FlakyPin {
 
 #[test]
 fn failing_reject_pin_alarms_and_drops_ready() {
-    use diffad::clock::{SimClock, SimMode};
     use diffad::pins::{LinePins, Output};
-    use diffad::pipeline::{open_hardware, Options, Shutdown};
+    use diffad::pipeline::{open_hardware, Options};
     let setup = sim_setup(100);
-    let clock: std::sync::Arc<dyn Clock> =
-        std::sync::Arc::new(SimClock::new(SimMode::Auto, common::T0));
+    let clock = common::sim_clock();
     let (mut hw, logs) = open_hardware(&setup, clock.clone()).unwrap();
     let logs = logs.expect("gpio.sim gives pin logs");
     let flaky = Output::new(Box::new(FlakyPin { ok_writes: 4 }), Default::default()).unwrap();
@@ -404,15 +410,7 @@ fn failing_reject_pin_alarms_and_drops_ready() {
         live_log: false,
         ..Default::default()
     };
-    let s = diffad::pipeline::run(
-        &setup,
-        Box::new(TruthInspector::new(clock.clone())),
-        clock,
-        hw,
-        Shutdown::new(),
-        opts,
-    )
-    .unwrap();
+    let s = run_truth(&setup, clock, hw, opts).unwrap();
     assert!(s.invariant_ok);
     assert!(s.pin_errors > 0);
     let recs: Vec<_> = rx.try_iter().collect();
@@ -478,10 +476,7 @@ fn panics_fail_safe_and_never_hang_the_line() {
 
     // A capture thread that dies ends the run with an error instead of hanging it.
     let setup = sim_setup(50);
-    let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(diffad::clock::SimClock::new(
-        diffad::clock::SimMode::Auto,
-        common::T0,
-    ));
+    let clock = common::sim_clock();
     let (mut hw, logs) = diffad::pipeline::open_hardware(&setup, clock.clone()).unwrap();
     hw.source = Box::new(Exploding {
         inner: hw.source,
@@ -491,14 +486,7 @@ fn panics_fail_safe_and_never_hang_the_line() {
         live_log: false,
         ..Default::default()
     };
-    let r = diffad::pipeline::run(
-        &setup,
-        Box::new(TruthInspector::new(clock.clone())),
-        clock,
-        hw,
-        diffad::pipeline::Shutdown::new(),
-        opts,
-    );
+    let r = run_truth(&setup, clock, hw, opts);
     assert!(
         matches!(r, Err(diffad::pipeline::LineError::Panic("capture"))),
         "{:?}",
@@ -559,11 +547,9 @@ fn replayed_mvtec_folder_keeps_ground_truth_through_the_line() {
 
 #[test]
 fn full_event_bus_drops_are_counted_and_the_line_is_unaffected() {
-    use diffad::clock::{SimClock, SimMode};
-    use diffad::pipeline::{open_hardware, Options, Shutdown};
+    use diffad::pipeline::{open_hardware, Options};
     let setup = sim_setup(200);
-    let clock: std::sync::Arc<dyn Clock> =
-        std::sync::Arc::new(SimClock::new(SimMode::Auto, common::T0));
+    let clock = common::sim_clock();
     let (hw, logs) = open_hardware(&setup, clock.clone()).unwrap();
     /// A sink slower than the line.
     struct Slow;
@@ -578,15 +564,7 @@ fn full_event_bus_drops_are_counted_and_the_line_is_unaffected() {
         live_log: false,
         ..Default::default()
     };
-    let s = diffad::pipeline::run(
-        &setup,
-        Box::new(TruthInspector::new(clock.clone())),
-        clock,
-        hw,
-        Shutdown::new(),
-        opts,
-    )
-    .unwrap();
+    let s = run_truth(&setup, clock, hw, opts).unwrap();
     assert!(s.events_dropped > 0, "{s}");
     assert_eq!(s.counters.events_dropped, s.events_dropped);
     assert!(s.invariant_ok);

@@ -22,6 +22,11 @@ pub fn root() -> std::path::PathBuf {
 /// Virtual start time: far from zero so arithmetic near zero would show.
 pub const T0: u64 = 1_000_000_000_000;
 
+/// A virtual clock at `T0` that jumps to the next deadline whenever every stage waits.
+pub fn sim_clock() -> Arc<dyn Clock> {
+    Arc::new(SimClock::new(SimMode::Auto, T0))
+}
+
 /// A simulated line: `parts` parts at 50 Hz, 20 % defective, ejector 500 ms downstream.
 pub fn sim_setup(parts: u64) -> LineSetup {
     let mut s = LineSetup::from_toml(
@@ -114,7 +119,7 @@ pub fn run_line(
     source: Option<MakeSource>,
     notifier: Option<Notifier>,
 ) -> Run {
-    let clock: Arc<dyn Clock> = Arc::new(SimClock::new(SimMode::Auto, T0));
+    let clock = sim_clock();
     let (pins, logs) = LinePins::sim(&setup.gpio, clock.clone());
     let source = match source {
         Some(f) => f(clock.clone()),
