@@ -24,6 +24,16 @@ else:
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session")
+def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tile dataset as `make-tiles --seed 0` writes it (shared: tests only read it)."""
+    from exporter.tiles import make_tiles
+
+    out = tmp_path_factory.mktemp("tiles")
+    make_tiles(out, seed=0)
+    return out
+
+
 def tiny_unet_cfg(channels: int = 1) -> UNetConfig:
     return UNetConfig(image_size=32, in_channels=channels, base_channels=16,
                       channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(16,),

@@ -11,7 +11,6 @@ import pytest
 
 from exporter.evaluate import evaluate, format_table
 from exporter.onnxio import get_manifest
-from exporter.tiles import make_tiles
 from exporter.verify import verify_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,13 +34,6 @@ def test_committed_model(path: Path) -> None:
     assert len(golden["cases"]) >= 3
     verify_model(path)
     assert (path.parent / "MODEL.md").is_file()
-
-
-@pytest.fixture(scope="module")
-def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiles")
-    make_tiles(out, seed=0)
-    return out
 
 
 def _numbers(text: str) -> list[float]:

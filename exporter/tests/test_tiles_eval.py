@@ -14,13 +14,6 @@ from exporter.evaluate import evaluate, format_table, pro_auc
 from exporter.tiles import DEFECTS, make_tiles, photo
 
 
-@pytest.fixture(scope="module")
-def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiles")
-    make_tiles(out, seed=0)
-    return out
-
-
 def _md5(p: Path) -> str:
     return hashlib.md5(p.read_bytes()).hexdigest()
 
