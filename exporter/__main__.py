@@ -20,6 +20,9 @@ def _ints(s: str) -> tuple[int, ...]:
 
 def _add_arch(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("architecture")
+    g.add_argument("--arch", choices=("official", "edge"), default="official",
+                   help="official: the paper's networks (loads official checkpoints); edge: the "
+                        "light graph for the line (ARCHITECTURE §7)")
     g.add_argument("--image-size", type=int, default=128)
     g.add_argument("--channels", type=int, default=1, choices=(1, 3))
     g.add_argument("--base-channels", type=int, default=16)
@@ -30,14 +33,38 @@ def _add_arch(p: argparse.ArgumentParser) -> None:
     g.add_argument("--heads", type=int, default=1)
     g.add_argument("--head-channels", type=int, default=-1)
     g.add_argument("--norm-groups", type=int, default=8)
-    g.add_argument("--seg-width", type=int, default=8)
+    g.add_argument("--seg-width", type=int, default=0,
+                   help="seg head base width (default: 8 official, 16 edge)")
+    e = p.add_argument_group("edge architecture (with --arch edge)")
+    e.add_argument("--stem", type=int, default=2, choices=(2, 4),
+                   help="stem stride: the UNet and seg head run at image/stem resolution")
+    e.add_argument("--widths", type=_ints, default=(32, 64, 128, 128),
+                   help="UNet channels per level (multiples of 16)")
+    e.add_argument("--enc-blocks", type=_ints, default=(0, 1, 1, 1),
+                   help="residual blocks per encoder level")
+    e.add_argument("--dec-blocks", type=_ints, default=(1, 1, 1),
+                   help="residual blocks per decoder level (one fewer than levels)")
+    e.add_argument("--no-attention", action="store_true", help="no attention at the bottom")
+    e.add_argument("--emb-channels", type=int, default=64)
+    e.add_argument("--no-diff-input", action="store_true",
+                   help="seg head sees (x0, x0_hat) only, not also |x0 - x0_hat|")
 
 
 def _unet_cfg(a: argparse.Namespace):
+    from .edge import EdgeUNetConfig
     from .unet import UNetConfig
 
     if a.image_size % 32:
         raise ExporterError(f"--image-size must be a multiple of 32, got {a.image_size}")
+    if a.arch == "edge":
+        try:
+            return EdgeUNetConfig(
+                image_size=a.image_size, in_channels=a.channels, stem=a.stem, widths=a.widths,
+                enc_blocks=a.enc_blocks, dec_blocks=a.dec_blocks, attention=not a.no_attention,
+                emb_channels=a.emb_channels,
+            )
+        except ValueError as e:
+            raise ExporterError(str(e)) from None
     return UNetConfig(
         image_size=a.image_size, in_channels=a.channels, base_channels=a.base_channels,
         channel_mults=a.channel_mults, num_res_blocks=a.num_res_blocks,
@@ -50,10 +77,13 @@ def cmd_train(a: argparse.Namespace) -> None:
     from .train import TrainOptions, train
 
     opts = TrainOptions(
-        data=a.data, out=a.out, unet=_unet_cfg(a), seg_width=a.seg_width, steps=a.steps,
+        data=a.data, out=a.out, unet=_unet_cfg(a),
+        seg_width=a.seg_width or (16 if a.arch == "edge" else 8),
+        seg_diff_input=not a.no_diff_input, steps=a.steps,
         batch=a.batch, lr_unet=a.lr_unet, lr_seg=a.lr_seg, seed=a.seed, threads=a.threads,
         crop=a.crop, augment=not a.no_augment, anomaly_source=a.anomaly_source,
-        checkpoint_every=a.checkpoint_every, max_minutes=a.max_minutes, resume=not a.no_resume,
+        checkpoint_every=a.checkpoint_every, keep_every=a.keep_every,
+        max_minutes=a.max_minutes, resume=not a.no_resume,
         seg_extra=a.seg_extra, focal_gamma=a.focal_gamma, discolour=a.discolour,
     )
     train(opts)
@@ -160,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--anomaly-source", type=Path, default=None,
                    help="folder of foreign-texture images (default: procedural + skimage)")
     t.add_argument("--checkpoint-every", type=int, default=100)
+    t.add_argument("--keep-every", type=int, default=0,
+                   help="also keep the weights every N steps (step-NNNNNN.pt), to choose the "
+                        "stopping point on validation data afterwards")
     t.add_argument("--max-minutes", type=float, default=0.0)
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--focal-gamma", type=float, default=4.0,

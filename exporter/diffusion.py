@@ -8,9 +8,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .seg import SegmentationSubNetwork
-from .unet import UNetModel
-
 
 @dataclass
 class DiffusionConfig:
@@ -63,6 +60,12 @@ def topk_mean(m: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(flat, min(k, flat.shape[1]), dim=1).values.mean(dim=1)
 
 
+def _to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Casts only when needed: the exporter traces `.to()` as a Cast node even when the dtype
+    already matches."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 class OneStepDetector(nn.Module):
     """image [B,C,H,W] -> (anomaly_map [B,1,H,W], score [B]); steps 1-7 of §1.
 
@@ -72,8 +75,8 @@ class OneStepDetector(nn.Module):
 
     def __init__(
         self,
-        unet: UNetModel,
-        seg: SegmentationSubNetwork,
+        unet: nn.Module,
+        seg: nn.Module,
         diff: DiffusionConfig,
         batch: int = 1,
         compute_dtype: torch.dtype = torch.float32,
@@ -96,19 +99,21 @@ class OneStepDetector(nn.Module):
         # [2B, E]: first B rows for t_s, next B rows for t_b
         self.register_buffer("emb", torch.cat([emb[:1].expand(batch, -1),
                                                emb[1:].expand(batch, -1)]).contiguous())
+        if hasattr(unet, "bake"):
+            unet.bake(self.emb)
 
     def reconstruct(self, x0: torch.Tensor) -> torch.Tensor:
         b = x0.shape[0]
         x_s = self.abar_s**0.5 * x0 + (1 - self.abar_s) ** 0.5 * self.n1
         x_b = self.abar_b**0.5 * x0 + (1 - self.abar_b) ** 0.5 * self.n2
-        xin = torch.cat([x_s, x_b], 0).to(self.compute_dtype)
-        e = self.unet.forward_emb(xin, self.emb.to(self.compute_dtype)).float()
+        xin = _to(torch.cat([x_s, x_b], 0), self.compute_dtype)
+        e = _to(self.unet.forward_emb(xin, _to(self.emb, self.compute_dtype)), torch.float32)
         e_s, e_b = e[:b], e[b:]
         return guided_x0(x_s, x_b, e_s, e_b, self.abar_s, self.abar_b, self.diff.w)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = image.float()
+        x0 = _to(image, torch.float32)
         x0_hat = self.reconstruct(x0)
-        seg_in = torch.cat([x0, x0_hat], 1).to(self.compute_dtype)
-        amap = self.seg(seg_in).float()
+        seg_in = _to(torch.cat([x0, x0_hat], 1), self.compute_dtype)
+        amap = _to(self.seg(seg_in), torch.float32)
         return amap, topk_mean(amap, self.diff.top_k)

@@ -15,8 +15,10 @@ import numpy as np
 import onnx
 import torch
 from PIL import Image
+from torch import nn
 
 from . import __version__
+from .arch import arch_of, prepare_for_export
 from .diffusion import DiffusionConfig, OneStepDetector
 from .errors import ExporterError
 from .onnxio import (
@@ -29,8 +31,6 @@ from .onnxio import (
     write_text_atomic,
 )
 from .preprocess import list_images, preprocess_file
-from .seg import SegmentationSubNetwork
-from .unet import UNetModel
 from .verify import golden_paths, verify_model  # noqa: F401 (re-export)
 
 PARITY_TOL_FP32 = 1e-4
@@ -67,7 +67,7 @@ def golden_pixels(size: int, channels: int, n: int = 4) -> list[np.ndarray]:
 
 
 def manifest_for(
-    opts: ExportOptions, unet: UNetModel, seg: SegmentationSubNetwork, info: dict[str, Any],
+    opts: ExportOptions, unet: nn.Module, seg: nn.Module, info: dict[str, Any],
 ) -> dict[str, Any]:
     c = unet.cfg
     d = opts.diff
@@ -87,6 +87,7 @@ def manifest_for(
         "threshold": None,
         "normal_scores": None,
         "architecture": {
+            "arch": arch_of(c),
             "unet": {**c.to_dict(),
                      "parameters": sum(p.numel() for p in unet.parameters())},
             "seg": {**seg.cfg.to_dict(),
@@ -113,7 +114,7 @@ def _torch_export(det: OneStepDetector, example: torch.Tensor, opset: int) -> on
 
 
 def export_model(
-    unet: UNetModel, seg: SegmentationSubNetwork, info: dict[str, Any], out: Path,
+    unet: nn.Module, seg: nn.Module, info: dict[str, Any], out: Path,
     opts: ExportOptions,
 ) -> dict[str, Any]:
     """Exports, checks, compares ORT with PyTorch, writes model + goldens. Returns a report."""
@@ -131,8 +132,7 @@ def export_model(
     d = opts.diff
     if not (0 <= d.t_s < d.T and 0 <= d.t_b < d.T):
         raise ExporterError(f"t_s={d.t_s}, t_b={d.t_b} must lie in [0, {d.T})")
-    unet.eval()
-    seg.eval()
+    prepare_for_export(unet, seg)
     dtype = torch.float16 if opts.fp16 else torch.float32
     det = OneStepDetector(unet, seg, d, batch=opts.batch, compute_dtype=dtype)
     if opts.fp16:

@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .arch import build_seg, build_unet, seg_config_from_dict, unet_config_from_dict
 from .errors import ExporterError
-from .seg import SegConfig, SegmentationSubNetwork
-from .unet import UNetConfig, UNetModel
+from .seg import SegConfig
+from .unet import UNetConfig
 
 OFFICIAL_DEFAULT_MULTS = {
     512: (0.5, 1, 1, 2, 2, 4, 4),
@@ -116,7 +117,7 @@ def infer_seg_width(state: dict[str, torch.Tensor]) -> int | None:
 
 def build_from_checkpoint(
     path: Path, official: bool, overrides: dict[str, Any] | None = None
-) -> tuple[UNetModel, SegmentationSubNetwork, dict[str, Any]]:
+) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
     """Returns (unet, seg, info); info has checkpoint_sha256, training, and step."""
     f = find_checkpoint_file(path)
     ck = load_checkpoint_dict(f)
@@ -133,11 +134,11 @@ def build_from_checkpoint(
                     "seed": 0}
     else:
         meta = ck["exporter"]
-        ucfg = UNetConfig.from_dict(meta["unet"])
-        scfg = SegConfig.from_dict(meta["seg"])
+        ucfg = unet_config_from_dict(meta["unet"])
+        scfg = seg_config_from_dict(meta["seg"])
         training = dict(meta.get("training", {}))
         training["steps"] = int(meta.get("step", 0))
-    unet, seg = UNetModel(ucfg), SegmentationSubNetwork(scfg)
+    unet, seg = build_unet(ucfg), build_seg(scfg)
     load_strict(unet, ck["unet_model_state_dict"], "UNet")
     load_strict(seg, ck["seg_model_state_dict"], "seg")
     info = {"checkpoint_sha256": sha256_file(f), "training": training, "path": str(f)}

@@ -88,37 +88,87 @@ def graph_sha256(model: onnx.ModelProto) -> str:
     return hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()
 
 
-def count_flops(model: onnx.ModelProto) -> int:
-    """2 x multiply-accumulates of Conv / Gemm / MatMul nodes, whole graph (all batch)."""
+def resolved_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Every tensor's shape, found by running the graph once on zeros with ONNX Runtime.
+
+    Static shape inference leaves dimensions behind data-dependent Reshapes at 0 (torch's
+    export computes many target shapes in the graph), which once hid most of the work.
+    """
+    import onnxruntime as ort
+
     inferred = shape_inference.infer_shapes(model)
-    shapes: dict[str, list[int]] = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(
-        inferred.graph.output
-    ):
-        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-        shapes[vi.name] = dims
-    for init in inferred.graph.initializer:
+    elem = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.metadata_props[:]
+    have = {o.name for o in probe.graph.output}
+    inits = {i.name for i in probe.graph.initializer}
+    for node in probe.graph.node:
+        for name in node.output:
+            if name and name not in have and name not in inits and node.op_type != "Constant":
+                probe.graph.output.append(
+                    onnx.helper.make_tensor_value_info(name, elem.get(name, onnx.TensorProto.FLOAT),
+                                                       None))
+                have.add(name)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001
+        raise ExporterError(f"cannot run the graph to resolve its shapes: {e}") from None
+    feeds = {}
+    for i in sess.get_inputs():
+        if any(not isinstance(d, int) for d in i.shape):
+            raise ExporterError(f"input {i.name} has a dynamic shape {i.shape}; "
+                                "the FLOP count needs a static graph")
+        feeds[i.name] = np.zeros(i.shape, np.float32)
+    names = [o.name for o in sess.get_outputs()]
+    shapes = {n: list(v.shape) for n, v in zip(names, sess.run(names, feeds), strict=True)}
+    for i in sess.get_inputs():
+        shapes[i.name] = list(i.shape)
+    for init in model.graph.initializer:
         shapes[init.name] = list(init.dims)
-    for node in inferred.graph.node:
+    for node in model.graph.node:
         if node.op_type == "Constant":
             for a in node.attribute:
                 if a.name == "value":
                     shapes[node.output[0]] = list(a.t.dims)
-    macs = 0
-    for node in inferred.graph.node:
-        if node.op_type == "Conv":
-            w = shapes.get(node.input[1])
-            out = shapes.get(node.output[0])
-            if w and out:
-                macs += int(np.prod(out)) * int(np.prod(w[1:]))
-        elif node.op_type in ("MatMul", "Gemm"):
-            a = shapes.get(node.input[0])
-            out = shapes.get(node.output[0])
-            if a and out:
-                trans_a = any(x.name == "transA" and x.i for x in node.attribute)
-                k = a[-2] if trans_a else a[-1]
-                macs += int(np.prod(out)) * int(k)
-    return 2 * macs
+    return shapes
+
+
+def count_flops_by_op(model: onnx.ModelProto) -> dict[str, int]:
+    """2 x multiply-accumulates per op type (Conv, ConvTranspose, MatMul, Gemm), whole graph
+    (all of the batch), from the shapes the graph really has."""
+    shapes = resolved_shapes(model)
+    macs: dict[str, int] = {}
+    for node in model.graph.node:
+        op = node.op_type
+        n = 0
+        if op in ("Conv", "ConvTranspose"):
+            w, out, inp = (shapes.get(node.input[1]), shapes.get(node.output[0]),
+                           shapes.get(node.input[0]))
+            if not (w and out and inp):
+                raise ExporterError(f"no shape for {op} node {node.name!r}")
+            if op == "Conv":  # weight [Cout, Cin/g, k...]: each output sums Cin/g x k taps
+                n = int(np.prod(out)) * int(np.prod(w[1:]))
+            else:  # weight [Cin, Cout/g, k...]: each input element scatters Cout/g x k taps
+                n = int(np.prod(inp)) * int(np.prod(w[1:]))
+        elif op in ("MatMul", "Gemm"):
+            a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
+            if not (a and out):
+                raise ExporterError(f"no shape for {op} node {node.name!r}")
+            trans_a = any(x.name == "transA" and x.i for x in node.attribute)
+            k = a[-2] if trans_a else a[-1]
+            n = int(np.prod(out)) * int(k)
+        if n:
+            macs[op] = macs.get(op, 0) + 2 * n
+    return macs
+
+
+def count_flops(model: onnx.ModelProto) -> int:
+    """2 x multiply-accumulates of Conv / ConvTranspose / Gemm / MatMul, whole graph."""
+    return sum(count_flops_by_op(model).values())
 
 
 def ort_session(path_or_bytes: Path | bytes, threads: int = 0, spin: bool = False) -> Any:

@@ -18,24 +18,33 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
+from .arch import (
+    UNetCfg,
+    build_seg,
+    build_unet,
+    default_seg_config,
+    seg_config_from_dict,
+    unet_config_from_dict,
+)
 from .diffusion import alphas_cumprod, guided_x0
+from .edge import EdgeSegConfig
 from .errors import ExporterError
 from .official import sha256_file
 from .onnxio import atomic_path
 from .preprocess import list_images, preprocess_file
-from .seg import SegConfig, SegmentationSubNetwork
 from .synth import TexturePool, synthesize
-from .unet import UNetConfig, UNetModel
 
 
 @dataclass
 class TrainOptions:
     data: Path
     out: Path
-    unet: UNetConfig
+    unet: UNetCfg
     seg_width: int = 8
+    seg_diff_input: bool = True
     steps: int = 1000
     batch: int = 8
     lr_unet: float = 2e-4
@@ -47,6 +56,7 @@ class TrainOptions:
     augment: bool = True
     anomaly_source: Path | None = None
     checkpoint_every: int = 200
+    keep_every: int = 0
     max_minutes: float = 0.0
     resume: bool = True
     seg_extra: int = 0
@@ -109,7 +119,7 @@ def make_batch(
 
 
 def seg_only_step(
-    unet: UNetModel, seg: SegmentationSubNetwork, x0: torch.Tensor, mask: torch.Tensor,
+    unet: nn.Module, seg: nn.Module, x0: torch.Tensor, mask: torch.Tensor,
     abar: torch.Tensor, gen: torch.Generator, gamma: float = 4.0,
 ) -> torch.Tensor:
     """Mask loss with the reconstruction computed without gradient (UNet frozen)."""
@@ -127,7 +137,7 @@ def seg_only_step(
 
 
 def train_step(
-    unet: UNetModel, seg: SegmentationSubNetwork, x0: torch.Tensor, mask: torch.Tensor,
+    unet: nn.Module, seg: nn.Module, x0: torch.Tensor, mask: torch.Tensor,
     label: torch.Tensor, abar: torch.Tensor, gen: torch.Generator, gamma: float = 4.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     b = x0.shape[0]
@@ -156,24 +166,45 @@ def _rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any]
             "torch": torch.get_rng_state(), "python": random.getstate()}
 
 
+def _training_info(opts: TrainOptions, step: int, wall: float) -> dict[str, Any]:
+    return {"data": str(opts.data), "command": opts.command, "seed": opts.seed, "steps": step,
+            "batch": opts.batch, "lr_unet": opts.lr_unet, "lr_seg": opts.lr_seg,
+            "crop": opts.crop, "seg_extra": opts.seg_extra, "focal_gamma": opts.focal_gamma,
+            "discolour": opts.discolour, "wall_seconds": round(wall, 1)}
+
+
 def save_checkpoint(path: Path, unet, seg, opt_u, opt_s, step: int, opts: TrainOptions,
                     rng, gen, wall: float) -> None:
     ck = {
         "unet_model_state_dict": unet.state_dict(),
         "seg_model_state_dict": seg.state_dict(),
         "n_epoch": step,
-        "args": {"img_size": [opts.unet.image_size] * 2, "base_channels": opts.unet.base_channels,
+        "args": {"img_size": [opts.unet.image_size] * 2,
+                 "base_channels": getattr(opts.unet, "base_channels", 0),
                  "channels": opts.unet.in_channels},
         "exporter": {
             "unet": opts.unet.to_dict(), "seg": seg.cfg.to_dict(), "step": step,
             "wall_seconds": wall,
-            "training": {"data": str(opts.data), "command": opts.command, "seed": opts.seed,
-                         "steps": step, "batch": opts.batch, "lr_unet": opts.lr_unet,
-                         "lr_seg": opts.lr_seg, "crop": opts.crop, "seg_extra": opts.seg_extra,
-                         "focal_gamma": opts.focal_gamma, "discolour": opts.discolour,
-                         "wall_seconds": round(wall, 1)},
+            "training": _training_info(opts, step, wall),
             "opt_unet": opt_u.state_dict(), "opt_seg": opt_s.state_dict(),
             "rng": _rng_state(rng, gen),
+        },
+    }
+    with atomic_path(path) as tmp:
+        torch.save(ck, tmp)
+
+
+def save_snapshot(path: Path, unet, seg, step: int, opts: TrainOptions, wall: float) -> None:
+    """Weights and configs only (exportable, not resumable): candidates for the stopping point,
+    which is chosen later on the validation split."""
+    ck = {
+        "unet_model_state_dict": unet.state_dict(),
+        "seg_model_state_dict": seg.state_dict(),
+        "n_epoch": step,
+        "exporter": {
+            "unet": opts.unet.to_dict(), "seg": seg.cfg.to_dict(), "step": step,
+            "wall_seconds": wall,
+            "training": _training_info(opts, step, wall),
         },
     }
     with atomic_path(path) as tmp:
@@ -194,8 +225,10 @@ def train(opts: TrainOptions) -> Path:
         raise ExporterError(f"crop/image size {crop} must be a multiple of 32, <= image size")
     images = load_good_images(opts.data, cfg.in_channels, cfg.image_size)
     pool = TexturePool(crop, cfg.in_channels, opts.anomaly_source, opts.seed)
-    unet = UNetModel(cfg)
-    seg = SegmentationSubNetwork(SegConfig(2 * cfg.in_channels, opts.seg_width))
+    seg_cfg = default_seg_config(cfg, opts.seg_width)
+    if isinstance(seg_cfg, EdgeSegConfig):
+        seg_cfg.diff_input = opts.seg_diff_input
+    unet, seg = build_unet(cfg), build_seg(seg_cfg)
     opt_u = torch.optim.Adam(unet.parameters(), lr=opts.lr_unet)
     opt_s = torch.optim.Adam(seg.parameters(), lr=opts.lr_seg)
     abar = torch.tensor(alphas_cumprod(), dtype=torch.float32)
@@ -205,8 +238,11 @@ def train(opts: TrainOptions) -> Path:
     if opts.resume and ck_path.exists():
         ck = torch.load(ck_path, map_location="cpu", weights_only=False)
         meta = ck["exporter"]
-        if UNetConfig.from_dict(meta["unet"]) != cfg:
+        if unet_config_from_dict(meta["unet"]) != cfg:
             raise ExporterError(f"{ck_path}: UNet config differs from the requested one; "
+                                "use another --out or --no-resume")
+        if seg_config_from_dict(meta["seg"]) != seg_cfg:
+            raise ExporterError(f"{ck_path}: seg config differs from the requested one; "
                                 "use another --out or --no-resume")
         unet.load_state_dict(ck["unet_model_state_dict"])
         seg.load_state_dict(ck["seg_model_state_dict"])
@@ -246,6 +282,8 @@ def train(opts: TrainOptions) -> Path:
         out_of_time = opts.max_minutes > 0 and elapsed > opts.max_minutes * 60
         if step % opts.checkpoint_every == 0 or step == opts.steps or out_of_time:
             save_checkpoint(ck_path, unet, seg, opt_u, opt_s, step, opts, np_rng, gen, elapsed)
+        if opts.keep_every and step % opts.keep_every == 0:
+            save_snapshot(opts.out / f"step-{step:06d}.pt", unet, seg, step, opts, elapsed)
         if out_of_time:
             print(f"\nstopping at step {step}: --max-minutes reached", file=sys.stderr)
             break

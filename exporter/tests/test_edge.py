@@ -1,0 +1,173 @@
+"""The edge architecture: shapes, folding, a clean graph, the FLOP count, train/export."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from exporter.__main__ import main
+from exporter.arch import build_seg, build_unet, prepare_for_export
+from exporter.diffusion import DiffusionConfig
+from exporter.edge import ConvBNReLU, EdgeSeg, EdgeSegConfig, EdgeUNet, EdgeUNetConfig
+from exporter.export import ExportOptions, export_model
+from exporter.official import build_from_checkpoint
+from exporter.onnxio import count_flops_by_op
+
+from .conftest import ROOT, randomized, write_images
+
+TINY = dict(image_size=32, widths=(16, 32, 32), enc_blocks=(1, 1, 1), dec_blocks=(1, 1),
+            emb_channels=32)
+
+
+def tiny_edge(channels: int = 1, seed: int = 0) -> tuple[EdgeUNet, EdgeSeg]:
+    torch.manual_seed(seed)
+    unet = randomized(EdgeUNet(EdgeUNetConfig(in_channels=channels, **TINY)), seed)
+    seg = EdgeSeg(EdgeSegConfig(in_channels=channels, widths=(16, 16, 32)))
+    return unet, randomized(seg, seed + 1)
+
+
+@pytest.mark.parametrize("stem,channels", [(2, 1), (4, 3)])
+def test_edge_unet_shapes_and_zero_start(stem: int, channels: int) -> None:
+    cfg = EdgeUNetConfig(image_size=64, in_channels=channels, stem=stem, widths=(16, 32, 32),
+                         enc_blocks=(1, 1, 1), dec_blocks=(1, 1))
+    unet = EdgeUNet(cfg)
+    x = torch.randn(3, channels, 64, 64)
+    with torch.no_grad():
+        e = unet(x, torch.tensor([10.0, 200.0, 700.0]))
+    assert e.shape == x.shape
+    # every residual branch and the head start at zero: the untrained UNet predicts eps = 0
+    assert float(e.abs().max()) == 0.0
+    seg = EdgeSeg(EdgeSegConfig(in_channels=channels, stem=stem, widths=(16, 16, 32)))
+    with torch.no_grad():
+        m = seg(torch.rand(3, 2 * channels, 64, 64))
+    assert m.shape == (3, 1, 64, 64) and float(m.min()) >= 0.0 and float(m.max()) <= 1.0
+
+
+def test_edge_config_errors_name_the_problem() -> None:
+    with pytest.raises(ValueError, match="enc_blocks"):
+        EdgeUNetConfig(widths=(16, 32), enc_blocks=(1, 1, 1), dec_blocks=(1,))
+    with pytest.raises(ValueError, match="multiple of"):
+        EdgeUNetConfig(image_size=80, stem=4, widths=(16, 32, 32, 32), enc_blocks=(1, 1, 1, 1),
+                       dec_blocks=(1, 1, 1))
+    with pytest.raises(ValueError, match="stem"):
+        EdgeUNetConfig(stem=3)
+
+
+def test_batchnorm_folds_without_changing_the_output() -> None:
+    _, seg = tiny_edge()
+    x = torch.rand(2, 2, 32, 32)
+    before = seg(x)
+    n = prepare_for_export(torch.nn.Identity(), seg)
+    after = seg(x)
+    assert n == sum(1 for m in seg.modules() if isinstance(m, ConvBNReLU)) > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in seg.modules())
+    assert float((before - after).abs().max()) < 1e-5
+
+
+def _export(tmp_path: Path, unet, seg, **kw) -> tuple[Path, dict]:
+    out = tmp_path / "edge.onnx"
+    r = export_model(unet, seg, {}, out, ExportOptions(name="edge", diff=DiffusionConfig(), **kw))
+    return out, r
+
+
+def test_edge_graph_is_clean_and_matches_pytorch(tmp_path: Path) -> None:
+    out, r = _export(tmp_path, *tiny_edge())
+    assert r["map_max_abs_err"] <= 1e-4
+    model = onnx.load(str(out))
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    # norms folded, no casts, timestep biases baked into constants
+    for op in ("BatchNormalization", "InstanceNormalization", "GroupNormalization", "Cast",
+               "Gemm", "Unsqueeze", "Shape"):
+        assert ops[op] == 0, (op, ops)
+    manifest = json.loads(next(p.value for p in model.metadata_props
+                               if p.key == "diffad.manifest"))
+    assert manifest["architecture"]["arch"] == "edge"
+    assert manifest["architecture"]["unet"]["arch"] == "edge"
+    assert manifest["flops_per_frame"] == sum(count_flops_by_op(model).values())
+
+
+def test_edge_fp16_export_keeps_parity(tmp_path: Path) -> None:
+    _, r = _export(tmp_path, *tiny_edge(), fp16=True)
+    assert r["map_max_abs_err"] <= 2e-2
+    assert r["manifest"]["architecture"]["precision"] == "fp16"
+
+
+def _profiler_conv_flops(path: Path, blocked: bool) -> float:
+    """Conv work per call from the shapes ONNX Runtime's profiler sees (what ort_profile.py
+    reports). With `blocked`, ORT's full optimiser runs: its NCHWc layout pads channels to the
+    SIMD block, so the shapes it reports include that padding."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    if not blocked:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.enable_profiling = True
+    so.profile_file_prefix = str(path.parent / "prof")
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    i = sess.get_inputs()[0]
+    sess.run(None, {i.name: np.random.default_rng(0).random(i.shape, dtype=np.float32)})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    seen = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        if e["args"].get("op_name") not in ("Conv", "FusedConv"):
+            continue
+        w = list(e["args"]["input_type_shape"][1].values())[0]
+        o = list(e["args"]["output_type_shape"][0].values())[0]
+        seen[e["name"]] = 2.0 * float(np.prod(w)) * o[0] * float(np.prod(o[2:]))
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("which", ["committed", "edge"])
+def test_flop_count_matches_the_profiler(tmp_path: Path, which: str) -> None:
+    if which == "committed":
+        path = ROOT / "models" / "tiles-brick" / "model.onnx"
+    else:
+        unet = build_unet(EdgeUNetConfig())  # the default (shipped) edge design
+        seg = build_seg(EdgeSegConfig())
+        path, _ = _export(tmp_path, randomized(unet), randomized(seg))
+    ours = count_flops_by_op(onnx.load(str(path)))
+    prof = _profiler_conv_flops(path, blocked=False)
+    assert abs(ours["Conv"] - prof) <= 0.01 * prof, (ours, prof)
+    padded = _profiler_conv_flops(path, blocked=True)
+    if which == "committed":
+        # the old count (static shape inference) put this model at 0.651 GFLOP
+        assert ours["Conv"] > 5e9
+        # its 8-wide seg head is padded to 16 channels in the blocked layout: > 5 % wasted
+        assert padded > 1.05 * ours["Conv"]
+    else:
+        # widths that fit the SIMD blocks: only the 4-channel heads are padded
+        assert abs(ours["Conv"] - padded) <= 0.05 * padded, (ours, padded)
+
+
+def test_edge_train_resume_and_export_via_cli(tmp_path: Path) -> None:
+    data = tmp_path / "good"
+    write_images(data, 4)
+    args = ["--arch", "edge", "--image-size", "32", "--widths", "16,32,32",
+            "--enc-blocks", "1,1,1", "--dec-blocks", "1,1", "--seg-width", "16", "--batch", "2",
+            "--threads", "1", "--seed", "1", "--seg-extra", "1", "--keep-every", "2"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", "--data", str(data), "--out", str(a), "--steps", "2", *args]) == 0
+    assert main(["train", "--data", str(data), "--out", str(b), "--steps", "1", *args]) == 0
+    assert main(["train", "--data", str(data), "--out", str(b), "--steps", "2", *args]) == 0
+    ca = torch.load(a / "last.pt", weights_only=False)
+    cb = torch.load(b / "last.pt", weights_only=False)
+    for k, v in ca["unet_model_state_dict"].items():
+        assert torch.equal(v, cb["unet_model_state_dict"][k]), k
+    assert (a / "step-000002.pt").is_file()
+    unet, seg, _ = build_from_checkpoint(a / "step-000002.pt", official=False)
+    assert isinstance(unet, EdgeUNet) and isinstance(seg, EdgeSeg)
+    # resuming with another architecture is refused, not silently mixed
+    assert main(["train", "--data", str(data), "--out", str(a), "--steps", "3",
+                 *[x if x != "16,32,32" else "16,32,48" for x in args]]) == 2
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(a / "step-000002.pt"), "--out", str(out),
+                 "--threads", "1"]) == 0
+    assert out.is_file()
