@@ -30,7 +30,7 @@ from scipy import ndimage
 KINDS = ("warp", "smear", "smooth", "speckle", "shift", "dent")
 SYNTH_KINDS = ("synth_blend", "synth_stain")  # the training synthesis, on validation crops
 CHANGE = 10  # grey levels: a pixel counts as changed at |defect - clean| >= CHANGE
-MIN_AREA = 60  # a defect must mark at least this many pixels (else it is redrawn)
+MIN_AREA = 100  # a defect must mark at least this many pixels (else it is redrawn)
 TRIES = 12
 
 
