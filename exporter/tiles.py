@@ -175,7 +175,9 @@ def make_defect(kind: str, tile: np.ndarray, rng: np.random.Generator
 
 def _write_validation(root: Path, img: np.ndarray, rng: np.random.Generator, pool,
                       seed: int, index: int, tiles: dict[str, dict]) -> dict[str, int]:
-    """The validation band: crops at distinct seeded offsets, split between uses."""
+    """The validation band: crops at distinct seeded offsets, split between uses.
+
+    `pool` is the training synthesis' synth.TexturePool (for the synth_* kinds)."""
     x0, y0, x1, y1 = REGIONS["validation"]
     ny, nx = y1 - y0 - TILE + 1, x1 - x0 - TILE + 1
     n_def = len(VAL_DEFECTS) * VAL_PER_DEFECT
@@ -210,8 +212,8 @@ def _write_validation(root: Path, img: np.ndarray, rng: np.random.Generator, poo
     return counts
 
 
-def _write_texture(root: Path, name: str, rng: np.random.Generator, seed: int = 0,
-                   index: int = 0, pool=None) -> dict[str, int]:
+def _write_texture(root: Path, name: str, rng: np.random.Generator, seed: int, index: int,
+                   pool) -> dict[str, int]:
     img = photo(name)
     h, w = img.shape
     counts: dict[str, int] = {}
