@@ -124,19 +124,31 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> None:
-    from .calibrate import calibrate
+    from .calibrate import calibrate, quantile_rank
 
-    r = calibrate(a.model, a.good, a.target_frr, threads=a.threads)
-    print(json.dumps({"threshold": r["threshold"], "normal_scores": r["normal_scores"]},
-                     indent=2))
+    r = calibrate(a.model, a.good, a.target_frr, threads=a.threads, check_good=a.check_good)
+    out = {"threshold": r["threshold"], "normal_scores": r["normal_scores"]}
+    if "check" in r:
+        out["check"] = r["check"]
+    print(json.dumps(out, indent=2))
     n = r["threshold"]["n_images"]
-    if n * a.target_frr < 1:
+    above = n - quantile_rank(n, a.target_frr)  # calibration images above the threshold
+    if above == 0:
         # the empirical quantile cannot see a tail thinner than 1/n: it is the sample maximum
         print(f"warning: {n} good images cannot resolve a false-reject rate of "
               f"{a.target_frr:g}; the threshold is their maximum, so expect about "
               f"1/{n + 1} = {1 / (n + 1):.3f} on new good parts. Calibrate on at least "
               f"{math.ceil(10 / a.target_frr)} good images for a trustworthy rate.",
               file=sys.stderr)
+    elif above < 10:
+        print(f"note: only {above} of {n} good scores lie above the threshold, so the "
+              f"false-reject rate on new good parts is only roughly {a.target_frr:g}"
+              + ("" if "check" in r else "; measure it with --check-good DIR") + ".",
+              file=sys.stderr)
+    if "check" in r:
+        c = r["check"]
+        print(f"false-reject rate on {c['data']}: {c['rejected']}/{c['n_images']} = "
+              f"{c['false_reject_rate']:.4f} (target {a.target_frr:g})", file=sys.stderr)
 
 
 def cmd_verify(a: argparse.Namespace) -> None:
@@ -166,8 +178,15 @@ def cmd_card(a: argparse.Namespace) -> None:
 def cmd_make_tiles(a: argparse.Namespace) -> None:
     from .tiles import make_tiles
 
-    make_tiles(a.out, force=a.force, seed=a.seed)
-    print(f"wrote tiles under {a.out}")
+    summary = make_tiles(a.out, force=a.force, seed=a.seed)
+    for tex, counts in summary.items():
+        good = {k: v for k, v in counts.items() if k.endswith("good")}
+        n_def = {s: sum(v for k, v in counts.items() if k.startswith(s) and
+                        not k.endswith("good")) for s in ("validation/test/", "test/")}
+        print(f"{tex}: " + ", ".join(f"{k} {v}" for k, v in good.items())
+              + f", validation/test defects {n_def['validation/test/']}"
+              + f", test defects {n_def['test/']}")
+    print(f"wrote tiles under {a.out} (layout and split manifest: <texture>/tiles.json)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,8 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("calibrate", help="set the threshold from good validation images")
     c.add_argument("model", type=Path)
-    c.add_argument("--good", type=Path, required=True)
+    c.add_argument("--good", type=Path, required=True,
+                   help="good images; a make-tiles texture dir means its validation/good")
     c.add_argument("--target-frr", type=float, default=0.005)
+    c.add_argument("--check-good", type=Path, default=None,
+                   help="other good images: print the new threshold's false-reject rate on "
+                        "them (a texture dir or validation/ root means validation/test/good)")
     c.add_argument("--threads", type=int, default=2)
     c.set_defaults(fn=cmd_calibrate)
 

@@ -1,13 +1,21 @@
 """Tile dataset from scikit-image brick / grass / gravel (ARCHITECTURE §5 layout).
 
-train/good: x < 384, y < 384; validation/good: x < 384, y >= 384 (the 128-px row,
-stride 8, plus mirror); test/*: x >= 384 only (the 128-px column), with defects made
-by *this* module's own synthesis (scratch, crack, stain, hole, contamination), which
-is deliberately unlike the training synthesis (Perlin masks + foreign textures).
+Each 512 x 512 photograph is cut into three disjoint regions (x, y = column, row):
+- train      x < 384, y < 320: `train/good` (128-px grid, stride 32), for training only;
+- validation x < 384, y >= 320 (a 384 x 192 band): `validation/good`, good crops at seeded
+  random offsets for calibration, and `validation/test`, `validation/ground_truth`, an
+  MVTec-style root for choosing stopping points and settings: good crops at other offsets,
+  defects from the training synthesis (`synth_*`) and from `valsynth.py`;
+- test       x >= 384 (the 128-px column): `test/*`, `ground_truth/*`, evaluated once, with
+  defects made by *this* module's own synthesis (scratch, crack, stain, hole,
+  contamination), which is deliberately unlike the training synthesis (Perlin masks +
+  foreign textures) and the validation one.
+`<texture>/tiles.json` records every tile's crop offset and flip (the split manifest).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,13 +25,23 @@ from PIL import Image
 from scipy import ndimage
 from skimage.draw import ellipse, line
 
+from . import valsynth
 from .errors import ExporterError
 
 TEXTURES = ("brick", "grass", "gravel")
 TILE = 128
-SPLIT = 384
+SPLIT = 384  # test: x >= SPLIT
+VAL_Y = 320  # train: x < SPLIT, y < VAL_Y; validation: x < SPLIT, y >= VAL_Y
 DEFECTS = ("scratch", "crack", "stain", "hole", "contamination")
 PER_DEFECT = 12
+VAL_GOOD = 400  # validation/good: calibration crops
+VAL_TEST_GOOD = 200  # validation/test/good: other offsets, for FRR and AUROC
+VAL_DEFECTS = valsynth.SYNTH_KINDS + valsynth.KINDS
+VAL_PER_DEFECT = 12
+VARIANTS = ("identity", "mirror", "rot180")
+# (x0, y0, x1, y1), half-open pixel boxes of each split's source region
+REGIONS = {"train": (0, 0, SPLIT, VAL_Y), "validation": (0, VAL_Y, SPLIT, 512),
+           "test": (SPLIT, 0, 512, 512)}
 
 
 def photo(name: str) -> np.ndarray:
@@ -155,38 +173,87 @@ def make_defect(kind: str, tile: np.ndarray, rng: np.random.Generator
 
 # ---- dataset ----------------------------------------------------------------------------
 
-def _write_texture(root: Path, name: str, rng: np.random.Generator) -> dict[str, int]:
+def _write_validation(root: Path, img: np.ndarray, rng: np.random.Generator, pool,
+                      seed: int, index: int, tiles: dict[str, dict]) -> dict[str, int]:
+    """The validation band: crops at distinct seeded offsets, split between uses.
+
+    `pool` is the training synthesis' synth.TexturePool (for the synth_* kinds)."""
+    x0, y0, x1, y1 = REGIONS["validation"]
+    ny, nx = y1 - y0 - TILE + 1, x1 - x0 - TILE + 1
+    n_def = len(VAL_DEFECTS) * VAL_PER_DEFECT
+    picks = rng.choice(ny * nx, size=VAL_GOOD + VAL_TEST_GOOD + n_def, replace=False)
+    flips = rng.integers(0, len(VARIANTS), size=len(picks))
+    crops = []
+    for p, v in zip(picks, flips, strict=True):
+        y, x = y0 + int(p) // nx, x0 + int(p) % nx
+        crops.append((y, x, int(v), np.ascontiguousarray(
+            _variants(img[y : y + TILE, x : x + TILE])[int(v)])))
+    counts: dict[str, int] = {}
+
+    def put(rel: str, crop: tuple, a: np.ndarray) -> None:
+        _save(root / rel, a)
+        tiles[rel] = {"x": crop[1], "y": crop[0], "variant": VARIANTS[crop[2]]}
+
+    for k, c in enumerate(crops[:VAL_GOOD]):
+        put(f"validation/good/{k:03d}.png", c, c[3])
+    counts["validation/good"] = VAL_GOOD
+    for k, c in enumerate(crops[VAL_GOOD : VAL_GOOD + VAL_TEST_GOOD]):
+        put(f"validation/test/good/{k:03d}.png", c, c[3])
+    counts["validation/test/good"] = VAL_TEST_GOOD
+    bases = iter(crops[VAL_GOOD + VAL_TEST_GOOD :])
+    for j, kind in enumerate(VAL_DEFECTS):
+        krng = np.random.default_rng([seed, index, 2, j])  # one stream per kind
+        for i in range(VAL_PER_DEFECT):
+            c = next(bases)
+            d, m = valsynth.make_val_defect(kind, c[3], krng, pool)
+            put(f"validation/test/{kind}/{i:03d}.png", c, d)
+            _save(root / "validation" / "ground_truth" / kind / f"{i:03d}_mask.png", m)
+        counts[f"validation/test/{kind}"] = VAL_PER_DEFECT
+    return counts
+
+
+def _write_texture(root: Path, name: str, rng: np.random.Generator, seed: int, index: int,
+                   pool) -> dict[str, int]:
     img = photo(name)
     h, w = img.shape
     counts: dict[str, int] = {}
+    tiles: dict[str, dict] = {}
     k = 0
-    for y in range(0, SPLIT - TILE + 1, 32):
-        for x in range(0, SPLIT - TILE + 1, 32):
-            _save(root / "train" / "good" / f"{k:03d}.png", img[y : y + TILE, x : x + TILE])
+    x0, y0, x1, y1 = REGIONS["train"]
+    for y in range(y0, y1 - TILE + 1, 32):
+        for x in range(x0, x1 - TILE + 1, 32):
+            rel = f"train/good/{k:03d}.png"
+            _save(root / rel, img[y : y + TILE, x : x + TILE])
+            tiles[rel] = {"x": x, "y": y, "variant": VARIANTS[0]}
             k += 1
     counts["train/good"] = k
-    k = 0
-    for x in range(0, SPLIT - TILE + 1, 8):
-        t = img[SPLIT : SPLIT + TILE, x : x + TILE]
-        for v in (t, t[:, ::-1]):
-            _save(root / "validation" / "good" / f"{k:03d}.png", np.ascontiguousarray(v))
-            k += 1
-    counts["validation/good"] = k
+    # own stream: the test split below keeps the stream (and bytes) it always had
+    counts.update(_write_validation(root, img, np.random.default_rng([seed, index, 1]), pool,
+                                    seed, index, tiles))
     col = img[:, SPLIT : SPLIT + TILE]  # x >= 384 only
     k = 0
     for y in range(0, h - TILE + 1, 48):
-        for v in _variants(col[y : y + TILE]):
-            _save(root / "test" / "good" / f"{k:03d}.png", np.ascontiguousarray(v))
+        for v, a in enumerate(_variants(col[y : y + TILE])):
+            rel = f"test/good/{k:03d}.png"
+            _save(root / rel, np.ascontiguousarray(a))
+            tiles[rel] = {"x": SPLIT, "y": y, "variant": VARIANTS[v]}
             k += 1
     counts["test/good"] = k
     for kind in DEFECTS:
         for i in range(PER_DEFECT):
             y = int(rng.integers(0, h - TILE + 1))
-            base = _variants(col[y : y + TILE])[int(rng.integers(3))]
+            v = int(rng.integers(3))
+            base = _variants(col[y : y + TILE])[v]
             d, m = make_defect(kind, np.ascontiguousarray(base), rng)
-            _save(root / "test" / kind / f"{i:03d}.png", d)
+            rel = f"test/{kind}/{i:03d}.png"
+            _save(root / rel, d)
             _save(root / "ground_truth" / kind / f"{i:03d}_mask.png", m)
+            tiles[rel] = {"x": SPLIT, "y": y, "variant": VARIANTS[v]}
         counts[f"test/{kind}"] = PER_DEFECT
+    manifest = {"texture": name, "seed": seed, "tile": TILE, "photo_shape": [h, w],
+                "regions": {k: list(r) for k, r in REGIONS.items()}, "counts": counts,
+                "tiles": tiles}
+    (root / "tiles.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return counts
 
 
@@ -200,10 +267,13 @@ def make_tiles(out: Path, force: bool = False, seed: int = 0) -> dict[str, dict[
     if tmp.exists():
         shutil.rmtree(tmp)
     summary = {}
+    from .synth import TexturePool
+
+    pool = TexturePool(TILE, 1, None, seed)  # the training synthesis' default pool
     try:
         for i, name in enumerate(TEXTURES):
             rng = np.random.default_rng([seed, i])
-            summary[name] = _write_texture(tmp / name, name, rng)
+            summary[name] = _write_texture(tmp / name, name, rng, seed, i, pool)
             _save(tmp / "photos" / f"{name}.png", photo(name))
         for p in targets:
             if p.exists():

@@ -77,3 +77,55 @@ def test_calibrate_rejects_bad_image(exported: Path, tmp_path: Path, capsys) -> 
         score_folder(exported, good, 1)
     assert main(["calibrate", str(exported), "--good", str(good)]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_warning_matches_the_quantile_rule(exported: Path, tmp_path: Path, capsys) -> None:
+    """The warning is printed exactly when the threshold is the sample maximum."""
+    from exporter.calibrate import quantile_rank
+
+    for n, frr in ((200, 0.005), (100, 0.01), (20, 0.05), (199, 0.005), (400, 0.005)):
+        s = np.arange(1, n + 1, dtype=np.float32)
+        at_max = quantile_threshold(s, frr) > s.max()
+        assert at_max == (quantile_rank(n, frr) == n) == (n * frr < 1 - 1e-9), (n, frr)
+    d = tmp_path / "m"
+    shutil.copytree(exported.parent, d)
+    good = tmp_path / "good"
+    write_images(good, 20)  # 20 x 0.05 = 1: one image may lie above, so no warning
+    assert main(["calibrate", str(d / "tiny.onnx"), "--good", str(good), "--target-frr", "0.05",
+                 "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "warning" not in err and "only 1 of 20 good scores lie above" in err
+
+
+def test_calibrate_hundreds_and_check_good(exported: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    d = tmp_path / "m"
+    shutil.copytree(exported.parent, d)
+    model = d / "tiny.onnx"
+    tex = tmp_path / "tiles" / "brick"  # the make-tiles layout, small images
+    write_images(tex / "validation" / "good", 400, seed=1)
+    write_images(tex / "validation" / "test" / "good", 60, seed=2)
+    assert main(["calibrate", str(model), "--good", str(tex), "--check-good", str(tex),
+                 "--target-frr", "0.005", "--threads", "1"]) == 0
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    thr = out["threshold"]
+    assert thr["n_images"] == 400 and thr["data"] == str(tex / "validation" / "good")
+    assert "warning" not in cap.err and "only 2 of 400" in cap.err
+    scores, _ = score_folder(model, tex / "validation" / "good", 1)
+    assert (scores >= thr["value"]).sum() == 2  # floor(400 x 0.005)
+    check, _ = score_folder(model, tex / "validation" / "test" / "good", 1)
+    c = out["check"]
+    assert c["data"] == str(tex / "validation" / "test" / "good") and c["n_images"] == 60
+    assert c["rejected"] == int((check >= thr["value"]).sum())
+    assert c["false_reject_rate"] == pytest.approx(c["rejected"] / 60)
+    assert f"{c['rejected']}/60" in cap.err
+    # the manifest keeps its schema: the check is reported, not stored
+    assert "check" not in get_manifest(onnx.load(str(model)))["threshold"]
+    # checking on the calibration images themselves is refused
+    before = model.read_bytes()
+    assert main(["calibrate", str(model), "--good", str(tex), "--check-good",
+                 str(tex / "validation" / "good")]) == 2
+    assert "calibration folder itself" in capsys.readouterr().err
+    assert model.read_bytes() == before

@@ -31,12 +31,13 @@ def test_tile_layout(tiles: Path) -> None:
                 m = np.asarray(Image.open(root / "ground_truth" / kind / f"{p.stem}_mask.png"))
                 assert m.shape == (128, 128) and set(np.unique(m)) <= {0, 255} and m.any()
         assert (tiles / "photos" / f"{tex}.png").is_file()
-    # regions: test tiles come from x >= 384, train from x, y < 384
+    # regions: test tiles come from x >= 384, train from x < 384, y < 320
+    # (test_validation_split.py checks every tile against the tiles.json manifest)
     img = photo("brick")
     t0 = np.asarray(Image.open(tiles / "brick" / "test" / "good" / "000.png"))
     assert np.array_equal(t0, img[0:128, 384:512])
-    v0 = np.asarray(Image.open(tiles / "brick" / "validation" / "good" / "000.png"))
-    assert np.array_equal(v0, img[384:512, 0:128])
+    r0 = np.asarray(Image.open(tiles / "brick" / "train" / "good" / "000.png"))
+    assert np.array_equal(r0, img[0:128, 0:128])
 
 
 def test_tiles_deterministic_and_refuse_overwrite(tiles: Path, tmp_path: Path) -> None:
