@@ -28,4 +28,5 @@ pub mod selftest;
 pub mod setup;
 pub mod supervisor;
 pub mod testkit;
+pub mod tiling;
 pub mod watchdog;
