@@ -367,3 +367,49 @@ fn infer_with_a_tiling_board_scores_the_whole_frame_at_native_resolution() {
     let overlay = image::open(heat.join("part_heatmap.png")).unwrap();
     assert_eq!((overlay.width(), overlay.height()), (300, 200));
 }
+
+#[test]
+fn run_inspects_every_part_by_tiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = board(
+        dir.path(),
+        "[camera]\nsource = \"sim\"\n[camera.sim]\ntile = 256\ndefect_rate = 0.5\n[camera.tiling]\nenabled = true\noverlap = 16\n[archive]\ndir = \"archive\"\n",
+    );
+    let summary = dir.path().join("summary.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_diffad"))
+        .args(["run", "--quiet", "--config"])
+        .arg(&path)
+        .arg("--summary-json")
+        .arg(&summary)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("tiling: 128×128 tiles") && err.contains("self-test passed"),
+        "{err}"
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(s["parts"], 3, "{s}");
+    assert_eq!(s["invariant_ok"], true);
+    assert_eq!(s["inspect_errors"], 0, "{s}");
+    assert_eq!(s["fault_rejects"], 0, "{s}");
+    // Archived maps cover the whole 256×256 region, not one 128×128 tile.
+    let maps: Vec<PathBuf> = std::fs::read_dir(dir.path().join("archive"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    let maps: Vec<&PathBuf> = maps
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with("_map.png"))
+        .collect();
+    assert!(
+        !maps.is_empty(),
+        "bright sim texture: sigmoid fixture rejects"
+    );
+    for m in maps {
+        let img = image::open(m).unwrap();
+        assert_eq!((img.width(), img.height()), (256, 256), "{}", m.display());
+    }
+}

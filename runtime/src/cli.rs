@@ -163,7 +163,7 @@ pub fn infer(
                         .to_string_lossy()
                         .to_string();
                     let dest = dir.join(format!("{name}_heatmap.png"));
-                    heatmap::overlay(&frame, &r.map, r.map_width, r.map_height, thr)
+                    heatmap::overlay_in(&frame, &r.map, r.map_width, r.map_height, r.map_roi, thr)
                         .map_err(anyhow::Error::msg)
                         .and_then(|img| img.save(&dest).map_err(Into::into))
                         .with_context(|| format!("writing {}", dest.display()))?;

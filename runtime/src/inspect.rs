@@ -13,6 +13,8 @@ pub struct Inspection {
     pub map_width: u32,
     /// Map height in pixels.
     pub map_height: u32,
+    /// Where the map lies in the frame (`camera.roi`); `None`: it covers the whole frame.
+    pub map_roi: Option<crate::preprocess::Roi>,
 }
 
 /// Why one frame could not be inspected; the rest of its batch is unaffected.
@@ -50,6 +52,7 @@ pub struct EngineInspector {
     engine: crate::engine::Engine,
     pre: crate::preprocess::Preprocessor,
     threshold: f32,
+    roi: Option<crate::preprocess::Roi>,
 }
 
 impl EngineInspector {
@@ -65,6 +68,7 @@ impl EngineInspector {
             engine,
             pre,
             threshold,
+            roi,
         })
     }
 
@@ -116,6 +120,7 @@ impl Inspector for EngineInspector {
                             map: out.map,
                             map_width: mw,
                             map_height: mh,
+                            map_roi: self.roi,
                         }));
                     }
                 }

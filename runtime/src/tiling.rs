@@ -112,6 +112,7 @@ pub struct TiledInspector {
     pre: Preprocessor,
     overlap: u32,
     threshold: f32,
+    roi: Option<Roi>,
     /// The ROI at native resolution, `C × h × w` planar, model range.
     native: Vec<f32>,
     /// Stitched map of the current frame, `h × w`.
@@ -149,6 +150,7 @@ impl TiledInspector {
             engine,
             overlap: tiling.overlap,
             threshold,
+            roi,
             native: Vec::new(),
             stitched: Vec::new(),
             grid: ((0, 0), Vec::new()),
@@ -229,6 +231,7 @@ impl TiledInspector {
             map: self.stitched.clone(),
             map_width: w,
             map_height: h,
+            map_roi: self.roi,
         })
     }
 }
