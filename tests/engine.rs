@@ -260,6 +260,11 @@ fn inspect_cli_prints_manifest_and_runtime() {
         text.contains("onnxruntime:") && text.contains("\"method\": \"diffusionad\""),
         "{text}"
     );
+    assert!(
+        text.contains("self-test:    passed, 4 golden cases on cpu")
+            && text.contains("tolerance 1e-4, fp32 default"),
+        "{text}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_diffad"))
         .arg("inspect")
         .arg(fixture("no-manifest.onnx"))

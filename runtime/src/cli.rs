@@ -665,7 +665,29 @@ pub fn check_config(path: &Path) -> Result<crate::config::BoardConfig> {
             ""
         }
     );
-    println!("camera:     {:?}", s.camera.source);
+    println!(
+        "self-test:  {}",
+        match (c.engine.self_test.enabled, c.engine.self_test.tolerance) {
+            (false, _) => "OFF (engine.self_test.enabled = false)".to_string(),
+            (true, Some(t)) => format!("golden cases at start, tolerance {t:e}"),
+            (true, None) => "golden cases at start, tolerance by precision".to_string(),
+        }
+    );
+    let region = s.camera.roi.map_or("whole frame".to_string(), |r| {
+        format!("roi {}×{} at ({}, {})", r.width, r.height, r.x, r.y)
+    });
+    println!(
+        "camera:     {:?}, {region}, {}",
+        s.camera.source,
+        if s.camera.tiling.enabled {
+            format!(
+                "tiled at native resolution (overlap ≥ {} px)",
+                s.camera.tiling.overlap
+            )
+        } else {
+            "resized to the model size".to_string()
+        }
+    );
     let lines: Vec<String> = [
         ("reject", &s.gpio.reject),
         ("ready", &s.gpio.ready),
