@@ -196,7 +196,7 @@ pub enum EngineError {
     #[error(
         "model {model}: golden outputs {golden} are missing ({reason}); the engine self-test needs them. \
          Re-export the model with `python -m exporter export` (it writes NAME.golden.json and NAME.golden/ \
-         beside NAME.onnx) and deploy them with it, or set engine.self_test.enabled = false to start unchecked"
+         beside NAME.onnx) and deploy them with it, or set engine.self_test.enabled = false in the board file to start unchecked"
     )]
     GoldenMissing {
         /// Model path.
@@ -257,6 +257,8 @@ pub struct Engine {
     providers: Vec<String>,
     lib: &'static OrtLib,
     config: EngineConfig,
+    /// The exporter's graph hash (metadata excluded), `None` if the bytes are not protobuf.
+    graph_sha256: Option<String>,
     calls: u64,
     self_test: Option<SelfTestReport>,
 }
@@ -289,6 +291,7 @@ impl Engine {
             source,
         })?;
         let sha256 = hex(&Sha256::digest(&bytes));
+        let graph_sha256 = selftest::graph_sha256(&bytes);
         let (session, providers) = open_session(config, &bytes, &sha256, lib, &shown)?;
 
         let manifest_json = session
@@ -327,6 +330,7 @@ impl Engine {
             providers,
             lib,
             config: config.clone(),
+            graph_sha256,
             calls: 0,
             self_test: None,
         })
@@ -359,6 +363,7 @@ impl Engine {
                 let (session, providers) = open_session(&cpu, &bytes, &sha, self.lib, &shown)?;
                 self.session = session;
                 self.providers = providers;
+                self.graph_sha256 = selftest::graph_sha256(&bytes);
                 self.sha256 = sha;
                 self.config = cpu;
                 let r = self.run_self_test()?;
@@ -387,11 +392,7 @@ impl Engine {
         if goldens.cases.is_empty() {
             return Err(missing(&golden, "it lists no cases".into()));
         }
-        let bytes = std::fs::read(&self.path).map_err(|source| EngineError::Io {
-            path: model.clone(),
-            source,
-        })?;
-        let graph_sha = selftest::graph_sha256(&bytes);
+        let graph_sha = self.graph_sha256.clone();
         let want = goldens.model_sha256.to_ascii_lowercase();
         // The exporter hashes the graph without its metadata (calibration rewrites only the
         // manifest); a whole-file hash is accepted too.

@@ -182,10 +182,10 @@ pub fn compare(
     let mut devs = [0.0; 4];
     let mut first = None;
     for i in 0..4 {
-        // NaN compares as out of tolerance.
+        // NaN counts as out of tolerance.
         let d = (values[i] - goldens[i]).abs();
         devs[i] = if d.is_nan() { f64::INFINITY } else { d };
-        if first.is_none() && !(d <= tolerance) {
+        if first.is_none() && (d.is_nan() || d > tolerance) {
             let (value, golden) = if i == 3 {
                 (sum, case.map_sum)
             } else {

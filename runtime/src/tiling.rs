@@ -56,6 +56,16 @@ pub fn grid(width: u32, height: u32, tile_w: u32, tile_h: u32, overlap: u32) -> 
         .collect()
 }
 
+/// The larger score, NaN if either is: a tile that did not score makes the part fail safe
+/// (`decide` refuses a score that is not finite), where `f32::max` would drop it.
+pub fn worst(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
+}
+
 /// Check the tiling settings against the model's input size; errors name the board key.
 pub fn check(camera: &CameraConfig, spec: &InputSpec) -> Result<(), Invalid> {
     if !camera.tiling.enabled {
@@ -214,7 +224,7 @@ impl TiledInspector {
             let stitched = &mut self.stitched;
             self.engine
                 .run_visit(batch.len(), |b, s, map| {
-                    score = score.max(s);
+                    score = worst(score, s);
                     let (x0, y0) = (batch[b].0 as usize, batch[b].1 as usize);
                     for (r, row) in map.chunks_exact(tw).enumerate() {
                         let dst = &mut stitched[(y0 + r) * wu + x0..][..tw];
@@ -271,6 +281,14 @@ mod tests {
                 .windows(2)
                 .all(|w| w[1] > w[0] && w[1] - w[0] <= tile - ov));
         }
+    }
+
+    #[test]
+    fn a_nan_tile_is_not_hidden_by_max() {
+        assert_eq!(worst(0.2, 0.7), 0.7);
+        assert!(worst(0.9, f32::NAN).is_nan());
+        assert!(worst(f32::NAN, 0.9).is_nan());
+        assert_eq!(worst(f32::NEG_INFINITY, 0.1), 0.1);
     }
 
     fn spec() -> InputSpec {
