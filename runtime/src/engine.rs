@@ -194,7 +194,7 @@ pub enum EngineError {
     Run(String),
     /// The model has no golden outputs to check the session against.
     #[error(
-        "model {model}: golden outputs {golden} are missing ({reason}); the engine self-test needs them. \
+        "model {model}: golden outputs {golden} are missing or unusable ({reason}); the engine self-test needs them. \
          Re-export the model with `python -m exporter export` (it writes NAME.golden.json and NAME.golden/ \
          beside NAME.onnx) and deploy them with it, or set engine.self_test.enabled = false in the board file to start unchecked"
     )]
@@ -412,6 +412,17 @@ impl Engine {
             let p = base.join(&case.image);
             let frame = crate::imagefile::load(&p)
                 .map_err(|e| missing(&p.display().to_string(), e.reason))?;
+            let i = &self.manifest.input;
+            if (frame.width as usize, frame.height as usize) != (i.width, i.height) {
+                // §5: golden inputs are at the model size, so no resize blurs the comparison.
+                return Err(missing(
+                    &p.display().to_string(),
+                    format!(
+                        "it is {}×{}, the model takes {}×{}",
+                        frame.width, frame.height, i.width, i.height
+                    ),
+                ));
+            }
             frames.push(frame);
         }
         let mut pre = crate::preprocess::Preprocessor::new(&self.manifest.input, None);
