@@ -429,3 +429,26 @@ fn missing_or_foreign_goldens_refuse_unless_the_self_test_is_off() {
         .unwrap();
     assert!(err.to_string().contains("model.golden/00.png"), "{err}");
 }
+
+#[test]
+fn manifest_tolerance_applies_unless_the_board_file_sets_one() {
+    // sigmoid-tol's goldens are 0.01 off in score; its manifest allows 0.05.
+    let mut config = EngineConfig::cpu(fixture("sigmoid-tol.onnx"));
+    let engine = Engine::load(&config).unwrap();
+    let r = engine.self_test().unwrap();
+    assert_eq!(r.tolerance, 0.05);
+    assert_eq!(r.tolerance_from, "manifest self_test.tolerance");
+    assert!((r.max_deviation[0] - 0.01).abs() < 1e-6, "{r}");
+    config.self_test.tolerance = Some(1e-3);
+    let err = Engine::load(&config).err().expect("board tolerance wins");
+    assert!(err.to_string().contains("score"), "{err}");
+    // Same graph as sigmoid.onnx, another manifest: the graph hash ignores metadata.
+    let hash = |name: &str| {
+        diffad::selftest::graph_sha256(&std::fs::read(fixture(name)).unwrap()).unwrap()
+    };
+    assert_eq!(hash("sigmoid-tol.onnx"), hash("sigmoid.onnx"));
+    assert_ne!(
+        std::fs::read(fixture("sigmoid-tol.onnx")).unwrap(),
+        std::fs::read(fixture("sigmoid.onnx")).unwrap()
+    );
+}
