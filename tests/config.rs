@@ -84,3 +84,42 @@ fn bad_configs_name_the_key() {
     assert_eq!(refuse(&format!("{BASE}[cameras]\n")).0, "cameras");
     assert_eq!(refuse("[board\n").0, "<syntax>");
 }
+
+#[test]
+fn self_test_and_tiling_keys_are_named() {
+    assert_eq!(
+        refuse(&format!("{BASE}[engine.self_test]\ntolerence = 1e-3\n")).0,
+        "engine.self_test.tolerence"
+    );
+    assert_eq!(
+        refuse(&format!("{BASE}[engine.self_test]\ntolerance = -1.0\n")).0,
+        "engine.self_test.tolerance"
+    );
+    assert_eq!(
+        refuse(&format!("{BASE}[camera.tiling]\nenabled = \"yes\"\n")).0,
+        "camera.tiling.enabled"
+    );
+    assert_eq!(
+        refuse(&format!(
+            "{BASE}[camera]\nroi = {{ x = 0, y = 0, width = 64, height = 0 }}\n"
+        ))
+        .0,
+        "camera.roi.height"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("board.toml");
+    std::fs::write(
+        &path,
+        format!("{BASE}[engine.self_test]\nenabled = false\ntolerance = 0.05\n[camera]\nroi = {{ x = 4, y = 4, width = 256, height = 128 }}\n[camera.tiling]\nenabled = true\noverlap = 8\n"),
+    )
+    .unwrap();
+    let c = BoardConfig::load(&path).unwrap();
+    assert!(!c.engine.self_test.enabled);
+    assert_eq!(c.engine.self_test.tolerance, Some(0.05));
+    assert!(c.setup.camera.tiling.enabled);
+    assert_eq!(c.setup.camera.roi.unwrap().width, 256);
+    // Defaults: self-test on, no tiling.
+    let c = BoardConfig::load(&root().join("board-configs/desktop-sim.toml")).unwrap();
+    assert!(c.engine.self_test.enabled && c.engine.self_test.tolerance.is_none());
+    assert!(!c.setup.camera.tiling.enabled && c.setup.camera.roi.is_none());
+}

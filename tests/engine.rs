@@ -260,6 +260,11 @@ fn inspect_cli_prints_manifest_and_runtime() {
         text.contains("onnxruntime:") && text.contains("\"method\": \"diffusionad\""),
         "{text}"
     );
+    assert!(
+        text.contains("self-test:    passed, 4 golden cases on cpu")
+            && text.contains("tolerance 1e-4, fp32 default"),
+        "{text}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_diffad"))
         .arg("inspect")
         .arg(fixture("no-manifest.onnx"))
@@ -267,4 +272,183 @@ fn inspect_cli_prints_manifest_and_runtime() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-manifest.onnx"));
+}
+
+/// A temporary folder holding `model.onnx` (from `bytes`) and, when given, golden files.
+fn staged(
+    bytes: &[u8],
+    golden_json: Option<&str>,
+    golden_pngs: Option<&std::path::Path>,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("model.onnx"), bytes).unwrap();
+    if let Some(j) = golden_json {
+        std::fs::write(dir.path().join("model.golden.json"), j).unwrap();
+    }
+    if let Some(src) = golden_pngs {
+        let dst = dir.path().join("model.golden");
+        std::fs::create_dir(&dst).unwrap();
+        for f in std::fs::read_dir(src).unwrap().flatten() {
+            std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
+        }
+    }
+    dir
+}
+
+#[test]
+fn self_test_passes_on_shipped_models_and_fixtures() {
+    let mut models: Vec<PathBuf> = std::fs::read_dir(root().join("models"))
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join("model.onnx"))
+        .filter(|m| m.exists())
+        .collect();
+    assert!(models.len() >= 3);
+    models.extend(["sigmoid.onnx", "sigmoid-b4.onnx", "uncalibrated.onnx"].map(fixture));
+    for model in models {
+        let engine = Engine::load(&EngineConfig::cpu(&model)).unwrap();
+        let r = engine.self_test().expect("self-test ran at load");
+        assert!(r.cases >= 4, "{}: {r}", model.display());
+        assert_eq!(r.tolerance, 1e-4, "{}", model.display());
+        assert!(r.worst() <= 1e-5, "{}: {r}", model.display());
+        assert_eq!(r.providers, ["cpu"]);
+    }
+}
+
+#[test]
+fn perturbed_model_is_refused_naming_output_and_deviation() {
+    let patch: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("perturbed-brick.patch.json")).unwrap(),
+    )
+    .unwrap();
+    let mut bytes = std::fs::read(root().join(patch["source"].as_str().unwrap())).unwrap();
+    let (offset, count) = (
+        patch["offset"].as_u64().unwrap() as usize,
+        patch["count"].as_u64().unwrap() as usize,
+    );
+    let scale = patch["scale"].as_f64().unwrap() as f32;
+    for w in bytes[offset..offset + 4 * count].chunks_exact_mut(4) {
+        let v = f32::from_le_bytes(w.try_into().unwrap()) * scale;
+        w.copy_from_slice(&v.to_le_bytes());
+    }
+    assert_eq!(
+        diffad::selftest::graph_sha256(&bytes).unwrap(),
+        patch["perturbed_sha256"].as_str().unwrap()
+    );
+    let golden = std::fs::read_to_string(fixture("perturbed-brick.golden.json")).unwrap();
+    let dir = staged(
+        &bytes,
+        Some(&golden),
+        Some(&root().join("models/tiles-brick/model.golden")),
+    );
+    let mut config = EngineConfig::cpu(dir.path().join("model.onnx"));
+    let err = Engine::load(&config)
+        .err()
+        .expect("perturbed model must be refused");
+    let EngineError::SelfTest { deviation, .. } = &err else {
+        panic!("{err}");
+    };
+    assert!(deviation.difference > 1e-4, "{err}");
+    assert_eq!(deviation.tolerance, 1e-4);
+    let text = err.to_string();
+    assert!(
+        text.contains("model.golden/00.png")
+            && text.contains(deviation.output)
+            && text.contains("golden")
+            && text.contains("difference")
+            && text.contains("tolerance 1e-4"),
+        "{text}"
+    );
+    // On the CPU already there is nothing to fall back to.
+    config.allow_fallback = true;
+    assert!(matches!(
+        Engine::load(&config),
+        Err(EngineError::SelfTest { .. })
+    ));
+    // A wide enough tolerance lets it start (and says so in the report).
+    config.self_test.tolerance = Some(0.1);
+    let engine = Engine::load(&config).unwrap();
+    let r = engine.self_test().unwrap();
+    assert!(
+        r.worst() > 1e-4 && r.tolerance_from == "engine.self_test.tolerance",
+        "{r}"
+    );
+}
+
+#[test]
+fn fp16_model_passes_at_fp16_tolerance_and_not_at_a_forced_tight_one() {
+    let mut config = EngineConfig::cpu(fixture("tiny-fp16.onnx"));
+    let engine = Engine::load(&config).unwrap();
+    let r = engine.self_test().unwrap();
+    println!("{r}");
+    assert_eq!(r.tolerance, 2e-2);
+    assert_eq!(r.tolerance_from, "fp16 model default");
+    config.self_test.tolerance = Some(1e-7);
+    let err = Engine::load(&config).err().expect("1e-7 must refuse");
+    assert!(
+        matches!(err, EngineError::SelfTest { .. }) && err.to_string().contains("1e-7"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_or_foreign_goldens_refuse_unless_the_self_test_is_off() {
+    let bytes = std::fs::read(fixture("sigmoid.onnx")).unwrap();
+    let dir = staged(&bytes, None, None);
+    let mut config = EngineConfig::cpu(dir.path().join("model.onnx"));
+    let err = Engine::load(&config).err().expect("no goldens: refused");
+    assert!(matches!(err, EngineError::GoldenMissing { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("model.golden.json")
+            && text.contains("python -m exporter export")
+            && text.contains("engine.self_test.enabled = false"),
+        "{text}"
+    );
+    config.self_test.enabled = false;
+    let engine = Engine::load(&config).unwrap();
+    assert!(engine.self_test().is_none());
+
+    // Goldens of another graph.
+    let other = std::fs::read_to_string(fixture("sigmoid-b4.golden.json")).unwrap();
+    let dir = staged(&bytes, Some(&other), None);
+    let config = EngineConfig::cpu(dir.path().join("model.onnx"));
+    let err = Engine::load(&config)
+        .err()
+        .expect("foreign goldens: refused");
+    assert!(matches!(err, EngineError::GoldenForeign { .. }), "{err}");
+    assert!(err.to_string().contains("belong to another model"), "{err}");
+
+    // A golden image that is gone is named.
+    let own = std::fs::read_to_string(fixture("sigmoid.golden.json"))
+        .unwrap()
+        .replace("sigmoid.golden/", "model.golden/");
+    let dir = staged(&bytes, Some(&own), None);
+    let err = Engine::load(&EngineConfig::cpu(dir.path().join("model.onnx")))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("model.golden/00.png"), "{err}");
+}
+
+#[test]
+fn manifest_tolerance_applies_unless_the_board_file_sets_one() {
+    // sigmoid-tol's goldens are 0.01 off in score; its manifest allows 0.05.
+    let mut config = EngineConfig::cpu(fixture("sigmoid-tol.onnx"));
+    let engine = Engine::load(&config).unwrap();
+    let r = engine.self_test().unwrap();
+    assert_eq!(r.tolerance, 0.05);
+    assert_eq!(r.tolerance_from, "manifest self_test.tolerance");
+    assert!((r.max_deviation[0] - 0.01).abs() < 1e-6, "{r}");
+    config.self_test.tolerance = Some(1e-3);
+    let err = Engine::load(&config).err().expect("board tolerance wins");
+    assert!(err.to_string().contains("score"), "{err}");
+    // Same graph as sigmoid.onnx, another manifest: the graph hash ignores metadata.
+    let hash = |name: &str| {
+        diffad::selftest::graph_sha256(&std::fs::read(fixture(name)).unwrap()).unwrap()
+    };
+    assert_eq!(hash("sigmoid-tol.onnx"), hash("sigmoid.onnx"));
+    assert_ne!(
+        std::fs::read(fixture("sigmoid-tol.onnx")).unwrap(),
+        std::fs::read(fixture("sigmoid.onnx")).unwrap()
+    );
 }

@@ -235,8 +235,14 @@ pub fn overlay_png(
     if insp.map.is_empty() || insp.map.len() != (insp.map_width * insp.map_height) as usize {
         return Ok(None);
     }
-    let img =
-        crate::heatmap::overlay(frame, &insp.map, insp.map_width, insp.map_height, threshold)?;
+    let img = crate::heatmap::overlay_in(
+        frame,
+        &insp.map,
+        insp.map_width,
+        insp.map_height,
+        insp.map_roi,
+        threshold,
+    )?;
     encode_png(&img).map(Some)
 }
 
@@ -264,6 +270,7 @@ mod tests {
                 map: vec![0.5; 16 * 16],
                 map_width: 16,
                 map_height: 16,
+                map_roi: None,
             }),
         }
     }

@@ -15,16 +15,49 @@ use crate::heatmap;
 use crate::imagefile;
 use crate::inspect::{EngineInspector, Inspector};
 use crate::metrics::{auroc, percentile, pro};
+use crate::preprocess::Roi;
+use crate::setup::CameraConfig;
+use crate::tiling::TiledInspector;
 
-/// Load a model on the CPU (or as `config` says) and wrap it for inspection.
-pub fn inspector(config: &EngineConfig, threshold: Option<f32>) -> Result<EngineInspector> {
+/// Load a model on the CPU (or as `config` says) and wrap it for inspection; with a board
+/// file's `[camera]`, its `roi` and `tiling` apply as on the line.
+pub fn inspector(
+    config: &EngineConfig,
+    camera: Option<&CameraConfig>,
+    threshold: Option<f32>,
+) -> Result<Box<dyn Inspector>> {
     let engine = Engine::load(config)?;
-    Ok(EngineInspector::new(engine, None, threshold)?)
+    line_inspector(engine, camera, threshold)
+}
+
+/// Wrap a loaded engine as the line does: tiled when `camera.tiling.enabled`, else the whole
+/// ROI (or frame) resized to the model size.
+pub fn line_inspector(
+    engine: Engine,
+    camera: Option<&CameraConfig>,
+    threshold: Option<f32>,
+) -> Result<Box<dyn Inspector>> {
+    match camera {
+        Some(cam) if cam.tiling.enabled => {
+            crate::tiling::check(cam, &engine.manifest().input)?;
+            Ok(Box::new(TiledInspector::new(
+                engine,
+                cam.roi,
+                &cam.tiling,
+                threshold,
+            )?))
+        }
+        _ => Ok(Box::new(EngineInspector::new(
+            engine,
+            camera.and_then(|c| c.roi),
+            threshold,
+        )?)),
+    }
 }
 
 /// `diffad inspect MODEL`: manifest, graph I/O, ONNX Runtime and its providers.
 pub fn inspect(model: &Path) -> Result<()> {
-    let engine = Engine::load(&EngineConfig::cpu(model))?;
+    let mut engine = Engine::load_unchecked(&EngineConfig::cpu(model))?;
     let lib = engine.runtime();
     println!("model:        {}", model.display());
     println!("sha256:       {}", engine.sha256());
@@ -62,7 +95,17 @@ pub fn inspect(model: &Path) -> Result<()> {
         None => println!("threshold:    not calibrated (run `python -m exporter calibrate`)"),
     }
     println!("manifest:\n{}", serde_json::to_string_pretty(m)?);
-    Ok(())
+    // Last, so that a model failing it still shows what it is.
+    match engine.run_self_test() {
+        Ok(r) => {
+            println!("self-test:    {r}");
+            Ok(())
+        }
+        Err(e) => {
+            println!("self-test:    FAILED");
+            Err(e.into())
+        }
+    }
 }
 
 /// Expand folders into their image files; files are kept as given.
@@ -83,12 +126,13 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// `diffad infer`: score and verdict per image; returns the number of images that failed.
 pub fn infer(
     config: &EngineConfig,
+    camera: Option<&CameraConfig>,
     images: &[PathBuf],
     heatmaps: Option<&Path>,
     as_json: bool,
     threshold: Option<f32>,
 ) -> Result<usize> {
-    let mut insp = inspector(config, threshold)?;
+    let mut insp = inspector(config, camera, threshold)?;
     let thr = insp.threshold();
     if let Some(dir) = heatmaps {
         std::fs::create_dir_all(dir)
@@ -119,7 +163,7 @@ pub fn infer(
                         .to_string_lossy()
                         .to_string();
                     let dest = dir.join(format!("{name}_heatmap.png"));
-                    heatmap::overlay(&frame, &r.map, r.map_width, r.map_height, thr)
+                    heatmap::overlay_in(&frame, &r.map, r.map_width, r.map_height, r.map_roi, thr)
                         .map_err(anyhow::Error::msg)
                         .and_then(|img| img.save(&dest).map_err(Into::into))
                         .with_context(|| format!("writing {}", dest.display()))?;
@@ -186,9 +230,15 @@ pub struct KindRow {
 }
 
 /// `diffad eval`: image/pixel AUROC, PRO and rates at the threshold on an MVTec-style folder.
-pub fn eval(config: &EngineConfig, root: &Path, threshold: Option<f32>) -> Result<EvalReport> {
+pub fn eval(
+    config: &EngineConfig,
+    camera: Option<&CameraConfig>,
+    root: &Path,
+    threshold: Option<f32>,
+) -> Result<EvalReport> {
     let samples = dataset::scan(root).map_err(anyhow::Error::msg)?;
-    let mut insp = inspector(config, threshold)?;
+    let roi = camera.and_then(|c| c.roi);
+    let mut insp = inspector(config, camera, threshold)?;
     let thr = insp.threshold();
     let (mut scores, mut labels, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
     let (mut maps, mut masks) = (Vec::<Vec<f32>>::new(), Vec::<Vec<bool>>::new());
@@ -214,7 +264,7 @@ pub fn eval(config: &EngineConfig, root: &Path, threshold: Option<f32>) -> Resul
         };
         width = r.map_width as usize;
         let mask = match &s.mask {
-            Some(m) => load_mask(m, r.map_width, r.map_height)?,
+            Some(m) => load_mask(m, roi, r.map_width, r.map_height)?,
             None if s.defective() => {
                 log::warn!(
                     "{}: no mask; pixel metrics treat it as all-defect-free",
@@ -287,10 +337,16 @@ pub fn eval(config: &EngineConfig, root: &Path, threshold: Option<f32>) -> Resul
     })
 }
 
-fn load_mask(path: &Path, w: u32, h: u32) -> Result<Vec<bool>> {
-    let img = image::open(path)
+fn load_mask(path: &Path, roi: Option<Roi>, w: u32, h: u32) -> Result<Vec<bool>> {
+    let mut img = image::open(path)
         .with_context(|| format!("reading mask {}", path.display()))?
         .into_luma8();
+    // The map covers the ROI only: so must the mask.
+    if let Some(r) = roi {
+        if r.x + r.width <= img.width() && r.y + r.height <= img.height() {
+            img = image::imageops::crop_imm(&img, r.x, r.y, r.width, r.height).to_image();
+        }
+    }
     let img = if img.dimensions() == (w, h) {
         img
     } else {
@@ -396,7 +452,7 @@ pub fn bench(
     iterations: usize,
     warmup: usize,
 ) -> Result<BenchReport> {
-    let mut insp = inspector(config, Some(f32::INFINITY))?;
+    let mut insp = EngineInspector::new(Engine::load(config)?, None, Some(f32::INFINITY))?;
     let files = if images.is_empty() {
         golden_images(&config.model)?
     } else {
@@ -587,6 +643,10 @@ pub fn build_engine(config: &EngineConfig) -> Result<()> {
         engine.providers().join(" > "),
         dir.display()
     );
+    match engine.self_test() {
+        Some(r) => println!("build-engine: self-test {r}"),
+        None => println!("build-engine: self-test skipped (engine.self_test.enabled = false)"),
+    }
     Ok(())
 }
 
@@ -605,7 +665,29 @@ pub fn check_config(path: &Path) -> Result<crate::config::BoardConfig> {
             ""
         }
     );
-    println!("camera:     {:?}", s.camera.source);
+    println!(
+        "self-test:  {}",
+        match (c.engine.self_test.enabled, c.engine.self_test.tolerance) {
+            (false, _) => "OFF (engine.self_test.enabled = false)".to_string(),
+            (true, Some(t)) => format!("golden cases at start, tolerance {t:e}"),
+            (true, None) => "golden cases at start, tolerance by precision".to_string(),
+        }
+    );
+    let region = s.camera.roi.map_or("whole frame".to_string(), |r| {
+        format!("roi {}×{} at ({}, {})", r.width, r.height, r.x, r.y)
+    });
+    println!(
+        "camera:     {:?}, {region}, {}",
+        s.camera.source,
+        if s.camera.tiling.enabled {
+            format!(
+                "tiled at native resolution (overlap ≥ {} px)",
+                s.camera.tiling.overlap
+            )
+        } else {
+            "resized to the model size".to_string()
+        }
+    );
     let lines: Vec<String> = [
         ("reject", &s.gpio.reject),
         ("ready", &s.gpio.ready),
@@ -708,7 +790,8 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::pipeline::Summar
         }
     }
     let engine = Engine::load(&board.engine)?;
-    let inspector = EngineInspector::new(engine, None, setup.line.threshold)?;
+    let inspector = line_inspector(engine, Some(&setup.camera), setup.line.threshold)
+        .with_context(|| format!("board config {}", path.display()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let (hardware, _sim_pin_logs) = pipeline::open_hardware(setup, clock.clone())
         .with_context(|| format!("opening the camera and pins of {}", path.display()))?;
@@ -728,14 +811,7 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::pipeline::Summar
         ..Default::default()
     };
     let start = Instant::now();
-    let summary = pipeline::run(
-        setup,
-        Box::new(inspector),
-        clock,
-        hardware,
-        shutdown,
-        options,
-    )?;
+    let summary = pipeline::run(setup, inspector, clock, hardware, shutdown, options)?;
     let wall = start.elapsed().as_secs_f64();
     if let Some(dest) = &opts.summary_json {
         let c = &summary.counters;

@@ -16,6 +16,10 @@ use sha2::{Digest, Sha256};
 use crate::config::Invalid;
 use crate::manifest::{Manifest, ManifestError, METADATA_KEY};
 use crate::ortlib::{self, OrtLib, OrtLibError};
+use crate::selftest::{
+    self, Deviation, GoldenCase, Goldens, SelfTestConfig, SelfTestReport, FP16_TOLERANCE,
+    FP32_TOLERANCE,
+};
 
 /// `[engine]`: which model, and which execution providers in order of preference.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +42,9 @@ pub struct EngineConfig {
     /// CPU options.
     #[serde(default)]
     pub cpu: CpuConfig,
+    /// The golden-case check at every start.
+    #[serde(default)]
+    pub self_test: SelfTestConfig,
 }
 
 fn default_providers() -> Vec<String> {
@@ -100,6 +107,7 @@ impl EngineConfig {
             tensorrt: TensorRtConfig::default(),
             cuda: CudaConfig::default(),
             cpu: CpuConfig::default(),
+            self_test: SelfTestConfig::default(),
         }
     }
 
@@ -128,7 +136,7 @@ impl EngineConfig {
         if self.tensorrt.workspace_mb == 0 {
             return Err(Invalid::new("engine.tensorrt.workspace_mb", "must be > 0"));
         }
-        Ok(())
+        self.self_test.validate()
     }
 }
 
@@ -184,6 +192,50 @@ pub enum EngineError {
     /// A session call failed.
     #[error("inference failed: {0}")]
     Run(String),
+    /// The model has no golden outputs to check the session against.
+    #[error(
+        "model {model}: golden outputs {golden} are missing or unusable ({reason}); the engine self-test needs them. \
+         Re-export the model with `python -m exporter export` (it writes NAME.golden.json and NAME.golden/ \
+         beside NAME.onnx) and deploy them with it, or set engine.self_test.enabled = false in the board file to start unchecked"
+    )]
+    GoldenMissing {
+        /// Model path.
+        model: String,
+        /// The file or folder that is missing.
+        golden: String,
+        /// Why it could not be read.
+        reason: String,
+    },
+    /// The goldens were computed with another graph.
+    #[error(
+        "model {model}: golden outputs {golden} belong to another model (their model_sha256 {golden_sha}…, \
+         this graph {model_sha}…): re-export the model, or deploy the goldens that came with it"
+    )]
+    GoldenForeign {
+        /// Model path.
+        model: String,
+        /// The golden file.
+        golden: String,
+        /// Hash the goldens name.
+        golden_sha: String,
+        /// Hash of this graph.
+        model_sha: String,
+    },
+    /// The session's outputs disagree with the goldens.
+    #[error(
+        "model {model} failed its self-test on {providers}: {deviation}. The session does not compute \
+         what the exporter computed; refusing to start{hint}"
+    )]
+    SelfTest {
+        /// Model path.
+        model: String,
+        /// Providers the session used.
+        providers: String,
+        /// The first output out of tolerance.
+        deviation: Box<Deviation>,
+        /// What to do.
+        hint: String,
+    },
 }
 
 /// One image's result straight from the graph.
@@ -204,11 +256,33 @@ pub struct Engine {
     sha256: String,
     providers: Vec<String>,
     lib: &'static OrtLib,
+    config: EngineConfig,
+    /// The exporter's graph hash (metadata excluded), `None` if the bytes are not protobuf.
+    graph_sha256: Option<String>,
+    calls: u64,
+    self_test: Option<SelfTestReport>,
 }
 
 impl Engine {
-    /// Load `config.model` with the configured providers, checking graph against manifest.
+    /// Load `config.model` with the configured providers, checking graph against manifest, then
+    /// run the self-test (golden cases) unless `engine.self_test.enabled = false`.
     pub fn load(config: &EngineConfig) -> Result<Self, EngineError> {
+        let mut engine = Self::load_unchecked(config)?;
+        if config.self_test.enabled {
+            engine.checked_start()?;
+        } else {
+            log::warn!(
+                "model {}: engine.self_test.enabled = false: its outputs on {} are NOT checked against its goldens",
+                engine.path.display(),
+                engine.providers.join(" > ")
+            );
+        }
+        Ok(engine)
+    }
+
+    /// Load and check graph against manifest, without the self-test (`diffad inspect` runs it
+    /// itself, so that it can print the manifest of a model that fails it).
+    pub fn load_unchecked(config: &EngineConfig) -> Result<Self, EngineError> {
         let lib = ortlib::load()?;
         let path = config.model.clone();
         let shown = path.display().to_string();
@@ -217,22 +291,8 @@ impl Engine {
             source,
         })?;
         let sha256 = hex(&Sha256::digest(&bytes));
-        let not_onnx = |e: ort::Error| EngineError::NotOnnx {
-            path: shown.clone(),
-            reason: e.to_string(),
-        };
-
-        let mut builder = Session::builder(&lib.env)
-            .map_err(|e| EngineError::Run(e.to_string()))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| EngineError::Run(e.to_string()))?;
-        if config.cpu.threads > 0 {
-            builder = builder
-                .with_intra_threads(config.cpu.threads)
-                .map_err(|e| EngineError::Run(e.to_string()))?;
-        }
-        let providers = register_providers(&mut builder, config, &sha256, &lib.version)?;
-        let session = builder.commit_from_memory(&bytes).map_err(not_onnx)?;
+        let graph_sha256 = selftest::graph_sha256(&bytes);
+        let (session, providers) = open_session(config, &bytes, &sha256, lib, &shown)?;
 
         let manifest_json = session
             .metadata()
@@ -269,7 +329,189 @@ impl Engine {
             sha256,
             providers,
             lib,
+            config: config.clone(),
+            graph_sha256,
+            calls: 0,
+            self_test: None,
         })
+    }
+
+    /// The self-test at start: refuse on failure, or with `engine.allow_fallback` re-create
+    /// the session on the CPU provider and start only if the goldens pass there.
+    fn checked_start(&mut self) -> Result<(), EngineError> {
+        let shown = self.path.display().to_string();
+        match self.run_self_test() {
+            Ok(r) => {
+                log::info!("model {shown}: self-test {r}");
+                self.self_test = Some(r);
+                Ok(())
+            }
+            Err(e @ EngineError::SelfTest { .. })
+                if self.config.allow_fallback && self.providers.iter().any(|p| p != "cpu") =>
+            {
+                log::error!("{e}");
+                log::error!(
+                    "model {shown}: falling back to the CPU provider as engine.allow_fallback allows; expect it to be much slower"
+                );
+                let mut cpu = self.config.clone();
+                cpu.providers = vec!["cpu".into()];
+                let bytes = std::fs::read(&self.path).map_err(|source| EngineError::Io {
+                    path: shown.clone(),
+                    source,
+                })?;
+                let sha = hex(&Sha256::digest(&bytes));
+                let (session, providers) = open_session(&cpu, &bytes, &sha, self.lib, &shown)?;
+                self.session = session;
+                self.providers = providers;
+                self.graph_sha256 = selftest::graph_sha256(&bytes);
+                self.sha256 = sha;
+                self.config = cpu;
+                let r = self.run_self_test()?;
+                log::warn!("model {shown}: self-test on the CPU fallback {r}");
+                self.self_test = Some(r);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Run the model's golden cases (`NAME.golden.json` + `NAME.golden/*.png`) through this
+    /// session and compare score, map max, map mean and map sum with the tolerance.
+    pub fn run_self_test(&mut self) -> Result<SelfTestReport, EngineError> {
+        let model = self.path.display().to_string();
+        let gpath = selftest::golden_json(&self.path);
+        let golden = gpath.display().to_string();
+        let missing = |golden: &str, reason: String| EngineError::GoldenMissing {
+            model: model.clone(),
+            golden: golden.to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&gpath).map_err(|e| missing(&golden, e.to_string()))?;
+        let goldens: Goldens = serde_json::from_str(&text)
+            .map_err(|e| missing(&golden, format!("not a golden file: {e}")))?;
+        if goldens.cases.is_empty() {
+            return Err(missing(&golden, "it lists no cases".into()));
+        }
+        let graph_sha = self.graph_sha256.clone();
+        let want = goldens.model_sha256.to_ascii_lowercase();
+        // The exporter hashes the graph without its metadata (calibration rewrites only the
+        // manifest); a whole-file hash is accepted too.
+        if graph_sha.as_deref() != Some(want.as_str()) && self.sha256 != want {
+            let short = |s: &str| s.chars().take(12).collect::<String>();
+            return Err(EngineError::GoldenForeign {
+                model,
+                golden,
+                golden_sha: short(&want),
+                model_sha: short(graph_sha.as_deref().unwrap_or(&self.sha256)),
+            });
+        }
+        let (tolerance, from) = self.tolerance();
+        let base = gpath.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut frames = Vec::with_capacity(goldens.cases.len());
+        for case in &goldens.cases {
+            let p = base.join(&case.image);
+            let frame = crate::imagefile::load(&p)
+                .map_err(|e| missing(&p.display().to_string(), e.reason))?;
+            let i = &self.manifest.input;
+            if (frame.width as usize, frame.height as usize) != (i.width, i.height) {
+                // §5: golden inputs are at the model size, so no resize blurs the comparison.
+                return Err(missing(
+                    &p.display().to_string(),
+                    format!(
+                        "it is {}×{}, the model takes {}×{}",
+                        frame.width, frame.height, i.width, i.height
+                    ),
+                ));
+            }
+            frames.push(frame);
+        }
+        let mut pre = crate::preprocess::Preprocessor::new(&self.manifest.input, None);
+        let (batch, len) = (self.batch_size(), self.image_len());
+        let mut devs = [0.0f64; 4];
+        let mut first: Option<Deviation> = None;
+        let cases: Vec<&GoldenCase> = goldens.cases.iter().collect();
+        for (chunk, fchunk) in cases.chunks(batch).zip(frames.chunks(batch)) {
+            for (slot, frame) in fchunk.iter().enumerate() {
+                let out = &mut self.input[slot * len..(slot + 1) * len];
+                pre.run(frame, out).map_err(|e| {
+                    missing(&frame.origin, format!("does not fit the model input: {e}"))
+                })?;
+            }
+            self.input[fchunk.len() * len..].fill(0.0);
+            self.run_visit(chunk.len(), |b, score, map| {
+                let (d, bad) = selftest::compare(chunk[b], score, map, tolerance, &from);
+                for (acc, d) in devs.iter_mut().zip(d) {
+                    *acc = acc.max(d);
+                }
+                if first.is_none() {
+                    first = bad;
+                }
+            })?;
+        }
+        if let Some(deviation) = first {
+            let gpu = self.providers.iter().any(|p| p != "cpu");
+            let hint = if gpu && !self.config.allow_fallback {
+                ". Rebuild the engine (`diffad build-engine`), check the driver, or set engine.allow_fallback = true to fall back to the CPU provider"
+            } else {
+                ". Its goldens may be stale (re-export the model) or this ONNX Runtime computes differently; engine.self_test.tolerance widens the check"
+            };
+            return Err(EngineError::SelfTest {
+                model,
+                providers: self.providers.join(" > "),
+                deviation: Box::new(deviation),
+                hint: hint.into(),
+            });
+        }
+        Ok(SelfTestReport {
+            golden: gpath,
+            cases: goldens.cases.len(),
+            max_deviation: devs,
+            tolerance,
+            tolerance_from: from,
+            providers: self.providers.clone(),
+        })
+    }
+
+    /// The self-test tolerance and where it came from: the board file, else the manifest's
+    /// `self_test.tolerance`, else the precision's default (an fp16 graph, or an fp16 TensorRT
+    /// engine, gets the fp16 one).
+    pub fn tolerance(&self) -> (f64, String) {
+        if let Some(t) = self.config.self_test.tolerance {
+            return (t, "engine.self_test.tolerance".into());
+        }
+        if let Some(t) = self
+            .manifest
+            .self_test
+            .as_ref()
+            .and_then(|s| s.get("tolerance"))
+            .and_then(|t| t.as_f64())
+            .filter(|t| t.is_finite() && *t >= 0.0)
+        {
+            return (t, "manifest self_test.tolerance".into());
+        }
+        let precision = self
+            .manifest
+            .architecture
+            .get("precision")
+            .and_then(|p| p.as_str())
+            .unwrap_or("fp32");
+        if precision == "fp16" {
+            (FP16_TOLERANCE, "fp16 model default".into())
+        } else if self.config.tensorrt.fp16 && self.providers.iter().any(|p| p == "tensorrt") {
+            (FP16_TOLERANCE, "TensorRT fp16 engine default".into())
+        } else {
+            (FP32_TOLERANCE, format!("{precision} default"))
+        }
+    }
+
+    /// The self-test's result, when it ran at load.
+    pub fn self_test(&self) -> Option<&SelfTestReport> {
+        self.self_test.as_ref()
+    }
+
+    /// Session calls made so far (the self-test's included).
+    pub fn session_calls(&self) -> u64 {
+        self.calls
     }
 
     /// The model's manifest.
@@ -315,6 +557,23 @@ impl Engine {
 
     /// Run the graph on the whole input buffer; returns the first `n` images' outputs.
     pub fn run(&mut self, n: usize) -> Result<Vec<Output>, EngineError> {
+        let mut out = Vec::with_capacity(n.min(self.batch_size()));
+        self.run_visit(n, |_, score, map| {
+            out.push(Output {
+                score,
+                map: map.to_vec(),
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// Run the graph on the whole input buffer and hand the first `n` images' score and map
+    /// (`height × width`) to `visit(index, score, map)` without copying them.
+    pub fn run_visit(
+        &mut self,
+        n: usize,
+        mut visit: impl FnMut(usize, f32, &[f32]),
+    ) -> Result<(), EngineError> {
         let i = &self.manifest.input;
         let shape = [
             i.batch as i64,
@@ -324,19 +583,20 @@ impl Engine {
         ];
         let (hw, batch) = (i.height * i.width, i.batch);
         let (map_name, score_name) = (
-            self.manifest.outputs.map.clone(),
-            self.manifest.outputs.score.clone(),
+            self.manifest.outputs.map.as_str(),
+            self.manifest.outputs.score.as_str(),
         );
         let tensor = TensorRef::from_array_view((shape, self.input.as_slice()))
             .map_err(|e| EngineError::Run(e.to_string()))?;
+        self.calls += 1;
         let outputs = self
             .session
             .run(ort::inputs![i.name.as_str() => tensor])
             .map_err(|e| EngineError::Run(e.to_string()))?;
-        let (_, maps) = outputs[map_name.as_str()]
+        let (_, maps) = outputs[map_name]
             .try_extract_tensor::<f32>()
             .map_err(|e| EngineError::Run(format!("output `{map_name}`: {e}")))?;
-        let (_, scores) = outputs[score_name.as_str()]
+        let (_, scores) = outputs[score_name]
             .try_extract_tensor::<f32>()
             .map_err(|e| EngineError::Run(format!("output `{score_name}`: {e}")))?;
         if maps.len() != batch * hw || scores.len() != batch {
@@ -347,12 +607,10 @@ impl Engine {
                 scores.len()
             )));
         }
-        Ok((0..n.min(batch))
-            .map(|b| Output {
-                score: scores[b],
-                map: maps[b * hw..(b + 1) * hw].to_vec(),
-            })
-            .collect())
+        for b in 0..n.min(batch) {
+            visit(b, scores[b], &maps[b * hw..(b + 1) * hw]);
+        }
+        Ok(())
     }
 
     /// Time `iterations` bare session calls (the backend's limit), returning per-call seconds.
@@ -366,6 +624,33 @@ impl Engine {
         }
         Ok(times)
     }
+}
+
+/// A session on `config`'s providers from the model bytes; returns it with the providers used.
+fn open_session(
+    config: &EngineConfig,
+    bytes: &[u8],
+    sha256: &str,
+    lib: &OrtLib,
+    shown: &str,
+) -> Result<(Session, Vec<String>), EngineError> {
+    let mut builder = Session::builder(&lib.env)
+        .map_err(|e| EngineError::Run(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| EngineError::Run(e.to_string()))?;
+    if config.cpu.threads > 0 {
+        builder = builder
+            .with_intra_threads(config.cpu.threads)
+            .map_err(|e| EngineError::Run(e.to_string()))?;
+    }
+    let providers = register_providers(&mut builder, config, sha256, &lib.version)?;
+    let session = builder
+        .commit_from_memory(bytes)
+        .map_err(|e| EngineError::NotOnnx {
+            path: shown.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok((session, providers))
 }
 
 fn check_io(session: &Session, m: &Manifest) -> Result<(), String> {

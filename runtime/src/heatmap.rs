@@ -4,6 +4,7 @@
 use image::{Rgb, RgbImage};
 
 use crate::frame::{Frame, PixelFormat};
+use crate::preprocess::Roi;
 
 /// Blend weight of the colour map over the image.
 const ALPHA: f32 = 0.45;
@@ -16,15 +17,37 @@ pub fn overlay(
     mh: u32,
     threshold: f32,
 ) -> Result<RgbImage, String> {
+    overlay_in(frame, map, mw, mh, None, threshold)
+}
+
+/// Render `map` over the region `roi` of `frame` (the whole frame when `None`); pixels outside
+/// the region were not inspected and are shown as they are.
+pub fn overlay_in(
+    frame: &Frame,
+    map: &[f32],
+    mw: u32,
+    mh: u32,
+    roi: Option<Roi>,
+    threshold: f32,
+) -> Result<RgbImage, String> {
     let base = to_rgb(frame)?;
-    let (w, h) = base.dimensions();
+    let (fw, fh) = base.dimensions();
+    let r = roi
+        .filter(|r| r.x + r.width <= fw && r.y + r.height <= fh)
+        .unwrap_or(Roi {
+            x: 0,
+            y: 0,
+            width: fw,
+            height: fh,
+        });
+    let (w, h) = (r.width, r.height);
     // Nearest sampling keeps the contour crisp and the map values unaltered.
     let sample = |x: u32, y: u32| -> f32 {
         let mx = ((x as u64 * mw as u64) / w as u64) as usize;
         let my = ((y as u64 * mh as u64) / h as u64) as usize;
         map[my * mw as usize + mx]
     };
-    let mut out = RgbImage::new(w, h);
+    let mut out = base.clone();
     for y in 0..h {
         for x in 0..w {
             let v = sample(x, y);
@@ -44,12 +67,12 @@ pub fn overlay(
                 Rgb([255, 255, 255])
             } else {
                 let c = turbo(v);
-                let b = base.get_pixel(x, y).0;
+                let b = base.get_pixel(r.x + x, r.y + y).0;
                 Rgb(std::array::from_fn(|i| {
                     (b[i] as f32 * (1.0 - ALPHA) + c[i] as f32 * ALPHA).round() as u8
                 }))
             };
-            out.put_pixel(x, y, px);
+            out.put_pixel(r.x + x, r.y + y, px);
         }
     }
     Ok(out)
@@ -121,6 +144,17 @@ mod tests {
         let img = overlay(&frame, &[0.0, 0.0, 0.9, 0.9], 4, 1, 0.5).unwrap();
         assert_eq!(img.get_pixel(2, 0).0, [255, 255, 255]);
         assert_ne!(img.get_pixel(3, 0).0, [255, 255, 255]);
+        // A map of a region lands on that region; the rest of the frame is left as it is.
+        let roi = Roi {
+            x: 2,
+            y: 0,
+            width: 2,
+            height: 1,
+        };
+        let img = overlay_in(&frame, &[0.0, 0.9], 2, 1, Some(roi), 0.5).unwrap();
+        assert_eq!(img.get_pixel(0, 0).0, [0, 0, 0]);
+        assert_eq!(img.get_pixel(3, 0).0, [255, 255, 255]);
+        assert_ne!(img.get_pixel(2, 0).0, [0, 0, 0]);
         // Low values are blue-ish, high values red-ish.
         assert!(turbo(0.05)[2] > turbo(0.05)[0]);
         assert!(turbo(0.95)[0] > turbo(0.95)[2]);

@@ -13,6 +13,8 @@ pub struct Inspection {
     pub map_width: u32,
     /// Map height in pixels.
     pub map_height: u32,
+    /// Where the map lies in the frame (`camera.roi`); `None`: it covers the whole frame.
+    pub map_roi: Option<crate::preprocess::Roi>,
 }
 
 /// Why one frame could not be inspected; the rest of its batch is unaffected.
@@ -30,11 +32,27 @@ pub trait Inspector: Send {
     fn inspect(&mut self, frames: &[&Frame]) -> Vec<Result<Inspection, InspectError>>;
 }
 
+/// `threshold` if given, else the manifest's calibrated one; an error when there is neither.
+pub fn threshold_of(
+    engine: &crate::engine::Engine,
+    threshold: Option<f32>,
+) -> Result<f32, InspectError> {
+    match (threshold, &engine.manifest().threshold) {
+        (Some(t), _) => Ok(t),
+        (None, Some(t)) => Ok(t.value),
+        (None, None) => Err(InspectError(format!(
+            "model {} has no calibrated threshold: run `python -m exporter calibrate` on it, or set line.threshold",
+            engine.path().display()
+        ))),
+    }
+}
+
 /// The real inspector: preprocess into the engine's input buffer, one session call per batch.
 pub struct EngineInspector {
     engine: crate::engine::Engine,
     pre: crate::preprocess::Preprocessor,
     threshold: f32,
+    roi: Option<crate::preprocess::Roi>,
 }
 
 impl EngineInspector {
@@ -44,21 +62,13 @@ impl EngineInspector {
         roi: Option<crate::preprocess::Roi>,
         threshold: Option<f32>,
     ) -> Result<Self, InspectError> {
-        let threshold = match (threshold, &engine.manifest().threshold) {
-            (Some(t), _) => t,
-            (None, Some(t)) => t.value,
-            (None, None) => {
-                return Err(InspectError(format!(
-                    "model {} has no calibrated threshold: run `python -m exporter calibrate` on it, or set line.threshold",
-                    engine.path().display()
-                )))
-            }
-        };
+        let threshold = threshold_of(&engine, threshold)?;
         let pre = crate::preprocess::Preprocessor::new(&engine.manifest().input, roi);
         Ok(Self {
             engine,
             pre,
             threshold,
+            roi,
         })
     }
 
@@ -110,6 +120,7 @@ impl Inspector for EngineInspector {
                             map: out.map,
                             map_width: mw,
                             map_height: mh,
+                            map_roi: self.roi,
                         }));
                     }
                 }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use diffad::cli;
 use diffad::engine::EngineConfig;
+use diffad::setup::CameraConfig;
 
 #[derive(Parser)]
 #[command(
@@ -35,15 +36,17 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// The engine settings: CPU defaults, or the `[engine]` section of the board config.
-    fn engine(&self) -> Result<EngineConfig> {
+    /// The engine settings (CPU defaults, or the `[engine]` section of the board config) and,
+    /// with a board config, its `[camera]` (whose `roi` and `tiling` apply as on the line).
+    fn engine(&self) -> Result<(EngineConfig, Option<CameraConfig>)> {
         Ok(match &self.config {
             Some(path) => {
-                let mut engine = diffad::config::BoardConfig::load(path)?.engine;
+                let board = diffad::config::BoardConfig::load(path)?;
+                let mut engine = board.engine;
                 engine.model = self.model.clone();
-                engine
+                (engine, Some(board.setup.camera))
             }
-            None => EngineConfig::cpu(&self.model),
+            None => (EngineConfig::cpu(&self.model), None),
         })
     }
 }
@@ -185,8 +188,10 @@ fn run(args: Args) -> Result<ExitCode> {
             heatmaps,
             json,
         } => {
+            let (engine, camera) = model.engine()?;
             let failed = cli::infer(
-                &model.engine()?,
+                &engine,
+                camera.as_ref(),
                 &images,
                 heatmaps.as_deref(),
                 json,
@@ -203,7 +208,8 @@ fn run(args: Args) -> Result<ExitCode> {
             dataset,
             json,
         } => {
-            let report = cli::eval(&model.engine()?, &dataset, model.threshold)?;
+            let (engine, camera) = model.engine()?;
+            let report = cli::eval(&engine, camera.as_ref(), &dataset, model.threshold)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -50,6 +50,9 @@ pub struct Manifest {
     /// Exporter version that wrote the file.
     #[serde(default)]
     pub exporter_version: String,
+    /// Optional self-test settings, e.g. `{"tolerance": 1e-3}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_test: Option<serde_json::Value>,
 }
 
 /// The model input: shape, channels and value range.

@@ -148,6 +148,26 @@ impl Preprocessor {
         Ok(())
     }
 
+    /// Fill `out` with the ROI at its native resolution (no resize): `C × h × w` planar, values
+    /// scaled to the model's range; returns `(w, h)`. `out` keeps its capacity between frames.
+    pub fn run_native(
+        &mut self,
+        frame: &Frame,
+        out: &mut Vec<f32>,
+    ) -> Result<(u32, u32), PreprocessError> {
+        let (w, h) = self.fill_plane(frame)?;
+        let c = self.spec.channels;
+        let plane_len = w as usize * h as usize;
+        out.clear();
+        out.resize(c * plane_len, 0.0);
+        for (i, px) in self.plane.chunks_exact(c).enumerate() {
+            for (ch, &v) in px.iter().enumerate() {
+                out[ch * plane_len + i] = self.offset + self.scale * v as f32;
+            }
+        }
+        Ok((w, h))
+    }
+
     /// Copy the ROI into `self.plane` with the model's channel count; returns its size.
     fn fill_plane(&mut self, frame: &Frame) -> Result<(u32, u32), PreprocessError> {
         if frame.width == 0 || frame.height == 0 {
@@ -421,6 +441,26 @@ mod tests {
             p.run(&frame(0, 0, PixelFormat::Grey8, vec![]), &mut out),
             Err(PreprocessError::Empty(_))
         ));
+    }
+
+    #[test]
+    fn native_keeps_the_roi_resolution() {
+        let mut p = Preprocessor::new(
+            &spec(3, 1, 1, [0.0, 255.0]),
+            Some(Roi {
+                x: 1,
+                y: 0,
+                width: 2,
+                height: 1,
+            }),
+        );
+        let mut out = Vec::new();
+        let data = (1..=9).collect();
+        let size = p
+            .run_native(&frame(3, 1, PixelFormat::Rgb8, data), &mut out)
+            .unwrap();
+        assert_eq!(size, (2, 1));
+        assert_eq!(out, vec![4.0, 7.0, 5.0, 8.0, 6.0, 9.0]);
     }
 
     #[test]

@@ -530,6 +530,7 @@ mod tests {
             map: vec![],
             map_width: 0,
             map_height: 0,
+            map_roi: None,
         })
     }
 

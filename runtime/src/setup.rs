@@ -109,6 +109,11 @@ pub struct CameraConfig {
     pub replay: ReplayConfig,
     /// Real camera.
     pub v4l2: V4l2Config,
+    /// Region of the frame that is inspected (`{ x, y, width, height }`); the whole frame when
+    /// absent. Resized to the model size, or cut into tiles with `camera.tiling`.
+    pub roi: Option<crate::preprocess::Roi>,
+    /// Cut the region of interest into model-sized tiles at native resolution.
+    pub tiling: crate::tiling::TilingConfig,
 }
 
 impl Default for CameraConfig {
@@ -119,6 +124,8 @@ impl Default for CameraConfig {
             sim: SimCameraConfig::default(),
             replay: ReplayConfig::default(),
             v4l2: V4l2Config::default(),
+            roi: None,
+            tiling: crate::tiling::TilingConfig::default(),
         }
     }
 }
@@ -128,6 +135,27 @@ impl CameraConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.stall_ms == 0 {
             return Err(Invalid::new("camera.stall_ms", "must be > 0"));
+        }
+        if let Some(r) = &self.roi {
+            if r.width == 0 {
+                return Err(Invalid::new("camera.roi.width", "must be > 0"));
+            }
+            if r.height == 0 {
+                return Err(Invalid::new("camera.roi.height", "must be > 0"));
+            }
+            let v = &self.v4l2;
+            if self.source == SourceKind::V4l2
+                && (u64::from(r.x) + u64::from(r.width) > u64::from(v.width)
+                    || u64::from(r.y) + u64::from(r.height) > u64::from(v.height))
+            {
+                return Err(Invalid::new(
+                    "camera.roi",
+                    format!(
+                        "{}×{} at ({}, {}) does not fit in the {}×{} frames of camera.v4l2",
+                        r.width, r.height, r.x, r.y, v.width, v.height
+                    ),
+                ));
+            }
         }
         match self.source {
             SourceKind::Sim => self.sim.validate(),

@@ -104,6 +104,7 @@ impl Inspector for TruthInspector {
                     map: if w > 0 { map } else { Vec::new() },
                     map_width: w,
                     map_height: h,
+                    map_roi: None,
                 })
             })
             .collect()
