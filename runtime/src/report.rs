@@ -433,23 +433,23 @@ fn score_range(scores: &[f32], thr: f32) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-/// The best caught (highest scores at or above `thr`) and worst missed (lowest scores, escapes
-/// first, never a tile already in the first row) defective tiles of `kind`.
+/// The best caught (highest scores at or above `thr`) and worst missed (lowest scores, so the
+/// escapes first) defective tiles of `kind`; no tile in both. With few tiles the two rows share
+/// them: the first row takes at most half (rounded up) unless there are more than two rows' worth.
 fn pick<'a>(scored: &'a [Scored], kind: &str, thr: f32) -> (Vec<&'a Scored>, Vec<&'a Scored>) {
     let mut of_kind: Vec<&Scored> = scored.iter().filter(|s| s.kind == kind).collect();
     of_kind.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.image.cmp(&b.image)));
-    let best: Vec<&Scored> = of_kind
-        .iter()
-        .copied()
-        .filter(|s| s.score >= thr)
-        .take(GRID_COLS)
-        .collect();
-    let worst: Vec<&Scored> = of_kind
+    let n = of_kind.len();
+    let caught = of_kind.iter().filter(|s| s.score >= thr).count();
+    let n_best = GRID_COLS
+        .min(caught)
+        .min(n.saturating_sub(GRID_COLS).max(n.div_ceil(2)));
+    let best = of_kind[..n_best].to_vec();
+    let worst = of_kind[n_best..]
         .iter()
         .rev()
-        .copied()
-        .filter(|s| !best.iter().any(|b| b.image == s.image))
         .take(GRID_COLS)
+        .copied()
         .collect();
     (best, worst)
 }
@@ -1009,6 +1009,26 @@ mod tests {
             map_width: 2,
             map_height: 2,
         }
+    }
+
+    #[test]
+    fn best_and_worst_rows_share_few_tiles_and_show_escapes() {
+        let thr = 0.5;
+        let names = |v: &[&Scored]| v.iter().map(|s| s.score).collect::<Vec<_>>();
+        // Four caught: two per row, the closest call first in the second.
+        let four: Vec<Scored> = [0.9, 0.6, 0.8, 0.7].map(|v| scored("hole", v)).to_vec();
+        let (b, w) = pick(&four, "hole", thr);
+        assert_eq!((names(&b), names(&w)), (vec![0.9, 0.8], vec![0.6, 0.7]));
+        // Escapes always land in the second row, lowest first; the caught one leads the first.
+        let esc: Vec<Scored> = [0.1, 0.6, 0.3, 0.2].map(|v| scored("hole", v)).to_vec();
+        let (b, w) = pick(&esc, "hole", thr);
+        assert_eq!((names(&b), names(&w)), (vec![0.6], vec![0.1, 0.2, 0.3]));
+        // Many: six of the best and six of the worst, no tile twice.
+        let many: Vec<Scored> = (0..20).map(|i| scored("hole", i as f32 / 20.0)).collect();
+        let (b, w) = pick(&many, "hole", thr);
+        assert_eq!(names(&b), vec![0.95, 0.9, 0.85, 0.8, 0.75, 0.7]);
+        assert_eq!(names(&w), vec![0.0, 0.05, 0.1, 0.15, 0.2, 0.25]);
+        assert!(pick(&many, "scratch", thr).0.is_empty());
     }
 
     #[test]
