@@ -548,6 +548,22 @@ fn draw_scores(
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(&e)?;
         let (top, bottom) = root.split_vertically(h * 55 / 100);
+        // One row per kind below (good first); both panels share the score axis's position.
+        let mut kinds: Vec<&str> = report.kinds.iter().map(|k| k.kind.as_str()).collect();
+        kinds.sort_by_key(|k| (*k != "good", *k));
+        let n = kinds.len() as i32;
+        let labels: Vec<String> = kinds
+            .iter()
+            .map(|k| {
+                let row = report.kinds.iter().find(|r| r.kind == *k).expect("kind row");
+                format!("{k} ({}): {} rejected", row.n, pct(row.rejected))
+            })
+            .collect();
+        let label_font = TextStyle::from((FONT, 16).into_font());
+        let mut label_w = 0;
+        for l in &labels {
+            label_w = label_w.max(root.estimate_text_size(l, &label_font).map_err(&e)?.0);
+        }
         // Histograms of good and defective images.
         let bins = hg.len();
         let bw = (hi - lo) / bins as f64;
@@ -563,7 +579,7 @@ fn draw_scores(
             )
             .margin(16)
             .x_label_area_size(50)
-            .y_label_area_size(64)
+            .y_label_area_size(label_w + 24)
             .build_cartesian_2d(lo..hi, 0f64..ymax)
             .map_err(&e)?;
         chart
@@ -622,17 +638,6 @@ fn draw_scores(
             .draw()
             .map_err(&e)?;
 
-        // Every image's score, one row per kind (good first).
-        let mut kinds: Vec<&str> = report.kinds.iter().map(|k| k.kind.as_str()).collect();
-        kinds.sort_by_key(|k| (*k != "good", *k));
-        let n = kinds.len() as i32;
-        let labels: Vec<String> = kinds
-            .iter()
-            .map(|k| {
-                let row = report.kinds.iter().find(|r| r.kind == *k).expect("kind row");
-                format!("{k} ({}): {} rejected", row.n, pct(row.rejected))
-            })
-            .collect();
         let mut chart = ChartBuilder::on(&bottom)
             .caption(
                 "Every image's score by defect kind",
@@ -640,7 +645,7 @@ fn draw_scores(
             )
             .margin(16)
             .x_label_area_size(50)
-            .y_label_area_size(250)
+            .y_label_area_size(label_w + 24)
             .build_cartesian_2d(lo..hi, (0..n - 1).into_segmented())
             .map_err(&e)?;
         let fmt = |v: &SegmentValue<i32>| match v {
