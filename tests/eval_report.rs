@@ -48,7 +48,10 @@ fn make_dataset(dir: &Path, good: u32, per_kind: u32) {
     }
     let mut rng = Rng::new(11);
     for kind in DEFECT_KINDS {
-        let (t, m) = (dir.join("test").join(kind), dir.join("ground_truth").join(kind));
+        let (t, m) = (
+            dir.join("test").join(kind),
+            dir.join("ground_truth").join(kind),
+        );
         std::fs::create_dir_all(&t).unwrap();
         std::fs::create_dir_all(&m).unwrap();
         for i in 0..per_kind {
@@ -132,7 +135,11 @@ fn report_figures_are_written_from_the_evals_own_numbers() {
         ("roc_pixel.png".to_string(), ROC_SIZE),
         ("scores.png".to_string(), SCORES_SIZE),
     ];
-    pngs.extend(DEFECT_KINDS.iter().map(|k| (format!("kind_{k}.png"), KIND_SIZE)));
+    pngs.extend(
+        DEFECT_KINDS
+            .iter()
+            .map(|k| (format!("kind_{k}.png"), KIND_SIZE)),
+    );
     for (name, size) in &pngs {
         check_png(&dir.join(name), *size);
     }
@@ -150,7 +157,11 @@ fn report_figures_are_written_from_the_evals_own_numbers() {
     }
     let f4 = |k: &str| format!("{:.4}", report[k].as_f64().unwrap());
     for k in ["image_auroc", "pixel_auroc", "pro"] {
-        assert!(index.contains(&f4(k)), "{k} {} not in index:\n{index}", f4(k));
+        assert!(
+            index.contains(&f4(k)),
+            "{k} {} not in index:\n{index}",
+            f4(k)
+        );
     }
 
     // The numbers behind the figures are the eval's.

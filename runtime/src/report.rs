@@ -324,10 +324,12 @@ pub fn write(dir: &Path, model: &Path, report: &EvalReport, scored: &[Scored]) -
                     scored.len()
                 ),
             });
-            pixel_json = json!({"auroc_trapezoid": full_area, "distinct_scores": n_pix - 1, "points": pts});
+            pixel_json =
+                json!({"auroc_trapezoid": full_area, "distinct_scores": n_pix - 1, "points": pts});
         }
         None => {
-            let why = "roc_pixel.png not drawn: no ground-truth mask marks a defect pixel".to_string();
+            let why =
+                "roc_pixel.png not drawn: no ground-truth mask marks a defect pixel".to_string();
             log::warn!("{why}");
             skipped.push(why);
         }
@@ -495,21 +497,18 @@ fn draw_roc(
             ))
             .map_err(&e)?
             .label("chance (AUROC 0.5)")
-            .legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 24, y)], RGBColor(120, 120, 120))
-            });
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], RGBColor(120, 120, 120)));
         chart
-            .draw_series(LineSeries::new(points.iter().copied(), GOOD.stroke_width(3)))
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                GOOD.stroke_width(3),
+            ))
             .map_err(&e)?
             .label(label)
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], GOOD.stroke_width(3)));
         if let Some(((fpr, tpr), thr)) = operating {
             chart
-                .draw_series(std::iter::once(Circle::new(
-                    (fpr, tpr),
-                    7,
-                    DEFECT.filled(),
-                )))
+                .draw_series(std::iter::once(Circle::new((fpr, tpr), 7, DEFECT.filled())))
                 .map_err(&e)?
                 .label(format!(
                     "threshold {thr:.4}: false rejects {}, caught {}",
@@ -555,7 +554,11 @@ fn draw_scores(
         let labels: Vec<String> = kinds
             .iter()
             .map(|k| {
-                let row = report.kinds.iter().find(|r| r.kind == *k).expect("kind row");
+                let row = report
+                    .kinds
+                    .iter()
+                    .find(|r| r.kind == *k)
+                    .expect("kind row");
                 format!("{k} ({}): {} rejected", row.n, pct(row.rejected))
             })
             .collect();
@@ -601,12 +604,19 @@ fn draw_scores(
             ),
         ] {
             chart
-                .draw_series(counts.iter().enumerate().filter(|(_, &c)| c > 0).map(
-                    |(i, &c)| {
-                        let x0 = lo + i as f64 * bw;
-                        Rectangle::new([(x0, 0.0), (x0 + bw, c as f64)], color.mix(0.5).filled())
-                    },
-                ))
+                .draw_series(
+                    counts
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &c)| c > 0)
+                        .map(|(i, &c)| {
+                            let x0 = lo + i as f64 * bw;
+                            Rectangle::new(
+                                [(x0, 0.0), (x0 + bw, c as f64)],
+                                color.mix(0.5).filled(),
+                            )
+                        }),
+                )
                 .map_err(&e)?
                 .label(label)
                 .legend(move |(x, y)| {
@@ -788,15 +798,22 @@ fn draw_kind(
         let mut next = cells.into_iter();
         for (r, (tiles, heading)) in rows.iter().enumerate() {
             let y0 = (TITLE_H + r as u32 * (ROW_HEAD_H + CELL + LABEL_H)) as i32;
-            root.draw(&Text::new(heading.clone(), (MARGIN as i32, y0 + 6), head.clone()))
-                .map_err(&e)?;
+            root.draw(&Text::new(
+                heading.clone(),
+                (MARGIN as i32, y0 + 6),
+                head.clone(),
+            ))
+            .map_err(&e)?;
             let ty = y0 + ROW_HEAD_H as i32;
             for c in 0..GRID_COLS {
                 let x = (MARGIN + c as u32 * (CELL + GAP)) as i32;
                 let frame = [(x - 1, ty - 1), (x + CELL as i32, ty + CELL as i32)];
                 let Some(s) = tiles.get(c) else {
-                    root.draw(&Rectangle::new(frame, RGBColor(225, 225, 225).stroke_width(1)))
-                        .map_err(&e)?;
+                    root.draw(&Rectangle::new(
+                        frame,
+                        RGBColor(225, 225, 225).stroke_width(1),
+                    ))
+                    .map_err(&e)?;
                     root.draw(&Text::new(
                         "no more tiles",
                         (x + 50, ty + CELL as i32 / 2 - 8),
@@ -842,8 +859,12 @@ fn draw_kind(
         // Colour key: the map's turbo scale with the threshold, and the two contours.
         let ky = (TITLE_H + 2 * (ROW_HEAD_H + CELL + LABEL_H)) as i32 + 8;
         let (kx, kw) = (MARGIN as i32 + 120, 360i32);
-        root.draw(&Text::new("anomaly map", (MARGIN as i32, ky + 2), small.clone()))
-            .map_err(&e)?;
+        root.draw(&Text::new(
+            "anomaly map",
+            (MARGIN as i32, ky + 2),
+            small.clone(),
+        ))
+        .map_err(&e)?;
         for i in 0..kw {
             let c = heatmap::turbo(i as f32 / (kw - 1) as f32);
             root.draw(&Rectangle::new(
@@ -1061,10 +1082,18 @@ mod tests {
         let mut bad_map = vec![scored("good", 0.1), scored("hole", 0.9)];
         bad_map[1].map[2] = f32::INFINITY;
         let err = write(dir.path(), Path::new("m.onnx"), &report(&bad_map), &bad_map).unwrap_err();
-        assert!(err.to_string().contains("anomaly map of hole-0.9.png"), "{err}");
+        assert!(
+            err.to_string().contains("anomaly map of hole-0.9.png"),
+            "{err}"
+        );
         let only_good = vec![scored("good", 0.1), scored("good", 0.2)];
-        let err =
-            write(dir.path(), Path::new("m.onnx"), &report(&only_good), &only_good).unwrap_err();
+        let err = write(
+            dir.path(),
+            Path::new("m.onnx"),
+            &report(&only_good),
+            &only_good,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("2 good and 0 defective"), "{err}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
@@ -1075,9 +1104,6 @@ mod tests {
         let file = dir.path().join("plain-file");
         std::fs::write(&file, b"x").unwrap();
         let err = prepare(&file.join("report")).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("plain-file/report"),
-            "{err:#}"
-        );
+        assert!(format!("{err:#}").contains("plain-file/report"), "{err:#}");
     }
 }
