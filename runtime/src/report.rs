@@ -394,7 +394,7 @@ pub fn write(dir: &Path, model: &Path, report: &EvalReport, scored: &[Scored]) -
         figures.push(Figure {
             file,
             caption: format!(
-                "{}: the {} highest-scoring caught tiles and the {} lowest-scoring tiles ({escaped} of {} escaped), heatmap over the tile, white contour = map ≥ threshold, magenta = ground truth.",
+                "{}: {} best caught and {} worst missed tiles ({escaped} of {} escaped) with their heatmaps; white contour: map ≥ threshold, magenta: ground truth.",
                 k.kind,
                 best.len(),
                 worst.len(),
@@ -776,7 +776,7 @@ fn draw_kind(
             (
                 best,
                 format!(
-                    "Best caught: the {} highest-scoring tiles at or above the threshold",
+                    "Best caught: the highest-scoring tiles at or above the threshold ({} shown)",
                     best.len()
                 ),
             ),
@@ -784,12 +784,12 @@ fn draw_kind(
                 worst,
                 if escaped > 0 {
                     format!(
-                        "Worst missed: the {} lowest-scoring tiles ({escaped} below the threshold, escaped)",
+                        "Worst missed: the lowest-scoring tiles ({} shown; {escaped} escaped below the threshold)",
                         worst.len()
                     )
                 } else {
                     format!(
-                        "Worst missed: none escaped; the {} lowest-scoring tiles (closest calls)",
+                        "Worst missed: none escaped; the lowest-scoring tiles, closest calls first ({} shown)",
                         worst.len()
                     )
                 },
@@ -879,17 +879,19 @@ fn draw_kind(
             BLACK.stroke_width(2),
         ))
         .map_err(&e)?;
-        for (v, x) in [("0", kx), ("1", kx + kw - 8)] {
-            root.draw(&Text::new(v, (x, ky + 24), small.clone()))
+        for (v, x) in [("0", kx - 16), ("1", kx + kw + 6)] {
+            root.draw(&Text::new(v, (x, ky + 2), small.clone()))
                 .map_err(&e)?;
         }
+        let label = format!("threshold {thr:.3}");
+        let lw = root.estimate_text_size(&label, &small).map_err(&e)?.0 as i32;
         root.draw(&Text::new(
-            format!("threshold {thr:.3}"),
-            (tx - 40, ky + 24),
+            label,
+            ((tx - lw / 2).clamp(kx, kx + kw - lw), ky + 24),
             small.clone(),
         ))
         .map_err(&e)?;
-        let lx = kx + kw + 40;
+        let lx = kx + kw + 50;
         root.draw(&Rectangle::new(
             [(lx, ky + 2), (lx + 22, ky + 16)],
             ShapeStyle::from(&WHITE).filled(),
