@@ -256,6 +256,17 @@ fn report_refuses_bad_input_naming_it() {
     let pngs = std::fs::read_dir(&dir).map_or(0, |d| d.count());
     assert_eq!(pngs, 0, "nothing drawn");
 
+    // Defective images without masks: no pixel ROC, and the index says why.
+    let no_masks = tmp.path().join("no-masks");
+    make_dataset(&no_masks, 2, 1);
+    std::fs::remove_dir_all(no_masks.join("ground_truth")).unwrap();
+    let dir = tmp.path().join("r4");
+    let out = eval(&no_masks, &dir, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.join("roc_image.png").exists() && !dir.join("roc_pixel.png").exists());
+    let index = std::fs::read_to_string(dir.join("index.md")).unwrap();
+    assert!(index.contains("roc_pixel.png not drawn"), "{index}");
+
     // An empty dataset.
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(empty.join("test/good")).unwrap();
