@@ -81,3 +81,37 @@ def test_eval_auroc_matches_sklearn(tmp_path: Path) -> None:
     # float32 maps vs float64 reference: ties can split differently, hence the looser bound.
     assert report["pixel_auroc"] == pytest.approx(pix, abs=1e-4)
     assert {k["kind"] for k in report["kinds"]} == {"good", "bright_spot", "stripe"}
+
+
+def test_eval_report_curves_match_sklearn(tmp_path: Path) -> None:
+    """`eval --report`'s figures are drawn from the points scikit-learn computes from `infer`'s scores."""
+    from sklearn.metrics import roc_curve
+
+    data, out_dir = tmp_path / "data", tmp_path / "report"
+    make_dataset(data, np.random.default_rng(7))
+    out = subprocess.run(
+        [diffad(), "eval", "--json", "--model", MODEL, "--dataset", data, "--report", out_dir],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    report = json.loads(out.stdout)
+    figures = json.loads((out_dir / "figures.json").read_text())
+    labels, scores = [], []
+    for kind_dir in sorted((data / "test").iterdir()):
+        for line in subprocess.run(
+            [diffad(), "infer", "--json", "--model", MODEL, kind_dir], check=True, capture_output=True, text=True
+        ).stdout.splitlines():
+            labels.append(kind_dir.name != "good")
+            scores.append(json.loads(line)["score"])
+    fpr, tpr, _ = roc_curve(labels, np.asarray(scores, np.float32), drop_intermediate=False)
+    points = np.asarray(figures["image_roc"]["points"])
+    np.testing.assert_allclose(points[:, 0], fpr, atol=1e-12)
+    np.testing.assert_allclose(points[:, 1], tpr, atol=1e-12)
+    assert figures["image_roc"]["auroc_trapezoid"] == pytest.approx(report["image_auroc"], abs=1e-12)
+    assert sorted(s["score"] for s in figures["scores"]) == pytest.approx(sorted(scores), abs=1e-6)
+    assert figures["pixel_roc"]["auroc_trapezoid"] == pytest.approx(report["pixel_auroc"], abs=1e-9)
+    index = (out_dir / "index.md").read_text()
+    for name in ("roc_image.png", "roc_pixel.png", "scores.png", "kind_bright_spot.png", "kind_stripe.png"):
+        assert f"]({name})" in index
+        assert Image.open(out_dir / name).size[0] > 0

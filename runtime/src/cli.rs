@@ -229,6 +229,27 @@ pub struct KindRow {
     pub rejected: f64,
 }
 
+/// One scored test image, as `eval` saw it; `eval --report` draws its figures from these.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// Image path.
+    pub image: PathBuf,
+    /// Defect kind (its folder name); `good` for normal images.
+    pub kind: String,
+    /// True for defective images.
+    pub defective: bool,
+    /// Image score.
+    pub score: f32,
+    /// Anomaly map, `map_width` × `map_height`.
+    pub map: Vec<f32>,
+    /// Ground-truth mask at the map's size (all false for good images and missing masks).
+    pub mask: Vec<bool>,
+    /// Map width.
+    pub map_width: u32,
+    /// Map height.
+    pub map_height: u32,
+}
+
 /// `diffad eval`: image/pixel AUROC, PRO and rates at the threshold on an MVTec-style folder.
 pub fn eval(
     config: &EngineConfig,
@@ -236,13 +257,21 @@ pub fn eval(
     root: &Path,
     threshold: Option<f32>,
 ) -> Result<EvalReport> {
+    eval_scored(config, camera, root, threshold).map(|(report, _)| report)
+}
+
+/// `eval` and the per-image results its figures are computed from.
+pub fn eval_scored(
+    config: &EngineConfig,
+    camera: Option<&CameraConfig>,
+    root: &Path,
+    threshold: Option<f32>,
+) -> Result<(EvalReport, Vec<Scored>)> {
     let samples = dataset::scan(root).map_err(anyhow::Error::msg)?;
     let roi = camera.and_then(|c| c.roi);
     let mut insp = inspector(config, camera, threshold)?;
     let thr = insp.threshold();
-    let (mut scores, mut labels, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut maps, mut masks) = (Vec::<Vec<f32>>::new(), Vec::<Vec<bool>>::new());
-    let mut width = 0;
+    let mut scored = Vec::with_capacity(samples.len());
     let mut failed = 0;
     let start = Instant::now();
     for s in &samples {
@@ -262,7 +291,6 @@ pub fn eval(
                 continue;
             }
         };
-        width = r.map_width as usize;
         let mask = match &s.mask {
             Some(m) => load_mask(m, roi, r.map_width, r.map_height)?,
             None if s.defective() => {
@@ -274,20 +302,28 @@ pub fn eval(
             }
             None => vec![false; r.map.len()],
         };
-        scores.push(r.score);
-        labels.push(s.defective());
-        kinds.push(s.kind.clone());
-        maps.push(r.map);
-        masks.push(mask);
+        scored.push(Scored {
+            image: s.image.clone(),
+            kind: s.kind.clone(),
+            defective: s.defective(),
+            score: r.score,
+            map: r.map,
+            mask,
+            map_width: r.map_width,
+            map_height: r.map_height,
+        });
     }
     let elapsed = start.elapsed().as_secs_f64();
-    if scores.is_empty() {
+    if scored.is_empty() {
         bail!("no image of {} could be scored", root.display());
     }
-    let flat_scores: Vec<f32> = maps.iter().flatten().copied().collect();
-    let flat_labels: Vec<bool> = masks.iter().flatten().copied().collect();
-    let map_refs: Vec<&[f32]> = maps.iter().map(Vec::as_slice).collect();
-    let mask_refs: Vec<&[bool]> = masks.iter().map(Vec::as_slice).collect();
+    let scores: Vec<f32> = scored.iter().map(|s| s.score).collect();
+    let labels: Vec<bool> = scored.iter().map(|s| s.defective).collect();
+    let width = scored.last().map_or(0, |s| s.map_width as usize);
+    let flat_scores: Vec<f32> = scored.iter().flat_map(|s| s.map.iter().copied()).collect();
+    let flat_labels: Vec<bool> = scored.iter().flat_map(|s| s.mask.iter().copied()).collect();
+    let map_refs: Vec<&[f32]> = scored.iter().map(|s| s.map.as_slice()).collect();
+    let mask_refs: Vec<&[bool]> = scored.iter().map(|s| s.mask.as_slice()).collect();
     let rate = |want_defective: bool, rejected: bool| {
         let group: Vec<f32> = scores
             .iter()
@@ -302,17 +338,16 @@ pub fn eval(
             hit as f64 / group.len() as f64
         }
     };
-    let mut kind_names: Vec<String> = kinds.clone();
+    let mut kind_names: Vec<String> = scored.iter().map(|s| s.kind.clone()).collect();
     kind_names.sort();
     kind_names.dedup();
     let kinds_rows = kind_names
         .into_iter()
         .map(|k| {
-            let ks: Vec<f32> = scores
+            let ks: Vec<f32> = scored
                 .iter()
-                .zip(&kinds)
-                .filter(|(_, kk)| **kk == k)
-                .map(|(s, _)| *s)
+                .filter(|s| s.kind == k)
+                .map(|s| s.score)
                 .collect();
             KindRow {
                 n: ks.len(),
@@ -322,7 +357,7 @@ pub fn eval(
             }
         })
         .collect();
-    Ok(EvalReport {
+    let report = EvalReport {
         dataset: root.display().to_string(),
         threshold: thr,
         images: scores.len(),
@@ -334,7 +369,23 @@ pub fn eval(
         escape_rate: rate(true, false),
         kinds: kinds_rows,
         images_per_s: scores.len() as f64 / elapsed,
-    })
+    };
+    Ok((report, scored))
+}
+
+/// `diffad eval --report DIR`: `eval`, then its figures and `index.md` in `dir` (checked
+/// writable, and the font loaded, before any image is scored).
+pub fn eval_report(
+    config: &EngineConfig,
+    camera: Option<&CameraConfig>,
+    root: &Path,
+    threshold: Option<f32>,
+    dir: &Path,
+) -> Result<(EvalReport, crate::report::Written)> {
+    crate::report::prepare(dir)?;
+    let (report, scored) = eval_scored(config, camera, root, threshold)?;
+    let written = crate::report::write(dir, &config.model, &report, &scored)?;
+    Ok((report, written))
 }
 
 fn load_mask(path: &Path, roi: Option<Roi>, w: u32, h: u32) -> Result<Vec<bool>> {

@@ -24,6 +24,7 @@ pub mod pins;
 pub mod pipeline;
 pub mod preprocess;
 pub mod reject;
+pub mod report;
 pub mod selftest;
 pub mod setup;
 pub mod supervisor;

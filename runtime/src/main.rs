@@ -82,6 +82,9 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Also write figures (ROC, score histograms, tiles per defect kind) and index.md here.
+        #[arg(long, value_name = "DIR")]
+        report: Option<PathBuf>,
     },
     /// Run the line: camera → inspection → reject pulses, events to the supervisor.
     Run {
@@ -207,9 +210,22 @@ fn run(args: Args) -> Result<ExitCode> {
             model,
             dataset,
             json,
+            report: report_dir,
         } => {
             let (engine, camera) = model.engine()?;
-            let report = cli::eval(&engine, camera.as_ref(), &dataset, model.threshold)?;
+            let report = match &report_dir {
+                Some(dir) => {
+                    let (report, written) =
+                        cli::eval_report(&engine, camera.as_ref(), &dataset, model.threshold, dir)?;
+                    eprintln!(
+                        "report: {} figures and index.md in {}",
+                        written.figures.len(),
+                        written.dir.display()
+                    );
+                    report
+                }
+                None => cli::eval(&engine, camera.as_ref(), &dataset, model.threshold)?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
