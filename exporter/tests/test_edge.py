@@ -99,7 +99,7 @@ def test_edge_fp16_export_keeps_parity(tmp_path: Path) -> None:
     assert r["manifest"]["architecture"]["precision"] == "fp16"
 
 
-def _profiler_conv_flops(path: Path, blocked: bool) -> float:
+def _profiler_conv_flops(path: Path, blocked: bool, tmp: Path) -> float:
     """Conv work per call from the shapes ONNX Runtime's profiler sees (what ort_profile.py
     reports). With `blocked`, ORT's full optimiser runs: its NCHWc layout pads channels to the
     SIMD block, so the shapes it reports include that padding."""
@@ -108,7 +108,7 @@ def _profiler_conv_flops(path: Path, blocked: bool) -> float:
     if not blocked:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.enable_profiling = True
-    so.profile_file_prefix = str(path.parent / "prof")
+    so.profile_file_prefix = str(tmp / "prof")
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     i = sess.get_inputs()[0]
     sess.run(None, {i.name: np.random.default_rng(0).random(i.shape, dtype=np.float32)})
@@ -134,9 +134,9 @@ def test_flop_count_matches_the_profiler(tmp_path: Path, which: str) -> None:
         seg = build_seg(EdgeSegConfig())
         path, _ = _export(tmp_path, randomized(unet), randomized(seg))
     ours = count_flops_by_op(onnx.load(str(path)))
-    prof = _profiler_conv_flops(path, blocked=False)
+    prof = _profiler_conv_flops(path, blocked=False, tmp=tmp_path)
     assert abs(ours["Conv"] - prof) <= 0.01 * prof, (ours, prof)
-    padded = _profiler_conv_flops(path, blocked=True)
+    padded = _profiler_conv_flops(path, blocked=True, tmp=tmp_path)
     if which == "committed":
         # the old count (static shape inference) put this model at 0.651 GFLOP
         assert ours["Conv"] > 5e9
