@@ -32,6 +32,15 @@ def cpu_peak_gflops() -> tuple[float, str]:
     return cores * mhz * 1e6 * flop_per_cycle / 1e9, f"{cores} cores × {mhz / 1e3:.1f} GHz × {flop_per_cycle} ({isa})"
 
 
+def graph_flops_per_frame(model: Path, manifest: dict) -> float:
+    import onnx
+
+    sys.path.insert(0, str(ROOT))
+    from exporter.onnxio import count_flops
+
+    return count_flops(onnx.load(str(model))) / max(1, int(manifest["input"]["batch"]))
+
+
 def run_checked(cmd: list[str]) -> str:
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -112,7 +121,9 @@ def main() -> None:
             "manifest:\n", 1
         )[1]
     )
-    flops = float(manifest.get("flops_per_frame") or 0.0)
+    # counted from the graph's real shapes, not read from the manifest: manifests written
+    # before that count existed undercount (static shape inference missed most convolutions)
+    flops = graph_flops_per_frame(model, manifest)
     common = ["--iterations", str(args.iterations), "--threads", str(args.threads)]
 
     print(
