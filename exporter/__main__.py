@@ -166,6 +166,18 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     print(json.dumps(r, indent=2) if a.json else format_table(r))
 
 
+def cmd_select(a: argparse.Namespace) -> None:
+    from .diffusion import DiffusionConfig
+    from .select import format_selection, select, write_selection
+
+    r = select(a.checkpoints, a.dataset, every=a.every, threads=a.threads,
+               diff=DiffusionConfig(t_s=a.t_s, t_b=a.t_b, top_k=a.top_k))
+    print(format_selection(r))
+    print(f"chosen: {r['chosen']['checkpoint']}")
+    if a.out:
+        write_selection(r, a.out)
+
+
 def cmd_card(a: argparse.Namespace) -> None:
     from .card import write_card
 
@@ -269,6 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--threads", type=int, default=2)
     ev.set_defaults(fn=cmd_evaluate)
+
+    se = sub.add_parser("select", help="choose the stopping point on the validation split")
+    se.add_argument("--checkpoints", type=Path, required=True,
+                    help="training dir with step-NNNNNN.pt snapshots (train --keep-every)")
+    se.add_argument("--dataset", type=Path, required=True,
+                    help="validation dataset (TILES/<texture>/validation), never the test set")
+    se.add_argument("--every", type=int, default=0, help="only snapshots at multiples of N")
+    se.add_argument("--t-s", type=int, default=200)
+    se.add_argument("--t-b", type=int, default=400)
+    se.add_argument("--top-k", type=int, default=50)
+    se.add_argument("--out", type=Path, default=None, help="write the table as JSON")
+    se.add_argument("--threads", type=int, default=2)
+    se.set_defaults(fn=cmd_select)
 
     cd = sub.add_parser("card", help="write MODEL.md (manifest, timing, evaluation)")
     cd.add_argument("model", type=Path)

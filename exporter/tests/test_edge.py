@@ -171,3 +171,35 @@ def test_edge_train_resume_and_export_via_cli(tmp_path: Path) -> None:
     assert main(["export", "--checkpoint", str(a / "step-000002.pt"), "--out", str(out),
                  "--threads", "1"]) == 0
     assert out.is_file()
+
+
+def test_select_picks_the_best_snapshot_on_validation(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from exporter.select import select, snapshots
+
+    data = tmp_path / "good"
+    write_images(data, 4)
+    val = tmp_path / "val"
+    write_images(val / "test" / "good", 3, seed=1)
+    write_images(val / "test" / "blot", 3, seed=2)
+    for i in range(3):  # a bright square that the mask marks
+        p = val / "test" / "blot" / f"{i:03d}.png"
+        a = np.asarray(Image.open(p)).copy()
+        a[8:16, 8:16] = 250
+        Image.fromarray(a).save(p)
+        m = np.zeros((32, 32), np.uint8)
+        m[8:16, 8:16] = 255
+        (val / "ground_truth" / "blot").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(m).save(val / "ground_truth" / "blot" / f"{i:03d}_mask.png")
+    out = tmp_path / "ck"
+    assert main(["train", "--arch", "edge", "--image-size", "32", "--widths", "16,32,32",
+                 "--enc-blocks", "1,1,1", "--dec-blocks", "1,1", "--batch", "2", "--threads", "1",
+                 "--data", str(data), "--out", str(out), "--steps", "3", "--keep-every", "1"]) == 0
+    assert [s for s, _ in snapshots(out, every=2)] == [2, 3]  # multiples of 2, and the last
+    r = select(out, val, threads=1)
+    assert [row["step"] for row in r["rows"]] == [1, 2, 3]
+    best = max(r["rows"], key=lambda row: (row["image_auroc"], row["pixel_auroc"], -row["step"]))
+    assert r["chosen"] == best
+    assert main(["select", "--checkpoints", str(out), "--dataset", str(tmp_path / "good"),
+                 "--threads", "1"]) == 2  # not a validation dataset: refused, named

@@ -1,0 +1,81 @@
+"""Choosing the stopping point on the validation split, never on the evaluation set.
+
+`python -m exporter select --checkpoints DIR --dataset TILES/<texture>/validation` exports each
+kept snapshot (step-NNNNNN.pt) to a temporary graph, evaluates it on the validation dataset and
+picks the best by image AUROC, then pixel AUROC, then the earlier step. The table it writes is
+what a model card quotes for "how the stopping point was chosen".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .diffusion import DiffusionConfig
+from .errors import ExporterError
+from .evaluate import evaluate
+from .export import ExportOptions, export_model
+from .official import build_from_checkpoint
+
+SNAPSHOT = re.compile(r"step-(\d+)\.pt$")
+
+
+def snapshots(folder: Path, every: int = 0) -> list[tuple[int, Path]]:
+    """(step, path) of the kept snapshots, oldest first; with `every`, only multiples of it
+    (and always the last one)."""
+    found = sorted((int(m.group(1)), p) for p in folder.glob("step-*.pt")
+                   if (m := SNAPSHOT.search(p.name)))
+    if not found:
+        raise ExporterError(f"no step-NNNNNN.pt snapshots in {folder} (train with --keep-every)")
+    if every:
+        found = [s for s in found if s[0] % every == 0 or s is found[-1]]
+    return found
+
+
+def _key(row: dict[str, Any]) -> tuple[float, float, int]:
+    return (row["image_auroc"], row["pixel_auroc"], -row["step"])
+
+
+def select(folder: Path, dataset: Path, every: int = 0, threads: int = 2,
+           diff: DiffusionConfig | None = None) -> dict[str, Any]:
+    """Evaluates every snapshot on `dataset`; returns the rows and the chosen one."""
+    if not (dataset / "test").is_dir():
+        raise ExporterError(f"{dataset} is not a validation dataset (no test/ folder); "
+                            "make one with `python -m exporter make-tiles`")
+    rows = []
+    with tempfile.TemporaryDirectory() as td:
+        for step, path in snapshots(folder, every):
+            unet, seg, _ = build_from_checkpoint(path, official=False)
+            out = Path(td) / f"step-{step}.onnx"
+            export_model(unet, seg, {}, out, ExportOptions(name=out.stem,
+                                                           diff=diff or DiffusionConfig(),
+                                                           force=True))
+            r = evaluate(out, dataset, threads=threads)
+            row = {"step": step, "checkpoint": str(path), "image_auroc": r["image_auroc"],
+                   "pixel_auroc": r["pixel_auroc"], "pro_30": r["pro_30"],
+                   "per_kind_auroc": {k: e["image_auroc"] for k, e in r["per_kind"].items()
+                                      if "image_auroc" in e}}
+            print(f"step {step}: image AUROC {row['image_auroc']:.4f}, pixel AUROC "
+                  f"{row['pixel_auroc']:.4f}, PRO@30% {row['pro_30']:.4f}", flush=True)
+            rows.append(row)
+    best = max(rows, key=_key)
+    return {"dataset": str(dataset), "criterion": "image AUROC, then pixel AUROC, then earlier",
+            "rows": rows, "chosen": best}
+
+
+def format_selection(r: dict[str, Any]) -> str:
+    lines = [f"validation: `{r['dataset']}`; criterion: {r['criterion']}", "",
+             "| step | image AUROC | pixel AUROC | PRO@30% | |", "|---|---|---|---|---|"]
+    for row in r["rows"]:
+        mark = "**chosen**" if row["step"] == r["chosen"]["step"] else ""
+        lines.append(f"| {row['step']} | {row['image_auroc']:.4f} | {row['pixel_auroc']:.4f} | "
+                     f"{row['pro_30']:.4f} | {mark} |")
+    return "\n".join(lines)
+
+
+def write_selection(r: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=2) + "\n")
