@@ -183,7 +183,9 @@ def cmd_card(a: argparse.Namespace) -> None:
 
     notes = a.notes.read_text() if a.notes else ""
     out = a.out or a.model.with_name("MODEL.md")
-    r = write_card(a.model, a.dataset, out, threads=a.threads, notes=notes)
+    selection = json.loads(a.selection.read_text()) if a.selection else None
+    r = write_card(a.model, a.dataset, out, threads=a.threads, notes=notes, selection=selection,
+                   validation=a.validation, report=a.report)
     print(f"wrote {out}: {r['ms']:.1f} ms/frame, image AUROC {r['eval']['image_auroc']:.4f}")
 
 
@@ -300,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--dataset", type=Path, required=True)
     cd.add_argument("--out", type=Path, default=None)
     cd.add_argument("--notes", type=Path, default=None, help="markdown file appended")
+    cd.add_argument("--selection", type=Path, default=None,
+                    help="JSON written by `select --out`: how the stopping point was chosen")
+    cd.add_argument("--validation", type=Path, default=None,
+                    help="validation dataset: the card also reports the model there")
+    cd.add_argument("--report", type=Path, default=None,
+                    help="folder written by `diffad eval --report`: figures embedded")
     cd.add_argument("--threads", type=int, default=2)
     cd.set_defaults(fn=cmd_card)
 

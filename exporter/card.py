@@ -31,13 +31,64 @@ def time_model(path: Path, threads: int = 2, runs: int = 30) -> float:
     return statistics.median(ts)
 
 
+def arch_lines(a: dict[str, Any]) -> list[str]:
+    u, s = a["unet"], a["seg"]
+    if a.get("arch", u.get("arch", "official")) == "edge":
+        return [
+            f"- architecture: edge (ARCHITECTURE §7), stem stride {u['stem']}",
+            f"- UNet: widths {u['widths']}, residual blocks encoder {u['enc_blocks']} / decoder "
+            f"{u['dec_blocks']}, attention {'at the bottom' if u['attention'] else 'none'}, no "
+            f"norm; {u['parameters'] / 1e6:.2f} M params",
+            f"- seg: widths {s['widths']}, conv-BN(folded)-ReLU, input x0, x0_hat"
+            f"{', |x0 - x0_hat|' if s.get('diff_input') else ''}; "
+            f"{s['parameters'] / 1e6:.2f} M params",
+        ]
+    return [
+        "- architecture: official-compatible (ARCHITECTURE §1)",
+        f"- UNet: base {u['base_channels']}, mults {u['channel_mults']}, "
+        f"{u['num_res_blocks']} res block(s)/level, attention at {u['attention_resolutions']} px"
+        f" + middle, GroupNorm groups {u['norm_groups']}; {u['parameters'] / 1e6:.2f} M params",
+        f"- seg: base width {s['base_width']}; {s['parameters'] / 1e6:.2f} M params",
+    ]
+
+
+def validation_lines(selection: dict[str, Any] | None, val: dict[str, Any] | None) -> list[str]:
+    """How the stopping point was chosen (validation split only) and the chosen model there."""
+    if selection is None and val is None:
+        return []
+    lines = ["## Validation (stopping point and threshold; never the test set)", ""]
+    if selection is not None:
+        from .select import format_selection
+
+        lines += [format_selection(selection), ""]
+    if val is not None:
+        lines += [f"The shipped model on `{val['dataset']}` at its calibrated threshold "
+                  "(validation crops, disjoint from the calibration crops):", "",
+                  "Validation: " + format_table(val), ""]
+    return lines
+
+
+def report_lines(report_dir: Path, card_dir: Path) -> list[str]:
+    """Embeds the figures of `diffad eval --report` (test set), if they were written."""
+    if not (report_dir / "index.md").is_file():
+        return []
+    rel = report_dir.relative_to(card_dir) if report_dir.is_relative_to(card_dir) else report_dir
+    pngs = sorted(report_dir.glob("*.png"))
+    lines = ["## Report (test set, `diffad eval --report`)", "",
+             f"Figures and their numbers: [`{rel}/index.md`]({rel}/index.md).", ""]
+    for p in pngs:
+        lines.append(f"![{p.stem}]({rel}/{p.name})")
+    return lines + [""]
+
+
 def write_card(path: Path, dataset: Path, out: Path, threads: int = 2,
-               notes: str = "") -> dict[str, Any]:
+               notes: str = "", selection: dict[str, Any] | None = None,
+               validation: Path | None = None,
+               report: Path | None = None) -> dict[str, Any]:
     m = get_manifest(load_model(path))
     ev = evaluate(path, dataset, threads=threads)
     ms = time_model(path, threads)
     a, tr = m["architecture"], m["training"]
-    u, s = a["unet"], a["seg"]
     thr = m["threshold"] or {}
     ns = m["normal_scores"] or {}
     name = m["name"]
@@ -59,11 +110,9 @@ def write_card(path: Path, dataset: Path, out: Path, threads: int = 2,
         f"{m['score']['top_k']} map values",
         f"- t_s {m['diffusion']['t_s']}, t_b {m['diffusion']['t_b']}, w {m['diffusion']['w']}, "
         f"noise seed {m['diffusion']['noise_seed']} (noises fixed at export)",
-        f"- UNet: base {u['base_channels']}, mults {u['channel_mults']}, "
-        f"{u['num_res_blocks']} res block(s)/level, attention at {u['attention_resolutions']} px"
-        f" + middle, GroupNorm groups {u['norm_groups']}; {u['parameters'] / 1e6:.2f} M params",
-        f"- seg: base width {s['base_width']}; {s['parameters'] / 1e6:.2f} M params",
-        f"- {m['flops_per_frame'] / 1e9:.3f} GFLOP per frame (2 x MACs of Conv/MatMul/Gemm)",
+        *arch_lines(a),
+        f"- {m['flops_per_frame'] / 1e9:.3f} GFLOP per frame (2 x MACs of Conv/ConvTranspose/"
+        "MatMul/Gemm, counted from the graph's real shapes)",
         f"- speed: {ms:.1f} ms/frame median, ONNX Runtime {ort_version()} CPU, {threads} threads "
         "on this 2-core dev VM (shared; see `scripts/bench-model`)",
         "",
@@ -91,6 +140,10 @@ def write_card(path: Path, dataset: Path, out: Path, threads: int = 2,
         format_table(ev),
         "",
     ]
+    val = evaluate(path, validation, threads=threads) if validation is not None else None
+    lines += validation_lines(selection, val)
+    if report is not None:
+        lines += report_lines(report, out.parent)
     if notes:
         lines += ["## Notes", "", notes, ""]
     out.write_text("\n".join(lines))
