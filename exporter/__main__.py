@@ -112,6 +112,7 @@ def cmd_export(a: argparse.Namespace) -> None:
     lo, hi = a.range if a.range else (0.0, 1.0)
     opts = ExportOptions(
         name=name, diff=DiffusionConfig(t_s=a.t_s, t_b=a.t_b, w=a.w, top_k=a.top_k,
+                                        score_sigma=a.score_sigma,
                                         noise_seed=a.noise_seed),
         batch=a.batch, opset=a.opset, fp16=a.fp16, value_range=(lo, hi), force=a.force,
         golden_from=a.golden_from,
@@ -171,7 +172,8 @@ def cmd_select(a: argparse.Namespace) -> None:
     from .select import format_selection, select, write_selection
 
     r = select(a.checkpoints, a.dataset, every=a.every, threads=a.threads,
-               diff=DiffusionConfig(t_s=a.t_s, t_b=a.t_b, top_k=a.top_k))
+               diff=DiffusionConfig(t_s=a.t_s, t_b=a.t_b, top_k=a.top_k,
+                                    score_sigma=a.score_sigma))
     print(format_selection(r))
     print(f"chosen: {r['chosen']['checkpoint']}")
     if a.out:
@@ -249,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--t-b", type=int, default=400)
     e.add_argument("--w", type=float, default=1.0)
     e.add_argument("--top-k", type=int, default=50)
+    e.add_argument("--score-sigma", type=float, default=0.0,
+                   help="Gaussian blur (sigma, px) of the map before the top-k score; the "
+                        "anomaly_map output stays unblurred")
     e.add_argument("--noise-seed", type=int, default=0)
     e.add_argument("--opset", type=int, default=17)
     e.add_argument("--batch", type=int, default=1)
@@ -293,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--t-s", type=int, default=200)
     se.add_argument("--t-b", type=int, default=400)
     se.add_argument("--top-k", type=int, default=50)
+    se.add_argument("--score-sigma", type=float, default=0.0)
     se.add_argument("--out", type=Path, default=None, help="write the table as JSON")
     se.add_argument("--threads", type=int, default=2)
     se.set_defaults(fn=cmd_select)

@@ -107,7 +107,9 @@ def write_card(path: Path, dataset: Path, out: Path, threads: int = 2,
         f"- input `image` float32 [{m['input']['batch']}, {m['input']['channels']}, "
         f"{m['input']['height']}, {m['input']['width']}], range {m['input']['range']}",
         "- outputs `anomaly_map` [B,1,H,W] in [0,1], `score` [B] = mean of top-"
-        f"{m['score']['top_k']} map values",
+        f"{m['score']['top_k']} map values"
+        + (f" of the map blurred with a Gaussian of sigma {m['score']['blur_sigma']} px"
+           if m["score"].get("blur_sigma") else ""),
         f"- t_s {m['diffusion']['t_s']}, t_b {m['diffusion']['t_b']}, w {m['diffusion']['w']}, "
         f"noise seed {m['diffusion']['noise_seed']} (noises fixed at export)",
         *arch_lines(a),

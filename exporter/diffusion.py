@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -18,6 +19,7 @@ class DiffusionConfig:
     t_b: int = 400
     w: float = 1.0
     top_k: int = 50
+    score_sigma: float = 0.0  # Gaussian blur of the map before the top-k score (0: none)
     noise_seed: int = 0
 
     def to_dict(self) -> dict:
@@ -53,6 +55,16 @@ def guided_x0(
     xs_from_b = ss * x0_b + ns * e_s
     e_hat = e_s - w * ns * (xs_from_b - x_s)
     return ((x_s - ns * e_hat) / ss).clamp(-1, 1)
+
+
+def gaussian_blur(m: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of [B, 1, H, W] maps, radius 3 sigma, edges reflected."""
+    r = max(1, int(3 * sigma + 0.5))
+    x = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-(x**2) / (2 * sigma * sigma))
+    k = (k / k.sum()).to(m.dtype)
+    m = F.conv2d(F.pad(m, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(m, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
 
 
 def topk_mean(m: torch.Tensor, k: int) -> torch.Tensor:
@@ -116,4 +128,5 @@ class OneStepDetector(nn.Module):
         x0_hat = self.reconstruct(x0)
         seg_in = _to(torch.cat([x0, x0_hat], 1), self.compute_dtype)
         amap = _to(self.seg(seg_in), torch.float32)
-        return amap, topk_mean(amap, self.diff.top_k)
+        pooled = gaussian_blur(amap, self.diff.score_sigma) if self.diff.score_sigma > 0 else amap
+        return amap, topk_mean(pooled, self.diff.top_k)

@@ -83,7 +83,8 @@ def manifest_for(
         "diffusion": {"T": d.T, "schedule": "linear", "beta_start": d.beta_start,
                       "beta_end": d.beta_end, "t_s": d.t_s, "t_b": d.t_b, "w": d.w,
                       "noise_seed": d.noise_seed},
-        "score": {"reduction": "topk_mean", "top_k": d.top_k},
+        "score": {"reduction": "topk_mean", "top_k": d.top_k,
+                  **({"blur_sigma": d.score_sigma} if d.score_sigma > 0 else {})},
         "threshold": None,
         "normal_scores": None,
         "architecture": {

@@ -203,3 +203,27 @@ def test_select_picks_the_best_snapshot_on_validation(tmp_path: Path) -> None:
     assert r["chosen"] == best
     assert main(["select", "--checkpoints", str(out), "--dataset", str(tmp_path / "good"),
                  "--threads", "1"]) == 2  # not a validation dataset: refused, named
+
+
+def test_score_blur_matches_scipy(tmp_path: Path) -> None:
+    from scipy import ndimage
+
+    from exporter.diffusion import OneStepDetector, gaussian_blur, topk_mean
+
+    m = torch.rand(2, 1, 32, 32)
+    want = np.stack([ndimage.gaussian_filter(m[i, 0].numpy().astype(np.float64), 2.0,
+                                             mode="mirror", truncate=3.0) for i in range(2)])
+    got = gaussian_blur(m, 2.0)[:, 0].numpy()
+    assert np.abs(got - want).max() < 1e-5
+    unet, seg = tiny_edge()
+    diff = DiffusionConfig(top_k=20, score_sigma=2.0)
+    det = OneStepDetector(unet, seg, diff).eval()
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        amap, score = det(x)
+    assert float(score[0]) == pytest.approx(float(topk_mean(gaussian_blur(amap, 2.0), 20)[0]))
+    assert float(score[0]) != pytest.approx(float(topk_mean(amap, 20)[0]), abs=1e-6)
+    out2 = tmp_path / "blur.onnx"
+    r2 = export_model(unet, seg, {}, out2, ExportOptions(name="b", diff=diff))
+    assert r2["manifest"]["score"] == {"reduction": "topk_mean", "top_k": 20, "blur_sigma": 2.0}
+    assert r2["score_max_abs_err"] <= 1e-5
