@@ -19,6 +19,7 @@ from .errors import ExporterError
 from .evaluate import evaluate
 from .export import ExportOptions, export_model
 from .official import build_from_checkpoint
+from .onnxio import write_text_atomic
 
 SNAPSHOT = re.compile(r"step-(\d+)\.pt$")
 
@@ -45,14 +46,29 @@ def select(folder: Path, dataset: Path, every: int = 0, threads: int = 2,
     if not (dataset / "test").is_dir():
         raise ExporterError(f"{dataset} is not a validation dataset (no test/ folder); "
                             "make one with `python -m exporter make-tiles`")
+    diff = diff or DiffusionConfig()
+    # rows already evaluated with the same settings are kept beside the snapshots, so select
+    # can run while training goes on and only new snapshots cost time
+    settings = json.dumps({"dataset": str(dataset.resolve()), "diff": diff.to_dict()},
+                          sort_keys=True)
+    cache_path = folder / "select-cache.json"
+    cache = {}
+    if cache_path.is_file():
+        try:
+            cache = json.loads(cache_path.read_text()).get(settings, {})
+        except (json.JSONDecodeError, AttributeError):
+            cache = {}
     rows = []
     with tempfile.TemporaryDirectory() as td:
         for step, path in snapshots(folder, every):
+            stamp = f"{path.stat().st_size}:{path.stat().st_mtime_ns}"
+            hit = cache.get(str(step))
+            if hit is not None and hit.get("stamp") == stamp:
+                rows.append(hit["row"])
+                continue
             unet, seg, _ = build_from_checkpoint(path, official=False)
             out = Path(td) / f"step-{step}.onnx"
-            export_model(unet, seg, {}, out, ExportOptions(name=out.stem,
-                                                           diff=diff or DiffusionConfig(),
-                                                           force=True))
+            export_model(unet, seg, {}, out, ExportOptions(name=out.stem, diff=diff, force=True))
             r = evaluate(out, dataset, threads=threads)
             row = {"step": step, "checkpoint": str(path), "image_auroc": r["image_auroc"],
                    "pixel_auroc": r["pixel_auroc"], "pro_30": r["pro_30"],
@@ -61,9 +77,22 @@ def select(folder: Path, dataset: Path, every: int = 0, threads: int = 2,
             print(f"step {step}: image AUROC {row['image_auroc']:.4f}, pixel AUROC "
                   f"{row['pixel_auroc']:.4f}, PRO@30% {row['pro_30']:.4f}", flush=True)
             rows.append(row)
+            cache[str(step)] = {"stamp": stamp, "row": row}
+            _save_cache(cache_path, settings, cache)
     best = max(rows, key=_key)
     return {"dataset": str(dataset), "criterion": "image AUROC, then pixel AUROC, then earlier",
             "rows": rows, "chosen": best}
+
+
+def _save_cache(path: Path, settings: str, rows: dict[str, Any]) -> None:
+    data = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            data = {}
+    data[settings] = rows
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def format_selection(r: dict[str, Any]) -> str:

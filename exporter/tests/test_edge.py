@@ -201,6 +201,17 @@ def test_select_picks_the_best_snapshot_on_validation(tmp_path: Path) -> None:
     assert [row["step"] for row in r["rows"]] == [1, 2, 3]
     best = max(r["rows"], key=lambda row: (row["image_auroc"], row["pixel_auroc"], -row["step"]))
     assert r["chosen"] == best
+    # a second run reuses the rows kept beside the snapshots instead of exporting again
+    import exporter.select as sel
+
+    def no_export(*_a, **_k):
+        raise AssertionError("exported again")
+
+    orig, sel.export_model = sel.export_model, no_export
+    try:
+        assert select(out, val, threads=1)["rows"] == r["rows"]
+    finally:
+        sel.export_model = orig
     assert main(["select", "--checkpoints", str(out), "--dataset", str(tmp_path / "good"),
                  "--threads", "1"]) == 2  # not a validation dataset: refused, named
 
