@@ -116,11 +116,9 @@ def main() -> None:
     images = sorted(str(p) for p in golden.glob("*.png"))
     if not images:
         sys.exit(f"bench: no golden images at {golden}; export the model with `python -m exporter export`")
-    manifest = json.loads(
-        subprocess.run([str(DIFFAD), "inspect", str(model)], check=True, capture_output=True, text=True).stdout.split(
-            "manifest:\n", 1
-        )[1]
-    )
+    inspected = subprocess.run([str(DIFFAD), "inspect", str(model)], check=True, capture_output=True, text=True)
+    # the manifest JSON follows "manifest:"; the self-test line comes after it
+    manifest, _ = json.JSONDecoder().raw_decode(inspected.stdout.split("manifest:\n", 1)[1])
     # counted from the graph's real shapes, not read from the manifest: manifests written
     # before that count existed undercount (static shape inference missed most convolutions)
     flops = graph_flops_per_frame(model, manifest)
