@@ -268,7 +268,8 @@ fn sd_notify_ready_watchdog_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+    // Generous: on a loaded machine the line can take seconds to reach READY.
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     // Read while the line runs: the kernel queues only a few datagrams per socket.
     let reader = std::thread::spawn(move || {
