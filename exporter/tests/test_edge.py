@@ -19,8 +19,10 @@ from exporter.edge import ConvBNReLU, EdgeSeg, EdgeSegConfig, EdgeUNet, EdgeUNet
 from exporter.export import ExportOptions, export_model
 from exporter.official import build_from_checkpoint
 from exporter.onnxio import count_flops_by_op
+from exporter.seg import SegConfig
+from exporter.unet import UNetConfig
 
-from .conftest import ROOT, randomized, write_images
+from .conftest import randomized, write_images
 
 TINY = dict(image_size=32, widths=(16, 32, 32), enc_blocks=(1, 1, 1), dec_blocks=(1, 1),
             emb_channels=32)
@@ -125,19 +127,19 @@ def _profiler_conv_flops(path: Path, blocked: bool, tmp: Path) -> float:
     return sum(seen.values())
 
 
-@pytest.mark.parametrize("which", ["committed", "edge"])
+@pytest.mark.parametrize("which", ["official", "edge"])
 def test_flop_count_matches_the_profiler(tmp_path: Path, which: str) -> None:
-    if which == "committed":
-        path = ROOT / "models" / "tiles-brick" / "model.onnx"
+    if which == "official":  # the configuration of the first tiles models
+        unet, seg = build_unet(UNetConfig()), build_seg(SegConfig(2, 8))
     else:
         unet = build_unet(EdgeUNetConfig())  # the default (shipped) edge design
         seg = build_seg(EdgeSegConfig())
-        path, _ = _export(tmp_path, randomized(unet), randomized(seg))
+    path, _ = _export(tmp_path, randomized(unet), randomized(seg))
     ours = count_flops_by_op(onnx.load(str(path)))
     prof = _profiler_conv_flops(path, blocked=False, tmp=tmp_path)
     assert abs(ours["Conv"] - prof) <= 0.01 * prof, (ours, prof)
     padded = _profiler_conv_flops(path, blocked=True, tmp=tmp_path)
-    if which == "committed":
+    if which == "official":
         # the old count (static shape inference) put this model at 0.651 GFLOP
         assert ours["Conv"] > 5e9
         # its 8-wide seg head is padded to 16 channels in the blocked layout: > 5 % wasted
