@@ -121,11 +121,7 @@ impl Preprocessor {
         let (mw, mh) = (self.spec.width, self.spec.height);
         let plane_len = mw * mh;
         if (w as usize, h as usize) == (mw, mh) {
-            for (i, px) in self.plane.chunks_exact(c).enumerate() {
-                for (ch, &v) in px.iter().enumerate() {
-                    out[ch * plane_len + i] = self.offset + self.scale * v as f32;
-                }
-            }
+            self.scale_plane(out);
             return Ok(());
         }
         if self.taps.as_ref().map(|t| t.0) != Some((w, h)) {
@@ -156,16 +152,22 @@ impl Preprocessor {
         out: &mut Vec<f32>,
     ) -> Result<(u32, u32), PreprocessError> {
         let (w, h) = self.fill_plane(frame)?;
-        let c = self.spec.channels;
-        let plane_len = w as usize * h as usize;
         out.clear();
-        out.resize(c * plane_len, 0.0);
+        out.resize(self.spec.channels * w as usize * h as usize, 0.0);
+        self.scale_plane(out);
+        Ok((w, h))
+    }
+
+    /// `self.plane` (interleaved pixels) into `out` as planar channels scaled to the range, at
+    /// the plane's own resolution.
+    fn scale_plane(&self, out: &mut [f32]) {
+        let c = self.spec.channels;
+        let plane_len = self.plane.len() / c;
         for (i, px) in self.plane.chunks_exact(c).enumerate() {
             for (ch, &v) in px.iter().enumerate() {
                 out[ch * plane_len + i] = self.offset + self.scale * v as f32;
             }
         }
-        Ok((w, h))
     }
 
     /// Copy the ROI into `self.plane` with the model's channel count; returns its size.
