@@ -24,28 +24,24 @@ def arch_of(cfg: Any) -> str:
     return getattr(cfg, "arch", OFFICIAL)
 
 
-def unet_config_from_dict(d: dict[str, Any]) -> UNetCfg:
+def _config_from_dict(d: dict[str, Any], what: str, edge_cls: type, official_cls: type) -> Any:
     arch = d.get("arch", OFFICIAL)
     try:
         if arch == EDGE:
-            return EdgeUNetConfig.from_dict(d)
+            return edge_cls.from_dict(d)
         if arch == OFFICIAL:
-            return UNetConfig.from_dict({k: v for k, v in d.items() if k != "arch"})
+            return official_cls.from_dict({k: v for k, v in d.items() if k != "arch"})
     except (TypeError, ValueError) as e:
-        raise ExporterError(f"UNet configuration ({arch}) is not valid: {e}") from None
+        raise ExporterError(f"{what} configuration ({arch}) is not valid: {e}") from None
     raise ExporterError(f"unknown architecture {arch!r} (known: {', '.join(ARCHS)})")
+
+
+def unet_config_from_dict(d: dict[str, Any]) -> UNetCfg:
+    return _config_from_dict(d, "UNet", EdgeUNetConfig, UNetConfig)
 
 
 def seg_config_from_dict(d: dict[str, Any]) -> SegCfg:
-    arch = d.get("arch", OFFICIAL)
-    try:
-        if arch == EDGE:
-            return EdgeSegConfig.from_dict(d)
-        if arch == OFFICIAL:
-            return SegConfig.from_dict({k: v for k, v in d.items() if k != "arch"})
-    except (TypeError, ValueError) as e:
-        raise ExporterError(f"seg configuration ({arch}) is not valid: {e}") from None
-    raise ExporterError(f"unknown architecture {arch!r} (known: {', '.join(ARCHS)})")
+    return _config_from_dict(d, "seg", EdgeSegConfig, SegConfig)
 
 
 def build_unet(cfg: UNetCfg) -> nn.Module:
