@@ -173,42 +173,40 @@ def _training_info(opts: TrainOptions, step: int, wall: float) -> dict[str, Any]
             "discolour": opts.discolour, "wall_seconds": round(wall, 1)}
 
 
-def save_checkpoint(path: Path, unet, seg, opt_u, opt_s, step: int, opts: TrainOptions,
-                    rng, gen, wall: float) -> None:
-    ck = {
+def _weights(unet, seg, step: int, opts: TrainOptions, wall: float) -> dict[str, Any]:
+    """What every saved file holds: both state dicts, configs and training record."""
+    return {
         "unet_model_state_dict": unet.state_dict(),
         "seg_model_state_dict": seg.state_dict(),
         "n_epoch": step,
-        "args": {"img_size": [opts.unet.image_size] * 2,
-                 "base_channels": getattr(opts.unet, "base_channels", 0),
-                 "channels": opts.unet.in_channels},
         "exporter": {
             "unet": opts.unet.to_dict(), "seg": seg.cfg.to_dict(), "step": step,
-            "wall_seconds": wall,
-            "training": _training_info(opts, step, wall),
-            "opt_unet": opt_u.state_dict(), "opt_seg": opt_s.state_dict(),
-            "rng": _rng_state(rng, gen),
+            "wall_seconds": wall, "training": _training_info(opts, step, wall),
         },
     }
+
+
+def _save(path: Path, ck: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         torch.save(ck, tmp)
+
+
+def save_checkpoint(path: Path, unet, seg, opt_u, opt_s, step: int, opts: TrainOptions,
+                    rng, gen, wall: float) -> None:
+    """Resumable: the weights plus the official `args`, optimiser and RNG states."""
+    ck = _weights(unet, seg, step, opts, wall)
+    ck["args"] = {"img_size": [opts.unet.image_size] * 2,
+                  "base_channels": getattr(opts.unet, "base_channels", 0),
+                  "channels": opts.unet.in_channels}
+    ck["exporter"].update(opt_unet=opt_u.state_dict(), opt_seg=opt_s.state_dict(),
+                          rng=_rng_state(rng, gen))
+    _save(path, ck)
 
 
 def save_snapshot(path: Path, unet, seg, step: int, opts: TrainOptions, wall: float) -> None:
     """Weights and configs only (exportable, not resumable): candidates for the stopping point,
     which is chosen later on the validation split."""
-    ck = {
-        "unet_model_state_dict": unet.state_dict(),
-        "seg_model_state_dict": seg.state_dict(),
-        "n_epoch": step,
-        "exporter": {
-            "unet": opts.unet.to_dict(), "seg": seg.cfg.to_dict(), "step": step,
-            "wall_seconds": wall,
-            "training": _training_info(opts, step, wall),
-        },
-    }
-    with atomic_path(path) as tmp:
-        torch.save(ck, tmp)
+    _save(path, _weights(unet, seg, step, opts, wall))
 
 
 def train(opts: TrainOptions) -> Path:
