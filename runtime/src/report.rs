@@ -192,6 +192,21 @@ fn draw_err<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> anyhow::Error + '
     move |e| anyhow!("drawing {what}: {e}")
 }
 
+/// The legend box every chart draws, at `pos`.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    pos: SeriesLabelPosition,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .configure_series_labels()
+        .position(pos)
+        .margin(14)
+        .label_font((FONT, 17))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+}
+
 fn save(buf: Vec<u8>, (w, h): (u32, u32), dest: &Path) -> Result<()> {
     RgbImage::from_raw(w, h, buf)
         .expect("buffer of the figure's size")
@@ -517,15 +532,7 @@ fn draw_roc(
                 ))
                 .legend(|(x, y)| Circle::new((x + 12, y), 6, DEFECT.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .margin(14)
-            .label_font((FONT, 17))
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()
-            .map_err(&e)?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight).map_err(&e)?;
         root.present().map_err(&e)?;
     }
     save(buf, (w, h), dest)
@@ -638,15 +645,7 @@ fn draw_scores(
                 (FONT, 17).into_font(),
             )))
             .map_err(&e)?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .margin(14)
-            .label_font((FONT, 17))
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()
-            .map_err(&e)?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight).map_err(&e)?;
 
         let mut chart = ChartBuilder::on(&bottom)
             .caption(
