@@ -133,6 +133,8 @@ def export_model(
     d = opts.diff
     if not (0 <= d.t_s < d.T and 0 <= d.t_b < d.T):
         raise ExporterError(f"t_s={d.t_s}, t_b={d.t_b} must lie in [0, {d.T})")
+    if not d.score_sigma >= 0:  # also refuses NaN
+        raise ExporterError(f"--score-sigma {d.score_sigma} must be a number >= 0 (0: no blur)")
     prepare_for_export(unet, seg)
     dtype = torch.float16 if opts.fp16 else torch.float32
     det = OneStepDetector(unet, seg, d, batch=opts.batch, compute_dtype=dtype)

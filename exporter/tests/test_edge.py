@@ -16,6 +16,7 @@ from exporter.__main__ import main
 from exporter.arch import build_seg, build_unet, prepare_for_export
 from exporter.diffusion import DiffusionConfig
 from exporter.edge import ConvBNReLU, EdgeSeg, EdgeSegConfig, EdgeUNet, EdgeUNetConfig
+from exporter.errors import ExporterError
 from exporter.export import ExportOptions, export_model
 from exporter.official import build_from_checkpoint
 from exporter.onnxio import count_flops_by_op
@@ -240,3 +241,7 @@ def test_score_blur_matches_scipy(tmp_path: Path) -> None:
     r2 = export_model(unet, seg, {}, out2, ExportOptions(name="b", diff=diff))
     assert r2["manifest"]["score"] == {"reduction": "topk_mean", "top_k": 20, "blur_sigma": 2.0}
     assert r2["score_max_abs_err"] <= 1e-5
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ExporterError, match="score-sigma"):
+            export_model(unet, seg, {}, tmp_path / "bad.onnx",
+                         ExportOptions(name="b", diff=DiffusionConfig(score_sigma=bad)))
