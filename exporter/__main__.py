@@ -85,6 +85,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         checkpoint_every=a.checkpoint_every, keep_every=a.keep_every,
         max_minutes=a.max_minutes, resume=not a.no_resume,
         seg_extra=a.seg_extra, focal_gamma=a.focal_gamma, discolour=a.discolour,
+        self_texture=a.self_texture,
     )
     train(opts)
 
@@ -235,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--discolour", type=float, default=0.0,
                    help="share of synthetic anomalies that are soft brightness shifts "
                         "(stains) instead of foreign-texture blends")
+    t.add_argument("--self-texture", type=float, default=0.0,
+                   help="share of synthetic anomalies that refill a region with the part's own "
+                        "texture, displaced, turned and rescaled (for stochastic textures)")
     t.add_argument("--seg-extra", type=int, default=0,
                    help="extra seg-only updates per step (UNet under no_grad)")
     t.set_defaults(fn=cmd_train)

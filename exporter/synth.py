@@ -47,11 +47,13 @@ def perlin(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generato
     return np.sqrt(2) * (n0 * (1 - v) + n1 * v)
 
 
-def perlin_mask(size: int, rng: np.random.Generator, tries: int = 8) -> np.ndarray:
-    """Binary float32 mask [size, size]; non-empty when possible."""
+def perlin_mask(size: int, rng: np.random.Generator, tries: int = 8, octaves: int = 6
+                ) -> np.ndarray:
+    """Binary float32 mask [size, size]; non-empty when possible. Lattice 2^U{0..octaves-1}
+    cells per axis: fewer octaves, rounder blobs."""
     m = np.zeros((size, size), np.float32)
     for _ in range(tries):
-        sy, sx = 2 ** rng.integers(0, 6), 2 ** rng.integers(0, 6)
+        sy, sx = 2 ** rng.integers(0, octaves), 2 ** rng.integers(0, octaves)
         n = perlin((size, size), (int(sy), int(sx)), rng)
         n = rotate(n, rng.uniform(-90, 90), mode="reflect", preserve_range=True)
         m = (n > 0.5).astype(np.float32)
@@ -159,12 +161,49 @@ def discolour(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return aug.astype(np.float32), (alpha > 0.5).astype(np.float32)[None]
 
 
+def self_texture(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A Perlin region refilled with the part's own texture, displaced, turned and rescaled.
+
+    Foreign blends and stains teach "this is not the texture"; a stochastic texture (grass)
+    fails differently: the right material, wrongly arranged. Here the fill is the same crop
+    rolled by a random offset, flipped or turned, and zoomed by 0.6-1.6, so only the
+    arrangement (continuity, orientation, grain size) gives it away.
+    """
+    c, size = x.shape[0], x.shape[-1]
+    m = perlin_mask(size, rng, octaves=3)  # blobs: a sliver of own texture shows nothing
+    src = np.roll(x, tuple(int(v) for v in rng.integers(size // 4, size, 2)), axis=(1, 2))
+    src = np.rot90(src, int(rng.integers(1, 4)), axes=(1, 2))
+    if rng.random() < 0.5:
+        src = src[:, :, ::-1]
+    zoom = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
+    if abs(zoom - 1.0) > 0.1:
+        big = int(round(size * zoom))
+        z = np.stack([resize(src[i], (big, big), order=1) for i in range(c)])
+        if big >= size:
+            o = (big - size) // 2
+            src = z[:, o : o + size, o : o + size]
+        else:
+            src = np.concatenate([z, z[:, :, : size - big]], 2)
+            src = np.concatenate([src, src[:, : size - big]], 1)
+    src = np.clip(src * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05), 0.0, 1.0)
+    beta = rng.uniform(0.0, 0.3)  # mostly replaced: the point is the arrangement
+    aug = x * (1 - m) + ((1 - beta) * src + beta * x) * m
+    return aug.astype(np.float32), m[None].astype(np.float32)
+
+
 def synthesize(
-    x: np.ndarray, pool: TexturePool, rng: np.random.Generator, discolour_prob: float = 0.0
+    x: np.ndarray, pool: TexturePool, rng: np.random.Generator, discolour_prob: float = 0.0,
+    self_prob: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """x float32 [C, H, W] in [0, 1] -> (augmented image, mask [1, H, W])."""
-    if discolour_prob > 0 and rng.random() < discolour_prob:
+    """x float32 [C, H, W] in [0, 1] -> (augmented image, mask [1, H, W]).
+
+    Shares: `discolour_prob` stains, `self_prob` own-texture refills, the rest foreign blends.
+    """
+    u = rng.random() if discolour_prob > 0 or self_prob > 0 else 1.0
+    if u < discolour_prob:
         return discolour(x, rng)
+    if u < discolour_prob + self_prob:
+        return self_texture(x, rng)
     size = x.shape[-1]
     m = perlin_mask(size, rng)[None]
     tex = pool.sample(rng)

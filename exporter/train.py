@@ -62,6 +62,7 @@ class TrainOptions:
     seg_extra: int = 0
     focal_gamma: float = 4.0
     discolour: float = 0.0
+    self_texture: float = 0.0
     command: str = field(default_factory=lambda: "python -m exporter " + shlex.join(sys.argv[1:]))
 
 
@@ -108,7 +109,7 @@ def make_batch(
             x = _augment(x, rng)
         x = np.ascontiguousarray(x, dtype=np.float32)
         if rng.random() < opts.anomaly_prob:
-            x, m = synthesize(x, pool, rng, opts.discolour)
+            x, m = synthesize(x, pool, rng, opts.discolour, opts.self_texture)
             label = float(m.sum() > 0)
         else:
             m, label = np.zeros((1, crop, crop), np.float32), 0.0
@@ -170,7 +171,8 @@ def _training_info(opts: TrainOptions, step: int, wall: float) -> dict[str, Any]
     return {"data": str(opts.data), "command": opts.command, "seed": opts.seed, "steps": step,
             "batch": opts.batch, "lr_unet": opts.lr_unet, "lr_seg": opts.lr_seg,
             "crop": opts.crop, "seg_extra": opts.seg_extra, "focal_gamma": opts.focal_gamma,
-            "discolour": opts.discolour, "wall_seconds": round(wall, 1)}
+            "discolour": opts.discolour, "self_texture": opts.self_texture,
+            "wall_seconds": round(wall, 1)}
 
 
 def _weights(unet, seg, step: int, opts: TrainOptions, wall: float) -> dict[str, Any]:

@@ -85,3 +85,53 @@ def test_discolour_shifts_grey_level_and_keeps_texture() -> None:
         # texture kept: the added field is smooth, not a replacement of the pixels
         shift = aug - x
         assert np.abs(np.diff(shift, axis=2)).mean() < 0.3 * np.abs(np.diff(x, axis=2)).mean()
+
+
+def test_self_texture_refills_a_blob_with_the_parts_own_texture() -> None:
+    import numpy as np
+    from skimage import data
+
+    from exporter.synth import TexturePool, synthesize
+
+    rng = np.random.default_rng(5)
+    pool = TexturePool(64, 1, None, 0)
+    x = (data.grass()[:64, :64].astype(np.float32) / 255.0)[None]
+    changed = 0
+    for _ in range(20):
+        aug, m = synthesize(x, pool, rng, discolour_prob=0.0, self_prob=1.0)
+        assert aug.shape == x.shape and m.shape == (1, 64, 64)
+        assert np.isfinite(aug).all() and aug.min() >= 0.0 and aug.max() <= 1.0
+        assert set(np.unique(m)) <= {0.0, 1.0}
+        # outside the mask the part is untouched; inside, the pixels really moved
+        assert np.array_equal(aug[m == 0], x[m == 0])
+        if m.sum() > 0:
+            changed += int(np.abs(aug - x)[m > 0].mean() > 0.05)
+            # the fill is the same material: grey level within the part's own range
+            assert abs(float(aug[m > 0].mean()) - float(x.mean())) < 0.2
+    assert changed >= 15
+
+
+def test_synthesis_shares_route_to_each_family() -> None:
+    import numpy as np
+
+    from exporter import synth
+
+    calls: list[str] = []
+
+    def spy(name):
+        def f(x, rng):
+            calls.append(name)
+            return x, np.zeros((1,) + x.shape[1:], np.float32)
+        return f
+
+    rng = np.random.default_rng(0)
+    pool = synth.TexturePool(32, 1, None, 0)
+    x = np.full((1, 32, 32), 0.5, np.float32)
+    orig = synth.discolour, synth.self_texture
+    synth.discolour, synth.self_texture = spy("stain"), spy("self")
+    try:
+        for _ in range(400):
+            synth.synthesize(x, pool, rng, discolour_prob=0.3, self_prob=0.3)
+    finally:
+        synth.discolour, synth.self_texture = orig
+    assert 90 < calls.count("stain") < 150 and 90 < calls.count("self") < 150
