@@ -151,8 +151,8 @@ fn slow_engine_fails_safe_and_loses_no_part() {
     assert!(s.invariant_ok, "{s}");
     assert!(s.counters.fault_rejects > 0);
     assert!(
-        s.counters.queue_full > 0,
-        "the 8-frame queue overflowed during stalls"
+        s.counters.skipped > 0,
+        "parts queued behind a 700 ms stall could not make their deadline and were skipped"
     );
     assert!(s.counters.late_verdicts > 0);
     assert!(s.counters.inspect_errors > 0);
@@ -175,7 +175,14 @@ fn slow_engine_fails_safe_and_loses_no_part() {
         .iter()
         .filter(|p| p.outcome == Outcome::FaultReject)
         .all(|p| p.reason.is_some()));
-    assert!(!run.alarms("queue_full").is_empty());
+    assert!(!run.alarms("overload").is_empty());
+    assert!(parts
+        .iter()
+        .filter(|p| p
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("skipped")))
+        .all(|p| p.score.is_none() && p.outcome == Outcome::FaultReject));
     assert!(!run.alarms("late_verdict").is_empty() || !run.alarms("verdict_missing").is_empty());
     assert!(!run.alarms("inspect_failed").is_empty());
     // Every fault reject still fired on time.
@@ -186,6 +193,70 @@ fn slow_engine_fails_safe_and_loses_no_part() {
         run.rejects().len() as u64,
         s.counters.rejects + s.counters.fault_rejects
     );
+}
+
+/// Parts at `rate_hz` against an engine that takes 80 ms per frame (12.5 frames/s).
+fn overloaded(parts: u64, rate_hz: f64) -> common::Run {
+    let mut setup = sim_setup(parts);
+    setup.line.part_rate_hz = rate_hz;
+    run_line(
+        &setup,
+        |c| {
+            let mut i = TruthInspector::new(c);
+            i.batch = 1;
+            i.delay_ns = 80 * MS;
+            Box::new(i)
+        },
+        None,
+        None,
+    )
+}
+
+#[test]
+fn overload_spends_the_engine_on_parts_that_can_make_their_deadline() {
+    // 30 parts/s against 12.5/s of capacity (2.4x), 500 ms from trigger to ejector.
+    let run = overloaded(1800, 30.0);
+    let s = &run.summary;
+    println!("{s}");
+    assert!(s.invariant_ok, "{s}");
+    let capacity = s.trigger_span_s / 0.080;
+    let share = s.inspected_in_time as f64 / capacity;
+    // A first-in-first-out engine inspected 5 of these 1800 parts in time.
+    assert!(
+        share >= 0.9,
+        "in time {} of a capacity of {capacity:.0} ({share:.2})",
+        s.inspected_in_time
+    );
+    // The rest were skipped at once, not inspected and then thrown away as late.
+    assert!(s.counters.late_verdicts <= 2, "{s}");
+    assert_eq!(
+        s.counters.skipped + s.inspected_in_time + s.counters.late_verdicts,
+        1800,
+        "{s}"
+    );
+    assert_eq!(s.escapes, 0, "skipped parts fail safe: {s}");
+    // Latency over every inspected part stays within the belt travel.
+    assert!(s.latency_p99_ms.unwrap() < 500.0, "{s}");
+    assert!(!run.alarms("overload").is_empty());
+}
+
+#[test]
+fn below_capacity_nothing_is_skipped_or_failed_safe() {
+    // 0.9x of capacity: every part is inspected and decided by its verdict.
+    let run = overloaded(600, 11.25);
+    let s = &run.summary;
+    println!("{s}");
+    assert!(s.invariant_ok, "{s}");
+    assert_eq!(
+        (
+            s.counters.fault_rejects,
+            s.counters.skipped,
+            s.counters.late_verdicts
+        ),
+        (0, 0, 0),
+        "{s}"
+    );
+    assert_eq!(s.inspected_in_time, 600);
 }
 
 /// A camera that delivers some frames, then nothing for a while, then ends.

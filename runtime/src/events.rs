@@ -104,8 +104,10 @@ pub struct Counters {
     pub fault_passes: u64,
     /// Parts armed without an outcome yet.
     pub pending: u64,
-    /// Frames that found the engine queue full.
+    /// Frames that could not be queued for the engine (it had stopped).
     pub queue_full: u64,
+    /// Parts not inspected because their verdict could no longer come in time (fail-safe).
+    pub skipped: u64,
     /// Verdicts that came after the outcome was fixed.
     pub late_verdicts: u64,
     /// Inspections that failed.

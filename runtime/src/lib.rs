@@ -28,6 +28,8 @@ pub mod report;
 pub mod selftest;
 pub mod setup;
 pub mod supervisor;
+pub mod tally;
 pub mod testkit;
 pub mod tiling;
+pub mod triage;
 pub mod watchdog;

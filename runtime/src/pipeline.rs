@@ -34,6 +34,8 @@ use crate::pins::{LinePins, Output, TriggerInput};
 use crate::reject::{PartInfo, Policy, RejectStats, Scheduler};
 use crate::setup::{FailSafe, LineSetup, Trigger};
 use crate::supervisor::Supervisor;
+use crate::tally::Tally;
+use crate::triage::{Job, ServiceTime, Triage};
 use crate::watchdog::Notifier;
 use std::collections::VecDeque;
 use std::fmt;
@@ -169,12 +171,24 @@ pub struct Summary {
     pub false_rejects: u64,
     /// Good parts rejected by fail-safe.
     pub false_fault_rejects: u64,
-    /// Median trigger-to-verdict latency.
+    /// Parts whose inspection decided their outcome in time (passes + rejects).
+    pub inspected_in_time: u64,
+    /// Frames the engine inspected (in time or not).
+    pub inspections: u64,
+    /// Time the engine spent inspecting (s).
+    pub engine_busy_s: f64,
+    /// Time from the first part's trigger to the last's (s).
+    pub trigger_span_s: f64,
+    /// Median trigger-to-verdict latency over every inspected part.
     pub latency_p50_ms: Option<f64>,
-    /// 99th percentile trigger-to-verdict latency.
+    /// 99th percentile trigger-to-verdict latency over every inspected part.
     pub latency_p99_ms: Option<f64>,
     /// Largest |actual − scheduled| of reject pulses.
     pub max_reject_error_ms: f64,
+    /// 99th percentile |actual − scheduled| of reject pulses.
+    pub reject_error_p99_ms: f64,
+    /// Reject pulses whose timing was measured.
+    pub reject_pulses_timed: u64,
     /// Events delivered to the sinks.
     pub events_delivered: u64,
     /// Events dropped (bus full).
@@ -217,13 +231,20 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "latency p50 {}  p99 {}  reject timing error max {:.3} ms  late verdicts {}  queue full {}  inspect errors {}",
+            "inspected {} (in time {})  skipped {}  latency p50 {}  p99 {} (every inspected part)  late verdicts {}  queue full {}  inspect errors {}",
+            self.inspections,
+            self.inspected_in_time,
+            c.skipped,
             ms(self.latency_p50_ms),
             ms(self.latency_p99_ms),
-            self.max_reject_error_ms,
             c.late_verdicts,
             c.queue_full,
             c.inspect_errors
+        )?;
+        writeln!(
+            f,
+            "reject timing error max {:.3} ms  p99 {:.3} ms over {} pulses",
+            self.max_reject_error_ms, self.reject_error_p99_ms, self.reject_pulses_timed
         )?;
         write!(
             f,
@@ -239,12 +260,8 @@ impl fmt::Display for Summary {
     }
 }
 
-fn percentile_ms(sorted: &[u64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    Some(sorted[i] as f64 / 1e6)
+fn percentile_ms(h: &hdrhistogram::Histogram<u64>, q: f64) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1e6)
 }
 
 /// What a matched frame tells the part armed at its photo-eye edge.
@@ -255,11 +272,6 @@ pub(crate) struct MatchedFrame {
     origin: String,
 }
 
-struct Job {
-    part: u64,
-    frame: Frame,
-}
-
 enum SchedMsg {
     Arm(PartInfo),
     Matched {
@@ -268,7 +280,13 @@ enum SchedMsg {
     },
     Inspected {
         part: u64,
+        trigger_ns: u64,
         result: Result<Inspection, String>,
+        frame: Frame,
+    },
+    Skipped {
+        part: u64,
+        reason: String,
         frame: Frame,
     },
     NotQueued {
@@ -292,7 +310,13 @@ impl Drop for Done<'_> {
 
 /// State the stage threads share with the health thread.
 struct Shared {
-    counters: Arc<Mutex<Counters>>,
+    counters: Arc<Tally>,
+    /// Time the engine spent inspecting, and the frames it inspected (its capacity).
+    engine_busy_ns: AtomicU64,
+    inspections: AtomicU64,
+    /// First and last part trigger times (the span the line ran parts).
+    first_trigger_ns: AtomicU64,
+    last_trigger_ns: AtomicU64,
     last_frame_ns: AtomicU64,
     alive: [AtomicU64; 4],
     done: [AtomicBool; 4],
@@ -385,7 +409,11 @@ pub fn run(
     crate::events::attach_log(events.clone(), setup.supervisor.level()?);
 
     let shared = Arc::new(Shared {
-        counters: Arc::new(Mutex::new(Counters::default())),
+        counters: Arc::new(Tally::default()),
+        engine_busy_ns: AtomicU64::new(0),
+        inspections: AtomicU64::new(0),
+        first_trigger_ns: AtomicU64::new(u64::MAX),
+        last_trigger_ns: AtomicU64::new(0),
         last_frame_ns: AtomicU64::new(clock.now_ns()),
         alive: Default::default(),
         done: Default::default(),
@@ -402,7 +430,7 @@ pub fn run(
     if hw.trigger.is_none() {
         shared.done[3].store(true, Ordering::SeqCst);
     }
-    let (frames_tx, frames_rx) = chan::channel::<Job>(&clock, Some(line.queue));
+    let triage = Triage::new(line.queue);
     // Unbounded on purpose: arming must never fail, and the reject stage drains it every wake.
     let (sched_tx, sched_rx) = chan::channel::<SchedMsg>(&clock, None);
     let (recycle_tx, recycle_rx) = crossbeam_channel::bounded::<Vec<u8>>(64);
@@ -460,13 +488,14 @@ pub fn run(
             );
             let h = held.next().expect("guard");
             let source = hw.source;
+            let triage = &triage;
             std::thread::Builder::new()
                 .name("capture".into())
                 .spawn_scoped(scope, move || {
                     let _h = h;
                     let _done = Done(&shared, 0, &*clock);
                     capture_loop(
-                        setup, source, &*clock, &shared, &events, &sched_tx, frames_tx, recycle_rx,
+                        setup, source, &*clock, &shared, &events, &sched_tx, triage, recycle_rx,
                         &shutdown, &awaiting, &next_part,
                     );
                 })
@@ -475,12 +504,13 @@ pub fn run(
         let inspect = {
             let (clock, shared, sched_tx) = (clock.clone(), shared.clone(), sched_tx.clone());
             let h = held.next().expect("guard");
+            let triage = &triage;
             std::thread::Builder::new()
                 .name("inspect".into())
                 .spawn_scoped(scope, move || {
                     let _h = h;
                     let _done = Done(&shared, 1, &*clock);
-                    inspect_loop(inspector, &*clock, &shared, frames_rx, &sched_tx, tick);
+                    inspect_loop(inspector, &*clock, &shared, triage, &sched_tx, tick);
                 })
                 .expect("spawn inspect")
         };
@@ -607,17 +637,23 @@ pub fn run(
     counters.frames_dropped = shared.frames_dropped.load(Ordering::Relaxed);
     counters.camera_errors = shared.camera_errors.load(Ordering::Relaxed);
     counters.events_dropped = bus_stats.dropped;
-    let mut lat = stats.latencies_ns.clone();
-    lat.sort_unstable();
+    let first = shared.first_trigger_ns.load(Ordering::Relaxed);
+    let last = shared.last_trigger_ns.load(Ordering::Relaxed);
     let summary = Summary {
         invariant_ok: counters.balanced() && counters.pending == 0,
+        inspected_in_time: counters.passes + counters.rejects,
+        inspections: shared.inspections.load(Ordering::Relaxed),
+        engine_busy_s: shared.engine_busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
+        trigger_span_s: last.saturating_sub(first) as f64 / 1e9,
+        reject_error_p99_ms: percentile_ms(&stats.timing_error_ns, 0.99).unwrap_or(0.0),
+        reject_pulses_timed: stats.timing_error_ns.len(),
         counters,
         with_truth: stats.with_truth,
         escapes: stats.escapes,
         false_rejects: stats.false_rejects,
         false_fault_rejects: stats.false_fault_rejects,
-        latency_p50_ms: percentile_ms(&lat, 0.5),
-        latency_p99_ms: percentile_ms(&lat, 0.99),
+        latency_p50_ms: percentile_ms(&stats.latency_ns, 0.5),
+        latency_p99_ms: percentile_ms(&stats.latency_ns, 0.99),
         max_reject_error_ms: stats.max_timing_error_ns as f64 / 1e6,
         events_delivered: bus_stats.delivered,
         events_dropped: bus_stats.dropped,
@@ -646,7 +682,7 @@ fn capture_loop(
     shared: &Shared,
     events: &Events,
     sched: &chan::Tx<SchedMsg>,
-    frames: chan::Tx<Job>,
+    triage: &Triage,
     recycle: crossbeam_channel::Receiver<Vec<u8>>,
     shutdown: &Shutdown,
     awaiting: &Mutex<VecDeque<(u64, u64)>>,
@@ -654,6 +690,7 @@ fn capture_loop(
 ) {
     let line = &setup.line;
     let delay = line.delay_ns();
+    let margin = line.margin_ns();
     let by_frame = line.trigger == Trigger::Frame;
     let mut camera_failing = false;
     log::info!("capture from {}", source.describe());
@@ -717,8 +754,9 @@ fn capture_loop(
         shared
             .frames_dropped
             .store(source.dropped(), Ordering::Relaxed);
-        let part = if by_frame {
+        let (part, trigger_ns) = if by_frame {
             let part = next_part.fetch_add(1, Ordering::SeqCst) + 1;
+            note_trigger(shared, frame.timestamp_ns);
             let truth = frame.truth.as_ref();
             let info = PartInfo {
                 part,
@@ -730,7 +768,7 @@ fn capture_loop(
                 origin: frame.origin.clone(),
             };
             let _ = sched.try_send(SchedMsg::Arm(info));
-            part
+            (part, frame.timestamp_ns)
         } else {
             // Let the trigger thread catch up to this frame's time first (it may run behind).
             let ts = frame.timestamp_ns;
@@ -740,7 +778,7 @@ fn capture_loop(
                     || shared.is_done(3)
             });
             match match_trigger(awaiting, ts) {
-                Some(part) => {
+                Some((part, trigger_ns)) => {
                     let truth = frame.truth.as_ref();
                     let m = MatchedFrame {
                         frame_seq: frame.seq,
@@ -749,7 +787,7 @@ fn capture_loop(
                         origin: frame.origin.clone(),
                     };
                     let _ = sched.try_send(SchedMsg::Matched { part, frame: m });
-                    part
+                    (part, trigger_ns)
                 }
                 None => {
                     events.emit(Event::alarm(
@@ -763,46 +801,71 @@ fn capture_loop(
                 }
             }
         };
-        if let Err(e) = frames.try_send(Job { part, frame }) {
-            let full = e.is_full();
-            let job = e.into_inner();
-            let reason = if full {
-                format!("engine queue full ({} frames)", line.queue)
-            } else {
-                "engine stopped".to_string()
-            };
-            let _ = sched.try_send(SchedMsg::NotQueued {
-                part,
-                reason,
-                frame: Some(job.frame),
-            });
+        let job = Job {
+            part,
+            trigger_ns,
+            due_ns: (trigger_ns + delay).saturating_sub(margin),
+            frame,
+        };
+        match triage.push(job, clock) {
+            Ok(None) => {}
+            Ok(Some(old)) => {
+                let _ = sched.try_send(SchedMsg::Skipped {
+                    part: old.part,
+                    reason: format!(
+                        "engine queue full ({} frames): the oldest frame made room for a new one",
+                        line.queue
+                    ),
+                    frame: old.frame,
+                });
+            }
+            Err(job) => {
+                let _ = sched.try_send(SchedMsg::NotQueued {
+                    part: job.part,
+                    reason: "engine stopped".to_string(),
+                    frame: Some(job.frame),
+                });
+            }
         }
     }
+}
+
+fn note_trigger(shared: &Shared, t_ns: u64) {
+    shared.first_trigger_ns.fetch_min(t_ns, Ordering::Relaxed);
+    shared.last_trigger_ns.fetch_max(t_ns, Ordering::Relaxed);
 }
 
 /// How far a frame may precede or follow its photo-eye edge.
 const MATCH_WINDOW_NS: u64 = 200 * MS;
 
-/// Pair a frame with the oldest waiting trigger in its window; older triggers are given up on
-/// (they fail safe at their deadline).
-fn match_trigger(awaiting: &Mutex<VecDeque<(u64, u64)>>, frame_ns: u64) -> Option<u64> {
-    let mut q = awaiting.lock().unwrap_or_else(|e| e.into_inner());
-    while let Some(&(part, t)) = q.front() {
-        if t + MATCH_WINDOW_NS < frame_ns {
-            q.pop_front();
-            log::warn!(
-                "part {part}: no frame within {} ms of its trigger",
-                MATCH_WINDOW_NS / MS
-            );
-            continue;
+/// Pair a frame with the oldest waiting trigger in its window: (part, trigger time). Older
+/// triggers are given up on (they fail safe at their deadline).
+fn match_trigger(awaiting: &Mutex<VecDeque<(u64, u64)>>, frame_ns: u64) -> Option<(u64, u64)> {
+    let mut given_up = Vec::new();
+    let found = {
+        let mut q = awaiting.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match q.front() {
+                Some(&(part, t)) if t + MATCH_WINDOW_NS < frame_ns => {
+                    q.pop_front();
+                    given_up.push(part);
+                }
+                Some(&(part, t)) if t <= frame_ns + MATCH_WINDOW_NS => {
+                    q.pop_front();
+                    break Some((part, t));
+                }
+                _ => break None,
+            }
         }
-        if t <= frame_ns + MATCH_WINDOW_NS {
-            q.pop_front();
-            return Some(part);
-        }
-        return None;
+    };
+    // Logged after the lock is released: log output may block on I/O.
+    for part in given_up {
+        log::warn!(
+            "part {part}: no frame within {} ms of its trigger",
+            MATCH_WINDOW_NS / MS
+        );
     }
-    None
+    found
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -850,6 +913,7 @@ fn trigger_loop(
                 }
                 last_seq = Some(edge.seq);
                 let part = next_part.fetch_add(1, Ordering::SeqCst) + 1;
+                note_trigger(shared, edge.t_ns);
                 let info = PartInfo {
                     part,
                     frame_seq: 0,
@@ -888,31 +952,55 @@ fn inspect_loop(
     mut inspector: Box<dyn Inspector>,
     clock: &dyn Clock,
     shared: &Shared,
-    frames: chan::Rx<Job>,
+    triage: &Triage,
     sched: &chan::Tx<SchedMsg>,
     tick: u64,
 ) {
     let batch = inspector.batch_size().max(1);
+    let mut service = ServiceTime::default();
     loop {
         shared.stamp(1, clock);
-        let Some(first) = frames.recv_until(Some(clock.now_ns() + tick)) else {
-            if shared.is_done(0) && frames.is_empty() {
-                break;
-            }
-            continue;
-        };
-        let mut jobs = vec![first];
-        while jobs.len() < batch {
-            match frames.try_recv() {
-                Some(j) => jobs.push(j),
-                None => break,
+        if triage.is_empty() {
+            clock.wait_until(Some(clock.now_ns() + tick), &|| !triage.is_empty());
+            if triage.is_empty() {
+                if shared.is_done(0) {
+                    break;
+                }
+                continue;
             }
         }
+        let now = clock.now_ns();
+        let taken = triage.take(now, batch, |n| service.estimate(n));
+        for job in taken.skipped {
+            let reason = format!(
+                "verdict due in {:.1} ms, the engine needs {:.1} ms",
+                job.due_ns.saturating_sub(now) as f64 / 1e6,
+                service.estimate(1) as f64 / 1e6
+            );
+            let _ = sched.try_send(SchedMsg::Skipped {
+                part: job.part,
+                reason,
+                frame: job.frame,
+            });
+        }
+        let jobs = taken.batch;
+        if jobs.is_empty() {
+            continue;
+        }
         let refs: Vec<&Frame> = jobs.iter().map(|j| &j.frame).collect();
+        let t0 = clock.now_ns();
         let results =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inspector.inspect(&refs)));
+        let took = clock.now_ns().saturating_sub(t0);
+        shared.engine_busy_ns.fetch_add(took, Ordering::Relaxed);
+        shared
+            .inspections
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
         let results: Vec<Result<Inspection, String>> = match results {
-            Ok(r) if r.len() == jobs.len() => r.into_iter().map(|r| r.map_err(|e| e.0)).collect(),
+            Ok(r) if r.len() == jobs.len() => {
+                service.record(jobs.len(), took);
+                r.into_iter().map(|r| r.map_err(|e| e.0)).collect()
+            }
             Ok(r) => vec![
                 Err(format!(
                     "inspector returned {} results for {} frames",
@@ -926,10 +1014,18 @@ fn inspect_loop(
         for (job, result) in jobs.into_iter().zip(results) {
             let _ = sched.try_send(SchedMsg::Inspected {
                 part: job.part,
+                trigger_ns: job.trigger_ns,
                 result,
                 frame: job.frame,
             });
         }
+    }
+    for job in triage.close() {
+        let _ = sched.try_send(SchedMsg::NotQueued {
+            part: job.part,
+            reason: "engine stopped".to_string(),
+            frame: Some(job.frame),
+        });
     }
 }
 
@@ -972,9 +1068,15 @@ fn reject_loop(
                 ),
                 SchedMsg::Inspected {
                     part,
+                    trigger_ns,
                     result,
                     frame,
-                } => s.inspected(part, result, Some(frame)),
+                } => s.inspected(part, trigger_ns, result, Some(frame)),
+                SchedMsg::Skipped {
+                    part,
+                    reason,
+                    frame,
+                } => s.skipped(part, &reason, Some(frame)),
                 SchedMsg::NotQueued {
                     part,
                     reason,
@@ -1026,6 +1128,7 @@ fn health_loop(
     };
     let mut told_stopping = false;
     let mut dropped_seen = 0;
+    let (mut skipped_seen, mut overloaded) = (0, false);
     loop {
         clock.wait_until(Some(next), &|| shared.is_done(2));
         if shared.is_done(0) && !told_stopping {
@@ -1041,11 +1144,7 @@ fn health_loop(
         next += period;
         let now = clock.now_ns();
         let counters = {
-            let mut c = shared
-                .counters
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let mut c = shared.counters.read();
             c.frames_dropped = shared.frames_dropped.load(Ordering::Relaxed);
             c.camera_errors = shared.camera_errors.load(Ordering::Relaxed);
             c.events_dropped = events.dropped();
@@ -1064,6 +1163,22 @@ fn health_loop(
             ));
             dropped_seen = counters.events_dropped;
         }
+        // Overload is not a fault of the line (ready stays up), but every skipped part is
+        // rejected unseen: say so once when it starts and once when it ends.
+        let skipping = counters.skipped > skipped_seen;
+        if skipping != overloaded {
+            let message = if skipping {
+                format!(
+                    "overload: {} parts skipped uninspected since the last heartbeat (fail-safe)",
+                    counters.skipped - skipped_seen
+                )
+            } else {
+                format!("overload over: {} parts skipped in all", counters.skipped)
+            };
+            events.emit(Event::alarm("overload", message, None, skipping));
+            overloaded = skipping;
+        }
+        skipped_seen = counters.skipped;
         let mut faults: Vec<String> = Vec::new();
         // Free-running: frames must keep coming. Photo-eye: a camera triggered by the parts is
         // quiet while the belt is empty; it has stalled when a triggered part waits for its frame.
@@ -1145,11 +1260,7 @@ fn health_loop(
     let _ = pins.ready.set(false);
     let _ = pins.heartbeat.set(false);
     let _ = pins.fault.set(false);
-    let mut c = shared
-        .counters
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let mut c = shared.counters.read();
     c.frames_dropped = shared.frames_dropped.load(Ordering::Relaxed);
     c.camera_errors = shared.camera_errors.load(Ordering::Relaxed);
     c.events_dropped = events.dropped();
@@ -1174,15 +1285,19 @@ mod tests {
             "1 and 2 too old, 3 too far ahead"
         );
         assert_eq!(q.lock().unwrap().len(), 1);
-        assert_eq!(match_trigger(&q, 650 * MS), Some(3));
+        assert_eq!(match_trigger(&q, 650 * MS), Some((3, 700 * MS)));
         assert_eq!(match_trigger(&q, 650 * MS), None);
     }
 
     #[test]
     fn percentiles() {
-        let v: Vec<u64> = (1..=100).map(|i| i * MS).collect();
-        assert_eq!(percentile_ms(&v, 0.5), Some(51.0));
-        assert_eq!(percentile_ms(&v, 0.99), Some(99.0));
-        assert_eq!(percentile_ms(&[], 0.5), None);
+        let mut h = crate::reject::ns_histogram();
+        assert_eq!(percentile_ms(&h, 0.5), None);
+        for i in 1..=100 {
+            h.record(i * MS).unwrap();
+        }
+        let near = |a: Option<f64>, b: f64| (a.unwrap() - b).abs() < 0.1;
+        assert!(near(percentile_ms(&h, 0.5), 50.0));
+        assert!(near(percentile_ms(&h, 0.99), 99.0));
     }
 }

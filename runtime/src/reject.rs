@@ -9,9 +9,11 @@ use crate::frame::Frame;
 use crate::inspect::Inspection;
 use crate::pins::Output;
 use crate::setup::FailSafe;
+use crate::tally::Tally;
 use crossbeam_channel::Sender;
+use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// A part as it is armed at its trigger.
 #[derive(Debug, Clone)]
@@ -60,10 +62,12 @@ pub struct ArchiveJob {
 }
 
 /// Totals of the stage, beyond the counters.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RejectStats {
-    /// Trigger-to-verdict latencies (ns) of inspected parts.
-    pub latencies_ns: Vec<u64>,
+    /// Trigger-to-verdict latencies (ns) of every inspected part, in time or not.
+    pub latency_ns: Histogram<u64>,
+    /// |actual − scheduled| of fired pulses (ns).
+    pub timing_error_ns: Histogram<u64>,
     /// Largest |actual − scheduled| of fired pulses (ns).
     pub max_timing_error_ns: u64,
     /// Defective parts that passed (ground truth known).
@@ -80,6 +84,29 @@ pub struct RejectStats {
     pub pin_errors: u64,
 }
 
+/// A histogram of nanoseconds, 1 µs to 1 h at three significant digits; values beyond saturate.
+pub fn ns_histogram() -> Histogram<u64> {
+    let mut h = Histogram::new_with_bounds(1_000, 3_600_000_000_000, 3).expect("valid bounds");
+    h.auto(false);
+    h
+}
+
+impl Default for RejectStats {
+    fn default() -> Self {
+        Self {
+            latency_ns: ns_histogram(),
+            timing_error_ns: ns_histogram(),
+            max_timing_error_ns: 0,
+            escapes: 0,
+            false_rejects: 0,
+            false_fault_rejects: 0,
+            with_truth: 0,
+            archive_dropped: 0,
+            pin_errors: 0,
+        }
+    }
+}
+
 /// The reject scheduler's state (driven by the reject thread, or directly by unit tests).
 pub struct Scheduler {
     policy: Policy,
@@ -91,7 +118,7 @@ pub struct Scheduler {
     pulses: VecDeque<(u64, u64)>,
     active_until: Option<u64>,
     counters: Counters,
-    shared: Arc<Mutex<Counters>>,
+    shared: Arc<Tally>,
     stats: RejectStats,
     archive: Option<Sender<ArchiveJob>>,
     recycle: Option<Sender<Vec<u8>>>,
@@ -104,7 +131,7 @@ impl Scheduler {
         clock: Arc<dyn Clock>,
         pin: Output,
         events: Events,
-        shared: Arc<Mutex<Counters>>,
+        shared: Arc<Tally>,
     ) -> Self {
         Self {
             policy,
@@ -180,14 +207,42 @@ impl Scheduler {
             .emit(Event::alarm("queue_full", reason, Some(part), true));
     }
 
-    /// An inspection result reached this stage.
+    /// The engine gave up on the part: its verdict could no longer come in time.
+    pub fn skipped(&mut self, part: u64, reason: &str, frame: Option<Frame>) {
+        self.counters.skipped += 1;
+        match self.ledger.remove(&part) {
+            Some(info) => self.finish(
+                info,
+                self.fault(),
+                None,
+                None,
+                Some(format!("skipped: {reason}")),
+                frame,
+                None,
+            ),
+            None => {
+                self.publish();
+                self.give_back(frame);
+            }
+        }
+    }
+
+    /// An inspection result reached this stage (`trigger_ns`: when its part was triggered).
     pub fn inspected(
         &mut self,
         part: u64,
+        trigger_ns: u64,
         result: Result<Inspection, String>,
         frame: Option<Frame>,
     ) {
         let now = self.clock.now_ns();
+        if result.is_ok() {
+            // Every inspected part counts, in time or not: a figure over on-time parts only
+            // would look best exactly when the line is failing.
+            self.stats
+                .latency_ns
+                .saturating_record(now.saturating_sub(trigger_ns).max(1));
+        }
         let Some(info) = self.ledger.remove(&part) else {
             self.counters.late_verdicts += 1;
             let what = if part <= self.last_armed {
@@ -208,7 +263,6 @@ impl Scheduler {
             self.give_back(frame);
             return;
         };
-        let latency = now.saturating_sub(info.trigger_ns);
         let decided = match &result {
             Ok(insp) => decide(insp.score, self.policy.threshold).map_err(|e| e.to_string()),
             Err(e) => Err(e.clone()),
@@ -219,8 +273,6 @@ impl Scheduler {
             self.counters.inspect_errors += 1;
             self.events
                 .emit(Event::alarm("inspect_failed", e.clone(), Some(part), true));
-        } else {
-            self.stats.latencies_ns.push(latency);
         }
         if now > info.deadline_ns.saturating_sub(self.policy.margin_ns) {
             self.counters.late_verdicts += 1;
@@ -357,7 +409,7 @@ impl Scheduler {
     fn publish(&self) {
         let mut c = self.counters.clone();
         c.events_dropped = self.events.dropped();
-        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = c;
+        self.shared.publish(&c);
         if !self.counters.balanced() {
             self.events.emit(Event::alarm(
                 "invariant",
@@ -420,6 +472,9 @@ impl Scheduler {
             self.active_until = Some(self.active_until.map_or(end, |u| u.max(end)));
             let err = actual as i64 - at as i64;
             self.stats.max_timing_error_ns = self.stats.max_timing_error_ns.max(err.unsigned_abs());
+            self.stats
+                .timing_error_ns
+                .saturating_record(err.unsigned_abs().max(1));
             self.events.emit(Event::Reject(RejectEvent {
                 part,
                 scheduled_ns: at,
@@ -541,8 +596,8 @@ mod tests {
         s.arm(part(2, 10 * MS));
         s.arm(part(3, 20 * MS));
         clock.advance_to(30 * MS);
-        s.inspected(1, insp(0.1), None);
-        s.inspected(2, insp(0.9), None);
+        s.inspected(1, 0, insp(0.1), None);
+        s.inspected(2, 10 * MS, insp(0.9), None);
         // Part 3 never gets a verdict: at 115 ms (its deadline minus margin) it fails safe.
         let mut t = clock.now_ns();
         while let Some(next) = s.poll() {
@@ -566,8 +621,8 @@ mod tests {
         let (mut s, clock, log, _rx, _bus) = setup(FailSafe::Pass);
         s.arm(part(1, 0));
         clock.advance_to(97 * MS);
-        s.inspected(1, insp(0.1), None);
-        s.inspected(1, insp(0.1), None);
+        s.inspected(1, 0, insp(0.1), None);
+        s.inspected(1, 0, insp(0.1), None);
         while let Some(next) = s.poll() {
             clock.advance_to(next);
         }

@@ -1,0 +1,256 @@
+//! Which parts the engine spends its time on.
+//!
+//! A first-in-first-out engine under overload scores stale frames whose verdicts then arrive
+//! after their part has passed the ejector: capacity spent for nothing, and the parts behind
+//! them miss their deadline too (at 2.5× overload, 5 of 1800 parts were inspected in time).
+//! Here every queued job carries the time its verdict is due, the engine's service time is
+//! measured as it runs, and each batch is chosen so that it can still finish in time:
+//! - a job that can no longer make its deadline, even alone, is skipped at once (its part fails
+//!   safe now, and no engine time is spent on it);
+//! - of the rest, the newest go first: they have the most slack, so a slow batch costs the
+//!   fewest deadlines, and in steady overload the engine's whole capacity goes to parts that
+//!   make it;
+//! - a full queue evicts its oldest job (the one with the least slack) to admit a new frame.
+
+use crate::clock::Clock;
+use crate::frame::Frame;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// A frame waiting for the engine.
+#[derive(Debug)]
+pub struct Job {
+    /// Part number.
+    pub part: u64,
+    /// When the part was triggered.
+    pub trigger_ns: u64,
+    /// The latest time its verdict may reach the reject stage (deadline minus margin).
+    pub due_ns: u64,
+    /// The frame to inspect.
+    pub frame: Frame,
+}
+
+/// The engine's queue: bounded, deadline-aware, newest first.
+pub struct Triage {
+    jobs: Mutex<VecDeque<Job>>,
+    // Read by clock waiters, which must not take the lock (a simulated clock evaluates them
+    // under its own lock).
+    len: AtomicUsize,
+    cap: usize,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// What `take` decided.
+#[derive(Default)]
+pub struct Taken {
+    /// Jobs to inspect now, newest first.
+    pub batch: Vec<Job>,
+    /// Jobs that cannot make their deadline: fail them safe, do not inspect them.
+    pub skipped: Vec<Job>,
+}
+
+impl Triage {
+    /// A queue of at most `cap` jobs.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            jobs: Mutex::new(VecDeque::with_capacity(cap)),
+            len: AtomicUsize::new(0),
+            cap: cap.max(1),
+            closed: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue `job`; when full, the oldest job is evicted and returned (to be skipped).
+    /// A closed queue gives the job itself back.
+    pub fn push(&self, job: Job, clock: &dyn Clock) -> Result<Option<Job>, Job> {
+        if self.is_closed() {
+            return Err(job);
+        }
+        let evicted = {
+            let mut q = self.lock();
+            let evicted = if q.len() >= self.cap {
+                q.pop_front()
+            } else {
+                None
+            };
+            // Kept in due order so the oldest is at the front even if frames come out of order.
+            let pos = q.partition_point(|j| j.due_ns <= job.due_ns);
+            q.insert(pos, job);
+            self.len.store(q.len(), Ordering::SeqCst);
+            evicted
+        };
+        clock.notify();
+        Ok(evicted)
+    }
+
+    /// Choose the next batch of at most `max` jobs, given `service`, the estimated time to
+    /// inspect a batch of n frames.
+    pub fn take(&self, now_ns: u64, max: usize, service: impl Fn(usize) -> u64) -> Taken {
+        let mut q = self.lock();
+        let mut out = Taken::default();
+        let alone = now_ns + service(1);
+        let mut keep = VecDeque::with_capacity(q.len());
+        for job in q.drain(..) {
+            if job.due_ns < alone {
+                out.skipped.push(job);
+            } else {
+                keep.push_back(job);
+            }
+        }
+        // The k newest finish together at now + service(k): the oldest of them binds.
+        let mut k = keep.len().min(max.max(1));
+        while k > 1 && keep[keep.len() - k].due_ns < now_ns + service(k) {
+            k -= 1;
+        }
+        for _ in 0..k {
+            if let Some(j) = keep.pop_back() {
+                out.batch.push(j);
+            }
+        }
+        *q = keep;
+        self.len.store(q.len(), Ordering::SeqCst);
+        out
+    }
+
+    /// Jobs waiting (lock-free).
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::SeqCst)
+    }
+
+    /// True when no job waits (lock-free).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Refuse new jobs (the engine stopped); returns those still queued.
+    pub fn close(&self) -> Vec<Job> {
+        self.closed.store(true, Ordering::SeqCst);
+        let mut q = self.lock();
+        self.len.store(0, Ordering::SeqCst);
+        q.drain(..).collect()
+    }
+
+    /// Whether `close` was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// The engine's measured time per batch: a mean and mean deviation per frame (as TCP estimates
+/// round trips), so a noisy engine is planned with headroom.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceTime {
+    per_frame_ns: f64,
+    dev_ns: f64,
+    samples: u64,
+}
+
+impl ServiceTime {
+    /// Record that a batch of `n` frames took `took_ns`.
+    pub fn record(&mut self, n: usize, took_ns: u64) {
+        let x = took_ns as f64 / n.max(1) as f64;
+        if self.samples == 0 {
+            self.per_frame_ns = x;
+            self.dev_ns = x / 4.0;
+        } else {
+            self.dev_ns += 0.25 * ((x - self.per_frame_ns).abs() - self.dev_ns);
+            self.per_frame_ns += 0.125 * (x - self.per_frame_ns);
+        }
+        self.samples += 1;
+    }
+
+    /// Planned time for a batch of `n` frames (0 before the first measurement).
+    pub fn estimate(&self, n: usize) -> u64 {
+        (n as f64 * (self.per_frame_ns + 2.0 * self.dev_ns)) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{SimClock, SimMode, MS};
+
+    fn job(part: u64, due: u64) -> Job {
+        Job {
+            part,
+            trigger_ns: 0,
+            due_ns: due,
+            frame: Frame {
+                seq: part,
+                timestamp_ns: 0,
+                width: 1,
+                height: 1,
+                format: crate::frame::PixelFormat::Grey8,
+                data: vec![0],
+                truth: None,
+                origin: String::new(),
+            },
+        }
+    }
+
+    fn parts(v: &[Job]) -> Vec<u64> {
+        v.iter().map(|j| j.part).collect()
+    }
+
+    #[test]
+    fn newest_first_and_hopeless_jobs_skipped() {
+        let clock = SimClock::new(SimMode::Manual, 0);
+        let t = Triage::new(8);
+        for (p, due) in [(1, 50), (2, 150), (3, 300), (4, 400)] {
+            assert!(t.push(job(p, due * MS), &clock).unwrap().is_none());
+        }
+        // 100 ms per frame at t = 0: part 1 (due at 50) cannot make it; batch of 2 ends at 200,
+        // which parts 3 and 4 (newest) both make.
+        let got = t.take(0, 2, |n| n as u64 * 100 * MS);
+        assert_eq!(parts(&got.skipped), vec![1]);
+        assert_eq!(parts(&got.batch), vec![4, 3]);
+        assert_eq!(t.len(), 1);
+        // At 100 ms part 2 (due 150) cannot finish even alone (100 + 100 > 150).
+        let got = t.take(100 * MS, 2, |n| n as u64 * 100 * MS);
+        assert_eq!(parts(&got.skipped), vec![2]);
+        assert!(got.batch.is_empty() && t.is_empty());
+    }
+
+    #[test]
+    fn batch_shrinks_until_its_oldest_member_makes_it() {
+        let clock = SimClock::new(SimMode::Manual, 0);
+        let t = Triage::new(8);
+        for (p, due) in [(1, 150), (2, 250), (3, 900)] {
+            t.push(job(p, due * MS), &clock).unwrap();
+        }
+        // Three together end at 300 ms (part 2 would miss), two end at 200 (part 2 makes it).
+        let got = t.take(0, 3, |n| n as u64 * 100 * MS);
+        assert!(got.skipped.is_empty());
+        assert_eq!(parts(&got.batch), vec![3, 2]);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn full_queue_evicts_the_oldest_and_closed_queue_refuses() {
+        let clock = SimClock::new(SimMode::Manual, 0);
+        let t = Triage::new(2);
+        t.push(job(1, 100), &clock).unwrap();
+        t.push(job(2, 200), &clock).unwrap();
+        let evicted = t.push(job(3, 300), &clock).unwrap();
+        assert_eq!(evicted.map(|j| j.part), Some(1));
+        assert_eq!(parts(&t.close()), vec![2, 3]);
+        assert!(t.push(job(4, 400), &clock).is_err());
+    }
+
+    #[test]
+    fn service_estimate_has_headroom_for_noise() {
+        let mut s = ServiceTime::default();
+        assert_eq!(s.estimate(4), 0);
+        for took in [80, 120, 80, 120, 80, 120] {
+            s.record(1, took * MS);
+        }
+        let one = s.estimate(1);
+        assert!(one > 100 * MS && one < 200 * MS, "{one}");
+        assert!(s.estimate(2).abs_diff(2 * one) <= 1);
+    }
+}
