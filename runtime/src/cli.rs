@@ -292,7 +292,10 @@ fn shown(failures: &[String]) -> String {
     const SHOWN: usize = 20;
     let mut lines: Vec<String> = failures.iter().take(SHOWN).cloned().collect();
     if failures.len() > SHOWN {
-        lines.push(format!("… and {} more (each logged above)", failures.len() - SHOWN));
+        lines.push(format!(
+            "… and {} more (each logged above)",
+            failures.len() - SHOWN
+        ));
     }
     lines.join("\n  ")
 }
@@ -349,20 +352,16 @@ pub fn eval_scored(
             }
         };
         let mask = match &s.mask {
-            Some(m) => match dataset::load_mask(
-                m,
-                &s.image,
-                size,
-                roi,
-                (r.map_width, r.map_height),
-            ) {
-                Ok(mask) => mask,
-                Err(e) => {
-                    log::error!("{e}");
-                    failures.push(e.to_string());
-                    continue;
+            Some(m) => {
+                match dataset::load_mask(m, &s.image, size, roi, (r.map_width, r.map_height)) {
+                    Ok(mask) => mask,
+                    Err(e) => {
+                        log::error!("{e}");
+                        failures.push(e.to_string());
+                        continue;
+                    }
                 }
-            },
+            }
             None if s.defective() => {
                 log::warn!(
                     "{}: no mask; pixel metrics treat it as all-defect-free",

@@ -241,7 +241,12 @@ impl BoardConfig {
                 ("mqtt.key_file", &m.key_file),
             ] {
                 if let Some(p) = p {
-                    path(key, p, Want::File, &format!("create it or fix the path ({rel})"));
+                    path(
+                        key,
+                        p,
+                        Want::File,
+                        &format!("create it or fix the path ({rel})"),
+                    );
                 }
             }
         }

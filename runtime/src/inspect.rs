@@ -109,11 +109,7 @@ pub fn check_output(
 }
 
 /// The inspection error for an unusable output, naming the model and the frame.
-pub fn output_error(
-    engine: &crate::engine::Engine,
-    origin: &str,
-    e: OutputError,
-) -> InspectError {
+pub fn output_error(engine: &crate::engine::Engine, origin: &str, e: OutputError) -> InspectError {
     InspectError(format!(
         "model {} on {origin}: {e}; the part cannot be judged (check the model with `diffad inspect`)",
         engine.path().display()
