@@ -295,9 +295,11 @@ fn onnx_metadata(bytes: &[u8], key: &str) -> Result<Option<String>, ManifestErro
     Ok(found)
 }
 
-/// Top-level fields of a protobuf message: number and, for length-delimited ones, the bytes;
-/// `None` when the bytes are not well formed.
-fn protobuf_fields(bytes: &[u8]) -> Option<Vec<(u64, Option<&[u8]>)>> {
+/// A protobuf field: its number and, when length-delimited, its bytes.
+type Field<'a> = (u64, Option<&'a [u8]>);
+
+/// Top-level fields of a protobuf message; `None` when the bytes are not well formed.
+fn protobuf_fields(bytes: &[u8]) -> Option<Vec<Field<'_>>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
