@@ -83,7 +83,9 @@ def manifest_for(
         "diffusion": {"T": d.T, "schedule": "linear", "beta_start": d.beta_start,
                       "beta_end": d.beta_end, "t_s": d.t_s, "t_b": d.t_b, "w": d.w,
                       "noise_seed": d.noise_seed},
-        "score": {"reduction": "topk_mean", "top_k": d.top_k,
+        # The map is a sigmoid and the score a (blurred) top-k mean of it: both lie in [0, 1].
+        # The runtime refuses thresholds outside this range and scores that leave it.
+        "score": {"reduction": "topk_mean", "top_k": d.top_k, "range": [0.0, 1.0],
                   **({"blur_sigma": d.score_sigma} if d.score_sigma > 0 else {})},
         "threshold": None,
         "normal_scores": None,

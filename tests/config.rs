@@ -44,10 +44,11 @@ fn refuse(text: &str) -> (String, String) {
     let err = BoardConfig::load(&path).expect_err("must be refused");
     let shown = err.to_string();
     assert!(shown.contains(&path.display().to_string()), "{shown}");
+    let err_text = shown.clone();
     match err {
         ConfigError::Invalid { invalid, .. } => (invalid.key, invalid.message),
         ConfigError::Syntax { message, .. } => ("<syntax>".into(), message),
-        ConfigError::Io { .. } => panic!("io"),
+        ConfigError::Io { .. } | ConfigError::Unusable { .. } => panic!("{err_text}"),
     }
 }
 

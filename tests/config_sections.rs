@@ -36,6 +36,14 @@ fn bad_values_name_their_key() {
         ("[mqtt]\npassword = \"x\"", "mqtt.username"),
         ("[mqtt]\noutbox = 0", "mqtt.outbox"),
         ("[archive]\nmax_mb = 0", "archive.max_mb"),
+        (
+            "[gpio.reject]\nname = \"PAC.06\"\n[gpio.ready]\nname = \"PAC.06\"",
+            "gpio.ready.name",
+        ),
+        (
+            "[gpio.fault]\nname = \"PN.01\"\n[gpio.trigger]\nname = \"PN.01\"",
+            "gpio.trigger.name",
+        ),
     ];
     for (toml, key) in cases {
         assert_eq!(refused(toml), key, "for {toml:?}");

@@ -239,7 +239,8 @@ def test_score_blur_matches_scipy(tmp_path: Path) -> None:
     assert float(score[0]) != pytest.approx(float(topk_mean(amap, 20)[0]), abs=1e-6)
     out2 = tmp_path / "blur.onnx"
     r2 = export_model(unet, seg, {}, out2, ExportOptions(name="b", diff=diff))
-    assert r2["manifest"]["score"] == {"reduction": "topk_mean", "top_k": 20, "blur_sigma": 2.0}
+    assert r2["manifest"]["score"] == {"reduction": "topk_mean", "top_k": 20, "range": [0.0, 1.0],
+                                      "blur_sigma": 2.0}
     assert r2["score_max_abs_err"] <= 1e-5
     for bad in (-1.0, float("nan")):
         with pytest.raises(ExporterError, match="score-sigma"):

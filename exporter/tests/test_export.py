@@ -32,7 +32,7 @@ def test_graph_io_and_manifest(exported: Path) -> None:
                           "width": 32, "range": [0.0, 1.0], "resize": "bilinear"}
     assert m["outputs"] == {"map": "anomaly_map", "score": "score"}
     assert m["diffusion"]["t_s"] == 200 and m["diffusion"]["t_b"] == 400
-    assert m["score"] == {"reduction": "topk_mean", "top_k": 10}
+    assert m["score"] == {"reduction": "topk_mean", "top_k": 10, "range": [0.0, 1.0]}
     assert m["threshold"] is None and m["normal_scores"] is None
     assert m["flops_per_frame"] > 0
     for key in ("architecture", "training", "checkpoint_sha256", "exporter_version", "name"):

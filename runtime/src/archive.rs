@@ -1,5 +1,9 @@
 //! Reject archive: each rejected part's frame (PNG, or the camera's JPEG) and its anomaly map,
 //! in a folder kept under a size cap by deleting the oldest files first.
+//!
+//! Part numbers restart with every run, so file names carry the run's id (its UTC start time
+//! and process id): `{run}_{part:08}_{tag}.png`. A file is never overwritten: a name already
+//! taken gets a `-N` suffix, so the size ledger counts each file once.
 
 use crate::events::Outcome;
 use crate::frame::{Frame, PixelFormat};
@@ -30,11 +34,13 @@ pub struct Archive {
 }
 
 impl Archive {
-    /// Create the folder and start the writer.
+    /// Create the folder and start the writer; file names carry [`run_id`].
     pub fn start(cfg: &ArchiveConfig) -> std::io::Result<Self> {
         std::fs::create_dir_all(&cfg.dir)?;
         let (tx, rx) = crossbeam_channel::bounded(cfg.queue);
-        let mut store = Store::open(&cfg.dir, (cfg.max_mb * 1024.0 * 1024.0) as u64)?;
+        let run = run_id(std::time::SystemTime::now(), std::process::id());
+        log::info!("archive: run {run} into {}", cfg.dir.display());
+        let mut store = Store::open(&cfg.dir, (cfg.max_mb * 1024.0 * 1024.0) as u64, run)?;
         let handle = std::thread::Builder::new()
             .name("archive".into())
             .spawn(move || store.run(rx))?;
@@ -68,8 +74,34 @@ impl Drop for Archive {
     }
 }
 
+/// This run's id in archive file names: UTC start time to the second and the process id,
+/// e.g. `20250314-093015-4242`; names sort by run start.
+pub fn run_id(start: std::time::SystemTime, pid: u32) -> String {
+    let secs = start
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's `civil_from_days`).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}-{pid}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 struct Store {
     dir: PathBuf,
+    run: String,
     cap: u64,
     files: VecDeque<(PathBuf, u64)>,
     total: u64,
@@ -83,7 +115,7 @@ fn ours(p: &Path) -> bool {
 }
 
 impl Store {
-    fn open(dir: &Path, cap: u64) -> std::io::Result<Self> {
+    fn open(dir: &Path, cap: u64, run: String) -> std::io::Result<Self> {
         let mut files: Vec<(std::time::SystemTime, PathBuf, u64)> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -101,6 +133,7 @@ impl Store {
         let total = files.iter().map(|f| f.2).sum();
         let mut s = Self {
             dir: dir.to_path_buf(),
+            run,
             cap,
             files: files.into_iter().map(|f| (f.1, f.2)).collect(),
             total,
@@ -123,9 +156,19 @@ impl Store {
         self.stats.clone()
     }
 
+    /// Write a new file; `AlreadyExists` rather than overwrite one (the ledger counts it already).
     fn put(&mut self, name: String, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write as _;
         let path = self.dir.join(name);
-        std::fs::write(&path, bytes)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        if let Err(e) = file.write_all(bytes) {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         self.total += bytes.len() as u64;
         self.files.push_back((path, bytes.len() as u64));
         self.trim();
@@ -149,10 +192,19 @@ impl Store {
             Outcome::FaultReject | Outcome::FaultPass => "fault",
             _ => "reject",
         };
-        let stem = format!("{:08}_{tag}", job.part);
+        let base = format!("{}_{:08}_{tag}", self.run, job.part);
         let (bytes, ext) = frame_file(&job.frame)?;
-        self.put(format!("{stem}.{ext}"), &bytes)
-            .map_err(|e| e.to_string())?;
+        // Same run id (a clock set back, a reused pid) or a stray file: take the next free stem.
+        let mut stem = base.clone();
+        for n in 1.. {
+            match self.put(format!("{stem}.{ext}"), &bytes) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => {
+                    stem = format!("{base}-{n}");
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
         if let Some(insp) = &job.inspection {
             if let Some(png) = map_png(insp)? {
                 self.put(format!("{stem}_map.png"), &png)
@@ -300,15 +352,68 @@ mod tests {
             .map(|e| e.unwrap().metadata().unwrap().len())
             .sum();
         assert!(total <= (0.05 * 1024.0 * 1024.0) as u64, "{total}");
-        assert!(
-            names.contains(&"00000020_reject.png".to_string()),
-            "{names:?}"
+        let has = |suffix: &str| names.iter().any(|n| n.ends_with(suffix));
+        assert!(has("_00000020_reject.png"), "{names:?}");
+        assert!(has("_00000020_reject_map.png"), "{names:?}");
+        assert!(has("_00000020_reject_overlay.png"), "{names:?}");
+        assert!(!has("_00000001_reject.png"), "oldest go first: {names:?}");
+        let pid = format!("-{}_", std::process::id());
+        assert!(names.iter().all(|n| n.contains(&pid)), "run id: {names:?}");
+    }
+
+    #[test]
+    fn run_id_is_utc_start_time_and_pid() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_709_251_199);
+        assert_eq!(run_id(t, 42), "20240229-235959-42");
+        assert_eq!(run_id(std::time::UNIX_EPOCH, 7), "19700101-000000-7");
+    }
+
+    /// Files in `dir`: names and the sum of their sizes.
+    fn listing(dir: &Path) -> (Vec<String>, u64) {
+        let mut names = Vec::new();
+        let mut total = 0;
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            names.push(e.file_name().to_string_lossy().into_owned());
+            total += e.metadata().unwrap().len();
+        }
+        names.sort();
+        (names, total)
+    }
+
+    #[test]
+    fn a_restart_never_overwrites_and_the_ledger_counts_each_file_once() {
+        let d = tempfile::tempdir().unwrap();
+        let cap = 1 << 30;
+        let run = |id: &str, parts: std::ops::RangeInclusive<u64>| {
+            let mut store = Store::open(d.path(), cap, id.into()).unwrap();
+            for p in parts {
+                store.write(&job(p)).unwrap();
+            }
+            store
+        };
+        run("20240101-000000-1", 1..=3);
+        // A restart: part numbers begin again at 1.
+        let second = run("20240101-000100-2", 1..=3);
+        let (names, on_disk) = listing(d.path());
+        assert_eq!(names.len(), 18, "3 files per part, 6 parts: {names:?}");
+        assert!(names.contains(&"20240101-000000-1_00000001_reject.png".into()));
+        assert!(names.contains(&"20240101-000100-2_00000001_reject.png".into()));
+        assert_eq!(second.total, on_disk, "ledger = folder");
+        // Even the same run id again (clock set back, pid reused) overwrites nothing.
+        let before = std::fs::read(d.path().join("20240101-000000-1_00000001_reject.png")).unwrap();
+        let mut again = Store::open(d.path(), cap, "20240101-000000-1".into()).unwrap();
+        let mut other = job(1);
+        other.frame.data.iter_mut().for_each(|p| *p = 255 - *p);
+        again.write(&other).unwrap();
+        let (names, on_disk) = listing(d.path());
+        assert_eq!(names.len(), 21, "{names:?}");
+        assert!(names.contains(&"20240101-000000-1_00000001_reject-1.png".into()));
+        assert!(names.contains(&"20240101-000000-1_00000001_reject-1_map.png".into()));
+        assert_eq!(
+            std::fs::read(d.path().join("20240101-000000-1_00000001_reject.png")).unwrap(),
+            before,
+            "the first run's file is untouched"
         );
-        assert!(names.contains(&"00000020_reject_map.png".to_string()));
-        assert!(names.contains(&"00000020_reject_overlay.png".to_string()));
-        assert!(
-            !names.contains(&"00000001_reject.png".to_string()),
-            "oldest go first"
-        );
+        assert_eq!(again.total, on_disk, "ledger = folder");
     }
 }

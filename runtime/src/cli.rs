@@ -15,27 +15,45 @@ use crate::heatmap;
 use crate::imagefile;
 use crate::inspect::{EngineInspector, Inspector};
 use crate::metrics::{auroc, percentile, pro};
-use crate::preprocess::Roi;
 use crate::setup::CameraConfig;
 use crate::tiling::TiledInspector;
 
+/// How `infer` and `eval` judge images beyond the model and board file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InspectOptions {
+    /// `--threshold`: replaces the model's calibrated threshold.
+    pub threshold: Option<f32>,
+    /// `--allow-upscale`: resize images smaller than the model's input instead of refusing them.
+    pub allow_upscale: bool,
+}
+
 /// Load a model on the CPU (or as `config` says) and wrap it for inspection; with a board
-/// file's `[camera]`, its `roi` and `tiling` apply as on the line.
+/// file's `[camera]`, its `roi`, `tiling` and `allow_upscale` apply as on the line.
 pub fn inspector(
     config: &EngineConfig,
     camera: Option<&CameraConfig>,
-    threshold: Option<f32>,
+    opts: InspectOptions,
 ) -> Result<Box<dyn Inspector>> {
     let engine = Engine::load(config)?;
-    line_inspector(engine, camera, threshold)
+    if let Some(t) = opts.threshold {
+        engine.manifest().check_threshold(t).map_err(|e| {
+            anyhow::anyhow!(
+                "--threshold {e} (model {}): it would pass or reject every image alike; give one within the range",
+                engine.path().display()
+            )
+        })?;
+    }
+    let upscale = opts.allow_upscale || camera.is_some_and(|c| c.allow_upscale);
+    line_inspector(engine, camera, opts.threshold, upscale)
 }
 
 /// Wrap a loaded engine as the line does: tiled when `camera.tiling.enabled`, else the whole
-/// ROI (or frame) resized to the model size.
+/// ROI (or frame) resized to the model size (refusing smaller ones unless `allow_upscale`).
 pub fn line_inspector(
     engine: Engine,
     camera: Option<&CameraConfig>,
     threshold: Option<f32>,
+    allow_upscale: bool,
 ) -> Result<Box<dyn Inspector>> {
     match camera {
         Some(cam) if cam.tiling.enabled => {
@@ -47,11 +65,10 @@ pub fn line_inspector(
                 threshold,
             )?))
         }
-        _ => Ok(Box::new(EngineInspector::new(
-            engine,
-            camera.and_then(|c| c.roi),
-            threshold,
-        )?)),
+        _ => Ok(Box::new(
+            EngineInspector::new(engine, camera.and_then(|c| c.roi), threshold)?
+                .allow_upscale(allow_upscale),
+        )),
     }
 }
 
@@ -130,9 +147,9 @@ pub fn infer(
     images: &[PathBuf],
     heatmaps: Option<&Path>,
     as_json: bool,
-    threshold: Option<f32>,
+    opts: InspectOptions,
 ) -> Result<usize> {
-    let mut insp = inspector(config, camera, threshold)?;
+    let mut insp = inspector(config, camera, opts)?;
     let thr = insp.threshold();
     if let Some(dir) = heatmaps {
         std::fs::create_dir_all(dir)
@@ -198,7 +215,7 @@ pub struct EvalReport {
     pub threshold: f32,
     /// Images scored.
     pub images: usize,
-    /// Images that could not be read.
+    /// Images that could not be read (always 0: `eval` refuses to report on a partial dataset).
     pub failed: usize,
     /// Image-level AUROC.
     pub image_auroc: Option<f64>,
@@ -250,14 +267,47 @@ pub struct Scored {
     pub map_height: u32,
 }
 
+/// Why `eval` reports no metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// Some test images or masks could not be used; metrics without them would look complete.
+    #[error(
+        "{} of {total} test images of {root} could not be evaluated, so no metrics are reported \
+         (they would silently leave those images out); fix or remove them:\n  {}",
+        failures.len(),
+        shown(failures)
+    )]
+    Unusable {
+        /// The dataset folder.
+        root: String,
+        /// Test images found.
+        total: usize,
+        /// One line per image: the file and why.
+        failures: Vec<String>,
+    },
+}
+
+/// The first failures, one per line, and how many more there are.
+fn shown(failures: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut lines: Vec<String> = failures.iter().take(SHOWN).cloned().collect();
+    if failures.len() > SHOWN {
+        lines.push(format!(
+            "… and {} more (each logged above)",
+            failures.len() - SHOWN
+        ));
+    }
+    lines.join("\n  ")
+}
+
 /// `diffad eval`: image/pixel AUROC, PRO and rates at the threshold on an MVTec-style folder.
 pub fn eval(
     config: &EngineConfig,
     camera: Option<&CameraConfig>,
     root: &Path,
-    threshold: Option<f32>,
+    opts: InspectOptions,
 ) -> Result<EvalReport> {
-    eval_scored(config, camera, root, threshold).map(|(report, _)| report)
+    eval_scored(config, camera, root, opts).map(|(report, _)| report)
 }
 
 /// `eval` and the per-image results its figures are computed from.
@@ -265,34 +315,53 @@ pub fn eval_scored(
     config: &EngineConfig,
     camera: Option<&CameraConfig>,
     root: &Path,
-    threshold: Option<f32>,
+    opts: InspectOptions,
 ) -> Result<(EvalReport, Vec<Scored>)> {
     let samples = dataset::scan(root).map_err(anyhow::Error::msg)?;
     let roi = camera.and_then(|c| c.roi);
-    let mut insp = inspector(config, camera, threshold)?;
+    let mut insp = inspector(config, camera, opts)?;
     let thr = insp.threshold();
     let mut scored = Vec::with_capacity(samples.len());
-    let mut failed = 0;
+    let mut failures = Vec::new();
     let start = Instant::now();
     for s in &samples {
+        let shown = s.image.display().to_string();
+        // Every error names its file: image and inspection errors carry the image's path.
         let r = imagefile::load(&s.image)
             .map_err(|e| e.to_string())
             .and_then(|f| {
                 insp.inspect(&[&f])
                     .pop()
                     .expect("one result")
+                    .map(|r| (r, (f.width, f.height)))
                     .map_err(|e| e.to_string())
+            })
+            .map_err(|e| {
+                if e.contains(&shown) {
+                    e
+                } else {
+                    format!("{shown}: {e}")
+                }
             });
-        let r = match r {
+        let (r, size) = match r {
             Ok(r) => r,
             Err(e) => {
-                log::error!("{}: {e}", s.image.display());
-                failed += 1;
+                log::error!("{e}");
+                failures.push(e);
                 continue;
             }
         };
         let mask = match &s.mask {
-            Some(m) => load_mask(m, roi, r.map_width, r.map_height)?,
+            Some(m) => {
+                match dataset::load_mask(m, &s.image, size, roi, (r.map_width, r.map_height)) {
+                    Ok(mask) => mask,
+                    Err(e) => {
+                        log::error!("{e}");
+                        failures.push(e.to_string());
+                        continue;
+                    }
+                }
+            }
             None if s.defective() => {
                 log::warn!(
                     "{}: no mask; pixel metrics treat it as all-defect-free",
@@ -314,8 +383,13 @@ pub fn eval_scored(
         });
     }
     let elapsed = start.elapsed().as_secs_f64();
-    if scored.is_empty() {
-        bail!("no image of {} could be scored", root.display());
+    if !failures.is_empty() {
+        return Err(EvalError::Unusable {
+            root: root.display().to_string(),
+            total: samples.len(),
+            failures,
+        }
+        .into());
     }
     let scores: Vec<f32> = scored.iter().map(|s| s.score).collect();
     let labels: Vec<bool> = scored.iter().map(|s| s.defective).collect();
@@ -361,7 +435,7 @@ pub fn eval_scored(
         dataset: root.display().to_string(),
         threshold: thr,
         images: scores.len(),
-        failed,
+        failed: 0,
         image_auroc: auroc(&scores, &labels),
         pixel_auroc: auroc(&flat_scores, &flat_labels),
         pro: pro(&map_refs, &mask_refs, width, 0.3),
@@ -379,31 +453,13 @@ pub fn eval_report(
     config: &EngineConfig,
     camera: Option<&CameraConfig>,
     root: &Path,
-    threshold: Option<f32>,
+    opts: InspectOptions,
     dir: &Path,
 ) -> Result<(EvalReport, crate::report::Written)> {
     crate::report::prepare(dir)?;
-    let (report, scored) = eval_scored(config, camera, root, threshold)?;
+    let (report, scored) = eval_scored(config, camera, root, opts)?;
     let written = crate::report::write(dir, &config.model, &report, &scored)?;
     Ok((report, written))
-}
-
-fn load_mask(path: &Path, roi: Option<Roi>, w: u32, h: u32) -> Result<Vec<bool>> {
-    let mut img = image::open(path)
-        .with_context(|| format!("reading mask {}", path.display()))?
-        .into_luma8();
-    // The map covers the ROI only: so must the mask.
-    if let Some(r) = roi {
-        if r.x + r.width <= img.width() && r.y + r.height <= img.height() {
-            img = image::imageops::crop_imm(&img, r.x, r.y, r.width, r.height).to_image();
-        }
-    }
-    let img = if img.dimensions() == (w, h) {
-        img
-    } else {
-        image::imageops::resize(&img, w, h, image::imageops::FilterType::Nearest)
-    };
-    Ok(img.into_raw().into_iter().map(|v| v > 127).collect())
 }
 
 impl std::fmt::Display for EvalReport {
@@ -701,8 +757,9 @@ pub fn build_engine(config: &EngineConfig) -> Result<()> {
     Ok(())
 }
 
-/// `diffad check-config`: parse and validate a board file, then summarise it.
-pub fn check_config(path: &Path) -> Result<crate::config::BoardConfig> {
+/// `diffad check-config`: parse and validate a board file, summarise it, then (with
+/// `deployment`) check the files and devices it names and its keys against the model.
+pub fn check_config(path: &Path, deployment: bool) -> Result<crate::config::BoardConfig> {
     let c = crate::config::BoardConfig::load(path)?;
     let s = &c.setup;
     println!("board:      {} — {}", c.board.name, c.board.description);
@@ -790,11 +847,17 @@ pub fn check_config(path: &Path) -> Result<crate::config::BoardConfig> {
             a.max_mb
         ))
     );
-    if !c.engine.model.exists() {
-        println!(
-            "warning:    model {} does not exist on this machine",
-            c.engine.model.display()
-        );
+    if deployment {
+        let problems = c.check_deployment();
+        if !problems.is_empty() {
+            return Err(crate::config::ConfigError::Unusable {
+                path: path.display().to_string(),
+                problems,
+            }
+            .into());
+        }
+    } else {
+        println!("files:      not checked (--keys-only)");
     }
     println!("ok: {}", path.display());
     Ok(c)
@@ -830,6 +893,14 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::pipeline::Summar
         .setup
         .validate()
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let problems = board.check_deployment();
+    if !problems.is_empty() {
+        return Err(crate::config::ConfigError::Unusable {
+            path: path.display().to_string(),
+            problems,
+        }
+        .into());
+    }
     let setup = &board.setup;
     if let Some((dir, built)) = tensorrt_cache(&board.engine)? {
         if !built {
@@ -841,8 +912,13 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::pipeline::Summar
         }
     }
     let engine = Engine::load(&board.engine)?;
-    let inspector = line_inspector(engine, Some(&setup.camera), setup.line.threshold)
-        .with_context(|| format!("board config {}", path.display()))?;
+    let inspector = line_inspector(
+        engine,
+        Some(&setup.camera),
+        setup.line.threshold,
+        setup.camera.allow_upscale,
+    )
+    .with_context(|| format!("board config {}", path.display()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let (hardware, _sim_pin_logs) = pipeline::open_hardware(setup, clock.clone())
         .with_context(|| format!("opening the camera and pins of {}", path.display()))?;

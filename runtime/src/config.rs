@@ -81,6 +81,19 @@ pub enum ConfigError {
         /// The key and what is allowed.
         invalid: Invalid,
     },
+    /// Valid keys that do not work on this machine or with this model (missing files,
+    /// a threshold outside the model's score range, ...).
+    #[error(
+        "board config {path}: {} problem(s):\n  {}",
+        problems.len(),
+        problems.iter().map(Invalid::to_string).collect::<Vec<_>>().join("\n  ")
+    )]
+    Unusable {
+        /// The file.
+        path: String,
+        /// Each problem with its key and what to do.
+        problems: Vec<Invalid>,
+    },
 }
 
 impl BoardConfig {
@@ -139,6 +152,164 @@ impl BoardConfig {
         if let Some(a) = self.setup.archive.as_mut() {
             fix(&mut a.dir);
         }
+    }
+}
+
+/// Where a configured path should lead.
+#[derive(Clone, Copy)]
+enum Want {
+    File,
+    Folder,
+    /// A file or a device node.
+    Exists,
+}
+
+/// `Some(problem)` when `path` (the value of `key`) is not what the config needs.
+fn check_path(key: &str, path: &Path, want: Want, fix: &str) -> Option<Invalid> {
+    let meta = std::fs::metadata(path);
+    let problem = match (&meta, want) {
+        (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        (Err(e), _) => format!("cannot be read ({e})"),
+        (Ok(m), Want::File) if m.is_dir() => "is a folder, not a file".into(),
+        (Ok(m), Want::Folder) if !m.is_dir() => "is not a folder".into(),
+        _ => return None,
+    };
+    Some(Invalid::new(
+        key,
+        format!("{} {problem}: {fix}", path.display()),
+    ))
+}
+
+impl BoardConfig {
+    /// What only this machine and the model can tell: every file, folder and device the
+    /// config names exists, and the model's manifest agrees with the line (threshold within
+    /// its score range, a calibrated threshold, region size). `check-config` and `run`
+    /// report these; loading the file does not, so board files can be checked anywhere.
+    pub fn check_deployment(&self) -> Vec<Invalid> {
+        let mut problems = Vec::new();
+        let rel = "relative paths are relative to the board file";
+        let mut path = |key: &str, p: &Path, want: Want, fix: &str| {
+            problems.extend(check_path(key, p, want, fix));
+        };
+        let model = &self.engine.model;
+        path(
+            "engine.model",
+            model,
+            Want::File,
+            &format!("copy the model there or fix the path ({rel})"),
+        );
+        let golden = model.with_extension("golden.json");
+        if self.engine.self_test.enabled && model.is_file() {
+            path(
+                "engine.model",
+                &golden,
+                Want::File,
+                "the engine self-test needs the model's golden outputs: deploy NAME.golden.json and \
+                 NAME.golden/ beside it, or set engine.self_test.enabled = false to start unchecked",
+            );
+        }
+        let cam = &self.setup.camera;
+        match cam.source {
+            crate::setup::SourceKind::Sim => {
+                if let Some(photo) = &cam.sim.photo {
+                    path(
+                        "camera.sim.photo",
+                        photo,
+                        Want::File,
+                        &format!("write it (`scripts/texture-photos`), fix the path ({rel}), or remove the key for a procedural texture"),
+                    );
+                }
+            }
+            crate::setup::SourceKind::Replay => path(
+                "camera.replay.dir",
+                &cam.replay.dir,
+                Want::Folder,
+                &format!("point it at a folder of images ({rel})"),
+            ),
+            crate::setup::SourceKind::V4l2 => path(
+                "camera.v4l2.device",
+                &cam.v4l2.device,
+                Want::Exists,
+                "connect the camera, or name its device node (`v4l2-ctl --list-devices`)",
+            ),
+        }
+        if let Some(m) = &self.setup.mqtt {
+            for (key, p) in [
+                ("mqtt.password_file", &m.password_file),
+                ("mqtt.ca_file", &m.ca_file),
+                ("mqtt.cert_file", &m.cert_file),
+                ("mqtt.key_file", &m.key_file),
+            ] {
+                if let Some(p) = p {
+                    path(
+                        key,
+                        p,
+                        Want::File,
+                        &format!("create it or fix the path ({rel})"),
+                    );
+                }
+            }
+        }
+        if let Some(a) = &self.setup.archive {
+            // Created at start when absent; something else in its place cannot be.
+            if a.dir.exists() && !a.dir.is_dir() {
+                path(
+                    "archive.dir",
+                    &a.dir,
+                    Want::Folder,
+                    "name a folder (it is created when absent)",
+                );
+            }
+        }
+        if model.is_file() {
+            problems.extend(self.check_model());
+        }
+        problems
+    }
+
+    /// The line's keys that depend on the model, against its manifest (read without ONNX Runtime).
+    fn check_model(&self) -> Vec<Invalid> {
+        let model = &self.engine.model;
+        let m = match crate::manifest::Manifest::read(model) {
+            Ok(m) => m,
+            Err(e) => {
+                return vec![Invalid::new(
+                    "engine.model",
+                    format!(
+                        "model {} {e}; export it with `python -m exporter export`",
+                        model.display()
+                    ),
+                )]
+            }
+        };
+        let mut problems = Vec::new();
+        let line = &self.setup.line;
+        match (line.threshold, &m.threshold) {
+            (Some(t), _) => {
+                if let Err(e) = m.check_threshold(t) {
+                    problems.push(Invalid::new(
+                        "line.threshold",
+                        format!(
+                            "{e} ({}): it would pass or reject every part alike; set it within the range, \
+                             or remove it to use the model's calibrated threshold",
+                            model.display()
+                        ),
+                    ));
+                }
+            }
+            (None, None) => problems.push(Invalid::new(
+                "line.threshold",
+                format!(
+                    "model {} has no calibrated threshold: calibrate it (`python -m exporter calibrate`) or set line.threshold",
+                    model.display()
+                ),
+            )),
+            (None, Some(_)) => {}
+        }
+        if let Err(e) = self.setup.camera.check_model(&m.input) {
+            problems.push(e);
+        }
+        problems
     }
 }
 

@@ -58,6 +58,76 @@ pub fn scan(root: &Path) -> Result<Vec<Sample>, String> {
     Ok(out)
 }
 
+/// Why a ground-truth mask cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MaskError {
+    /// Not a readable image.
+    #[error("mask {path}: not a readable PNG/JPEG image ({reason})")]
+    Unreadable {
+        /// The mask file.
+        path: String,
+        /// Decoder's message.
+        reason: String,
+    },
+    /// Mask and image differ in size.
+    #[error(
+        "mask {path} is {mask_width}×{mask_height} but its image {image} is {width}×{height}: \
+         a mask must cover its image pixel for pixel (stretching it would move the ground truth); \
+         regenerate the mask at the image's size"
+    )]
+    Size {
+        /// The mask file.
+        path: String,
+        /// Mask width.
+        mask_width: u32,
+        /// Mask height.
+        mask_height: u32,
+        /// The image it belongs to.
+        image: String,
+        /// Image width.
+        width: u32,
+        /// Image height.
+        height: u32,
+    },
+}
+
+/// Load the mask at `path` for `image` of `image_size`, cropped to `roi` like the image, at the
+/// anomaly map's `w` × `h` (nearest neighbour); `true` marks defect pixels.
+pub fn load_mask(
+    path: &Path,
+    image: &Path,
+    image_size: (u32, u32),
+    roi: Option<crate::preprocess::Roi>,
+    (w, h): (u32, u32),
+) -> Result<Vec<bool>, MaskError> {
+    let mut img = image::open(path)
+        .map_err(|e| MaskError::Unreadable {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .into_luma8();
+    if img.dimensions() != image_size {
+        return Err(MaskError::Size {
+            path: path.display().to_string(),
+            mask_width: img.width(),
+            mask_height: img.height(),
+            image: image.display().to_string(),
+            width: image_size.0,
+            height: image_size.1,
+        });
+    }
+    // The map covers the ROI only: so must the mask. The image was inspected, so the ROI fits.
+    if let Some(r) = roi {
+        img = image::imageops::crop_imm(&img, r.x, r.y, r.width, r.height).to_image();
+    }
+    let img = if img.dimensions() == (w, h) {
+        img
+    } else {
+        image::imageops::resize(&img, w, h, image::imageops::FilterType::Nearest)
+    };
+    Ok(img.into_raw().into_iter().map(|v| v > 127).collect())
+}
+
 /// Files of a folder, sorted by name.
 pub fn sorted_dir(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?

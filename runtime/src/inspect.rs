@@ -22,6 +22,100 @@ pub struct Inspection {
 #[error("{0}")]
 pub struct InspectError(pub String);
 
+/// Why a model's output for one frame cannot be turned into a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum OutputError {
+    /// NaN or infinite score.
+    #[error("score {0} is not a finite number")]
+    ScoreNotFinite(f32),
+    /// Score outside the manifest's `score.range`.
+    #[error("score {value} is outside the model's score range [{lo}, {hi}]")]
+    ScoreOutOfRange {
+        /// The score.
+        value: f32,
+        /// Range start.
+        lo: f32,
+        /// Range end.
+        hi: f32,
+    },
+    /// NaN or infinite anomaly-map value.
+    #[error("anomaly map value {value} at pixel ({x}, {y}) is not a finite number")]
+    MapNotFinite {
+        /// The value.
+        value: f32,
+        /// Column.
+        x: usize,
+        /// Row.
+        y: usize,
+    },
+    /// Anomaly-map value outside the manifest's `score.range`.
+    #[error("anomaly map value {value} at pixel ({x}, {y}) is outside the model's score range [{lo}, {hi}]")]
+    MapOutOfRange {
+        /// The value.
+        value: f32,
+        /// Column.
+        x: usize,
+        /// Row.
+        y: usize,
+        /// Range start.
+        lo: f32,
+        /// Range end.
+        hi: f32,
+    },
+}
+
+/// Slack on the score range, as a share of its width: a Gaussian-blurred map's kernel sums to 1
+/// only to rounding, and fp16 engines round a sigmoid's 1.0 up by up to an ulp (~1e-3).
+/// Anything further out is a broken model, not rounding.
+pub const RANGE_SLACK: f32 = 2e-3;
+
+/// Check one frame's score and anomaly map (`width` columns) against the model's score range.
+pub fn check_output(
+    score: f32,
+    map: &[f32],
+    width: usize,
+    [lo, hi]: [f32; 2],
+) -> Result<(), OutputError> {
+    let slack = RANGE_SLACK * (hi - lo);
+    let inside = |v: f32| v >= lo - slack && v <= hi + slack;
+    if !score.is_finite() {
+        return Err(OutputError::ScoreNotFinite(score));
+    }
+    if !inside(score) {
+        return Err(OutputError::ScoreOutOfRange {
+            value: score,
+            lo,
+            hi,
+        });
+    }
+    let width = width.max(1);
+    if let Some((i, &value)) = map.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(OutputError::MapNotFinite {
+            value,
+            x: i % width,
+            y: i / width,
+        });
+    }
+    if let Some((i, &value)) = map.iter().enumerate().find(|(_, &v)| !inside(v)) {
+        return Err(OutputError::MapOutOfRange {
+            value,
+            x: i % width,
+            y: i / width,
+            lo,
+            hi,
+        });
+    }
+    Ok(())
+}
+
+/// The inspection error for an unusable output, naming the model and the frame.
+pub fn output_error(engine: &crate::engine::Engine, origin: &str, e: OutputError) -> InspectError {
+    InspectError(format!(
+        "model {} on {origin}: {e}; the part cannot be judged (check the model with `diffad inspect`)",
+        engine.path().display()
+    ))
+}
+
 /// Something that scores frames: the real engine, or a deliberately slow/failing one in tests.
 pub trait Inspector: Send {
     /// Largest number of frames `inspect` takes at once.
@@ -57,6 +151,7 @@ pub struct EngineInspector {
 
 impl EngineInspector {
     /// Wrap a loaded engine; the threshold is `threshold` if given, else the manifest's.
+    /// Frames smaller than the model's input are refused unless [`Self::allow_upscale`].
     pub fn new(
         engine: crate::engine::Engine,
         roi: Option<crate::preprocess::Roi>,
@@ -70,6 +165,13 @@ impl EngineInspector {
             threshold,
             roi,
         })
+    }
+
+    /// Resize frames smaller than the model's input up to it (with a warning) instead of
+    /// refusing them.
+    pub fn allow_upscale(mut self, allow: bool) -> Self {
+        self.pre.set_allow_upscale(allow);
+        self
     }
 
     /// The engine inside.
@@ -112,15 +214,20 @@ impl Inspector for EngineInspector {
                 self.engine.manifest().input.width as u32,
                 self.engine.manifest().input.height as u32,
             );
+            let range = self.engine.manifest().score_range();
             match self.engine.run(chunk.len()) {
                 Ok(outputs) => {
-                    for (pre, out) in ok.into_iter().zip(outputs) {
-                        results.push(pre.map(|()| Inspection {
-                            score: out.score,
-                            map: out.map,
-                            map_width: mw,
-                            map_height: mh,
-                            map_roi: self.roi,
+                    for ((pre, out), frame) in ok.into_iter().zip(outputs).zip(chunk) {
+                        results.push(pre.and_then(|()| {
+                            check_output(out.score, &out.map, mw as usize, range)
+                                .map_err(|e| output_error(&self.engine, &frame.origin, e))?;
+                            Ok(Inspection {
+                                score: out.score,
+                                map: out.map,
+                                map_width: mw,
+                                map_height: mh,
+                                map_roi: self.roi,
+                            })
                         }));
                     }
                 }
@@ -139,5 +246,45 @@ impl EngineInspector {
             .threshold
             .as_ref()
             .map_or(f32::INFINITY, |t| t.value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_and_out_of_range_outputs_are_errors() {
+        let r = [0.0, 1.0];
+        assert_eq!(check_output(0.5, &[0.1, 0.9, 1.0, 0.0], 2, r), Ok(()));
+        assert!(matches!(
+            check_output(f32::NAN, &[0.1; 4], 2, r),
+            Err(OutputError::ScoreNotFinite(s)) if s.is_nan()
+        ));
+        assert!(matches!(
+            check_output(f32::INFINITY, &[0.1; 4], 2, r),
+            Err(OutputError::ScoreNotFinite(_))
+        ));
+        assert_eq!(
+            check_output(2.5, &[0.1; 4], 2, r),
+            Err(OutputError::ScoreOutOfRange {
+                value: 2.5,
+                lo: 0.0,
+                hi: 1.0
+            })
+        );
+        assert!(check_output(-0.01, &[0.1; 4], 2, r).is_err());
+        assert!(matches!(
+            check_output(0.5, &[0.1, 0.1, 0.1, f32::NEG_INFINITY], 2, r),
+            Err(OutputError::MapNotFinite { x: 1, y: 1, .. })
+        ));
+        assert!(matches!(
+            check_output(0.5, &[0.1, 3.0, 0.1, 0.1], 2, r),
+            Err(OutputError::MapOutOfRange { x: 1, y: 0, .. })
+        ));
+        // Rounding at the ends is not an error.
+        assert_eq!(check_output(1.000_001, &[1.000_001; 4], 2, r), Ok(()));
+        let text = check_output(2.5, &[0.1; 4], 2, r).unwrap_err().to_string();
+        assert_eq!(text, "score 2.5 is outside the model's score range [0, 1]");
     }
 }

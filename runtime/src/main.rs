@@ -30,9 +30,13 @@ struct ModelArgs {
     /// Take the execution providers and their options from this board config.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Override the model's calibrated threshold.
+    /// Override the model's calibrated threshold (within the model's score range).
     #[arg(long)]
     threshold: Option<f32>,
+    /// Resize images smaller than the model's input up to it (with a warning) instead of
+    /// refusing them.
+    #[arg(long)]
+    allow_upscale: bool,
 }
 
 impl ModelArgs {
@@ -48,6 +52,14 @@ impl ModelArgs {
             }
             None => (EngineConfig::cpu(&self.model), None),
         })
+    }
+
+    /// `--threshold` and `--allow-upscale`.
+    fn options(&self) -> cli::InspectOptions {
+        cli::InspectOptions {
+            threshold: self.threshold,
+            allow_upscale: self.allow_upscale,
+        }
     }
 }
 
@@ -104,10 +116,15 @@ enum Command {
         #[arg(long)]
         summary_json: Option<PathBuf>,
     },
-    /// Parse and validate a board config; errors name the file and the key.
+    /// Parse and validate a board config and check the files, devices and model it names;
+    /// errors name the file and the key.
     CheckConfig {
         /// The board TOML.
         config: PathBuf,
+        /// Check keys and values only, not the files, devices and model the config names (to
+        /// check a board file away from its board).
+        #[arg(long)]
+        keys_only: bool,
     },
     /// Build (or verify) the cached TensorRT engine for a board config's model.
     BuildEngine {
@@ -180,7 +197,9 @@ fn run(args: Args) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::CheckConfig { config } => cli::check_config(&config).map(|_| ExitCode::SUCCESS),
+        Command::CheckConfig { config, keys_only } => {
+            cli::check_config(&config, !keys_only).map(|_| ExitCode::SUCCESS)
+        }
         Command::BuildEngine { config } => {
             let board = diffad::config::BoardConfig::load(&config)?;
             cli::build_engine(&board.engine).map(|()| ExitCode::SUCCESS)
@@ -198,7 +217,7 @@ fn run(args: Args) -> Result<ExitCode> {
                 &images,
                 heatmaps.as_deref(),
                 json,
-                model.threshold,
+                model.options(),
             )?;
             if failed > 0 {
                 eprintln!("error: {failed} image(s) could not be scored (see the lines above)");
@@ -216,7 +235,7 @@ fn run(args: Args) -> Result<ExitCode> {
             let report = match &report_dir {
                 Some(dir) => {
                     let (report, written) =
-                        cli::eval_report(&engine, camera.as_ref(), &dataset, model.threshold, dir)?;
+                        cli::eval_report(&engine, camera.as_ref(), &dataset, model.options(), dir)?;
                     eprintln!(
                         "report: {} figures and index.md in {}",
                         written.figures.len(),
@@ -224,7 +243,7 @@ fn run(args: Args) -> Result<ExitCode> {
                     );
                     report
                 }
-                None => cli::eval(&engine, camera.as_ref(), &dataset, model.threshold)?,
+                None => cli::eval(&engine, camera.as_ref(), &dataset, model.options())?,
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -8,6 +8,10 @@ pub const METADATA_KEY: &str = "diffad.manifest";
 pub const SCHEMA_VERSION: u32 = 1;
 /// Methods this runtime can run.
 pub const METHODS: &[&str] = &["diffusionad"];
+/// Range of the score and of every anomaly-map value when the manifest declares no
+/// `score.range`: the DiffusionAD graph's map is a sigmoid and its score a top-k mean of it
+/// (ARCHITECTURE.md §5), so manifests written before the key existed mean exactly this.
+pub const DEFAULT_SCORE_RANGE: [f32; 2] = [0.0, 1.0];
 
 /// What the exporter says about a model: input convention, diffusion settings, threshold.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,7 +30,8 @@ pub struct Manifest {
     /// Diffusion settings baked into the graph.
     #[serde(default)]
     pub diffusion: serde_json::Value,
-    /// How the score is reduced from the map.
+    /// How the score is reduced from the map; `range` (optional, [`DEFAULT_SCORE_RANGE`] when
+    /// absent) bounds the score and every map value.
     #[serde(default)]
     pub score: serde_json::Value,
     /// Calibrated threshold, absent until `python -m exporter calibrate` ran.
@@ -125,6 +130,24 @@ pub enum ManifestError {
     /// Values out of range.
     #[error("manifest field `{0}` is invalid: {1}")]
     Field(&'static str, String),
+    /// The file cannot be read.
+    #[error("cannot be read: {0}")]
+    Io(String),
+    /// The file is not an ONNX (protobuf) model.
+    #[error("is not an ONNX model: {0}")]
+    NotOnnx(&'static str),
+}
+
+/// A value (threshold or score) outside the range the model's scores lie in.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("{value:?} is outside the model's score range [{lo}, {hi}]")]
+pub struct OutOfRange {
+    /// The value.
+    pub value: f32,
+    /// Lowest score the model gives.
+    pub lo: f32,
+    /// Highest score the model gives.
+    pub hi: f32,
 }
 
 impl Manifest {
@@ -174,6 +197,21 @@ impl Manifest {
                 format!("`{}` (only `bilinear`)", i.resize),
             ));
         }
+        if let Some(r) = self.score.get("range") {
+            let pair = r
+                .as_array()
+                .filter(|a| a.len() == 2)
+                .and_then(|a| Some([a[0].as_f64()? as f32, a[1].as_f64()? as f32]));
+            match pair {
+                Some([lo, hi]) if lo.is_finite() && hi.is_finite() && lo < hi => {}
+                _ => {
+                    return Err(ManifestError::Field(
+                        "score.range",
+                        format!("{r} (must be [lo, hi] with lo < hi)"),
+                    ))
+                }
+            }
+        }
         if let Some(t) = &self.threshold {
             if !t.value.is_finite() {
                 return Err(ManifestError::Field(
@@ -181,14 +219,118 @@ impl Manifest {
                     "not a finite number".into(),
                 ));
             }
+            self.check_threshold(t.value)
+                .map_err(|e| ManifestError::Field("threshold.value", e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// `[lo, hi]` that every score and anomaly-map value of this model lies in.
+    pub fn score_range(&self) -> [f32; 2] {
+        self.score
+            .get("range")
+            .and_then(|r| r.as_array())
+            .filter(|a| a.len() == 2)
+            .and_then(|a| Some([a[0].as_f64()? as f32, a[1].as_f64()? as f32]))
+            .unwrap_or(DEFAULT_SCORE_RANGE)
+    }
+
+    /// A threshold outside the score range passes (or rejects) every part whatever it looks
+    /// like, so it is refused rather than applied.
+    pub fn check_threshold(&self, value: f32) -> Result<(), OutOfRange> {
+        let [lo, hi] = self.score_range();
+        if value.is_finite() && (lo..=hi).contains(&value) {
+            Ok(())
+        } else {
+            Err(OutOfRange { value, lo, hi })
+        }
+    }
+
+    /// Read the manifest from an ONNX file's bytes without ONNX Runtime (`check-config` runs
+    /// where the runtime library may be absent); the manifest is checked as at load.
+    pub fn from_onnx(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let json = onnx_metadata(bytes, METADATA_KEY)?.ok_or(ManifestError::Missing)?;
+        Self::parse(&json)
+    }
+
+    /// [`Manifest::from_onnx`] on a file.
+    pub fn read(path: &std::path::Path) -> Result<Self, ManifestError> {
+        let bytes = std::fs::read(path).map_err(|e| ManifestError::Io(e.to_string()))?;
+        Self::from_onnx(&bytes)
     }
 
     /// Top-k used for the score, when the manifest records it.
     pub fn top_k(&self) -> Option<u64> {
         self.score.get("top_k").and_then(|k| k.as_u64())
     }
+}
+
+/// The value stored under `key` in a serialized `ModelProto`'s `metadata_props` (field 14, each
+/// a `StringStringEntryProto` with key 1 and value 2).
+fn onnx_metadata(bytes: &[u8], key: &str) -> Result<Option<String>, ManifestError> {
+    const METADATA_PROPS: u64 = 14;
+    let mut found = None;
+    for (field, value) in
+        protobuf_fields(bytes).ok_or(ManifestError::NotOnnx("malformed protobuf"))?
+    {
+        let Some(entry) = value.filter(|_| field == METADATA_PROPS) else {
+            continue;
+        };
+        let (mut k, mut v) = (None, None);
+        for (f, val) in
+            protobuf_fields(entry).ok_or(ManifestError::NotOnnx("malformed metadata"))?
+        {
+            match (f, val) {
+                (1, Some(b)) => k = Some(b),
+                (2, Some(b)) => v = Some(b),
+                _ => {}
+            }
+        }
+        if k == Some(key.as_bytes()) {
+            let text = std::str::from_utf8(v.unwrap_or_default())
+                .map_err(|_| ManifestError::Malformed("not UTF-8".into()))?;
+            found = Some(text.to_string());
+        }
+    }
+    Ok(found)
+}
+
+/// A protobuf field: its number and, when length-delimited, its bytes.
+type Field<'a> = (u64, Option<&'a [u8]>);
+
+/// Top-level fields of a protobuf message; `None` when the bytes are not well formed.
+fn protobuf_fields(bytes: &[u8]) -> Option<Vec<Field<'_>>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let key = crate::selftest::varint(bytes, &mut i)?;
+        let value = match key & 7 {
+            0 => {
+                crate::selftest::varint(bytes, &mut i)?;
+                None
+            }
+            1 => {
+                i = i.checked_add(8)?;
+                None
+            }
+            2 => {
+                let len = usize::try_from(crate::selftest::varint(bytes, &mut i)?).ok()?;
+                let start = i;
+                i = i.checked_add(len)?;
+                Some(bytes.get(start..i)?)
+            }
+            5 => {
+                i = i.checked_add(4)?;
+                None
+            }
+            _ => return None,
+        };
+        if i > bytes.len() {
+            return None;
+        }
+        out.push((key >> 3, value));
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -232,6 +374,68 @@ mod tests {
         assert!(matches!(
             Manifest::parse("{"),
             Err(ManifestError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn score_range_defaults_to_unit_and_bounds_the_threshold() {
+        let m = Manifest::parse(&sample().to_string()).unwrap();
+        assert_eq!(m.score_range(), [0.0, 1.0]);
+        assert!(m.check_threshold(0.0).is_ok() && m.check_threshold(1.0).is_ok());
+        let e = m.check_threshold(5.0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "5.0 is outside the model's score range [0, 1]"
+        );
+        assert!(m.check_threshold(f32::NAN).is_err());
+        assert!(m.check_threshold(-0.1).is_err());
+
+        let mut v = sample();
+        v["score"]["range"] = serde_json::json!([0.0, 10.0]);
+        v["threshold"]["value"] = 5.0.into();
+        let m = Manifest::parse(&v.to_string()).unwrap();
+        assert_eq!(m.score_range(), [0.0, 10.0]);
+
+        let mut v = sample();
+        v["threshold"]["value"] = 1.5.into();
+        assert!(matches!(
+            Manifest::parse(&v.to_string()),
+            Err(ManifestError::Field("threshold.value", _))
+        ));
+        for bad in [
+            serde_json::json!([1.0, 0.0]),
+            serde_json::json!([0.0]),
+            serde_json::json!("wide"),
+        ] {
+            let mut v = sample();
+            v["score"]["range"] = bad;
+            assert!(matches!(
+                Manifest::parse(&v.to_string()),
+                Err(ManifestError::Field("score.range", _))
+            ));
+        }
+    }
+
+    #[test]
+    fn reads_the_manifest_from_onnx_bytes_without_the_runtime() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let m = Manifest::read(&fixtures.join("sigmoid.onnx")).unwrap();
+        assert_eq!((m.input.width, m.threshold.unwrap().value), (16, 0.6));
+        assert!(matches!(
+            Manifest::read(&fixtures.join("no-manifest.onnx")),
+            Err(ManifestError::Missing)
+        ));
+        assert!(matches!(
+            Manifest::read(&fixtures.join("schema-v2.onnx")),
+            Err(ManifestError::Schema(2))
+        ));
+        assert!(matches!(
+            Manifest::read(&fixtures.join("absent.onnx")),
+            Err(ManifestError::Io(_))
+        ));
+        assert!(matches!(
+            Manifest::from_onnx(b"\x0a\xff"),
+            Err(ManifestError::NotOnnx(_))
         ));
     }
 }

@@ -65,6 +65,24 @@ pub enum PreprocessError {
     /// Empty frame.
     #[error("frame {0} is empty (0×0)")]
     Empty(String),
+    /// The region to resize is smaller than the model's input and upscaling is not allowed.
+    #[error(
+        "image {origin}: {width}×{height} is smaller than the model's {model_width}×{model_height} input; \
+         upscaling invents the detail the model judges. Use images at least the model's size, or allow it \
+         with --allow-upscale (infer, eval) or camera.allow_upscale = true (run)"
+    )]
+    TooSmall {
+        /// Frame origin.
+        origin: String,
+        /// Width of the frame (or ROI).
+        width: u32,
+        /// Height of the frame (or ROI).
+        height: u32,
+        /// Model input width.
+        model_width: usize,
+        /// Model input height.
+        model_height: usize,
+    },
 }
 
 /// Converts frames into one image slot of the engine's input tensor.
@@ -77,6 +95,9 @@ pub struct Preprocessor {
     taps: Option<Taps>,
     scale: f32,
     offset: f32,
+    allow_upscale: bool,
+    /// Region size last warned about as upscaled, so a stream of them warns once.
+    warned_upscale: Option<(u32, u32)>,
 }
 
 /// Source size the taps were built for, then the x and y taps.
@@ -100,7 +121,15 @@ impl Preprocessor {
             taps: None,
             scale: (hi - lo) / 255.0,
             offset: lo,
+            allow_upscale: false,
+            warned_upscale: None,
         }
+    }
+
+    /// Resize regions smaller than the model's input up to it (logging a warning) instead of
+    /// refusing them with [`PreprocessError::TooSmall`].
+    pub fn set_allow_upscale(&mut self, allow: bool) {
+        self.allow_upscale = allow;
     }
 
     /// Elements written per frame (C × H × W).
@@ -119,6 +148,24 @@ impl Preprocessor {
         let (w, h) = self.fill_plane(frame)?;
         let c = self.spec.channels;
         let (mw, mh) = (self.spec.width, self.spec.height);
+        if (w as usize) < mw || (h as usize) < mh {
+            if !self.allow_upscale {
+                return Err(PreprocessError::TooSmall {
+                    origin: frame.origin.clone(),
+                    width: w,
+                    height: h,
+                    model_width: mw,
+                    model_height: mh,
+                });
+            }
+            if self.warned_upscale != Some((w, h)) {
+                self.warned_upscale = Some((w, h));
+                log::warn!(
+                    "image {}: {w}×{h} is upscaled to the model's {mw}×{mh} input (allowed); its score may not mean what the threshold was calibrated for",
+                    frame.origin
+                );
+            }
+        }
         let plane_len = mw * mh;
         if (w as usize, h as usize) == (mw, mh) {
             self.scale_plane(out);
@@ -385,10 +432,43 @@ mod tests {
     fn upscale_matches_cv2_inter_linear() {
         // cv2.resize(np.array([[0, 100]], np.uint8).astype(np.float32), (4, 1)) == [0, 25, 75, 100]
         let mut p = Preprocessor::new(&spec(1, 1, 4, [0.0, 255.0]), None);
+        p.set_allow_upscale(true);
         let mut out = vec![0.0; 4];
         p.run(&frame(2, 1, PixelFormat::Grey8, vec![0, 100]), &mut out)
             .unwrap();
         assert_eq!(out, vec![0.0, 25.0, 75.0, 100.0]);
+    }
+
+    #[test]
+    fn a_frame_smaller_than_the_model_is_refused_unless_upscaling_is_allowed() {
+        let mut p = Preprocessor::new(&spec(1, 4, 4, [0.0, 1.0]), None);
+        let mut out = vec![0.0; 16];
+        let err = p
+            .run(&frame(1, 1, PixelFormat::Grey8, vec![7]), &mut out)
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            PreprocessError::TooSmall {
+                width: 1,
+                height: 1,
+                model_width: 4,
+                model_height: 4,
+                ..
+            }
+        ));
+        let text = err.to_string();
+        assert!(
+            text.contains("test") && text.contains("1×1") && text.contains("4×4"),
+            "{text}"
+        );
+        // Smaller in one direction only is still an upscale.
+        assert!(p
+            .run(&frame(8, 2, PixelFormat::Grey8, vec![0; 16]), &mut out)
+            .is_err());
+        p.set_allow_upscale(true);
+        p.run(&frame(1, 1, PixelFormat::Grey8, vec![255]), &mut out)
+            .unwrap();
+        assert_eq!(out, vec![1.0; 16]);
     }
 
     #[test]

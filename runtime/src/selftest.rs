@@ -240,7 +240,8 @@ pub fn graph_sha256(bytes: &[u8]) -> Option<String> {
     Some(crate::engine::hex(&h.finalize()))
 }
 
-fn varint(bytes: &[u8], i: &mut usize) -> Option<u64> {
+/// One protobuf varint at `*i`, advancing `*i` past it.
+pub(crate) fn varint(bytes: &[u8], i: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let b = *bytes.get(*i)?;

@@ -114,6 +114,9 @@ pub struct CameraConfig {
     pub roi: Option<crate::preprocess::Roi>,
     /// Cut the region of interest into model-sized tiles at native resolution.
     pub tiling: crate::tiling::TilingConfig,
+    /// Resize a region smaller than the model's input up to it (with a warning) instead of
+    /// refusing it: upscaling invents the detail the model judges.
+    pub allow_upscale: bool,
 }
 
 impl Default for CameraConfig {
@@ -126,6 +129,7 @@ impl Default for CameraConfig {
             v4l2: V4l2Config::default(),
             roi: None,
             tiling: crate::tiling::TilingConfig::default(),
+            allow_upscale: false,
         }
     }
 }
@@ -162,6 +166,62 @@ impl CameraConfig {
             SourceKind::Replay => self.replay.validate(),
             SourceKind::V4l2 => self.v4l2.validate(),
         }
+    }
+
+    /// Check the region against the model's input size where it is known before the first
+    /// frame: tiles must fit (`camera.tiling`), and a resized region must not be smaller than
+    /// the model unless `camera.allow_upscale`.
+    pub fn check_model(&self, spec: &crate::manifest::InputSpec) -> Result<(), Invalid> {
+        if self.tiling.enabled {
+            return crate::tiling::check(self, spec);
+        }
+        if self.allow_upscale {
+            return Ok(());
+        }
+        let (mw, mh) = (spec.width as u32, spec.height as u32);
+        let small = |key: &str, what: &str, w: u32, h: u32| {
+            Invalid::new(
+                key,
+                format!(
+                    "{what} {w}×{h} is smaller than the model's {mw}×{mh} input and would be upscaled, \
+                     which invents the detail the model judges; enlarge it, or set camera.allow_upscale = true"
+                ),
+            )
+        };
+        let (key, what, w, h) = match (&self.roi, self.source) {
+            (Some(r), _) => (
+                if r.width < mw {
+                    "camera.roi.width"
+                } else {
+                    "camera.roi.height"
+                },
+                "the region",
+                r.width,
+                r.height,
+            ),
+            (None, SourceKind::V4l2) => (
+                if self.v4l2.width < mw {
+                    "camera.v4l2.width"
+                } else {
+                    "camera.v4l2.height"
+                },
+                "the frame",
+                self.v4l2.width,
+                self.v4l2.height,
+            ),
+            (None, SourceKind::Sim) => (
+                "camera.sim.tile",
+                "the simulated frame",
+                self.sim.tile,
+                self.sim.tile,
+            ),
+            // Replayed images are checked one by one as they come.
+            (None, SourceKind::Replay) => return Ok(()),
+        };
+        if w < mw || h < mh {
+            return Err(small(key, what, w, h));
+        }
+        Ok(())
     }
 }
 
@@ -411,7 +471,38 @@ impl GpioConfig {
                 return Err(Invalid::new(key, "must not be empty"));
             }
         }
+        // One chip: two signals on one line would fight (two outputs) or read the line's own
+        // output as the photo-eye (output and trigger), and the kernel grants a line once.
+        let named = self.lines();
+        for (i, (key, line)) in named.iter().enumerate() {
+            if let Some((first, _)) = named[..i]
+                .iter()
+                .find(|(_, other)| other.name.trim() == line.name.trim())
+            {
+                return Err(Invalid::new(
+                    format!("{key}.name"),
+                    format!(
+                        "\"{}\" is already {first}'s line: each signal needs its own GPIO line; give {key} another one",
+                        line.name.trim()
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The configured lines with their keys (`gpio.reject`, ...), outputs first, then the trigger.
+    pub fn lines(&self) -> Vec<(&'static str, &LineRef)> {
+        [
+            ("gpio.reject", &self.reject),
+            ("gpio.ready", &self.ready),
+            ("gpio.heartbeat", &self.heartbeat),
+            ("gpio.fault", &self.fault),
+            ("gpio.trigger", &self.trigger),
+        ]
+        .into_iter()
+        .filter_map(|(k, l)| l.as_ref().map(|l| (k, l)))
+        .collect()
     }
 
     /// Pulse width in nanoseconds.

@@ -205,7 +205,10 @@ impl TiledInspector {
         self.stitched.clear();
         self.stitched.resize(wu * hu, f32::NEG_INFINITY);
         let len = c * th * tw;
+        let range = self.engine.manifest().score_range();
         let mut score = f32::NEG_INFINITY;
+        // The first tile whose output is unusable; the stitched maximum would hide a NaN tile.
+        let mut bad: Option<((u32, u32), crate::inspect::OutputError)> = None;
         let tiles = &self.grid.1;
         for batch in tiles.chunks(n) {
             let input = self.engine.input_mut();
@@ -225,6 +228,11 @@ impl TiledInspector {
             self.engine
                 .run_visit(batch.len(), |b, s, map| {
                     score = worst(score, s);
+                    if bad.is_none() {
+                        if let Err(e) = crate::inspect::check_output(s, map, tw, range) {
+                            bad = Some((batch[b], e));
+                        }
+                    }
                     let (x0, y0) = (batch[b].0 as usize, batch[b].1 as usize);
                     for (r, row) in map.chunks_exact(tw).enumerate() {
                         let dst = &mut stitched[(y0 + r) * wu + x0..][..tw];
@@ -236,6 +244,10 @@ impl TiledInspector {
                 .map_err(|e| InspectError(e.to_string()))?;
         }
         self.tiles += tiles.len() as u64;
+        if let Some(((x, y), e)) = bad {
+            let at = format!("{} (tile at {x}, {y})", frame.origin);
+            return Err(crate::inspect::output_error(&self.engine, &at, e));
+        }
         Ok(Inspection {
             score,
             map: self.stitched.clone(),
