@@ -144,7 +144,7 @@ impl Store {
     }
 
     fn run(&mut self, rx: Receiver<ArchiveJob>) -> ArchiveStats {
-        for job in rx.iter() {
+        while let Some(job) = crate::clock::poll_recv(&rx) {
             match self.write(&job) {
                 Ok(()) => self.stats.written += 1,
                 Err(e) => {

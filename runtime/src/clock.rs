@@ -110,6 +110,24 @@ impl Clock for SystemClock {
     }
 }
 
+/// Receive from `rx` by polling (1 ms sleeps) instead of blocking; `None` once it is closed.
+///
+/// A receiver blocked in `recv` registers with the channel, and every sender then takes the
+/// channel's waker lock to wake it. For queues the SCHED_FIFO reject thread sends into (events,
+/// archive) that lock could make it wait behind a preempted ordinary thread; a polling
+/// receiver never registers, so sending stays lock-free.
+pub fn poll_recv<T>(rx: &crossbeam_channel::Receiver<T>) -> Option<T> {
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Some(v),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
+            Err(crossbeam_channel::TryRecvError::Empty) => {
+                std::thread::sleep(Duration::from_nanos(POLL_NS))
+            }
+        }
+    }
+}
+
 /// How a [`SimClock`] moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SimMode {

@@ -365,7 +365,7 @@ impl Drop for Bus {
 
 fn fan_out(rx: Receiver<Msg>, line: Arc<str>, mut sinks: Vec<Box<dyn Sink>>) -> u64 {
     let mut seq = 0u64;
-    while let Ok(Msg::Event(t_ns, event)) = rx.recv() {
+    while let Some(Msg::Event(t_ns, event)) = crate::clock::poll_recv(&rx) {
         seq += 1;
         let mut rec = Record {
             seq,

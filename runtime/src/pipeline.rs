@@ -35,7 +35,7 @@ use crate::reject::{PartInfo, Policy, RejectStats, Scheduler};
 use crate::setup::{FailSafe, LineSetup, Trigger};
 use crate::supervisor::Supervisor;
 use crate::tally::Tally;
-use crate::triage::{Job, ServiceTime, Triage};
+use crate::triage::{Job, Pushed, ServiceTime, Triage};
 use crate::watchdog::Notifier;
 use std::collections::VecDeque;
 use std::fmt;
@@ -808,8 +808,8 @@ fn capture_loop(
             frame,
         };
         match triage.push(job, clock) {
-            Ok(None) => {}
-            Ok(Some(old)) => {
+            Pushed::Queued => {}
+            Pushed::Evicted(old) => {
                 let _ = sched.try_send(SchedMsg::Skipped {
                     part: old.part,
                     reason: format!(
@@ -819,7 +819,7 @@ fn capture_loop(
                     frame: old.frame,
                 });
             }
-            Err(job) => {
+            Pushed::Closed(job) => {
                 let _ = sched.try_send(SchedMsg::NotQueued {
                     part: job.part,
                     reason: "engine stopped".to_string(),

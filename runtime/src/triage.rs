@@ -41,6 +41,17 @@ pub struct Triage {
     closed: std::sync::atomic::AtomicBool,
 }
 
+/// What became of a pushed job.
+#[derive(Debug)]
+pub enum Pushed {
+    /// Queued.
+    Queued,
+    /// Queued; the queue was full and gave up its oldest job (to be skipped).
+    Evicted(Job),
+    /// The queue is closed (the engine stopped): the job comes back.
+    Closed(Job),
+}
+
 /// What `take` decided.
 #[derive(Default)]
 pub struct Taken {
@@ -66,10 +77,9 @@ impl Triage {
     }
 
     /// Queue `job`; when full, the oldest job is evicted and returned (to be skipped).
-    /// A closed queue gives the job itself back.
-    pub fn push(&self, job: Job, clock: &dyn Clock) -> Result<Option<Job>, Job> {
+    pub fn push(&self, job: Job, clock: &dyn Clock) -> Pushed {
         if self.is_closed() {
-            return Err(job);
+            return Pushed::Closed(job);
         }
         let evicted = {
             let mut q = self.lock();
@@ -85,7 +95,10 @@ impl Triage {
             evicted
         };
         clock.notify();
-        Ok(evicted)
+        match evicted {
+            Some(old) => Pushed::Evicted(old),
+            None => Pushed::Queued,
+        }
     }
 
     /// Choose the next batch of at most `max` jobs, given `service`, the estimated time to
@@ -202,7 +215,7 @@ mod tests {
         let clock = SimClock::new(SimMode::Manual, 0);
         let t = Triage::new(8);
         for (p, due) in [(1, 50), (2, 150), (3, 300), (4, 400)] {
-            assert!(t.push(job(p, due * MS), &clock).unwrap().is_none());
+            assert!(matches!(t.push(job(p, due * MS), &clock), Pushed::Queued));
         }
         // 100 ms per frame at t = 0: part 1 (due at 50) cannot make it; batch of 2 ends at 200,
         // which parts 3 and 4 (newest) both make.
@@ -221,7 +234,7 @@ mod tests {
         let clock = SimClock::new(SimMode::Manual, 0);
         let t = Triage::new(8);
         for (p, due) in [(1, 150), (2, 250), (3, 900)] {
-            t.push(job(p, due * MS), &clock).unwrap();
+            t.push(job(p, due * MS), &clock);
         }
         // Three together end at 300 ms (part 2 would miss), two end at 200 (part 2 makes it).
         let got = t.take(0, 3, |n| n as u64 * 100 * MS);
@@ -234,12 +247,11 @@ mod tests {
     fn full_queue_evicts_the_oldest_and_closed_queue_refuses() {
         let clock = SimClock::new(SimMode::Manual, 0);
         let t = Triage::new(2);
-        t.push(job(1, 100), &clock).unwrap();
-        t.push(job(2, 200), &clock).unwrap();
-        let evicted = t.push(job(3, 300), &clock).unwrap();
-        assert_eq!(evicted.map(|j| j.part), Some(1));
+        t.push(job(1, 100), &clock);
+        t.push(job(2, 200), &clock);
+        assert!(matches!(t.push(job(3, 300), &clock), Pushed::Evicted(j) if j.part == 1));
         assert_eq!(parts(&t.close()), vec![2, 3]);
-        assert!(t.push(job(4, 400), &clock).is_err());
+        assert!(matches!(t.push(job(4, 400), &clock), Pushed::Closed(j) if j.part == 4));
     }
 
     #[test]
