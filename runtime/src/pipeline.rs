@@ -300,6 +300,7 @@ struct Shared {
     camera_errors: AtomicU64,
     pin_errors: AtomicU64,
     trigger_progress: AtomicU64,
+    trigger_edges_lost: AtomicU64,
     /// The trigger thread waits for an edge with none queued.
     trigger_idle: AtomicBool,
     fatal: Mutex<Option<LineError>>,
@@ -393,6 +394,7 @@ pub fn run(
         camera_errors: AtomicU64::new(0),
         pin_errors: AtomicU64::new(0),
         trigger_progress: AtomicU64::new(0),
+        trigger_edges_lost: AtomicU64::new(0),
         trigger_idle: AtomicBool::new(false),
         fatal: Mutex::new(None),
     });
@@ -485,9 +487,10 @@ pub fn run(
                 .expect("spawn inspect")
         };
         let trigger = hw.trigger.map(|mut input| {
-            let (clock, shared, sched_tx, shutdown, awaiting, next_part) = (
+            let (clock, shared, events, sched_tx, shutdown, awaiting, next_part) = (
                 clock.clone(),
                 shared.clone(),
+                events.clone(),
                 sched_tx.clone(),
                 shutdown.clone(),
                 awaiting.clone(),
@@ -504,6 +507,7 @@ pub fn run(
                         &mut *input,
                         &*clock,
                         &shared,
+                        &events,
                         &sched_tx,
                         &shutdown,
                         &awaiting,
@@ -606,6 +610,7 @@ pub fn run(
     }
     counters.frames_dropped = shared.frames_dropped.load(Ordering::Relaxed);
     counters.camera_errors = shared.camera_errors.load(Ordering::Relaxed);
+    counters.trigger_edges_lost = shared.trigger_edges_lost.load(Ordering::Relaxed);
     counters.events_dropped = bus_stats.dropped;
     let mut lat = stats.latencies_ns.clone();
     lat.sort_unstable();
@@ -811,6 +816,7 @@ fn trigger_loop(
     input: &mut dyn TriggerInput,
     clock: &dyn Clock,
     shared: &Shared,
+    events: &Events,
     sched: &chan::Tx<SchedMsg>,
     shutdown: &Shutdown,
     awaiting: &Mutex<VecDeque<(u64, u64)>>,
@@ -818,7 +824,6 @@ fn trigger_loop(
     tick: u64,
 ) {
     let delay = setup.line.delay_ns();
-    let mut last_seq = None;
     loop {
         shared.stamp(3, clock);
         if shutdown.is_requested()
@@ -840,16 +845,23 @@ fn trigger_loop(
         let progress = clock.now_ns();
         match got {
             Ok(Some(edge)) => {
-                if let Some(prev) = last_seq {
-                    if edge.seq > prev + 1 {
-                        log::error!(
-                            "photo-eye: {} edges lost by the kernel",
-                            edge.seq - prev - 1
-                        );
-                    }
-                }
-                last_seq = Some(edge.seq);
                 let part = next_part.fetch_add(1, Ordering::SeqCst) + 1;
+                if edge.lost > 0 {
+                    // Those parts pass the ejector unarmed: no fail-safe covers them.
+                    let total = shared
+                        .trigger_edges_lost
+                        .fetch_add(edge.lost, Ordering::Relaxed)
+                        + edge.lost;
+                    events.emit(Event::alarm(
+                        "trigger_edges_lost",
+                        format!(
+                            "photo-eye: {} part edges dropped by the kernel before part {part} ({total} in all): those parts were not inspected",
+                            edge.lost
+                        ),
+                        Some(part),
+                        true,
+                    ));
+                }
                 let info = PartInfo {
                     part,
                     frame_seq: 0,
@@ -1048,6 +1060,7 @@ fn health_loop(
                 .clone();
             c.frames_dropped = shared.frames_dropped.load(Ordering::Relaxed);
             c.camera_errors = shared.camera_errors.load(Ordering::Relaxed);
+            c.trigger_edges_lost = shared.trigger_edges_lost.load(Ordering::Relaxed);
             c.events_dropped = events.dropped();
             c
         };
@@ -1152,6 +1165,7 @@ fn health_loop(
         .clone();
     c.frames_dropped = shared.frames_dropped.load(Ordering::Relaxed);
     c.camera_errors = shared.camera_errors.load(Ordering::Relaxed);
+    c.trigger_edges_lost = shared.trigger_edges_lost.load(Ordering::Relaxed);
     c.events_dropped = events.dropped();
     events.emit(Event::Heartbeat(HeartbeatEvent {
         ready: false,
