@@ -651,3 +651,133 @@ fn full_event_bus_drops_are_counted_and_the_line_is_unaffected() {
         s.counters.rejects > 0
     );
 }
+
+/// A camera that ends after `left` frames.
+struct Frames {
+    inner: Box<dyn diffad::camera::Source>,
+    left: u64,
+}
+
+impl diffad::camera::Source for Frames {
+    fn next_frame(&mut self) -> Result<Option<diffad::frame::Frame>, diffad::camera::SourceError> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        self.inner.next_frame()
+    }
+    fn recycle(&mut self, buf: Vec<u8>) {
+        self.inner.recycle(buf);
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// A photo-eye line whose sensor is wired `active`, requested from a fake kernel that sees
+/// each of 100 parts arrive 3 ms before its exposure and leave 5 ms later, the reading thread
+/// off the CPU over `stall` if given.
+fn run_fake_photo_eye(
+    active: diffad::setup::ActiveLevel,
+    stall: Option<(u64, u64)>,
+) -> (
+    diffad::pipeline::Summary,
+    Vec<diffad::events::AlarmEvent>,
+    diffad::testkit::FakeEdgeRequest,
+) {
+    use diffad::pins::{request_trigger, LinePins};
+    use diffad::pipeline::{Hardware, Options};
+    use diffad::setup::ActiveLevel;
+    use diffad::testkit::FakeEdgeRequest;
+    let mut setup = sim_setup(100);
+    setup.line.trigger = diffad::setup::Trigger::Gpio;
+    setup.gpio.trigger = Some(diffad::setup::LineRef {
+        name: "PAA.01".into(),
+        active,
+    });
+    setup.validate().unwrap();
+    let clock = common::sim_clock();
+    let (pins, _logs) = LinePins::sim(&setup.gpio, clock.clone());
+    let mut kernel = None;
+    let trigger = request_trigger(&setup.gpio, |line, req| {
+        let k = FakeEdgeRequest::new(clock.clone(), req, 1, line.active == ActiveLevel::Low);
+        kernel = Some(k.clone());
+        Ok(k)
+    })
+    .unwrap();
+    let kernel = kernel.unwrap();
+    let present_high = active == ActiveLevel::High;
+    for i in 0..100 {
+        let t = common::T0 + i * 20 * MS - 3 * MS;
+        kernel.drive(0, t, present_high);
+        kernel.drive(0, t + 5 * MS, !present_high);
+    }
+    if let Some((from, until)) = stall {
+        kernel.stall_reads(from, until);
+    }
+    let camera = diffad::camera::open(&setup.camera, &setup.line, clock.clone()).unwrap();
+    // The line stops when the camera does: lost parts never count towards `line.parts`.
+    let source = Box::new(Frames {
+        inner: camera,
+        left: 100,
+    });
+    let (tap, rx) = crossbeam_channel::unbounded();
+    let opts = Options {
+        sinks: vec![Box::new(diffad::events::TapSink(tap))],
+        live_log: false,
+        ..Default::default()
+    };
+    let hw = Hardware {
+        source,
+        pins,
+        trigger: Some(trigger),
+    };
+    let s = run_truth(&setup, clock, hw, opts).unwrap();
+    let alarms = rx
+        .try_iter()
+        .filter_map(|r| match &r.event {
+            Event::Alarm(a) if a.code == "trigger_edges_lost" => Some(a.clone()),
+            _ => None,
+        })
+        .collect();
+    (s, alarms, kernel)
+}
+
+#[test]
+fn photo_eye_pulses_make_one_part_each_and_no_false_losses() {
+    for active in [
+        diffad::setup::ActiveLevel::High,
+        diffad::setup::ActiveLevel::Low,
+    ] {
+        let (s, alarms, kernel) = run_fake_photo_eye(active, None);
+        println!("{s}");
+        assert_eq!(s.counters.triggers, 100, "{active:?}: {s}");
+        assert_eq!(s.counters.trigger_edges_lost, 0, "{active:?}: {s}");
+        assert!(alarms.is_empty(), "{active:?}: {alarms:?}");
+        assert_eq!(kernel.dropped(), 0);
+        assert!(s.invariant_ok);
+        assert_eq!(s.counters.fault_rejects, 0, "{active:?}: {s}");
+    }
+}
+
+#[test]
+fn photo_eye_edges_dropped_by_the_kernel_are_counted_and_alarmed() {
+    // Parts 17..=41 arrive while the trigger thread is off the CPU: 25 events, 16 places.
+    let stall = (common::T0 + 300 * MS, common::T0 + 800 * MS);
+    let (s, alarms, kernel) = run_fake_photo_eye(diffad::setup::ActiveLevel::Low, Some(stall));
+    println!("{s}");
+    assert_eq!(kernel.dropped(), 9);
+    assert_eq!(s.counters.trigger_edges_lost, 9, "{s}");
+    assert_eq!(
+        s.counters.triggers, 91,
+        "the lost parts were never born: {s}"
+    );
+    assert!(s.invariant_ok);
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    assert!(alarms[0].active);
+    assert!(
+        alarms[0].message.contains("9 part edges"),
+        "{}",
+        alarms[0].message
+    );
+}

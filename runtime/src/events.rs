@@ -122,6 +122,8 @@ pub struct Counters {
     pub events_dropped: u64,
     /// Pin writes (or photo-eye reads) that failed.
     pub pin_errors: u64,
+    /// Photo-eye edges the kernel dropped (its event buffer was full): parts never armed.
+    pub trigger_edges_lost: u64,
 }
 
 impl Counters {

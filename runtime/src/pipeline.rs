@@ -248,11 +248,12 @@ impl fmt::Display for Summary {
         )?;
         write!(
             f,
-            "events delivered {}  dropped {}  frames dropped {}  camera errors {}  supervisor clients dropped {}  mqtt overflow {}  archive dropped {}",
+            "events delivered {}  dropped {}  frames dropped {}  camera errors {}  photo-eye edges lost {}  supervisor clients dropped {}  mqtt overflow {}  archive dropped {}",
             self.events_delivered,
             self.events_dropped,
             c.frames_dropped,
             c.camera_errors,
+            c.trigger_edges_lost,
             self.supervisor_clients_dropped,
             self.mqtt_overflow,
             self.archive_dropped
@@ -324,6 +325,7 @@ struct Shared {
     camera_errors: AtomicU64,
     pin_errors: AtomicU64,
     trigger_progress: AtomicU64,
+    trigger_edges_lost: AtomicU64,
     /// The trigger thread waits for an edge with none queued.
     trigger_idle: AtomicBool,
     fatal: Mutex<Option<LineError>>,
@@ -421,6 +423,7 @@ pub fn run(
         camera_errors: AtomicU64::new(0),
         pin_errors: AtomicU64::new(0),
         trigger_progress: AtomicU64::new(0),
+        trigger_edges_lost: AtomicU64::new(0),
         trigger_idle: AtomicBool::new(false),
         fatal: Mutex::new(None),
     });
@@ -515,9 +518,10 @@ pub fn run(
                 .expect("spawn inspect")
         };
         let trigger = hw.trigger.map(|mut input| {
-            let (clock, shared, sched_tx, shutdown, awaiting, next_part) = (
+            let (clock, shared, events, sched_tx, shutdown, awaiting, next_part) = (
                 clock.clone(),
                 shared.clone(),
+                events.clone(),
                 sched_tx.clone(),
                 shutdown.clone(),
                 awaiting.clone(),
@@ -534,6 +538,7 @@ pub fn run(
                         &mut *input,
                         &*clock,
                         &shared,
+                        &events,
                         &sched_tx,
                         &shutdown,
                         &awaiting,
@@ -636,6 +641,7 @@ pub fn run(
     }
     counters.frames_dropped = shared.frames_dropped.load(Ordering::Relaxed);
     counters.camera_errors = shared.camera_errors.load(Ordering::Relaxed);
+    counters.trigger_edges_lost = shared.trigger_edges_lost.load(Ordering::Relaxed);
     counters.events_dropped = bus_stats.dropped;
     let first = shared.first_trigger_ns.load(Ordering::Relaxed);
     let last = shared.last_trigger_ns.load(Ordering::Relaxed);
@@ -874,6 +880,7 @@ fn trigger_loop(
     input: &mut dyn TriggerInput,
     clock: &dyn Clock,
     shared: &Shared,
+    events: &Events,
     sched: &chan::Tx<SchedMsg>,
     shutdown: &Shutdown,
     awaiting: &Mutex<VecDeque<(u64, u64)>>,
@@ -881,7 +888,6 @@ fn trigger_loop(
     tick: u64,
 ) {
     let delay = setup.line.delay_ns();
-    let mut last_seq = None;
     loop {
         shared.stamp(3, clock);
         if shutdown.is_requested()
@@ -903,17 +909,24 @@ fn trigger_loop(
         let progress = clock.now_ns();
         match got {
             Ok(Some(edge)) => {
-                if let Some(prev) = last_seq {
-                    if edge.seq > prev + 1 {
-                        log::error!(
-                            "photo-eye: {} edges lost by the kernel",
-                            edge.seq - prev - 1
-                        );
-                    }
-                }
-                last_seq = Some(edge.seq);
                 let part = next_part.fetch_add(1, Ordering::SeqCst) + 1;
                 note_trigger(shared, edge.t_ns);
+                if edge.lost > 0 {
+                    // Those parts pass the ejector unarmed: no fail-safe covers them.
+                    let total = shared
+                        .trigger_edges_lost
+                        .fetch_add(edge.lost, Ordering::Relaxed)
+                        + edge.lost;
+                    events.emit(Event::alarm(
+                        "trigger_edges_lost",
+                        format!(
+                            "photo-eye: {} part edges dropped by the kernel before part {part} ({total} in all): those parts were not inspected",
+                            edge.lost
+                        ),
+                        Some(part),
+                        true,
+                    ));
+                }
                 let info = PartInfo {
                     part,
                     frame_seq: 0,
@@ -1147,6 +1160,7 @@ fn health_loop(
             let mut c = shared.counters.read();
             c.frames_dropped = shared.frames_dropped.load(Ordering::Relaxed);
             c.camera_errors = shared.camera_errors.load(Ordering::Relaxed);
+            c.trigger_edges_lost = shared.trigger_edges_lost.load(Ordering::Relaxed);
             c.events_dropped = events.dropped();
             c
         };
@@ -1263,6 +1277,7 @@ fn health_loop(
     let mut c = shared.counters.read();
     c.frames_dropped = shared.frames_dropped.load(Ordering::Relaxed);
     c.camera_errors = shared.camera_errors.load(Ordering::Relaxed);
+    c.trigger_edges_lost = shared.trigger_edges_lost.load(Ordering::Relaxed);
     c.events_dropped = events.dropped();
     events.emit(Event::Heartbeat(HeartbeatEvent {
         ready: false,

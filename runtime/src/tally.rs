@@ -26,7 +26,8 @@ macro_rules! fields {
             frames_dropped,
             camera_errors,
             events_dropped,
-            pin_errors
+            pin_errors,
+            trigger_edges_lost
         )
     };
 }

@@ -1,9 +1,15 @@
-//! Stand-in inspectors for simulations, demos and tests (the real one is the ORT engine).
+//! Stand-ins for simulations, demos and tests: an inspector (the real one is the ORT engine)
+//! and GPIO lines that behave like the kernel's character device (the real ones need a board).
 
-use crate::clock::Clock;
+use crate::clock::{Clock, MS};
 use crate::frame::{Frame, PixelFormat};
 use crate::inspect::{InspectError, Inspection, Inspector};
-use std::sync::Arc;
+use crate::pins::{
+    EdgeSel, LineEvent, LineEvents, OutputRequest, PinError, PinLog, SimPin, TriggerRequest,
+};
+use embedded_hal::digital::OutputPin;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Scores by ground truth when the frame has it (defect mask fraction), else by pixel statistics
 /// (share of pixels far from the frame mean). Optionally takes virtual time per batch, and
@@ -108,5 +114,195 @@ impl Inspector for TruthInspector {
                 })
             })
             .collect()
+    }
+}
+
+/// An output line as the kernel grants it: it takes the request's level at the moment of the
+/// request, and the log records that level before any write.
+pub fn fake_output(clock: Arc<dyn Clock>, req: OutputRequest) -> (SimPin, PinLog) {
+    let (mut pin, log) = SimPin::new(clock);
+    let set = if req.initial_high {
+        pin.set_high()
+    } else {
+        pin.set_low()
+    };
+    set.expect("sim pins never fail");
+    (pin, log)
+}
+
+/// Events the kernel queues per line of a request when the request names no buffer size.
+pub const KERNEL_EVENTS_PER_LINE: usize = 16;
+
+/// An edge-detecting line request as the GPIO character device (v2) handles it, without a
+/// kernel. The world drives electrical levels at clock times; the fake turns them into events
+/// the way gpiolib-cdev does: edges are logical (inverted on an active-low request), only the
+/// requested edges are queued and numbered, each line counts its own `line_seqno` and the
+/// request counts `seqno` over all its lines (the same number when it has one line), and a
+/// full buffer drops its oldest event, so the numbers read skip the dropped ones.
+///
+/// Clones share the line: a test keeps one to drive and inspect it while [`crate::pins::EdgeTrigger`]
+/// reads another.
+#[derive(Clone)]
+pub struct FakeEdgeRequest {
+    clock: Arc<dyn Clock>,
+    state: Arc<Mutex<FakeState>>,
+}
+
+struct FakeState {
+    req: TriggerRequest,
+    capacity: usize,
+    /// Electrical level of each line.
+    high: Vec<bool>,
+    line_seqno: Vec<u32>,
+    seqno: u32,
+    /// Future level changes `(t_ns, line, high)`, in time order.
+    script: VecDeque<(u64, usize, bool)>,
+    queue: VecDeque<LineEvent>,
+    dropped: u64,
+    /// The reading thread is off the CPU over `[from, until)`.
+    stall: Option<(u64, u64)>,
+}
+
+impl FakeState {
+    /// What the kernel does when the level of `line` changes at `t_ns`.
+    fn change(&mut self, t_ns: u64, line: usize, high: bool) {
+        if self.high[line] == high {
+            return;
+        }
+        self.high[line] = high;
+        let active = high != self.req.active_low;
+        let wanted = match self.req.edges {
+            EdgeSel::Rising => active,
+            EdgeSel::Falling => !active,
+            EdgeSel::Both => true,
+        };
+        if !wanted {
+            return;
+        }
+        self.line_seqno[line] = self.line_seqno[line].wrapping_add(1);
+        self.seqno = self.seqno.wrapping_add(1);
+        let ev = LineEvent {
+            t_ns,
+            rising: active,
+            line_seqno: self.line_seqno[line],
+            seqno: if self.high.len() == 1 {
+                self.line_seqno[line]
+            } else {
+                self.seqno
+            },
+        };
+        if self.queue.len() == self.capacity {
+            self.queue.pop_front();
+            self.dropped += 1;
+        }
+        self.queue.push_back(ev);
+    }
+
+    /// Apply every level change due by `now`.
+    fn catch_up(&mut self, now: u64) {
+        while let Some(&(t, line, high)) = self.script.front() {
+            if t > now {
+                break;
+            }
+            self.script.pop_front();
+            self.change(t, line, high);
+        }
+    }
+}
+
+impl FakeEdgeRequest {
+    /// A request of `lines` lines (offsets 0..lines), all idle at electrical level
+    /// `idle_high`, configured as `req`, with the kernel's default buffer.
+    pub fn new(clock: Arc<dyn Clock>, req: TriggerRequest, lines: usize, idle_high: bool) -> Self {
+        Self::with_capacity(clock, req, lines, idle_high, KERNEL_EVENTS_PER_LINE * lines)
+    }
+
+    /// As [`FakeEdgeRequest::new`] with a buffer of `capacity` events.
+    pub fn with_capacity(
+        clock: Arc<dyn Clock>,
+        req: TriggerRequest,
+        lines: usize,
+        idle_high: bool,
+        capacity: usize,
+    ) -> Self {
+        Self {
+            clock,
+            state: Arc::new(Mutex::new(FakeState {
+                req,
+                capacity: capacity.max(1),
+                high: vec![idle_high; lines],
+                line_seqno: vec![0; lines],
+                seqno: 0,
+                script: VecDeque::new(),
+                queue: VecDeque::new(),
+                dropped: 0,
+                stall: None,
+            })),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The electrical level of `line` becomes `high` at clock time `t_ns`.
+    pub fn drive(&self, line: usize, t_ns: u64, high: bool) {
+        let mut st = self.state();
+        let at = st.script.partition_point(|&(t, _, _)| t <= t_ns);
+        st.script.insert(at, (t_ns, line, high));
+    }
+
+    /// The reading thread gets no CPU from `from_ns` until `until_ns` (the way a kernel buffer
+    /// fills on a board): a read or wait in that span returns no earlier than `until_ns`.
+    pub fn stall_reads(&self, from_ns: u64, until_ns: u64) {
+        self.state().stall = Some((from_ns, until_ns));
+    }
+
+    /// Events the buffer dropped so far (what the kernel knows and the reader must infer).
+    pub fn dropped(&self) -> u64 {
+        self.state().dropped
+    }
+
+    /// Sleep through a stall covering now, then apply the level changes due.
+    fn settle(&self) -> MutexGuard<'_, FakeState> {
+        let now = self.clock.now_ns();
+        let stalled = self.state().stall.filter(|&(a, b)| a <= now && now < b);
+        if let Some((_, until)) = stalled {
+            self.clock.sleep_until(until);
+        }
+        let mut st = self.state();
+        st.catch_up(self.clock.now_ns());
+        st
+    }
+}
+
+impl LineEvents for FakeEdgeRequest {
+    fn wait_event(&mut self, timeout_ms: u64) -> Result<bool, PinError> {
+        let limit = self.clock.now_ns() + timeout_ms * MS;
+        loop {
+            let next = {
+                let st = self.settle();
+                if !st.queue.is_empty() {
+                    return Ok(true);
+                }
+                st.script.front().map(|&(t, _, _)| t)
+            };
+            let now = self.clock.now_ns();
+            if now >= limit {
+                return Ok(false);
+            }
+            self.clock.sleep_until(next.map_or(limit, |t| t.min(limit)));
+        }
+    }
+
+    fn has_event(&mut self) -> Result<bool, PinError> {
+        Ok(!self.settle().queue.is_empty())
+    }
+
+    fn read_event(&mut self) -> Result<LineEvent, PinError> {
+        self.settle()
+            .queue
+            .pop_front()
+            .ok_or_else(|| PinError::Io("read with no edge event queued".into()))
     }
 }
