@@ -273,8 +273,9 @@ def _compare_with_checkpoint(
         return
     for k in NOT_IN_WEIGHTS:
         if k not in flags.set_args and k in ck_args and file_args.get(k) != ck_args[k]:
+            said = f"says {file_args[k]!r}" if k in file_args else "has none"
             raise ExporterError(
-                f"{k}: the args file {source} says {file_args.get(k, 'missing')!r}, the "
+                f"{k}: the args file {source} {said}, the "
                 f"checkpoint was trained with {ck_args[k]!r} (its saved args). Heads leave no "
                 f"trace in the weights, so this would export a wrong model without any error; "
                 f"fix the file, drop --official-args to use the checkpoint's own args, or pass "

@@ -108,6 +108,18 @@ def _fits(ck: UNetLayout, s: OfficialSettings, size: int) -> bool:
                             len(mults)) == ck.attention_levels
 
 
+def _args_attention_fits(ck: UNetLayout, s: OfficialSettings) -> bool:
+    """Would the args' own attention_resolutions (which the official code ignores) explain the
+    checkpoint? Then its code honoured them, rather than its img_size being wrong."""
+    v = s.args.get("attention_resolutions")
+    try:
+        res = tuple(int(r) for r in str(v).split(",") if r.strip())
+    except ValueError:
+        return False
+    return bool(res) and attention_levels(s.unet.image_size, res,
+                                          len(ck.level_channels)) == ck.attention_levels
+
+
 def _img_size_problem(ck: UNetLayout, s: OfficialSettings, sizes: list[int]) -> str:
     cfg, exp = s.unet, expected_layout(s.unet)
     fit = " or ".join(str(z) for z in sizes)
@@ -150,19 +162,21 @@ def diagnose_unet(ck: UNetLayout, s: OfficialSettings) -> list[str]:
     att_ok = ck.attention_levels == exp.attention_levels
     if not (mults_ok and att_ok):
         sizes = [z for z in CANDIDATE_SIZES if _fits(ck, s, z)]
-        if sizes and cfg.image_size not in sizes:
+        other_size = bool(sizes) and cfg.image_size not in sizes
+        if other_size and not (mults_ok and _args_attention_fits(ck, s)):
             out.append(_img_size_problem(ck, s, sizes))
+        elif not mults_ok:
+            why = (f"empty in the args, so the official default for img_size "
+                   f"{cfg.image_size}, {_csv(exp.mults)}" if s.mults_default
+                   else f"{_csv(exp.mults)} in the args")
+            out.append(f"channel_mults: {why}; the checkpoint has {_csv(ck.mults)}; set "
+                       f"\"channel_mults\": [{', '.join(str(m) for m in ck.mults)}]")
         else:
-            if not mults_ok:
-                why = (f"empty in the args, so the official default for img_size "
-                       f"{cfg.image_size}, {_csv(exp.mults)}" if s.mults_default
-                       else f"{_csv(exp.mults)} in the args")
-                out.append(f"channel_mults: {why}; the checkpoint has {_csv(ck.mults)}; set "
-                           f"\"channel_mults\": [{', '.join(str(m) for m in ck.mults)}]")
-            elif not att_ok:
-                out.append(_fixed_problem(s, "attention_resolutions",
-                                          _csv(ck.attention_px(cfg.image_size)) or "none",
-                                          _csv(exp.attention_px(cfg.image_size))))
+            alt = (f" (or it is an img_size {' or '.join(map(str, sizes))} checkpoint: those "
+                   "build the same with 32,16,8)" if other_size else "")
+            out.append(_fixed_problem(s, "attention_resolutions",
+                                      _csv(ck.attention_px(cfg.image_size)) or "none",
+                                      _csv(exp.attention_px(cfg.image_size))) + alt)
     if ck.num_res_blocks != exp.num_res_blocks:
         out.append(_fixed_problem(s, "num_res_blocks", str(ck.num_res_blocks),
                                   str(exp.num_res_blocks)))
