@@ -121,6 +121,8 @@ def official_seg_shapes(cin: int, w: int) -> dict[str, tuple]:
 
 
 def random_state(shapes: dict[str, tuple], seed: int) -> dict[str, torch.Tensor]:
+    """Random weights that keep activations alive: norm scales near 1, fan-in scaled layers
+    (so the map depends on the input, and a changed computation shows in it)."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for k, sh in shapes.items():
@@ -128,6 +130,13 @@ def random_state(shapes: dict[str, tuple], seed: int) -> dict[str, torch.Tensor]
             out[k] = torch.tensor(7)
         elif k.endswith("running_var"):
             out[k] = torch.rand(sh, generator=g) + 0.5
+        elif k.endswith(".weight") and len(sh) == 1:  # GroupNorm / BatchNorm scale
+            out[k] = 1 + 0.1 * torch.randn(sh, generator=g)
+        elif len(sh) > 1:
+            fan_in = 1
+            for n in sh[1:]:
+                fan_in *= n
+            out[k] = torch.randn(sh, generator=g) / fan_in**0.5
         else:
             out[k] = torch.randn(sh, generator=g) * 0.05
     return out
