@@ -90,6 +90,24 @@ def cmd_train(a: argparse.Namespace) -> None:
     train(opts)
 
 
+def _key_value(s: str) -> tuple[str, object]:
+    from .official_args import parse_value
+
+    key, sep, value = s.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
+    return key.strip(), parse_value(value)
+
+
+def _official_flags(a: argparse.Namespace):
+    from .official_args import OfficialFlags
+
+    return OfficialFlags(
+        args_file=a.official_args, set_args=dict(a.official_set or []), t_s=a.t_s, t_b=a.t_b,
+        w=a.w, attention_resolutions=a.attention_resolutions, num_res_blocks=a.num_res_blocks,
+    )
+
+
 def cmd_export(a: argparse.Namespace) -> None:
     import torch
 
@@ -103,17 +121,21 @@ def cmd_export(a: argparse.Namespace) -> None:
     src = a.checkpoint or a.official_checkpoint
     if a.out.exists() and not a.force:
         raise ExporterError(f"{a.out} exists (use --force to overwrite)")
-    overrides = {}
-    if a.official_checkpoint is not None and a.official_args:
-        overrides = json.loads(Path(a.official_args).read_text())
-    unet, seg, info = build_from_checkpoint(src, a.official_checkpoint is not None, overrides)
+    unet, seg, info = build_from_checkpoint(src, a.official_checkpoint is not None,
+                                            _official_flags(a))
+    for line in info.get("log", []):
+        print(f"official: {line}")
     if a.training_data:
         info["training"]["data"] = a.training_data
     name = a.name or a.out.stem
     lo, hi = a.range if a.range else (0.0, 1.0)
+    # official: the args' eval_normal_t / eval_noisier_t / condition_w / T / beta_schedule,
+    # already overridden by --t-s / --t-b / --w; ours: the flags or the defaults
+    diff = info.get("diffusion") or {
+        "t_s": 200 if a.t_s is None else a.t_s, "t_b": 400 if a.t_b is None else a.t_b,
+        "w": 1.0 if a.w is None else a.w}
     opts = ExportOptions(
-        name=name, diff=DiffusionConfig(t_s=a.t_s, t_b=a.t_b, w=a.w, top_k=a.top_k,
-                                        score_sigma=a.score_sigma,
+        name=name, diff=DiffusionConfig(**diff, top_k=a.top_k, score_sigma=a.score_sigma,
                                         noise_seed=a.noise_seed),
         batch=a.batch, opset=a.opset, fp16=a.fp16, value_range=(lo, hi), force=a.force,
         golden_from=a.golden_from,
@@ -156,9 +178,21 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
 def cmd_verify(a: argparse.Namespace) -> None:
     from .verify import verify_model
 
+    if (a.official_code is None) != (a.official_checkpoint is None):
+        raise ExporterError("--official-code and --official-checkpoint go together")
+    if a.images is not None and a.official_code is None:
+        raise ExporterError("--images needs --official-code")
     r = verify_model(a.model, tol=a.tol)
     print(json.dumps(r["manifest"], indent=2))
     print(f"golden check OK: {r['cases']} cases, max error {r['max_err']:.3g}")
+    if a.official_code is not None:
+        import torch
+
+        from .official_parity import format_parity, verify_official
+
+        torch.set_num_threads(max(1, a.threads))
+        print(format_parity(verify_official(a.model, a.official_code, a.official_checkpoint,
+                                            images=a.images, tol=a.official_tol)))
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -248,12 +282,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--official-checkpoint", type=Path,
                    help="official DiffusionAD checkpoint (params-best.pt or its dir)")
     e.add_argument("--official-args", type=Path,
-                   help="JSON overriding the official args (img_size, channels, ...)")
+                   help="the official args JSON (e.g. the official repository's "
+                        "args/args1.json), read as its eval.py reads it; default: the args "
+                        "saved in the checkpoint")
+    e.add_argument("--official-set", type=_key_value, action="append", metavar="KEY=VALUE",
+                   help="override one key of the official args (VALUE as JSON: "
+                        "img_size=[64,64], beta_schedule=cosine); repeatable")
+    e.add_argument("--attention-resolutions", type=_ints, default=None,
+                   help="official checkpoints from code that honours attention_resolutions "
+                        "(the official train.py/eval.py always build 32,16,8)")
+    e.add_argument("--num-res-blocks", type=int, default=None,
+                   help="official checkpoints from code that honours num_res_blocks (the "
+                        "official code always builds 2)")
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--name", default="")
-    e.add_argument("--t-s", type=int, default=200)
-    e.add_argument("--t-b", type=int, default=400)
-    e.add_argument("--w", type=float, default=1.0)
+    e.add_argument("--t-s", type=int, default=None,
+                   help="small timestep (default: the official args' eval_normal_t; ours: 200)")
+    e.add_argument("--t-b", type=int, default=None,
+                   help="big timestep (default: eval_noisier_t; ours: 400)")
+    e.add_argument("--w", type=float, default=None,
+                   help="norm-guidance weight (default: condition_w; ours: 1)")
     e.add_argument("--top-k", type=int, default=50)
     e.add_argument("--score-sigma", type=float, default=0.0,
                    help="Gaussian blur (sigma, px) of the map before the top-k score; the "
@@ -284,6 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="re-run the golden cases and print the manifest")
     v.add_argument("model", type=Path)
     v.add_argument("--tol", type=float, default=1e-4)
+    v.add_argument("--official-code", type=Path, default=None,
+                   help="a checkout of the official DiffusionAD repository: also compare the "
+                        "model with its modules on the golden inputs, with the same noise")
+    v.add_argument("--official-checkpoint", type=Path, default=None,
+                   help="the official checkpoint the model was exported from")
+    v.add_argument("--images", type=Path, default=None,
+                   help="with --official-code: real images too (first 4), and the effect of "
+                        "the official 8-bit resize on them")
+    v.add_argument("--official-tol", type=float, default=None,
+                   help="max |map| / |score| difference to the official code (default 1e-4, "
+                        "fp16 models 2e-2)")
+    v.add_argument("--threads", type=int, default=2)
     v.set_defaults(fn=cmd_verify)
 
     ev = sub.add_parser("evaluate", help="AUROC / PRO / escapes on an MVTec-style dataset")

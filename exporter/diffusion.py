@@ -1,4 +1,4 @@
-"""Linear beta schedule and the norm-guided one-step reconstruction (ARCHITECTURE §1)."""
+"""Beta schedules and the norm-guided one-step reconstruction (ARCHITECTURE §1)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+SCHEDULES = ("linear", "cosine")
+# the official get_beta_schedule("cosine"): abar(t) ~ cos((t/T + s) / (1 + s) * pi/2)^2
+COSINE_S = 0.008
+COSINE_MAX_BETA = 0.999
+
 
 @dataclass
 class DiffusionConfig:
     T: int = 1000
+    schedule: str = "linear"  # "linear" (beta_start..beta_end) or "cosine"
     beta_start: float = 1e-4
     beta_end: float = 0.02
     t_s: int = 200
@@ -26,10 +32,61 @@ class DiffusionConfig:
         return asdict(self)
 
 
-def alphas_cumprod(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
-    """abar_t for t = 0..T-1 (float64), linear betas as in the official code."""
-    betas = np.linspace(beta_start, beta_end, T, dtype=np.float64)
-    return np.cumprod(1.0 - betas)
+def betas(
+    T: int = 1000, schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02
+) -> np.ndarray:
+    """beta_t for t = 0..T-1 (float64). linear: evenly from beta_start to beta_end; cosine:
+    1 - f(t+1)/f(t) capped at 0.999, f(t) = cos((t/T + 0.008) / 1.008 * pi/2)^2 (the official
+    get_beta_schedule; its linear one is beta_start = 0.1/T, beta_end = 20/T)."""
+    if schedule == "linear":
+        return np.linspace(beta_start, beta_end, T, dtype=np.float64)
+    if schedule == "cosine":
+        t = np.arange(T + 1, dtype=np.float64) / T
+        f = np.cos((t + COSINE_S) / (1 + COSINE_S) * np.pi / 2) ** 2
+        return np.minimum(1 - f[1:] / f[:-1], COSINE_MAX_BETA)
+    raise ValueError(f"unknown beta schedule {schedule!r} (known: {', '.join(SCHEDULES)})")
+
+
+def alphas_cumprod(
+    T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, schedule: str = "linear"
+) -> np.ndarray:
+    """abar_t for t = 0..T-1 (float64); linear betas by default, as in the official code."""
+    return np.cumprod(1.0 - betas(T, schedule, beta_start, beta_end))
+
+
+def config_alphas_cumprod(d: DiffusionConfig) -> np.ndarray:
+    return alphas_cumprod(d.T, d.beta_start, d.beta_end, d.schedule)
+
+
+NOISE_NAMES = ("n1", "n2")  # drawn in this order: n1 noises x_s (t_s), n2 noises x_b (t_b)
+
+
+def draw_noise(seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """n1, n2: float32 standard normals from one CPU generator seeded with `seed`, n1 first.
+
+    The official eval draws the same pair with `torch.manual_seed(seed)` before
+    `norm_guided_one_step_denoising_eval` on CPU with batch 1 (randn_like at normal_t, then at
+    noisier_t)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    n1 = torch.randn(shape, generator=g, dtype=torch.float32)
+    n2 = torch.randn(shape, generator=g, dtype=torch.float32)
+    return n1, n2
+
+
+def noise_recipe(seed: int, shape: tuple[int, ...]) -> dict:
+    """How to redraw the graph's fixed noises, for the manifest (`diffusion.noise`)."""
+    return {
+        "generator": "torch.Generator(device='cpu').manual_seed(noise_seed)",
+        "draw": "torch.randn(shape, generator=generator, dtype=torch.float32)",
+        "order": list(NOISE_NAMES),
+        "shape": list(shape),
+        "n1": "x_s = sqrt(abar[t_s]) x0 + sqrt(1 - abar[t_s]) n1",
+        "n2": "x_b = sqrt(abar[t_b]) x0 + sqrt(1 - abar[t_b]) n2",
+        "batch": "every image of a batch gets the same n1 and n2",
+        "official_eval": "torch.manual_seed(noise_seed), then norm_guided_one_step_denoising_eval "
+                         "on CPU with batch 1: randn_like(x_0) at normal_t gives n1, "
+                         "at noisier_t n2",
+    }
 
 
 def q_sample(x0: torch.Tensor, abar: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -98,13 +155,12 @@ class OneStepDetector(nn.Module):
         self.batch = batch
         self.compute_dtype = compute_dtype
         cfg = unet.cfg
-        ab = alphas_cumprod(diff.T, diff.beta_start, diff.beta_end)
+        ab = config_alphas_cumprod(diff)
         self.abar_s = float(ab[diff.t_s])
         self.abar_b = float(ab[diff.t_b])
-        g = torch.Generator().manual_seed(diff.noise_seed)
-        shape = (1, cfg.in_channels, cfg.image_size, cfg.image_size)
-        self.register_buffer("n1", torch.randn(shape, generator=g))
-        self.register_buffer("n2", torch.randn(shape, generator=g))
+        n1, n2 = draw_noise(diff.noise_seed, (1, cfg.in_channels, cfg.image_size, cfg.image_size))
+        self.register_buffer("n1", n1)
+        self.register_buffer("n2", n2)
         with torch.no_grad():
             t = torch.tensor([diff.t_s, diff.t_b], dtype=torch.float32)
             emb = unet.embed(t.to(next(unet.parameters()).device)).float()

@@ -19,7 +19,15 @@ from torch import nn
 
 from . import __version__
 from .arch import arch_of, prepare_for_export
-from .diffusion import DiffusionConfig, OneStepDetector
+from .diffusion import (
+    COSINE_MAX_BETA,
+    COSINE_S,
+    SCHEDULES,
+    DiffusionConfig,
+    OneStepDetector,
+    config_alphas_cumprod,
+    noise_recipe,
+)
 from .errors import ExporterError
 from .onnxio import (
     count_flops,
@@ -66,6 +74,19 @@ def golden_pixels(size: int, channels: int, n: int = 4) -> list[np.ndarray]:
     return out
 
 
+def diffusion_manifest(d: DiffusionConfig, channels: int, size: int) -> dict[str, Any]:
+    """`diffusion`: the schedule, both timesteps with their abar, w, and the noise recipe."""
+    ab = config_alphas_cumprod(d)
+    sched: dict[str, Any] = (
+        {"beta_start": d.beta_start, "beta_end": d.beta_end} if d.schedule == "linear"
+        else {"cosine_s": COSINE_S, "max_beta": COSINE_MAX_BETA}
+    )
+    return {"T": d.T, "schedule": d.schedule, **sched, "t_s": d.t_s, "t_b": d.t_b,
+            "abar_s": float(ab[d.t_s]), "abar_b": float(ab[d.t_b]), "w": d.w,
+            "noise_seed": d.noise_seed,
+            "noise": noise_recipe(d.noise_seed, (1, channels, size, size))}
+
+
 def manifest_for(
     opts: ExportOptions, unet: nn.Module, seg: nn.Module, info: dict[str, Any],
 ) -> dict[str, Any]:
@@ -80,9 +101,7 @@ def manifest_for(
                   "range": [float(opts.value_range[0]), float(opts.value_range[1])],
                   "resize": "bilinear"},
         "outputs": {"map": "anomaly_map", "score": "score"},
-        "diffusion": {"T": d.T, "schedule": "linear", "beta_start": d.beta_start,
-                      "beta_end": d.beta_end, "t_s": d.t_s, "t_b": d.t_b, "w": d.w,
-                      "noise_seed": d.noise_seed},
+        "diffusion": diffusion_manifest(d, c.in_channels, c.image_size),
         # The map is a sigmoid and the score a (blurred) top-k mean of it: both lie in [0, 1].
         # The runtime refuses thresholds outside this range and scores that leave it.
         "score": {"reduction": "topk_mean", "top_k": d.top_k, "range": [0.0, 1.0],
@@ -135,6 +154,9 @@ def export_model(
     d = opts.diff
     if not (0 <= d.t_s < d.T and 0 <= d.t_b < d.T):
         raise ExporterError(f"t_s={d.t_s}, t_b={d.t_b} must lie in [0, {d.T})")
+    if d.schedule not in SCHEDULES:
+        raise ExporterError(f"beta schedule {d.schedule!r} is not one the exporter knows "
+                            f"({', '.join(SCHEDULES)})")
     if not d.score_sigma >= 0:  # also refuses NaN
         raise ExporterError(f"--score-sigma {d.score_sigma} must be a number >= 0 (0: no blur)")
     prepare_for_export(unet, seg)

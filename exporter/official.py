@@ -1,7 +1,9 @@
 """Checkpoints: our own training checkpoints and those of the official DiffusionAD code.
 
 Both use the official dict layout: `unet_model_state_dict`, `seg_model_state_dict`,
-`n_epoch`, `args`. Ours add `exporter` (configs, step, optimiser states).
+`n_epoch`, `args`. Ours add `exporter` (configs, step, optimiser states). For an official one,
+the settings come from its args as the official eval reads them (official_args.py), checked
+against its tensor shapes (official_layout.py).
 """
 
 from __future__ import annotations
@@ -15,16 +17,10 @@ from torch import nn
 
 from .arch import build_seg, build_unet, seg_config_from_dict, unet_config_from_dict
 from .errors import ExporterError
+from .official_args import OfficialFlags, OfficialSettings, resolve_official
+from .official_layout import check_heads, diagnose_unet, read_unet_layout, seg_config_for
 from .seg import SegConfig
 from .unet import UNetConfig
-
-OFFICIAL_DEFAULT_MULTS = {
-    512: (0.5, 1, 1, 2, 2, 4, 4),
-    256: (1, 1, 2, 2, 4, 4),
-    128: (1, 1, 2, 3, 4),
-    64: (1, 2, 3, 4),
-    32: (1, 2, 3, 4),
-}
 
 
 def sha256_file(path: Path) -> str:
@@ -64,29 +60,6 @@ def load_checkpoint_dict(path: Path) -> dict[str, Any]:
     return ck
 
 
-def configs_from_official_args(args: dict[str, Any]) -> tuple[UNetConfig, SegConfig]:
-    size = args.get("img_size", [256, 256])
-    size = int(size[0] if isinstance(size, (list, tuple)) else size)
-    mults = args.get("channel_mults", "") or OFFICIAL_DEFAULT_MULTS.get(size)
-    if mults is None:
-        raise ExporterError(f"official args: no default channel_mults for img_size {size}")
-    if isinstance(mults, str):
-        mults = tuple(float(m) if "." in m else int(m) for m in mults.split(","))
-    att = args.get("attention_resolutions", "32,16,8")
-    if isinstance(att, str):
-        att = tuple(int(a) for a in att.split(",") if a)
-    ch = int(args.get("channels", 3))
-    unet = UNetConfig(
-        image_size=size, in_channels=ch, base_channels=int(args.get("base_channels", 128)),
-        channel_mults=tuple(mults), num_res_blocks=int(args.get("num_res_blocks", 2)),
-        attention_resolutions=tuple(att), n_heads=int(args.get("num_heads", 4)),
-        n_head_channels=int(args.get("num_head_channels", -1)), norm_groups=32,
-        dropout=0.0,
-    )
-    seg = SegConfig(in_channels=2 * ch, base_width=int(args.get("seg_base_channels", 64)))
-    return unet, seg
-
-
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """load_state_dict(strict=True), but failing with one readable list of mismatches."""
     own = model.state_dict()
@@ -110,36 +83,66 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> 
     model.load_state_dict(filtered, strict=True)
 
 
-def infer_seg_width(state: dict[str, torch.Tensor]) -> int | None:
-    w = state.get("encoder_segment.block1.0.weight")
-    return int(w.shape[0]) if w is not None else None
+def _build(build: Any, cfg: Any, what: str) -> nn.Module:
+    try:
+        return build(cfg)
+    except (ValueError, TypeError) as e:  # e.g. heads that cannot split a block
+        raise ExporterError(f"{what}: cannot build the network from its configuration: {e}") \
+            from None
+
+
+def official_configs(
+    ck: dict[str, Any], f: Path, flags: OfficialFlags
+) -> tuple[UNetConfig, SegConfig, OfficialSettings, list[str]]:
+    """Configs for an official checkpoint from its args (or flags.args_file) and the flags.
+
+    A contradiction between the args and the checkpoint's tensor shapes is one error naming
+    each setting at fault; the key-by-key list of load_strict is the last resort."""
+    s = resolve_official(ck.get("args") or None, flags)
+    ustate, sstate = ck["unet_model_state_dict"], ck["seg_model_state_dict"]
+    layout = read_unet_layout(ustate)
+    problems = diagnose_unet(layout, s) if layout is not None else []
+    notes: list[str] = []
+    scfg = None
+    try:
+        scfg, notes = seg_config_for(sstate, layout.in_channels if layout else s.unet.in_channels)
+    except ExporterError as e:
+        problems.append(str(e))
+    if problems:
+        raise ExporterError(f"{f.name} does not fit the official args ({s.source}): "
+                            + "; ".join(problems))
+    check_heads(s.unet)
+    return s.unet, scfg, s, notes
 
 
 def build_from_checkpoint(
-    path: Path, official: bool, overrides: dict[str, Any] | None = None
+    path: Path, official: bool, flags: OfficialFlags | None = None
 ) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
-    """Returns (unet, seg, info); info has checkpoint_sha256, training, and step."""
+    """Returns (unet, seg, info); info has checkpoint_sha256, training and path, and for an
+    official checkpoint also diffusion (DiffusionConfig keywords from the args) and log."""
     f = find_checkpoint_file(path)
     ck = load_checkpoint_dict(f)
     if "seg_model_state_dict" not in ck:
         raise ExporterError(f"{f}: no seg_model_state_dict")
+    flags = flags or OfficialFlags()
+    info: dict[str, Any] = {}
     if official or "exporter" not in ck:
-        args = dict(ck.get("args") or {})
-        args.update(overrides or {})
-        ucfg, scfg = configs_from_official_args(args)
-        sw = infer_seg_width(ck["seg_model_state_dict"])
-        if sw is not None and "seg_base_channels" not in (overrides or {}):
-            scfg.base_width = sw
-        training = {"data": str(args.get("mvtec_root_path", "")), "command": "official",
-                    "seed": 0}
+        ucfg, scfg, settings, notes = official_configs(ck, f, flags)
+        info["diffusion"] = dict(settings.diffusion)
+        info["log"] = settings.log + notes
+        training = {"data": str(settings.args.get("mvtec_root_path", "")),
+                    "command": "official", "seed": 0, "official": settings.record()}
     else:
+        if flags.given():
+            raise ExporterError(f"{', '.join(flags.given())}: only for official checkpoints; "
+                                f"{f} is an exporter checkpoint, its configuration is inside it")
         meta = ck["exporter"]
         ucfg = unet_config_from_dict(meta["unet"])
         scfg = seg_config_from_dict(meta["seg"])
         training = dict(meta.get("training", {}))
         training["steps"] = int(meta.get("step", 0))
-    unet, seg = build_unet(ucfg), build_seg(scfg)
+    unet, seg = _build(build_unet, ucfg, "UNet"), _build(build_seg, scfg, "seg")
     load_strict(unet, ck["unet_model_state_dict"], "UNet")
     load_strict(seg, ck["seg_model_state_dict"], "seg")
-    info = {"checkpoint_sha256": sha256_file(f), "training": training, "path": str(f)}
+    info.update(checkpoint_sha256=sha256_file(f), training=training, path=str(f))
     return unet, seg, info

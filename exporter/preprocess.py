@@ -4,6 +4,12 @@ grey = Pillow `convert("L")` (ITU-R 601 luma); resize (only if the size differs)
 bilinear with half-pixel centres, no antialiasing, edge replicate (cv2 INTER_LINEAR
 semantics, computed in float: the resized values are NOT rounded back to 8 bit);
 value = lo + (hi - lo) * p / 255.
+
+The official DiffusionAD loader resizes with cv2 on uint8, so its resized pixels ARE rounded to
+8 bit: up to 0.5 / 255 apart from ours per pixel (plus cv2's 11-bit fixed-point weights). The
+runtime (runtime/src/preprocess.rs) keeps the float convention, so the exporter does too;
+`resize_uint8` reproduces the official rounding where it is wanted (`verify --official-code
+--images` reports its effect on a model's map and score).
 """
 
 from __future__ import annotations
@@ -56,6 +62,22 @@ def resize_bilinear(img: np.ndarray, height: int, width: int) -> np.ndarray:
     top = a[y0][:, x0] * (1 - fx)[None, :, None] + a[y0][:, x1] * fx[None, :, None]
     bot = a[y1][:, x0] * (1 - fx)[None, :, None] + a[y1][:, x1] * fx[None, :, None]
     return top * (1 - fy)[:, None, None] + bot * fy[:, None, None]
+
+
+def resize_uint8(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The official loader's resize: cv2.resize(INTER_LINEAR) on uint8, i.e. the bilinear
+    result rounded to 8 bit. cv2 itself when installed; otherwise our bilinear rounded to
+    nearest (within one grey level of cv2, whose weights are 11-bit fixed point)."""
+    h, w = img.shape[:2]
+    if (h, w) == (height, width):
+        return img.copy()
+    try:
+        import cv2  # optional: the official loader uses it
+    except ImportError:
+        return np.clip(np.floor(resize_bilinear(img, height, width) + 0.5), 0, 255).astype(
+            np.uint8)
+    out = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+    return out.reshape(height, width, img.shape[2])
 
 
 def to_tensor(
