@@ -51,11 +51,16 @@ def select(folder: Path, dataset: Path, every: int = 0, threads: int = 2,
     # can run while training goes on and only new snapshots cost time
     settings = json.dumps({"dataset": str(dataset.resolve()), "diff": diff.to_dict()},
                           sort_keys=True)
+    # caches written before the schedule was a setting hold linear-schedule rows
+    legacy = {k: v for k, v in diff.to_dict().items() if k != "schedule"}
+    legacy_settings = json.dumps({"dataset": str(dataset.resolve()), "diff": legacy},
+                                 sort_keys=True) if diff.schedule == "linear" else settings
     cache_path = folder / "select-cache.json"
     cache = {}
     if cache_path.is_file():
         try:
-            cache = json.loads(cache_path.read_text()).get(settings, {})
+            stored = json.loads(cache_path.read_text())
+            cache = stored.get(settings) or stored.get(legacy_settings, {})
         except (json.JSONDecodeError, AttributeError):
             cache = {}
     rows = []
