@@ -617,6 +617,21 @@ mod tests {
     }
 
     #[test]
+    fn skipped_part_fails_safe_at_once_uninspected() {
+        let (mut s, clock, log, _rx, _bus) = setup(FailSafe::Reject);
+        s.arm(part(1, 0));
+        clock.advance_to(10 * MS);
+        s.skipped(1, "engine busy", None);
+        let c = s.counters();
+        assert_eq!((c.skipped, c.fault_rejects, c.pending), (1, 1, 0));
+        assert_eq!(s.stats().latency_ns.len(), 0, "not inspected, no latency");
+        while let Some(next) = s.poll() {
+            clock.advance_to(next);
+        }
+        assert_eq!(log.high_pulses(), vec![(100 * MS, 120 * MS)]);
+    }
+
+    #[test]
     fn late_verdict_is_a_fault_and_a_second_one_is_counted() {
         let (mut s, clock, log, _rx, _bus) = setup(FailSafe::Pass);
         s.arm(part(1, 0));
@@ -628,6 +643,9 @@ mod tests {
         }
         let c = s.counters();
         assert_eq!((c.fault_passes, c.late_verdicts, c.pulses), (1, 2, 0));
+        // Late verdicts count in the latency figures too: both took 97 ms.
+        assert_eq!(s.stats().latency_ns.len(), 2);
+        assert!(s.stats().latency_ns.value_at_quantile(0.5).abs_diff(97 * MS) < MS / 10);
         assert!(log.rising().is_empty());
         assert!(c.balanced());
     }
