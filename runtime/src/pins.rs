@@ -471,6 +471,12 @@ impl TriggerInput for SimTrigger {
     }
 }
 
+/// The device node and offset of line `name` on the chip labelled (or named) `chip`, as the
+/// line side finds it at start, without requesting it.
+pub fn find_line(chip: &str, name: &str) -> Result<(std::path::PathBuf, u32), PinError> {
+    cdev::find(chip, name)
+}
+
 /// Open the configured photo-eye line from the GPIO character device.
 pub fn open_trigger(cfg: &GpioConfig) -> Result<Box<dyn TriggerInput>, PinError> {
     request_trigger(cfg, |line, req| cdev::trigger(&cfg.chip, &line.name, req))
@@ -503,7 +509,7 @@ mod cdev {
     use std::path::PathBuf;
     use std::time::Duration;
 
-    fn find(chip_label: &str, name: &str) -> Result<(PathBuf, u32), PinError> {
+    pub(super) fn find(chip_label: &str, name: &str) -> Result<(PathBuf, u32), PinError> {
         let not_found = || PinError::NotFound {
             chip: chip_label.into(),
             line: name.into(),
@@ -689,6 +695,10 @@ mod cdev {
 #[cfg(not(feature = "gpio-cdev"))]
 mod cdev {
     use super::{DynPin, LineEvent, LineEvents, OutputRequest, PinError, TriggerRequest};
+
+    pub(super) fn find(_chip: &str, _name: &str) -> Result<(std::path::PathBuf, u32), PinError> {
+        Err(PinError::Unsupported)
+    }
 
     /// Never built: this build cannot request lines.
     pub(super) enum CdevEvents {}
