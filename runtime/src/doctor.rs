@@ -663,7 +663,7 @@ fn probe_v4l2(cfg: &CameraConfig) -> Check {
     match crate::camera::v4l2::probe(v) {
         Ok(card) => Check::pass(
             "camera",
-            format!("{} ({card}) offers {} ", v.device.display(), v.format),
+            format!("{} ({card}) offers {}", v.device.display(), v.format),
         ),
         Err(e) => Check::fail(
             "camera",
