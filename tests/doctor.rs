@@ -8,7 +8,16 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn doctor(args: &[&str], fake_root: Option<&Path>) -> (i32, String) {
+    doctor_with(args, fake_root, |_| {})
+}
+
+fn doctor_with(
+    args: &[&str],
+    fake_root: Option<&Path>,
+    env: impl FnOnce(&mut Command),
+) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_diffad"));
+    env(&mut cmd);
     cmd.arg("doctor").args(args);
     if let Some(r) = fake_root {
         cmd.arg("--root").arg(r);
@@ -201,4 +210,23 @@ fn without_a_board_file_only_runtime_and_host() {
     assert_eq!(mark(&out, "onnxruntime"), "✓", "{out}");
     assert!(!out.contains("gpio"), "{out}");
     assert!(!out.contains("model"), "{out}");
+}
+
+#[test]
+fn a_missing_onnx_runtime_fails_with_its_fix_and_skips_the_self_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = desktop_sim_copy(dir.path());
+    let gone = dir.path().join("libonnxruntime.so.1.20.0");
+    let (code, out) = doctor_with(
+        &["--config", config.to_str().unwrap()],
+        Some(dir.path()),
+        |c| {
+            c.env("ORT_DYLIB_PATH", &gone);
+        },
+    );
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(mark(&out, "onnxruntime"), "✗", "{out}");
+    assert!(out.contains("ORT_DYLIB_PATH"), "the fix names it:\n{out}");
+    assert_eq!(mark(&out, "model"), "✓", "{out}");
+    assert_eq!(mark(&out, "self-test"), "–", "{out}");
 }

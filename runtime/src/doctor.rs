@@ -167,12 +167,9 @@ impl Root {
 
 /// Run `f`, turning a panic into a failed check named `name`.
 fn guarded(name: &str, f: impl FnOnce() -> Vec<Check>) -> Vec<Check> {
-    // The default hook would print a backtrace banner in the middle of the checklist.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let out = catch_unwind(AssertUnwindSafe(f));
-    std::panic::set_hook(hook);
-    out.unwrap_or_else(|p| {
+    // The panic hook stays as it is: its message on stderr (with RUST_BACKTRACE) is what a bug
+    // report needs, and swapping a process-wide hook would race with other threads.
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
         let msg = p
             .downcast_ref::<String>()
             .cloned()
@@ -296,7 +293,19 @@ pub fn run(config: Option<&Path>, root: &Root, out: &mut dyn Write) -> Report {
 fn check_ort(engine: Option<&EngineConfig>) -> Vec<Check> {
     let lib = match crate::ortlib::load() {
         Ok(lib) => lib,
-        Err(e) => return vec![Check::fail("onnxruntime", "not loaded", e.to_string())],
+        Err(e) => {
+            let what = match &e {
+                crate::ortlib::OrtLibError::NotFound { .. } => "not found".to_string(),
+                crate::ortlib::OrtLibError::Load { path, .. } => format!("{path} did not load"),
+            };
+            let mut checks = vec![Check::fail("onnxruntime", what, e.to_string())];
+            for p in engine.map(|e| e.providers.as_slice()).unwrap_or_default() {
+                if p != "cpu" {
+                    checks.push(Check::skip(&format!("provider {p}"), "needs ONNX Runtime"));
+                }
+            }
+            return checks;
+        }
     };
     let mut checks = vec![Check::pass(
         "onnxruntime",
@@ -491,7 +500,8 @@ pub struct ChipEntry {
 }
 
 /// Every `ROOT/dev/gpiochip*` with its label from `ROOT/sys/bus/gpio/devices/gpiochipN/label`
-/// (or the legacy `ROOT/sys/class/gpio/gpiochip*/label` whose `device` names the chip).
+/// (or the legacy `ROOT/sys/class/gpio/gpiochip*/label` whose `device` names the chip; on the
+/// real root, failing both, the label the chip itself reports).
 pub fn gpio_chips(root: &Root) -> Vec<ChipEntry> {
     let Ok(entries) = std::fs::read_dir(root.path("/dev")) else {
         return Vec::new();
@@ -501,7 +511,12 @@ pub fn gpio_chips(root: &Root) -> Vec<ChipEntry> {
         .filter_map(|e| {
             let name = e.file_name().to_str()?.to_string();
             name.starts_with("gpiochip").then(|| ChipEntry {
-                label: chip_label(root, &name),
+                label: chip_label(root, &name).or_else(|| {
+                    // Kernels without the legacy sysfs class: ask the chip itself.
+                    root.is_real()
+                        .then(|| crate::pins::chip_label(&e.path()).ok())
+                        .flatten()
+                }),
                 dev: e.path(),
                 name,
             })

@@ -477,6 +477,11 @@ pub fn find_line(chip: &str, name: &str) -> Result<(std::path::PathBuf, u32), Pi
     cdev::find(chip, name)
 }
 
+/// The label the driver gives the chip at `path` (a `/dev/gpiochipN`).
+pub fn chip_label(path: &std::path::Path) -> Result<String, PinError> {
+    cdev::label(path)
+}
+
 /// Open the configured photo-eye line from the GPIO character device.
 pub fn open_trigger(cfg: &GpioConfig) -> Result<Box<dyn TriggerInput>, PinError> {
     request_trigger(cfg, |line, req| cdev::trigger(&cfg.chip, &line.name, req))
@@ -527,6 +532,12 @@ mod cdev {
             }
         }
         Err(not_found())
+    }
+
+    pub(super) fn label(path: &std::path::Path) -> Result<String, PinError> {
+        let chip =
+            gpiocdev::chip::Chip::from_path(path).map_err(|e| PinError::Io(e.to_string()))?;
+        Ok(chip.info().map_err(|e| PinError::Io(e.to_string()))?.label)
     }
 
     /// One output line, requested once and held for the process's life.
@@ -697,6 +708,10 @@ mod cdev {
     use super::{DynPin, LineEvent, LineEvents, OutputRequest, PinError, TriggerRequest};
 
     pub(super) fn find(_chip: &str, _name: &str) -> Result<(std::path::PathBuf, u32), PinError> {
+        Err(PinError::Unsupported)
+    }
+
+    pub(super) fn label(_path: &std::path::Path) -> Result<String, PinError> {
         Err(PinError::Unsupported)
     }
 
