@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod dataset;
 pub mod decide;
+pub mod doctor;
 pub mod engine;
 pub mod events;
 pub mod frame;

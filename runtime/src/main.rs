@@ -132,6 +132,16 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Check this device for a board file: ONNX Runtime and providers, model self-test, GPIO,
+    /// camera, ports, archive, systemd unit, clock. Exits 1 when something the board needs fails.
+    Doctor {
+        /// The board TOML (without it: ONNX Runtime and the host only).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Look up /dev, /sys, /etc and /run under this folder instead of `/`.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
     /// Frames per second and latency: bare session call vs decode→preprocess→infer→decide.
     Bench {
         /// The exported .onnx model.
@@ -175,6 +185,27 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<ExitCode> {
     match args.command {
+        Command::Doctor { config, root } => {
+            let report = diffad::doctor::run(
+                config.as_deref(),
+                &diffad::doctor::Root::new(root),
+                &mut std::io::stdout(),
+            );
+            let n = report.failures();
+            println!(
+                "{}",
+                if n == 0 {
+                    "all checks passed".to_string()
+                } else {
+                    format!("{n} check(s) failed")
+                }
+            );
+            Ok(if n == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Inspect { model } => cli::inspect(&model).map(|()| ExitCode::SUCCESS),
         Command::Run {
             config,

@@ -471,6 +471,17 @@ impl TriggerInput for SimTrigger {
     }
 }
 
+/// The device node and offset of line `name` on the chip labelled (or named) `chip`, as the
+/// line side finds it at start, without requesting it.
+pub fn find_line(chip: &str, name: &str) -> Result<(std::path::PathBuf, u32), PinError> {
+    cdev::find(chip, name)
+}
+
+/// The label the driver gives the chip at `path` (a `/dev/gpiochipN`).
+pub fn chip_label(path: &std::path::Path) -> Result<String, PinError> {
+    cdev::label(path)
+}
+
 /// Open the configured photo-eye line from the GPIO character device.
 pub fn open_trigger(cfg: &GpioConfig) -> Result<Box<dyn TriggerInput>, PinError> {
     request_trigger(cfg, |line, req| cdev::trigger(&cfg.chip, &line.name, req))
@@ -503,7 +514,7 @@ mod cdev {
     use std::path::PathBuf;
     use std::time::Duration;
 
-    fn find(chip_label: &str, name: &str) -> Result<(PathBuf, u32), PinError> {
+    pub(super) fn find(chip_label: &str, name: &str) -> Result<(PathBuf, u32), PinError> {
         let not_found = || PinError::NotFound {
             chip: chip_label.into(),
             line: name.into(),
@@ -521,6 +532,12 @@ mod cdev {
             }
         }
         Err(not_found())
+    }
+
+    pub(super) fn label(path: &std::path::Path) -> Result<String, PinError> {
+        let chip =
+            gpiocdev::chip::Chip::from_path(path).map_err(|e| PinError::Io(e.to_string()))?;
+        Ok(chip.info().map_err(|e| PinError::Io(e.to_string()))?.label)
     }
 
     /// One output line, requested once and held for the process's life.
@@ -689,6 +706,14 @@ mod cdev {
 #[cfg(not(feature = "gpio-cdev"))]
 mod cdev {
     use super::{DynPin, LineEvent, LineEvents, OutputRequest, PinError, TriggerRequest};
+
+    pub(super) fn find(_chip: &str, _name: &str) -> Result<(std::path::PathBuf, u32), PinError> {
+        Err(PinError::Unsupported)
+    }
+
+    pub(super) fn label(_path: &std::path::Path) -> Result<String, PinError> {
+        Err(PinError::Unsupported)
+    }
 
     /// Never built: this build cannot request lines.
     pub(super) enum CdevEvents {}

@@ -645,7 +645,13 @@ mod tests {
         assert_eq!((c.fault_passes, c.late_verdicts, c.pulses), (1, 2, 0));
         // Late verdicts count in the latency figures too: both took 97 ms.
         assert_eq!(s.stats().latency_ns.len(), 2);
-        assert!(s.stats().latency_ns.value_at_quantile(0.5).abs_diff(97 * MS) < MS / 10);
+        assert!(
+            s.stats()
+                .latency_ns
+                .value_at_quantile(0.5)
+                .abs_diff(97 * MS)
+                < MS / 10
+        );
         assert!(log.rising().is_empty());
         assert!(c.balanced());
     }

@@ -23,6 +23,30 @@ pub fn format_for(name: &str) -> Option<([u8; 4], PixelFormat)> {
     }
 }
 
+/// Open the device without streaming and check it offers the configured format; returns the
+/// driver's card name.
+pub fn probe(cfg: &V4l2Config) -> Result<String, String> {
+    let path = cfg.device.display().to_string();
+    let dev = Device::with_path(&cfg.device).map_err(|e| format!("{path}: {e}"))?;
+    let card = dev
+        .query_caps()
+        .map(|c| c.card)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let (fourcc, _) =
+        format_for(&cfg.format).ok_or_else(|| format!("unknown format {:?}", cfg.format))?;
+    let offered = dev.enum_formats().map_err(|e| format!("{path}: {e}"))?;
+    if offered.iter().any(|f| f.fourcc == FourCC::new(&fourcc)) {
+        Ok(card)
+    } else {
+        let names: Vec<String> = offered.iter().map(|f| f.fourcc.to_string()).collect();
+        Err(format!(
+            "{path} ({card}) does not offer {} (offers {})",
+            cfg.format,
+            names.join(", ")
+        ))
+    }
+}
+
 /// Bytes a frame of `format` must carry (`None`: variable, i.e. MJPEG).
 pub fn frame_bytes(format: PixelFormat, w: u32, h: u32) -> Option<usize> {
     match format {
