@@ -478,6 +478,9 @@ pub fn run(
     let awaiting: Arc<Mutex<VecDeque<(u64, u64)>>> = Arc::default();
     let next_part = Arc::new(AtomicU64::new(0));
 
+    if line.realtime_priority > 0 {
+        lock_memory();
+    }
     let result = std::thread::scope(|scope| {
         let capture = {
             let (clock, shared, events, sched_tx, shutdown, awaiting, next_part) = (
@@ -1039,6 +1042,23 @@ fn inspect_loop(
             reason: "engine stopped".to_string(),
             frame: Some(job.frame),
         });
+    }
+}
+
+/// Lock the pages mapped now (the binary, ONNX Runtime, the model, the heap) into memory.
+///
+/// A real-time thread that touches a page the kernel dropped under memory pressure waits for
+/// the disk: a reject pulse 73 ms late was measured that way while an idle `cyclictest` on the
+/// same machine saw at most 1.9 ms. Only current pages are locked: locking future mappings too
+/// would turn a memlock limit into allocation failures.
+fn lock_memory() {
+    // SAFETY: plain syscall without pointers.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT) } != 0 {
+        log::warn!(
+            "mlockall refused ({}): pages of the reject path may be paged out under memory pressure; \
+             give the service CAP_IPC_LOCK or LimitMEMLOCK=infinity",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

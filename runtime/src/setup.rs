@@ -561,7 +561,9 @@ pub struct LineConfig {
     pub parts: Option<u64>,
     /// Heartbeat period (event, heartbeat pin toggle, health checks).
     pub heartbeat_ms: u64,
-    /// Frames queued for the engine before new ones become fault-rejects.
+    /// Frames waiting for the engine; when full, the oldest is skipped (fail-safe) for a new one.
+    /// Triage skips frames that cannot make their deadline, so the bound only caps memory: it
+    /// should hold what the engine can inspect within the belt delay.
     pub queue: usize,
     /// SCHED_FIFO priority for the reject thread (1..=99; 0 = normal scheduling). Needs
     /// `LimitRTPRIO` (systemd) or CAP_SYS_NICE; refused priorities are logged, not fatal.
@@ -583,7 +585,7 @@ impl Default for LineConfig {
             threshold: None,
             parts: None,
             heartbeat_ms: 500,
-            queue: 8,
+            queue: 32,
             realtime_priority: 0,
         }
     }
