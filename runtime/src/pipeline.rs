@@ -1048,9 +1048,9 @@ fn inspect_loop(
 /// Lock the pages mapped now (the binary, ONNX Runtime, the model, the heap) into memory.
 ///
 /// A real-time thread that touches a page the kernel dropped under memory pressure waits for
-/// the disk: a reject pulse 73 ms late was measured that way while an idle `cyclictest` on the
-/// same machine saw at most 1.9 ms. Only current pages are locked: locking future mappings too
-/// would turn a memlock limit into allocation failures.
+/// the disk (this 2-core VM was reclaiming page cache under the trainings' load). Only current
+/// pages are locked: locking future mappings too would turn a memlock limit into allocation
+/// failures.
 fn lock_memory() {
     // SAFETY: plain syscall without pointers.
     if unsafe { libc::mlockall(libc::MCL_CURRENT) } != 0 {
