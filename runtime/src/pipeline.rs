@@ -342,6 +342,14 @@ impl Shared {
     fn is_done(&self, stage: usize) -> bool {
         self.done[stage].load(Ordering::SeqCst)
     }
+    /// The reject stage's counters completed with what the other stages count themselves.
+    fn complete(&self, mut c: Counters, events_dropped: u64) -> Counters {
+        c.frames_dropped = self.frames_dropped.load(Ordering::Relaxed);
+        c.camera_errors = self.camera_errors.load(Ordering::Relaxed);
+        c.trigger_edges_lost = self.trigger_edges_lost.load(Ordering::Relaxed);
+        c.events_dropped = events_dropped;
+        c
+    }
 }
 
 /// Run the line until the source ends, `line.parts` is reached or `shutdown` is requested;
@@ -633,7 +641,7 @@ pub fn run(
         None => 0,
     };
     let archive_stats = archive.map(|a| a.finish()).unwrap_or_default();
-    let (mut counters, stats): (Counters, RejectStats) = result?;
+    let (counters, stats): (Counters, RejectStats) = result?;
     if let Some(e) = shared
         .fatal
         .lock()
@@ -642,10 +650,7 @@ pub fn run(
     {
         return Err(e);
     }
-    counters.frames_dropped = shared.frames_dropped.load(Ordering::Relaxed);
-    counters.camera_errors = shared.camera_errors.load(Ordering::Relaxed);
-    counters.trigger_edges_lost = shared.trigger_edges_lost.load(Ordering::Relaxed);
-    counters.events_dropped = bus_stats.dropped;
+    let counters = shared.complete(counters, bus_stats.dropped);
     let first = shared.first_trigger_ns.load(Ordering::Relaxed);
     let last = shared.last_trigger_ns.load(Ordering::Relaxed);
     let summary = Summary {
@@ -1176,14 +1181,7 @@ fn health_loop(
         }
         next += period;
         let now = clock.now_ns();
-        let counters = {
-            let mut c = shared.counters.read();
-            c.frames_dropped = shared.frames_dropped.load(Ordering::Relaxed);
-            c.camera_errors = shared.camera_errors.load(Ordering::Relaxed);
-            c.trigger_edges_lost = shared.trigger_edges_lost.load(Ordering::Relaxed);
-            c.events_dropped = events.dropped();
-            c
-        };
+        let counters = shared.complete(shared.counters.read(), events.dropped());
         if counters.events_dropped > dropped_seen {
             // Said loudly; the count also rides on every heartbeat, which outlives a full bus.
             events.emit(Event::alarm(
@@ -1294,11 +1292,7 @@ fn health_loop(
     let _ = pins.ready.set(false);
     let _ = pins.heartbeat.set(false);
     let _ = pins.fault.set(false);
-    let mut c = shared.counters.read();
-    c.frames_dropped = shared.frames_dropped.load(Ordering::Relaxed);
-    c.camera_errors = shared.camera_errors.load(Ordering::Relaxed);
-    c.trigger_edges_lost = shared.trigger_edges_lost.load(Ordering::Relaxed);
-    c.events_dropped = events.dropped();
+    let c = shared.complete(shared.counters.read(), events.dropped());
     events.emit(Event::Heartbeat(HeartbeatEvent {
         ready: false,
         invariant_ok: c.balanced(),

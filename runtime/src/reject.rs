@@ -191,18 +191,7 @@ impl Scheduler {
     /// The part's frame could not be queued for inspection: it fails safe now.
     pub fn not_queued(&mut self, part: u64, reason: &str, frame: Option<Frame>) {
         self.counters.queue_full += 1;
-        match self.ledger.remove(&part) {
-            Some(info) => self.finish(
-                info,
-                self.fault(),
-                None,
-                None,
-                Some(reason.to_string()),
-                frame,
-                None,
-            ),
-            None => self.give_back(frame),
-        }
+        self.fail_uninspected(part, reason.to_string(), frame);
         self.events
             .emit(Event::alarm("queue_full", reason, Some(part), true));
     }
@@ -210,16 +199,13 @@ impl Scheduler {
     /// The engine gave up on the part: its verdict could no longer come in time.
     pub fn skipped(&mut self, part: u64, reason: &str, frame: Option<Frame>) {
         self.counters.skipped += 1;
+        self.fail_uninspected(part, format!("skipped: {reason}"), frame);
+    }
+
+    /// A part that will not be inspected fails safe now (if its outcome is still open).
+    fn fail_uninspected(&mut self, part: u64, reason: String, frame: Option<Frame>) {
         match self.ledger.remove(&part) {
-            Some(info) => self.finish(
-                info,
-                self.fault(),
-                None,
-                None,
-                Some(format!("skipped: {reason}")),
-                frame,
-                None,
-            ),
+            Some(info) => self.finish(info, self.fault(), None, None, Some(reason), frame, None),
             None => {
                 self.publish();
                 self.give_back(frame);

@@ -182,13 +182,15 @@ def main() -> None:
     # long enough (about 10 s of parts) that the capacity figure averages over the VM's swings
     over_parts = 3 * args.parts if args.smoke else max(3 * args.parts, int(10 * over_rate))
     over = line_run(model, golden, over_parts, args.provider, over_rate)
-    capacity = over["inspections"] / max(over["engine_busy_s"], 1e-9)
-    over_share = over["inspected_in_time"] / max(capacity * over["trigger_span_s"], 1e-9)
+    over_s = over["summary"]  # the line's own figures (`Summary`)
+    capacity = over_s["inspections"] / max(over_s["engine_busy_s"], 1e-9)
+    over_share = over_s["inspected_in_time"] / max(capacity * over_s["trigger_span_s"], 1e-9)
     # Then 0.9x of that in-line capacity: nothing may be skipped or fail safe.
     under_rate = 0.9 * capacity
     under = line_run(model, golden, 2 * args.parts if args.smoke else 600, args.provider, under_rate)
     # the load this run really saw: its rate over the engine speed measured in this run
-    under_load = under_rate / max(under["inspections"] / max(under["engine_busy_s"], 1e-9), 1e-9)
+    under_speed = under["summary"]["inspections"] / max(under["summary"]["engine_busy_s"], 1e-9)
+    under_load = under_rate / max(under_speed, 1e-9)
     # Reject timing: >= 10^4 pulses (most parts are skipped and fail safe) with the engine
     # flat out; short pulses so that each one is a separate edge.
     timing_parts = 300 if args.smoke else 14000
@@ -223,18 +225,19 @@ def main() -> None:
     )
     print(
         f"overload {over_rate:.1f}/s ({over['parts']} parts): engine capacity in the line {capacity:.1f}/s; "
-        f"{over['inspected_in_time']} decided in time, {over['skipped']} skipped, {over['late_verdicts']} late; "
+        f"{over_s['inspected_in_time']} decided in time, {over_s['counters']['skipped']} skipped, "
+        f"{over['late_verdicts']} late; "
         f"in time / capacity {over_share:.3f}   target >= 0.9   {'met' if over_share >= 0.9 else 'MISSED'}"
     )
     print(
         f"0.9x capacity {under_rate:.1f}/s ({under['parts']} parts, "
         f"{under_load:.2f}x of the engine speed in that run): {under['fault_rejects']} fail-safe rejects, "
-        f"{under['skipped']} skipped, {under['late_verdicts']} late   target 0   "
+        f"{under['summary']['counters']['skipped']} skipped, {under['late_verdicts']} late   target 0   "
         f"{'met' if under['fault_rejects'] == 0 else 'MISSED'}"
     )
     print(
-        f"reject timing at 200 parts/s, engine flat out: {timing['reject_pulses_timed']} pulses, "
-        f"error max {timing['max_reject_error_ms']:.3f} ms, p99 {timing['reject_error_p99_ms']:.3f} ms   "
+        f"reject timing at 200 parts/s, engine flat out: {timing['summary']['reject_pulses_timed']} pulses, "
+        f"error max {timing['max_reject_error_ms']:.3f} ms, p99 {timing['summary']['reject_error_p99_ms']:.3f} ms   "
         f"target max <= 2 ms   {'met' if timing['max_reject_error_ms'] <= 2.0 else 'MISSED'}"
     )
     if floor_ms is not None:
