@@ -68,11 +68,18 @@ fn sigterm_drains_flushes_and_reports() {
         .recv_timeout(Duration::from_secs(5))
         .expect("supervisor listens");
     let stream = TcpStream::connect(addr).unwrap();
-    (&stream).write_all(b"resume 0\n").unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut hello = String::new();
+    reader.read_line(&mut hello).unwrap();
+    let hello: serde_json::Value = serde_json::from_str(&hello).unwrap();
+    assert_eq!(hello["type"], "hello", "{hello}");
+    let run = hello["run"].as_str().unwrap().to_string();
+    (&stream)
+        .write_all(format!("resume {run} 0\n").as_bytes())
+        .unwrap();
 
     let mut parts: BTreeMap<u64, usize> = BTreeMap::new();
     let mut seqs = Vec::new();
@@ -87,6 +94,10 @@ fn sigterm_drains_flushes_and_reports() {
             Err(e) => panic!("stream: {e}"),
         }
         let v: serde_json::Value = serde_json::from_str(&line_buf).unwrap();
+        if v["type"] == "resumed" {
+            continue;
+        }
+        assert_eq!(v["run"].as_str(), Some(run.as_str()), "{v}");
         seqs.push(v["seq"].as_u64().unwrap());
         if v["type"] == "log" {
             logs_seen.push(v["message"].as_str().unwrap_or_default().to_string());

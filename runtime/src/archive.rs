@@ -34,11 +34,12 @@ pub struct Archive {
 }
 
 impl Archive {
-    /// Create the folder and start the writer; file names carry [`run_id`].
-    pub fn start(cfg: &ArchiveConfig) -> std::io::Result<Self> {
+    /// Create the folder and start the writer; file names carry the run id
+    /// ([`crate::events::run_id`]).
+    pub fn start(cfg: &ArchiveConfig, run: &str) -> std::io::Result<Self> {
         std::fs::create_dir_all(&cfg.dir)?;
         let (tx, rx) = crossbeam_channel::bounded(cfg.queue);
-        let run = run_id(std::time::SystemTime::now(), std::process::id());
+        let run = run.to_string();
         log::info!("archive: run {run} into {}", cfg.dir.display());
         let mut store = Store::open(&cfg.dir, (cfg.max_mb * 1024.0 * 1024.0) as u64, run)?;
         let handle = std::thread::Builder::new()
@@ -72,31 +73,6 @@ impl Drop for Archive {
             let _ = h.join();
         }
     }
-}
-
-/// This run's id in archive file names: UTC start time to the second and the process id,
-/// e.g. `20250314-093015-4242`; names sort by run start.
-pub fn run_id(start: std::time::SystemTime, pid: u32) -> String {
-    let secs = start
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's `civil_from_days`).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}-{pid}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
 }
 
 struct Store {
@@ -335,7 +311,7 @@ mod tests {
             max_mb: 0.05,
             queue: 64,
         };
-        let a = Archive::start(&cfg).unwrap();
+        let a = Archive::start(&cfg, "20240101-000000-1").unwrap();
         for p in 1..=20 {
             a.sender().send(job(p)).unwrap();
         }
@@ -357,15 +333,10 @@ mod tests {
         assert!(has("_00000020_reject_map.png"), "{names:?}");
         assert!(has("_00000020_reject_overlay.png"), "{names:?}");
         assert!(!has("_00000001_reject.png"), "oldest go first: {names:?}");
-        let pid = format!("-{}_", std::process::id());
-        assert!(names.iter().all(|n| n.contains(&pid)), "run id: {names:?}");
-    }
-
-    #[test]
-    fn run_id_is_utc_start_time_and_pid() {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_709_251_199);
-        assert_eq!(run_id(t, 42), "20240229-235959-42");
-        assert_eq!(run_id(std::time::UNIX_EPOCH, 7), "19700101-000000-7");
+        assert!(
+            names.iter().all(|n| n.starts_with("20240101-000000-1_")),
+            "run id: {names:?}"
+        );
     }
 
     /// Files in `dir`: names and the sum of their sizes.

@@ -207,6 +207,9 @@ pub struct Record {
     /// Line name.
     #[serde(serialize_with = "ser_str")]
     pub line: Arc<str>,
+    /// This run of the line (sequence numbers restart with every run).
+    #[serde(serialize_with = "ser_str")]
+    pub run: Arc<str>,
     /// The event.
     #[serde(flatten)]
     pub event: Event,
@@ -271,6 +274,37 @@ enum Msg {
     Close,
 }
 
+/// This run's id: UTC start time to the second and the process id, e.g. `20250314-093015-4242`.
+/// Stream readers tell runs apart by it (`seq` restarts at 1), and archive file names carry it
+/// (they sort by run start).
+pub fn run_id(start: std::time::SystemTime, pid: u32) -> String {
+    let secs = start
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's `civil_from_days`).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}-{pid}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// The id of a run starting now in this process.
+pub fn new_run_id() -> String {
+    run_id(std::time::SystemTime::now(), std::process::id())
+}
+
 /// Cheap, cloneable handle for emitting events; never blocks.
 #[derive(Clone)]
 pub struct Events {
@@ -312,18 +346,19 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// Start the fan-out thread with room for `capacity` queued events.
+    /// Start the fan-out thread for run `run` of line `line`, with room for `capacity` queued events.
     pub fn start(
         line: &str,
+        run: &str,
         capacity: usize,
         clock: Arc<dyn crate::clock::Clock>,
         sinks: Vec<Box<dyn Sink>>,
     ) -> Self {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
-        let line: Arc<str> = Arc::from(line);
+        let (line, run): (Arc<str>, Arc<str>) = (Arc::from(line), Arc::from(run));
         let handle = std::thread::Builder::new()
             .name("events".into())
-            .spawn(move || fan_out(rx, line, sinks))
+            .spawn(move || fan_out(rx, line, run, sinks))
             .expect("spawn events thread");
         Self {
             events: Events {
@@ -365,7 +400,7 @@ impl Drop for Bus {
     }
 }
 
-fn fan_out(rx: Receiver<Msg>, line: Arc<str>, mut sinks: Vec<Box<dyn Sink>>) -> u64 {
+fn fan_out(rx: Receiver<Msg>, line: Arc<str>, run: Arc<str>, mut sinks: Vec<Box<dyn Sink>>) -> u64 {
     let mut seq = 0u64;
     while let Some(Msg::Event(t_ns, event)) = crate::clock::poll_recv(&rx) {
         seq += 1;
@@ -373,6 +408,7 @@ fn fan_out(rx: Receiver<Msg>, line: Arc<str>, mut sinks: Vec<Box<dyn Sink>>) -> 
             seq,
             t_ns,
             line: line.clone(),
+            run: run.clone(),
             event,
             json: String::new(),
         };
@@ -463,6 +499,7 @@ mod tests {
         let (tap, rx) = crossbeam_channel::unbounded();
         let bus = Bus::start(
             "l1",
+            "r1",
             4,
             Arc::new(SystemClock::new()),
             vec![Box::new(TapSink(tap))],
@@ -481,9 +518,17 @@ mod tests {
         assert_eq!(v["type"], "alarm");
         assert_eq!(v["code"], "test");
         assert_eq!(v["line"], "l1");
+        assert_eq!(v["run"], "r1");
         assert_eq!(v["seq"], 1);
         assert_eq!(stats.delivered + stats.dropped, 3);
         ev.emit(Event::alarm("late", "", None, true));
         assert_eq!(ev.dropped(), stats.dropped + 1);
+    }
+
+    #[test]
+    fn run_id_is_utc_start_time_and_pid() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_709_251_199);
+        assert_eq!(run_id(t, 42), "20240229-235959-42");
+        assert_eq!(run_id(std::time::UNIX_EPOCH, 7), "19700101-000000-7");
     }
 }

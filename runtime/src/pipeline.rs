@@ -159,6 +159,8 @@ pub fn open_hardware(
 /// The line's report at shutdown (`Display` for people, `Serialize` for tools).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Summary {
+    /// This run's id, as every event on the stream carries it.
+    pub run: String,
     /// Final counters (parts = `counters.triggers`).
     pub counters: Counters,
     /// Whether every part got exactly one outcome.
@@ -195,6 +197,8 @@ pub struct Summary {
     pub events_dropped: u64,
     /// Supervisor clients dropped as too slow.
     pub supervisor_clients_dropped: u64,
+    /// Supervisor clients refused (`supervisor.max_clients` connected).
+    pub supervisor_refused: u64,
     /// MQTT messages that did not fit in the outbox.
     pub mqtt_overflow: u64,
     /// Rejected parts not archived (queue full).
@@ -248,13 +252,15 @@ impl fmt::Display for Summary {
         )?;
         write!(
             f,
-            "events delivered {}  dropped {}  frames dropped {}  camera errors {}  photo-eye edges lost {}  supervisor clients dropped {}  mqtt overflow {}  archive dropped {}",
+            "run {}  events delivered {}  dropped {}  frames dropped {}  camera errors {}  photo-eye edges lost {}  supervisor clients dropped {} refused {}  mqtt overflow {}  archive dropped {}",
+            self.run,
             self.events_delivered,
             self.events_dropped,
             c.frames_dropped,
             c.camera_errors,
             c.trigger_edges_lost,
             self.supervisor_clients_dropped,
+            self.supervisor_refused,
             self.mqtt_overflow,
             self.archive_dropped
         )
@@ -385,10 +391,11 @@ pub fn run(
     }
 
     // Sinks first, so the first event already reaches everyone.
+    let run_id = crate::events::new_run_id();
     let mut supervisor = match setup.supervisor.listen.as_str() {
         "" => None,
         _ => Some(
-            Supervisor::start(&setup.supervisor)
+            Supervisor::start(&setup.supervisor, &line.name, &run_id)
                 .map_err(|e| LineError::Io("supervisor listen", e))?,
         ),
     };
@@ -397,7 +404,7 @@ pub fn run(
         None => None,
     };
     let archive = match &setup.archive {
-        Some(a) => Some(Archive::start(a).map_err(|e| LineError::Io("archive dir", e))?),
+        Some(a) => Some(Archive::start(a, &run_id).map_err(|e| LineError::Io("archive dir", e))?),
         None => None,
     };
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
@@ -414,7 +421,7 @@ pub fn run(
         sinks.push(Box::new(LiveLog));
     }
     sinks.extend(opts.sinks);
-    let bus = Bus::start(&line.name, opts.bus_capacity, clock.clone(), sinks);
+    let bus = Bus::start(&line.name, &run_id, opts.bus_capacity, clock.clone(), sinks);
     let events = bus.events();
     crate::events::attach_log(events.clone(), setup.supervisor.level()?);
 
@@ -654,6 +661,7 @@ pub fn run(
     let first = shared.first_trigger_ns.load(Ordering::Relaxed);
     let last = shared.last_trigger_ns.load(Ordering::Relaxed);
     let summary = Summary {
+        run: run_id,
         invariant_ok: counters.balanced() && counters.pending == 0,
         inspected_in_time: counters.passes + counters.rejects,
         inspections: shared.inspections.load(Ordering::Relaxed),
@@ -674,6 +682,9 @@ pub fn run(
         supervisor_clients_dropped: supervisor
             .as_ref()
             .map_or(0, |s| s.stats().clients_dropped.load(Ordering::Relaxed)),
+        supervisor_refused: supervisor
+            .as_ref()
+            .map_or(0, |s| s.stats().refused.load(Ordering::Relaxed)),
         mqtt_overflow,
         archive_dropped: stats.archive_dropped,
         archive: archive_stats,

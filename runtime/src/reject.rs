@@ -542,7 +542,7 @@ mod tests {
         let (pin, log) = SimPin::new(clock.clone());
         let out = Output::new(Box::new(pin), ActiveLevel::High).unwrap();
         let (tap, rx) = crossbeam_channel::unbounded();
-        let bus = Bus::start("t", 1024, clock.clone(), vec![Box::new(TapSink(tap))]);
+        let bus = Bus::start("t", "r", 1024, clock.clone(), vec![Box::new(TapSink(tap))]);
         let policy = Policy {
             fail_safe,
             margin_ns: 5 * MS,

@@ -680,10 +680,12 @@ impl LineConfig {
 pub struct SupervisorConfig {
     /// Listen address of the NDJSON stream; empty string disables it.
     pub listen: String,
-    /// Events kept for `resume <seq>`.
+    /// Events kept for `resume <run> <seq>`.
     pub buffer: usize,
     /// Events queued per client before it is dropped as stuck.
     pub client_queue: usize,
+    /// Clients served at once; one more is refused with a line that says why.
+    pub max_clients: usize,
     /// Log records at or above this level go on the stream: error, warn, info, debug, trace, off.
     pub log_level: String,
 }
@@ -694,6 +696,7 @@ impl Default for SupervisorConfig {
             listen: "127.0.0.1:7878".into(),
             buffer: 10_000,
             client_queue: 1024,
+            max_clients: 16,
             log_level: "warn".into(),
         }
     }
@@ -713,6 +716,13 @@ impl SupervisorConfig {
         }
         if self.client_queue == 0 {
             return Err(Invalid::new("supervisor.client_queue", "must be > 0"));
+        }
+        // Each client holds one thread and up to `client_queue` events: bound both.
+        if !(1..=1024).contains(&self.max_clients) {
+            return Err(Invalid::new(
+                "supervisor.max_clients",
+                "must be 1..=1024 (each client costs a thread)",
+            ));
         }
         self.level()?;
         Ok(())

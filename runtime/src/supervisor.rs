@@ -1,57 +1,71 @@
 //! The supervisor stream: newline-delimited JSON over TCP, read-only, resumable.
 //!
-//! A client may send `resume <seq>` (within 300 ms of connecting) as its first line to get what
-//! it missed from a bounded ring; what fell out of the ring is reported to it as
-//! `{"type":"lost","from_seq":a,"to_seq":b,"count":n}` and counted, and a number from a previous
-//! run of the line gets `{"type":"restarted",...}` before this run's events. These two notices
-//! carry no `seq`. Each client has its own bounded queue and writer thread: a stuck client is
-//! dropped and disconnected, the line never waits for it. Nothing a client sends changes the line.
+//! The protocol (README "Supervisor stream"):
+//! - On connecting, a client gets `{"type":"hello","run":R,"line":L,"seq":S,...}`: the live
+//!   stream that follows starts after event `S` of run `R`.
+//! - Every event carries `run` and `seq` (from 1 in each run, without gaps).
+//! - A client may send `resume <run> <seq>` at any time, once per connection. It gets a
+//!   `resumed` notice and the events of the ring it missed up to `S`. Sent within
+//!   [`RESUME_WAIT`] of the hello, these come before the live stream; later, they come after what
+//!   was already sent live (the notice says `"late":true`). A `run` other than this one gets a
+//!   `restarted` notice and this run's events from its start; events that left the ring are
+//!   reported in a `lost` notice and counted.
+//! - Notices (`hello`, `resumed`, `restarted`, `lost`, `error`, `refused`) carry no `seq`.
+//!
+//! Bounds: at most `max_clients` at once (one more gets `refused` and is closed), one thread and
+//! one bounded queue per client, request lines of at most [`MAX_REQUEST`] bytes. A stuck client
+//! is dropped; the line never waits for it. Nothing a client sends changes the line.
 
 use crate::events::{Record, Sink};
 use crate::setup::SupervisorConfig;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use serde::Serialize;
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long a new client has to send `resume <seq>` before it gets the live stream only.
+/// How long after the hello a `resume` still comes before the live stream.
 pub const RESUME_WAIT: Duration = Duration::from_millis(300);
 /// A client whose socket accepts nothing for this long is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest request line a client may send; a longer one closes the connection.
+pub const MAX_REQUEST: usize = 256;
+/// Version of the protocol in the hello.
+pub const PROTOCOL: u32 = 2;
+
+/// How often a client thread looks at its socket for requests while no event comes.
+const POLL: Duration = Duration::from_millis(20);
 
 /// Counters of the stream.
 #[derive(Debug, Default)]
 pub struct SupervisorStats {
     /// Clients accepted.
     pub clients: AtomicU64,
+    /// Clients refused because `max_clients` were connected.
+    pub refused: AtomicU64,
     /// Clients dropped because their queue filled up.
     pub clients_dropped: AtomicU64,
     /// Records not delivered to dropped clients.
     pub client_drops: AtomicU64,
+    /// Resume requests answered.
+    pub resumes: AtomicU64,
     /// Records a resuming client asked for that had left the ring.
     pub resume_lost: AtomicU64,
-    /// Lines clients sent that were not a leading `resume <seq>` (ignored).
+    /// Request lines that were not a valid first `resume <run> <seq>` (answered, else ignored).
     pub ignored_lines: AtomicU64,
+    /// Clients closed for a request line over [`MAX_REQUEST`] bytes.
+    pub oversized_requests: AtomicU64,
 }
 
 struct Slot {
     id: u64,
     tx: Sender<Arc<Record>>,
     stream: TcpStream,
-}
-
-/// A newly registered client: its id, live queue, backlog and the range that left the ring.
-struct Registered {
-    id: u64,
-    rx: Receiver<Arc<Record>>,
-    backlog: Vec<Arc<Record>>,
-    lost: Option<(u64, u64)>,
-    /// The `resume` number was ahead of this stream: the line restarted since.
-    restarted: Option<u64>,
 }
 
 struct HubState {
@@ -66,7 +80,18 @@ struct Hub {
     state: Mutex<HubState>,
     ring_cap: usize,
     client_queue: usize,
+    max_clients: usize,
+    line: Arc<str>,
+    run: Arc<str>,
+    /// Client threads running (registered or still saying hello).
+    active: AtomicUsize,
     stats: SupervisorStats,
+}
+
+/// What a client needs to serve a `resume`: the events it missed, and what left the ring.
+struct Backfill {
+    records: Vec<Arc<Record>>,
+    lost: Option<(u64, u64)>,
 }
 
 impl Hub {
@@ -74,40 +99,33 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Register a client; returns its id, its live queue, the backlog and the count of lost records.
-    fn register(&self, stream: &TcpStream, resume: Option<u64>) -> Option<Registered> {
+    /// Register a client for the live stream; returns its id, queue and the last seq before it.
+    fn register(&self, stream: &TcpStream) -> Option<(u64, Receiver<Arc<Record>>, u64)> {
         let mut s = self.lock();
         if s.closed {
             return None;
         }
         let (tx, rx) = crossbeam_channel::bounded(self.client_queue);
-        let mut backlog = Vec::new();
-        let mut lost = None;
-        let mut restarted = None;
-        if let Some(mut after) = resume {
-            if after > s.last_seq {
-                // The client saw a previous run of the line (sequence numbers restart with the
-                // process): say so and give it everything this run still holds.
-                restarted = Some(after);
-                after = 0;
-            }
-            let oldest = s.ring.front().map_or(s.last_seq + 1, |r| r.seq);
-            if after + 1 < oldest && after < s.last_seq {
-                lost = Some((after + 1, oldest - 1));
-            }
-            backlog.extend(s.ring.iter().filter(|r| r.seq > after).cloned());
-        }
         let id = s.next_id;
         s.next_id += 1;
         let stream = stream.try_clone().ok()?;
         s.clients.push(Slot { id, tx, stream });
-        Some(Registered {
-            id,
-            rx,
-            backlog,
-            lost,
-            restarted,
-        })
+        Some((id, rx, s.last_seq))
+    }
+
+    /// The ring's events in `(after, upto]`, and the range of them that has left it.
+    fn backfill(&self, after: u64, upto: u64) -> Backfill {
+        let s = self.lock();
+        let oldest = s.ring.front().map_or(s.last_seq + 1, |r| r.seq);
+        let lost =
+            (after + 1 < oldest && after < upto).then(|| (after + 1, (oldest - 1).min(upto)));
+        let records = s
+            .ring
+            .iter()
+            .filter(|r| r.seq > after && r.seq <= upto)
+            .cloned()
+            .collect();
+        Backfill { records, lost }
     }
 
     fn remove(&self, id: u64) {
@@ -157,8 +175,8 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Bind `cfg.listen` and start accepting clients.
-    pub fn start(cfg: &SupervisorConfig) -> std::io::Result<Self> {
+    /// Bind `cfg.listen` and start accepting clients of run `run` of line `line`.
+    pub fn start(cfg: &SupervisorConfig, line: &str, run: &str) -> std::io::Result<Self> {
         let listener = TcpListener::bind(&cfg.listen)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -172,6 +190,10 @@ impl Supervisor {
             }),
             ring_cap: cfg.buffer,
             client_queue: cfg.client_queue,
+            max_clients: cfg.max_clients,
+            line: Arc::from(line),
+            run: Arc::from(run),
+            active: AtomicUsize::new(0),
             stats: SupervisorStats::default(),
         });
         let stop = Arc::new(AtomicBool::new(false));
@@ -182,7 +204,7 @@ impl Supervisor {
                 .name("supervisor".into())
                 .spawn(move || accept_loop(listener, hub, stop, writers))?
         };
-        log::info!("supervisor stream on {addr}");
+        log::info!("supervisor stream on {addr} (run {run})");
         Ok(Self {
             hub,
             addr,
@@ -205,6 +227,11 @@ impl Supervisor {
     /// Counters.
     pub fn stats(&self) -> &SupervisorStats {
         &self.hub.stats
+    }
+
+    /// Client threads running now.
+    pub fn active_clients(&self) -> usize {
+        self.hub.active.load(Ordering::Relaxed)
     }
 
     /// Stop accepting, give writers up to `grace` to flush, then disconnect everyone.
@@ -234,6 +261,15 @@ impl Drop for Supervisor {
     }
 }
 
+/// Releases a client's place when its thread ends, however it ends.
+struct Place(Arc<Hub>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn accept_loop(
     listener: TcpListener,
     hub: Arc<Hub>,
@@ -243,15 +279,29 @@ fn accept_loop(
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, peer)) => {
+                if hub.active.load(Ordering::Relaxed) >= hub.max_clients {
+                    refuse(&hub, stream, peer);
+                    continue;
+                }
+                hub.active.fetch_add(1, Ordering::Relaxed);
                 hub.stats.clients.fetch_add(1, Ordering::Relaxed);
-                let hub = hub.clone();
+                let place = Place(hub.clone());
                 let h = std::thread::Builder::new()
                     .name("supervisor-client".into())
-                    .spawn(move || serve(stream, peer, hub));
-                if let Ok(h) = h {
-                    let mut w = writers.lock().unwrap_or_else(|e| e.into_inner());
-                    w.retain(|h| !h.is_finished());
-                    w.push(h);
+                    .spawn(move || {
+                        let hub = place.0.clone();
+                        serve(stream, peer, &hub);
+                        drop(place);
+                    });
+                match h {
+                    Ok(h) => {
+                        let mut w = writers.lock().unwrap_or_else(|e| e.into_inner());
+                        w.retain(|h| !h.is_finished());
+                        w.push(h);
+                    }
+                    Err(e) => {
+                        log::warn!(target: "diffad::supervisor", "client {peer}: no thread: {e}")
+                    }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -265,114 +315,342 @@ fn accept_loop(
     }
 }
 
-/// Parse a `resume <seq>` request.
-pub fn parse_resume(line: &str) -> Option<u64> {
-    let mut it = line.split_whitespace();
-    match (it.next(), it.next(), it.next()) {
-        (Some("resume"), Some(n), None) => n.parse().ok(),
-        _ => None,
+fn refuse(hub: &Hub, mut stream: TcpStream, peer: SocketAddr) {
+    let n = hub.stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
+    // A fresh socket's send buffer takes one short line without blocking.
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = writeln!(
+        stream,
+        "{}",
+        notice(&Notice::Refused {
+            run: &hub.run,
+            max_clients: hub.max_clients,
+            message: "too many clients: supervisor.max_clients are connected; try again later or raise it in the board file",
+        })
+    );
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    // Logged at the first refusal and then rarely, so a flood cannot flood the log.
+    if n.is_power_of_two() {
+        log::warn!(target: "diffad::supervisor", "refused client {peer}: {} clients connected (supervisor.max_clients); {n} refused so far", hub.max_clients);
     }
 }
 
-fn serve(stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
+/// A request a client may send.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// `resume <run> <seq>`: the events after `seq` of run `run`.
+    Resume {
+        /// The run the client last read.
+        run: String,
+        /// The last seq it read of that run (0: from the start).
+        seq: u64,
+    },
+}
+
+/// Parse a request line; the error says what a valid one looks like.
+pub fn parse_request(line: &str) -> Result<Request, &'static str> {
+    let mut it = line.split_whitespace();
+    match (it.next(), it.next(), it.next(), it.next()) {
+        (Some("resume"), Some(run), Some(n), None) => n
+            .parse()
+            .map(|seq| Request::Resume {
+                run: run.to_string(),
+                seq,
+            })
+            .map_err(|_| "resume: the seq must be a number: resume <run> <seq>"),
+        (Some("resume"), Some(_), None, None) => Err(
+            "resume needs the run too: resume <run> <seq>, with the run from the hello or any event",
+        ),
+        _ => Err("unknown request: the stream is read-only; the only request is resume <run> <seq>"),
+    }
+}
+
+/// Notices: stream lines without a `seq`.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Notice<'a> {
+    Hello {
+        protocol: u32,
+        line: &'a str,
+        run: &'a str,
+        /// The live stream starts after this seq.
+        seq: u64,
+        /// Events the ring holds for `resume`.
+        buffer: usize,
+    },
+    Resumed {
+        run: &'a str,
+        /// Events sent after this notice, `from_seq..=to_seq` (count 0: nothing was missing).
+        from_seq: u64,
+        to_seq: u64,
+        count: usize,
+        /// True when live events were already sent: these come after them.
+        late: bool,
+    },
+    Restarted {
+        run: &'a str,
+        previous_run: &'a str,
+        resume: u64,
+        message: &'a str,
+    },
+    Lost {
+        run: &'a str,
+        from_seq: u64,
+        to_seq: u64,
+        count: u64,
+    },
+    Error {
+        run: &'a str,
+        message: &'a str,
+    },
+    Refused {
+        run: &'a str,
+        max_clients: usize,
+        message: &'a str,
+    },
+}
+
+fn notice(n: &Notice) -> String {
+    serde_json::to_string(n).unwrap_or_else(|_| "{\"type\":\"error\"}".into())
+}
+
+/// Request bytes read so far, bounded by [`MAX_REQUEST`].
+struct Requests {
+    buf: Vec<u8>,
+}
+
+enum Polled {
+    Lines(Vec<String>),
+    Eof,
+    TooLong,
+}
+
+impl Requests {
+    /// Read what the socket holds now, without waiting.
+    fn poll(&mut self, stream: &mut TcpStream) -> Polled {
+        let mut lines = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, zero timeout.
+            let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+            if ready <= 0 {
+                return Polled::Lines(lines);
+            }
+            let n = match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return Polled::Eof,
+                Ok(n) => n,
+            };
+            for &b in &chunk[..n] {
+                if b == b'\n' {
+                    lines.push(String::from_utf8_lossy(&self.buf).trim().to_string());
+                    self.buf.clear();
+                } else if self.buf.len() == MAX_REQUEST {
+                    return Polled::TooLong;
+                } else {
+                    self.buf.push(b);
+                }
+            }
+        }
+    }
+}
+
+/// One client: hello, then live events, answering a `resume` whenever it comes.
+fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_nodelay(true);
-    let Ok(read_half) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(read_half);
-    let _ = reader.get_ref().set_read_timeout(Some(RESUME_WAIT));
-    let mut first = String::new();
-    let resume = match reader.read_line(&mut first) {
-        Ok(n) if n > 0 => {
-            let r = parse_resume(first.trim());
-            if r.is_none() {
-                hub.stats.ignored_lines.fetch_add(1, Ordering::Relaxed);
-            }
-            r
-        }
-        _ => None,
-    };
-    let Some(Registered {
-        id,
-        rx,
-        backlog,
-        lost,
-        restarted,
-    }) = hub.register(&stream, resume)
-    else {
-        return;
-    };
-    log::debug!(target: "diffad::supervisor", "client {id} {peer} connected (resume {resume:?})");
-    // Whatever else the client sends is read, counted and ignored; its EOF ends the session.
-    let reader_stream = reader.get_ref().try_clone();
-    let ignored = {
-        let hub = hub.clone();
-        std::thread::Builder::new()
-            .name("supervisor-read".into())
-            .spawn(move || {
-                let _ = reader.get_ref().set_read_timeout(None);
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    match reader.read_line(&mut line) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            hub.stats.ignored_lines.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-    };
-    let mut out = std::io::BufWriter::new(&stream);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let mut ok = true;
-    if let Some(asked) = restarted {
-        ok &= writeln!(
-            out,
-            "{{\"type\":\"restarted\",\"resume\":{asked},\"message\":\"the line restarted: sequence numbers began again at 1\"}}"
-        )
-        .is_ok();
-    }
-    if let Some((from, to)) = lost {
-        let n = to - from + 1;
-        hub.stats.resume_lost.fetch_add(n, Ordering::Relaxed);
-        log::warn!(target: "diffad::supervisor", "client {id} resumed after seq {}: {n} events had left the buffer", from - 1);
-        ok &= writeln!(
-            out,
-            "{{\"type\":\"lost\",\"from_seq\":{from},\"to_seq\":{to},\"count\":{n}}}"
-        )
-        .is_ok();
-    }
-    for rec in backlog {
-        if !ok {
-            break;
-        }
-        ok &= writeln!(out, "{}", rec.json).is_ok();
-    }
-    ok &= out.flush().is_ok();
-    while ok {
-        match rx.recv() {
-            Ok(rec) => {
-                ok &= writeln!(out, "{}", rec.json).is_ok();
-                // Batch writes while more is queued, flush when caught up.
-                if rx.is_empty() {
+    let Some((id, rx, upto)) = hub.register(&stream) else {
+        return;
+    };
+    log::debug!(target: "diffad::supervisor", "client {id} {peer} connected after seq {upto}");
+    let Ok(write_half) = stream.try_clone() else {
+        hub.remove(id);
+        return;
+    };
+    let mut out = std::io::BufWriter::new(write_half);
+    let mut ok = writeln!(
+        out,
+        "{}",
+        notice(&Notice::Hello {
+            protocol: PROTOCOL,
+            line: &hub.line,
+            run: &hub.run,
+            seq: upto,
+            buffer: hub.ring_cap,
+        })
+    )
+    .is_ok()
+        && out.flush().is_ok();
+    let mut requests = Requests {
+        buf: Vec::with_capacity(MAX_REQUEST),
+    };
+    let hello_at = Instant::now();
+    let mut resumed = false;
+    let mut live_sent = false;
+    let mut open = true;
+    while ok && open {
+        match requests.poll(&mut stream) {
+            Polled::Lines(lines) => {
+                for line in lines.iter().filter(|l| !l.is_empty()) {
+                    ok &= answer(hub, id, &mut out, line, upto, &mut resumed, live_sent);
+                }
+                if !lines.is_empty() {
                     ok &= out.flush().is_ok();
                 }
             }
-            Err(_) => break,
+            // The client closed its side: it is gone.
+            Polled::Eof => break,
+            Polled::TooLong => {
+                hub.stats.oversized_requests.fetch_add(1, Ordering::Relaxed);
+                log::warn!(target: "diffad::supervisor", "client {id} {peer}: request line over {MAX_REQUEST} bytes: disconnected");
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    notice(&Notice::Error {
+                        run: &hub.run,
+                        message: "request line too long (over 256 bytes): disconnected",
+                    })
+                );
+                break;
+            }
+        }
+        // A resume that comes soon after the hello keeps the stream in order.
+        if !resumed && !live_sent && hello_at.elapsed() < RESUME_WAIT {
+            std::thread::sleep(POLL.min(RESUME_WAIT.saturating_sub(hello_at.elapsed())));
+            continue;
+        }
+        match rx.recv_timeout(POLL) {
+            Ok(rec) => {
+                live_sent = true;
+                ok &= writeln!(out, "{}", rec.json).is_ok();
+                // Batch writes while more is queued, flush when caught up.
+                while ok {
+                    match rx.try_recv() {
+                        Ok(rec) => ok &= writeln!(out, "{}", rec.json).is_ok(),
+                        Err(_) => break,
+                    }
+                }
+                ok &= out.flush().is_ok();
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            // The line closed (or dropped this client): what was queued has been written.
+            Err(RecvTimeoutError::Disconnected) => open = false,
         }
     }
     let _ = out.flush();
     drop(out);
     hub.remove(id);
     let _ = stream.shutdown(std::net::Shutdown::Both);
-    if let Ok(s) = reader_stream {
-        let _ = s.shutdown(std::net::Shutdown::Both);
+}
+
+/// Answer one request line; false when the socket failed.
+fn answer(
+    hub: &Hub,
+    id: u64,
+    out: &mut impl Write,
+    line: &str,
+    upto: u64,
+    resumed: &mut bool,
+    live_sent: bool,
+) -> bool {
+    let (run, seq) = match parse_request(line) {
+        Ok(Request::Resume { run, seq }) if !*resumed => (run, seq),
+        Ok(Request::Resume { .. }) => {
+            hub.stats.ignored_lines.fetch_add(1, Ordering::Relaxed);
+            return writeln!(
+                out,
+                "{}",
+                notice(&Notice::Error {
+                    run: &hub.run,
+                    message:
+                        "resume already answered on this connection: reconnect to resume again",
+                })
+            )
+            .is_ok();
+        }
+        Err(message) => {
+            hub.stats.ignored_lines.fetch_add(1, Ordering::Relaxed);
+            return writeln!(
+                out,
+                "{}",
+                notice(&Notice::Error {
+                    run: &hub.run,
+                    message
+                })
+            )
+            .is_ok();
+        }
+    };
+    *resumed = true;
+    hub.stats.resumes.fetch_add(1, Ordering::Relaxed);
+    let mut ok = true;
+    let mut after = seq;
+    if run != *hub.run {
+        ok &= writeln!(
+            out,
+            "{}",
+            notice(&Notice::Restarted {
+                run: &hub.run,
+                previous_run: &run,
+                resume: seq,
+                message: "the line restarted since: this run's events follow from its start",
+            })
+        )
+        .is_ok();
+        after = 0;
+    } else if after > upto {
+        ok &= writeln!(
+            out,
+            "{}",
+            notice(&Notice::Error {
+                run: &hub.run,
+                message: "resume seq is ahead of this run's last event: nothing to resend",
+            })
+        )
+        .is_ok();
+        after = upto;
     }
-    if let Ok(h) = ignored {
-        let _ = h.join();
+    let Backfill { records, lost } = hub.backfill(after, upto);
+    if let Some((from, to)) = lost {
+        let n = to - from + 1;
+        hub.stats.resume_lost.fetch_add(n, Ordering::Relaxed);
+        log::warn!(target: "diffad::supervisor", "client {id} resumed after seq {after}: {n} events had left the buffer");
+        ok &= writeln!(
+            out,
+            "{}",
+            notice(&Notice::Lost {
+                run: &hub.run,
+                from_seq: from,
+                to_seq: to,
+                count: n,
+            })
+        )
+        .is_ok();
     }
+    ok &= writeln!(
+        out,
+        "{}",
+        notice(&Notice::Resumed {
+            run: &hub.run,
+            from_seq: records.first().map_or(upto + 1, |r| r.seq),
+            to_seq: records.last().map_or(upto, |r| r.seq),
+            count: records.len(),
+            late: live_sent,
+        })
+    )
+    .is_ok();
+    for rec in records {
+        if !ok {
+            break;
+        }
+        ok &= writeln!(out, "{}", rec.json).is_ok();
+    }
+    ok && out.flush().is_ok()
 }
 
 #[cfg(test)]
@@ -380,11 +658,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resume_requests_parse() {
-        assert_eq!(parse_resume("resume 42"), Some(42));
-        assert_eq!(parse_resume("resume  7 "), Some(7));
-        assert_eq!(parse_resume("resume"), None);
-        assert_eq!(parse_resume("reject 1"), None);
-        assert_eq!(parse_resume("resume x"), None);
+    fn requests_parse_or_say_what_is_wrong() {
+        assert_eq!(
+            parse_request("resume r1 42"),
+            Ok(Request::Resume {
+                run: "r1".into(),
+                seq: 42
+            })
+        );
+        assert_eq!(
+            parse_request(" resume  r1  7 "),
+            Ok(Request::Resume {
+                run: "r1".into(),
+                seq: 7
+            })
+        );
+        assert!(parse_request("resume 7").unwrap_err().contains("run"));
+        assert!(parse_request("resume r1 x").unwrap_err().contains("number"));
+        assert!(parse_request("reject 1").unwrap_err().contains("read-only"));
+        assert!(parse_request("resume").is_err());
     }
 }
