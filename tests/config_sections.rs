@@ -32,7 +32,11 @@ fn bad_values_name_their_key() {
         ("[supervisor]\nlisten = \"localhost\"", "supervisor.listen"),
         ("[supervisor]\nlog_level = \"loud\"", "supervisor.log_level"),
         ("[mqtt]\nurl = \"http://broker\"", "mqtt.url"),
-        ("[mqtt]\nurl = \"mqtts://broker:8883\"", "mqtt.url"),
+        (
+            "[mqtt]\nurl = \"mqtt://broker\"\nca_file = \"ca.pem\"",
+            "mqtt.ca_file",
+        ),
+        ("[supervisor]\nmax_clients = 0", "supervisor.max_clients"),
         ("[mqtt]\npassword = \"x\"", "mqtt.username"),
         ("[mqtt]\noutbox = 0", "mqtt.outbox"),
         ("[archive]\nmax_mb = 0", "archive.max_mb"),

@@ -1,20 +1,24 @@
-//! MQTT publisher against a real Mosquitto broker on loopback: the broker is down when the line
-//! starts, queued messages arrive once it is up, and a broker restart loses nothing either.
+//! MQTT publisher against a real Mosquitto broker on loopback, read by `mosquitto_sub` (an
+//! independent client): the broker down at start, a broker restart, TLS with client
+//! certificates this test makes, overflow, and the broker down at shutdown.
 
-use diffad::mqtt::{connect_packet, parse_packet, Publisher};
+use diffad::mqtt::Publisher;
 use diffad::setup::MqttConfig;
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
-struct Broker(Child);
+struct Proc(Child);
 
-impl Drop for Broker {
+impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -29,13 +33,81 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_broker(port: u16) -> Broker {
+fn need(tool: &str) -> &str {
     assert!(
-        std::path::Path::new(MOSQUITTO).exists(),
-        "this test needs Mosquitto at {MOSQUITTO} (Debian package `mosquitto`)"
+        Path::new(tool).exists()
+            || Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+        "this test needs {tool} (Debian packages mosquitto, mosquitto-clients, openssl; `scripts/setup --test-deps`)"
     );
-    let child = Command::new(MOSQUITTO)
-        .args(["-p", &port.to_string()])
+    tool
+}
+
+/// TLS material made here: a CA, a broker certificate for 127.0.0.1, a client certificate.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn make() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let sh = |script: &str| {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .current_dir(d)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        need("openssl");
+        sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem");
+        for (name, ext) in [
+            ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+            ("client", "extendedKeyUsage=clientAuth"),
+        ] {
+            sh(&format!(
+                "openssl req -newkey rsa:2048 -nodes -subj /CN={name} -keyout {name}.key -out {name}.csr && \
+                 printf '%s\\n' '{ext}' > {name}.ext && \
+                 openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile {name}.ext -out {name}.pem"
+            ));
+        }
+        // A second CA whose client certificate the broker must not accept.
+        sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=rogue -keyout rogue.key -out rogue.pem");
+        // Mosquitto started as root drops to its own user, which must read these.
+        sh("chmod 755 . && chmod 644 *");
+        Self { dir }
+    }
+
+    fn path(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+}
+
+/// Start Mosquitto on `port`, plain, or TLS requiring client certificates from `pki`'s CA.
+fn broker(port: u16, pki: Option<&Pki>) -> Proc {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mosquitto.conf");
+    let mut text = format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n");
+    if let Some(p) = pki {
+        text += &format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            p.path("ca.pem").display(),
+            p.path("server.pem").display(),
+            p.path("server.key").display()
+        );
+    }
+    std::fs::write(&conf, text).unwrap();
+    let child = Command::new(need(MOSQUITTO))
+        .arg("-c")
+        .arg(&conf)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -48,81 +120,102 @@ fn start_broker(port: u16) -> Broker {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    Broker(child)
+    // The config file must outlive the broker's start only.
+    std::thread::sleep(Duration::from_millis(50));
+    Proc(child)
 }
 
-/// A QoS 1 subscriber speaking just enough MQTT 3.1.1.
+fn tls_args(pki: Option<&Pki>) -> Vec<String> {
+    pki.map_or_else(Vec::new, |p| {
+        vec![
+            "--cafile".into(),
+            p.path("ca.pem").display().to_string(),
+            "--cert".into(),
+            p.path("client.pem").display().to_string(),
+            "--key".into(),
+            p.path("client.key").display().to_string(),
+        ]
+    })
+}
+
+/// `mosquitto_sub` on `plant/#`, lines `topic payload`, ready once it received a probe.
 struct Sub {
-    s: TcpStream,
-    buf: Vec<u8>,
+    _p: Proc,
+    rx: mpsc::Receiver<String>,
 }
 
 impl Sub {
-    fn new(port: u16, filter: &str) -> Self {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.write_all(&connect_packet("diffad-test-sub", None, None))
-            .unwrap();
-        let mut ack = [0u8; 4];
-        s.read_exact(&mut ack).unwrap();
-        assert_eq!(ack[3], 0);
-        let mut body = vec![0, 1];
-        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
-        body.extend_from_slice(filter.as_bytes());
-        body.push(1);
-        let mut pkt = vec![0x82, body.len() as u8];
-        pkt.extend(body);
-        s.write_all(&pkt).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let mut me = Self { s, buf: Vec::new() };
-        // Wait for SUBACK so nothing published after this returns is missed.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            assert!(Instant::now() < deadline, "no SUBACK");
-            if me.poll().iter().any(|(k, _)| *k == 0x90) {
-                return me;
-            }
-        }
-    }
-
-    /// Read what is there: (packet type byte, topic + payload for PUBLISH).
-    fn poll(&mut self) -> Vec<(u8, (String, String))> {
-        let mut chunk = [0u8; 8192];
-        if let Ok(n) = self.s.read(&mut chunk) {
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-        let mut out = Vec::new();
-        while let Some((first, body, used)) = parse_packet(&self.buf) {
-            let kind = first & 0xF0;
-            let mut item = (String::new(), String::new());
-            if kind == 0x30 {
-                let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
-                let topic = String::from_utf8_lossy(&body[2..2 + tl]).to_string();
-                let qos = (first >> 1) & 3;
-                let mut p = 2 + tl;
-                if qos > 0 {
-                    let id = [body[p], body[p + 1]];
-                    p += 2;
-                    self.s.write_all(&[0x40, 0x02, id[0], id[1]]).unwrap();
+    fn start(port: u16, pki: Option<&Pki>) -> Self {
+        let mut child = Command::new(need("mosquitto_sub"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                "plant/#",
+                "-q",
+                "1",
+                "-v",
+            ])
+            .args(tls_args(pki))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto_sub");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
                 }
-                item = (topic, String::from_utf8_lossy(&body[p..]).to_string());
             }
-            out.push((kind, item));
-            self.buf.drain(..used);
+        });
+        let sub = Self {
+            _p: Proc(child),
+            rx,
+        };
+        // Subscribed once a probe published now comes back.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "mosquitto_sub never subscribed");
+            let _ = Command::new(need("mosquitto_pub"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-t",
+                    "plant/probe",
+                    "-m",
+                    "probe",
+                    "-q",
+                    "1",
+                ])
+                .args(tls_args(pki))
+                .output();
+            if let Ok(l) = sub.rx.recv_timeout(Duration::from_millis(200)) {
+                if l == "plant/probe probe" {
+                    break;
+                }
+            }
         }
-        out
+        sub
     }
 
-    fn collect(&mut self, want: usize, within: Duration) -> Vec<(String, String)> {
-        let deadline = Instant::now() + within;
-        let mut got = Vec::new();
-        while got.len() < want && Instant::now() < deadline {
-            got.extend(
-                self.poll()
-                    .into_iter()
-                    .filter(|(k, _)| *k == 0x30)
-                    .map(|(_, v)| v),
-            );
+    /// Payloads received on `plant/l1/...` until `want` distinct ones or `within` passes.
+    fn collect(&self, want: usize, within: Duration) -> BTreeSet<String> {
+        let mut got = BTreeSet::new();
+        let end = Instant::now() + within;
+        while got.len() < want && Instant::now() < end {
+            if let Ok(l) = self.rx.recv_timeout(Duration::from_millis(50)) {
+                if let Some((topic, payload)) = l.split_once(' ') {
+                    if topic.starts_with("plant/l1/") {
+                        got.insert(payload.to_string());
+                    }
+                }
+            }
         }
         got
     }
@@ -132,12 +225,17 @@ fn payload(i: u64) -> Arc<[u8]> {
     Arc::from(format!("{{\"seq\":{i}}}").into_bytes())
 }
 
+fn seqs(range: std::ops::RangeInclusive<u64>) -> BTreeSet<String> {
+    range.map(|i| format!("{{\"seq\":{i}}}")).collect()
+}
+
 #[test]
 fn broker_down_at_start_then_up_then_restarted_loses_nothing() {
     let port = free_port();
     let cfg = MqttConfig {
         url: format!("mqtt://127.0.0.1:{port}"),
-        reconnect_ms: 1500,
+        // Long enough for the subscriber to be ready before the publisher retries.
+        reconnect_ms: 3000,
         outbox: 100,
         ..Default::default()
     };
@@ -152,32 +250,67 @@ fn broker_down_at_start_then_up_then_restarted_loses_nothing() {
     }
     assert!(t.elapsed() < Duration::from_millis(100));
     std::thread::sleep(Duration::from_millis(100));
-    let broker = start_broker(port);
-    let mut sub = Sub::new(port, "plant/l1/#");
-    let got = sub.collect(30, Duration::from_secs(8));
-    let seqs: BTreeSet<String> = got.iter().map(|(_, p)| p.clone()).collect();
-    assert_eq!(seqs.len(), 30, "all 30 queued messages arrive: {got:?}");
-    assert!(got.iter().any(|(t, _)| t == "plant/l1/parts"));
-    assert!(got.iter().any(|(t, _)| t == "plant/l1/alarms"));
+    let b = broker(port, None);
+    let sub = Sub::start(port, None);
+    assert_eq!(sub.collect(30, Duration::from_secs(10)), seqs(1..=30));
 
     // Broker restart: messages published while it is down arrive after it comes back.
     drop(sub);
-    drop(broker);
+    drop(b);
     for i in 31..=40 {
         publisher.publish("plant/l1/parts".into(), payload(i));
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let _broker = start_broker(port);
-    let mut sub = Sub::new(port, "plant/l1/#");
-    let got = sub.collect(10, Duration::from_secs(8));
-    let seqs: BTreeSet<String> = got.iter().map(|(_, p)| p.clone()).collect();
-    for i in 31..=40 {
-        assert!(
-            seqs.contains(&format!("{{\"seq\":{i}}}")),
-            "seq {i} missing after restart: {got:?}"
-        );
+    let _b = broker(port, None);
+    let sub = Sub::start(port, None);
+    let got = sub.collect(10, Duration::from_secs(10));
+    assert_eq!(got, seqs(31..=40), "nothing lost across the restart");
+    publisher.stop(Duration::from_secs(2));
+    assert_eq!(publisher.stats().undelivered.load(Ordering::Relaxed), 0);
+    assert!(publisher.stats().connects.load(Ordering::Relaxed) >= 2);
+}
+
+#[test]
+fn mutual_tls_with_certificates_the_test_makes() {
+    let pki = Pki::make();
+    let port = free_port();
+    let _b = broker(port, Some(&pki));
+    let sub = Sub::start(port, Some(&pki));
+    let cfg = MqttConfig {
+        url: format!("mqtts://127.0.0.1:{port}"),
+        ca_file: Some(pki.path("ca.pem")),
+        cert_file: Some(pki.path("client.pem")),
+        key_file: Some(pki.path("client.key")),
+        ..Default::default()
+    };
+    let mut publisher = Publisher::start(&cfg, "l1").unwrap();
+    for i in 1..=20 {
+        publisher.publish("plant/l1/parts".into(), payload(i));
     }
-    publisher.stop(Duration::from_secs(1));
+    assert_eq!(sub.collect(20, Duration::from_secs(10)), seqs(1..=20));
+    publisher.stop(Duration::from_secs(2));
+    assert_eq!(publisher.stats().undelivered.load(Ordering::Relaxed), 0);
+
+    // A client certificate from another CA: the broker refuses, nothing arrives, all is held.
+    let rogue = MqttConfig {
+        cert_file: Some(pki.path("rogue.pem")),
+        key_file: Some(pki.path("rogue.key")),
+        reconnect_ms: 200,
+        ..cfg.clone()
+    };
+    let mut publisher = Publisher::start(&rogue, "l1").unwrap();
+    publisher.publish("plant/l1/parts".into(), payload(99));
+    assert!(sub.collect(1, Duration::from_secs(2)).is_empty());
+    publisher.stop(Duration::ZERO);
+    assert_eq!(publisher.stats().connects.load(Ordering::Relaxed), 0);
+    assert_eq!(publisher.stats().undelivered.load(Ordering::Relaxed), 1);
+
+    // A CA file that is not one is refused at start, naming the key.
+    let bad = MqttConfig {
+        ca_file: Some(pki.path("client.key")),
+        ..cfg
+    };
+    let err = Publisher::start(&bad, "l1").err().expect("refused");
+    assert_eq!(err.key, "mqtt.ca_file", "{err}");
 }
 
 #[test]
@@ -193,11 +326,47 @@ fn overflow_is_counted_not_blocking() {
         .filter(|&i| publisher.publish("plant/l1/parts".into(), payload(i)))
         .count();
     assert_eq!(accepted, 5);
-    assert_eq!(
-        publisher
-            .stats()
-            .overflow
-            .load(std::sync::atomic::Ordering::Relaxed),
-        3
+    assert_eq!(publisher.stats().overflow.load(Ordering::Relaxed), 3);
+}
+
+/// The issue's case: the broker is down when the line stops. What could not be delivered is in
+/// the summary and its JSON, not only in a log line.
+#[test]
+fn broker_down_at_shutdown_is_counted_in_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let board = dir.path().join("board.toml");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sigmoid-b4.onnx");
+    std::fs::write(
+        &board,
+        format!(
+            "[board]\nname = \"t\"\n[engine]\nmodel = \"{}\"\n[camera]\nsource = \"sim\"\n[gpio]\nsim = true\n\
+             [line]\nname = \"l1\"\npart_rate_hz = 50\nparts = 20\nrealtime_priority = 0\n\
+             [supervisor]\nlisten = \"\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n",
+            model.display()
+        ),
+    )
+    .unwrap();
+    let summary = dir.path().join("summary.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_diffad"))
+        .args(["run", "--quiet", "--config"])
+        .arg(&board)
+        .arg("--summary-json")
+        .arg(&summary)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    let undelivered = s["summary"]["mqtt_undelivered"].as_u64().unwrap();
+    // 20 parts, their rejects, heartbeats: at least one message per part.
+    assert!(undelivered >= 20, "{s}");
+    assert!(
+        text.contains(&format!("undelivered {undelivered}")),
+        "{text}"
     );
 }

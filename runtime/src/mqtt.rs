@@ -1,22 +1,29 @@
-//! MQTT publisher: parts, rejects, alarms and heartbeats to `<prefix>/<line>/<kind>`.
+//! MQTT publisher: parts, rejects, alarms and heartbeats to `<prefix>/<line>/<kind>`, QoS 1,
+//! on `rumqttc` (TLS through rustls for `mqtts://`).
 //!
-//! A small MQTT 3.1.1 client over std TCP, QoS 1. Messages stay in a bounded outbox until the
-//! broker acknowledges them, so a broker outage or restart loses nothing that fits (a message
-//! may arrive twice after a reconnect: consumers dedupe by `seq`). What does not fit is counted.
-//! Publishing never blocks the line.
+//! Messages stay in a bounded outbox of our own until the broker acknowledges them: rumqttc
+//! forgets unacknowledged messages when a broker comes back without the session (a restart
+//! without persistence), so after every reconnect this publisher sends again what was not
+//! acknowledged. A message may therefore arrive twice; consumers dedupe by `(run, seq)`. What
+//! does not fit in the outbox is counted, and so is what is still in it at shutdown. Publishing
+//! never blocks the line.
 
+use crate::config::Invalid;
 use crate::events::{Event, Record, Sink};
 use crate::setup::MqttConfig;
-use std::collections::VecDeque;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use crossbeam_channel::{Receiver, Sender};
+use rumqttc::{Client, Connection, MqttOptions, Outgoing, Packet, QoS};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const KEEP_ALIVE_S: u16 = 30;
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Messages handed to the client and not yet acknowledged.
 const WINDOW: usize = 64;
+/// Largest message either way; part events with long reasons stay far below it.
+const MAX_PACKET: usize = 1 << 20;
 
 /// Publisher counters.
 #[derive(Debug, Default)]
@@ -27,12 +34,35 @@ pub struct MqttStats {
     pub overflow: AtomicU64,
     /// Successful connections.
     pub connects: AtomicU64,
+    /// Messages still unacknowledged when the publisher stopped.
+    pub undelivered: AtomicU64,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting to be handed to the client (again, after a reconnect).
+    Unsent,
+    /// Handed to the client in this connection.
+    Handed,
+    Acked,
+}
+
+struct Message {
+    topic: String,
+    payload: Arc<[u8]>,
+    state: State,
+}
+
+/// Messages not yet acknowledged, oldest first.
 struct Outbox {
-    queue: Mutex<VecDeque<(String, Arc<[u8]>)>>,
-    cv: Condvar,
+    queue: Mutex<VecDeque<Message>>,
     cap: usize,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Message>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The MQTT publisher thread and its outbox.
@@ -40,6 +70,7 @@ pub struct Publisher {
     outbox: Arc<Outbox>,
     stats: Arc<MqttStats>,
     stop: Arc<AtomicBool>,
+    wake: Sender<()>,
     handle: Option<JoinHandle<()>>,
     topic_base: String,
 }
@@ -55,57 +86,129 @@ pub fn topic_kind(e: &Event) -> Option<&'static str> {
     }
 }
 
+/// The rustls client configuration for `mqtts://`: the CA file (else the system's roots) and,
+/// for mutual TLS, the client certificate and key.
+pub fn tls_config(cfg: &MqttConfig) -> Result<rustls::ClientConfig, Invalid> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(f) => {
+            let certs = CertificateDer::pem_file_iter(f)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| Invalid::new("mqtt.ca_file", format!("{}: {e}", f.display())))?;
+            if certs.is_empty() {
+                return Err(Invalid::new(
+                    "mqtt.ca_file",
+                    format!("{}: no PEM certificate in it", f.display()),
+                ));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| Invalid::new("mqtt.ca_file", format!("{}: {e}", f.display())))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                return Err(Invalid::new(
+                    "mqtt.ca_file",
+                    "mqtts:// without ca_file needs the system's CA certificates (Debian: ca-certificates); or give the broker's CA file",
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Invalid::new("mqtt.url", format!("TLS: {e}")))?
+        .with_root_certificates(roots);
+    match (&cfg.cert_file, &cfg.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| Invalid::new("mqtt.cert_file", format!("{}: {e}", cert.display())))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| Invalid::new("mqtt.key_file", format!("{}: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| Invalid::new("mqtt.key_file", format!("does not fit cert_file: {e}")))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
 impl Publisher {
     /// Start the publisher for line `line`; it connects (and reconnects) in the background.
-    pub fn start(cfg: &MqttConfig, line: &str) -> Result<Self, crate::config::Invalid> {
+    pub fn start(cfg: &MqttConfig, line: &str) -> Result<Self, Invalid> {
         cfg.validate()?;
-        let (_, host, port) = cfg.endpoint()?;
+        let (tls, host, port) = cfg.endpoint()?;
+        let client_id = cfg
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("diffad-{line}"));
+        let mut opts = MqttOptions::new(client_id, host.clone(), port);
+        opts.set_keep_alive(KEEP_ALIVE)
+            // The outbox, not the broker's session, is what survives a reconnect.
+            .set_clean_session(true)
+            .set_inflight(WINDOW as u16)
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET);
         let password = match (&cfg.password, &cfg.password_file) {
             (Some(p), _) => Some(p.clone()),
             (None, Some(f)) => Some(
                 std::fs::read_to_string(f)
                     .map_err(|e| {
-                        crate::config::Invalid::new(
-                            "mqtt.password_file",
-                            format!("{}: {e}", f.display()),
-                        )
+                        Invalid::new("mqtt.password_file", format!("{}: {e}", f.display()))
                     })?
                     .trim_end()
                     .to_string(),
             ),
             _ => None,
         };
-        let conn = ConnParams {
-            host,
-            port,
-            client_id: cfg
-                .client_id
-                .clone()
-                .unwrap_or_else(|| format!("diffad-{line}")),
-            username: cfg.username.clone(),
-            password,
-            reconnect: Duration::from_millis(cfg.reconnect_ms.max(10)),
-        };
+        if let Some(user) = &cfg.username {
+            opts.set_credentials(user.clone(), password.unwrap_or_default());
+        }
+        if tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(cfg)?)),
+            ));
+        }
+        let (client, connection) = Client::new(opts, WINDOW);
         let outbox = Arc::new(Outbox {
             queue: Mutex::new(VecDeque::new()),
-            cv: Condvar::new(),
             cap: cfg.outbox,
         });
         let stats = Arc::new(MqttStats::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let (wake, woken) = crossbeam_channel::bounded(1);
+        let (net_tx, net_rx) = crossbeam_channel::bounded(4 * WINDOW);
+        let reconnect = Duration::from_millis(cfg.reconnect_ms.max(10));
+        let endpoint = format!("{host}:{port}");
+        let spawn_err =
+            |e: std::io::Error| Invalid::new("mqtt", format!("cannot start thread: {e}"));
+        {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("mqtt-net".into())
+                .spawn(move || network(connection, net_tx, stop, reconnect))
+                .map_err(spawn_err)?;
+        }
         let handle = {
             let (o, s, st) = (outbox.clone(), stats.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("mqtt".into())
-                .spawn(move || run(conn, o, s, st))
-                .map_err(|e| {
-                    crate::config::Invalid::new("mqtt", format!("cannot start thread: {e}"))
-                })?
+                .spawn(move || publish_loop(client, net_rx, woken, o, s, st, endpoint))
+                .map_err(spawn_err)?
         };
         Ok(Self {
             outbox,
             stats,
             stop,
+            wake,
             handle: Some(handle),
             topic_base: format!("{}/{}", cfg.prefix.trim_end_matches('/'), line),
         })
@@ -113,13 +216,19 @@ impl Publisher {
 
     /// Queue a message; returns false (and counts it) when the outbox is full.
     pub fn publish(&self, topic: String, payload: Arc<[u8]>) -> bool {
-        let mut q = self.outbox.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() >= self.outbox.cap {
-            self.stats.overflow.fetch_add(1, Ordering::Relaxed);
-            return false;
+        {
+            let mut q = self.outbox.lock();
+            if q.len() >= self.outbox.cap {
+                self.stats.overflow.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            q.push_back(Message {
+                topic,
+                payload,
+                state: State::Unsent,
+            });
         }
-        q.push_back((topic, payload));
-        self.outbox.cv.notify_all();
+        let _ = self.wake.try_send(());
         true
     }
 
@@ -130,11 +239,7 @@ impl Publisher {
 
     /// Messages not yet acknowledged.
     pub fn queued(&self) -> usize {
-        self.outbox
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.outbox.lock().len()
     }
 
     /// A sink for the event bus that publishes through this publisher.
@@ -142,18 +247,25 @@ impl Publisher {
         Box::new(MqttSink(self.clone()))
     }
 
-    /// Wait up to `grace` for the outbox to drain, then disconnect.
+    /// Wait up to `grace` for the outbox to drain, then disconnect; what is left is counted in
+    /// `undelivered`.
     pub fn stop(&mut self, grace: Duration) {
+        if self.handle.is_none() {
+            return;
+        }
         let end = Instant::now() + grace;
         while self.queued() > 0 && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let left = self.queued();
+        let left = self.queued() as u64;
+        self.stats.undelivered.store(left, Ordering::Relaxed);
         if left > 0 {
-            log::warn!("mqtt: {left} messages not delivered at shutdown");
+            log::warn!(
+                "mqtt: {left} messages not delivered at shutdown (counted as mqtt undelivered)"
+            );
         }
         self.stop.store(true, Ordering::Relaxed);
-        self.outbox.cv.notify_all();
+        let _ = self.wake.try_send(());
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -179,218 +291,136 @@ impl Sink for MqttSink {
     }
 }
 
-struct ConnParams {
-    host: String,
-    port: u16,
-    client_id: String,
-    username: Option<String>,
-    password: Option<String>,
-    reconnect: Duration,
+/// What the network thread reports.
+enum Net {
+    Connected,
+    Sent(u16),
+    Acked(u16),
+    Down(String),
 }
 
-fn run(p: ConnParams, outbox: Arc<Outbox>, stats: Arc<MqttStats>, stop: Arc<AtomicBool>) {
-    let mut pkid: u16 = 0;
-    // Warn once per outage, not once per retry.
-    let mut warned_after: Option<u64> = None;
-    while !stop.load(Ordering::Relaxed) {
-        if let Err(e) = session(&p, &outbox, &stats, &stop, &mut pkid) {
-            let connects = stats.connects.load(Ordering::Relaxed);
-            if warned_after != Some(connects) {
-                log::warn!(
-                    "mqtt {}:{}: {e}; retrying every {:?}, {} messages held",
-                    p.host,
-                    p.port,
-                    p.reconnect,
-                    outbox.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
-                );
-                warned_after = Some(connects);
-            }
-        }
-        let q = outbox.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = outbox
-            .cv
-            .wait_timeout_while(q, p.reconnect, |_| !stop.load(Ordering::Relaxed));
-    }
-}
-
-fn session(
-    p: &ConnParams,
-    outbox: &Outbox,
-    stats: &MqttStats,
-    stop: &AtomicBool,
-    pkid: &mut u16,
-) -> std::io::Result<()> {
-    let addr = (p.host.as_str(), p.port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_nodelay(true)?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(&connect_packet(
-        &p.client_id,
-        p.username.as_deref(),
-        p.password.as_deref(),
-    ))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut ack = [0u8; 4];
-    s.read_exact(&mut ack)?;
-    if ack[0] != 0x20 || ack[3] != 0 {
-        return Err(std::io::Error::other(format!(
-            "broker refused connection (CONNACK code {})",
-            ack[3]
-        )));
-    }
-    stats.connects.fetch_add(1, Ordering::Relaxed);
-    log::info!("mqtt connected to {}:{}", p.host, p.port);
-    s.set_read_timeout(Some(Duration::from_millis(20)))?;
-    // In-flight packet ids, in send order; they match the outbox's first entries.
-    let mut inflight: VecDeque<u16> = VecDeque::new();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut last_sent = Instant::now();
-    loop {
+/// Drives rumqttc's event loop: it connects, writes, reads and reconnects; this thread only
+/// reports what happened, and waits `reconnect` after each failure.
+fn network(mut conn: Connection, tx: Sender<Net>, stop: Arc<AtomicBool>, reconnect: Duration) {
+    for ev in conn.iter() {
         if stop.load(Ordering::Relaxed) {
-            let _ = s.write_all(&[0xE0, 0x00]);
-            return Ok(());
+            break;
         }
-        let to_send: Vec<(String, Arc<[u8]>)> = {
-            let q = outbox.queue.lock().unwrap_or_else(|e| e.into_inner());
-            q.iter()
-                .skip(inflight.len())
-                .take(WINDOW.saturating_sub(inflight.len()))
-                .cloned()
-                .collect()
+        let msg = match ev {
+            Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => Net::Connected,
+            Ok(rumqttc::Event::Outgoing(Outgoing::Publish(pkid))) => Net::Sent(pkid),
+            Ok(rumqttc::Event::Incoming(Packet::PubAck(a))) => Net::Acked(a.pkid),
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = tx.send(Net::Down(e.to_string()));
+                let end = Instant::now() + reconnect;
+                while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
         };
-        for (topic, payload) in to_send {
-            *pkid = if *pkid == u16::MAX { 1 } else { *pkid + 1 };
-            s.write_all(&publish_packet(&topic, *pkid, &payload))?;
-            inflight.push_back(*pkid);
-            last_sent = Instant::now();
+        if tx.send(msg).is_err() {
+            break;
         }
-        if last_sent.elapsed() > Duration::from_secs(KEEP_ALIVE_S as u64 / 2) {
-            s.write_all(&[0xC0, 0x00])?;
-            last_sent = Instant::now();
-        }
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk) {
-            Ok(0) => return Err(std::io::Error::other("broker closed the connection")),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => return Err(e),
-        }
-        while let Some((kind, body, used)) = parse_packet(&buf) {
-            if kind >> 4 == 4 && body.len() >= 2 {
-                let id = u16::from_be_bytes([body[0], body[1]]);
-                // QoS 1 acks come in publish order; anything else is a protocol surprise we skip.
-                if let Some(pos) = inflight.iter().position(|&x| x == id) {
-                    let mut q = outbox.queue.lock().unwrap_or_else(|e| e.into_inner());
-                    for _ in 0..=pos {
-                        inflight.pop_front();
-                        q.pop_front();
+    }
+}
+
+/// Hands outbox messages to the client within the window and retires them as acks come.
+#[allow(clippy::too_many_arguments)]
+fn publish_loop(
+    client: Client,
+    net: Receiver<Net>,
+    woken: Receiver<()>,
+    outbox: Arc<Outbox>,
+    stats: Arc<MqttStats>,
+    stop: Arc<AtomicBool>,
+    endpoint: String,
+) {
+    let mut connected = false;
+    // Messages are numbered for good: the front of the outbox is number `retired`.
+    let mut retired: u64 = 0;
+    // Handed messages waiting for their packet id, in the order handed (rumqttc keeps it).
+    let mut awaiting_id: VecDeque<u64> = VecDeque::new();
+    let mut inflight: HashMap<u16, u64> = HashMap::new();
+    let mut outage_warned = false;
+    while !stop.load(Ordering::Relaxed) {
+        if connected {
+            let mut q = outbox.lock();
+            let handed = q.iter().filter(|m| m.state == State::Handed).count();
+            let mut room = WINDOW.saturating_sub(handed);
+            for (i, m) in q
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, m)| m.state == State::Unsent)
+            {
+                if room == 0 {
+                    break;
+                }
+                match client.try_publish(
+                    m.topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    m.payload.to_vec(),
+                ) {
+                    Ok(()) => {
+                        m.state = State::Handed;
+                        awaiting_id.push_back(retired + i as u64);
+                        room -= 1;
                     }
-                    stats.acked.fetch_add(pos as u64 + 1, Ordering::Relaxed);
+                    Err(_) => break,
                 }
             }
-            buf.drain(..used);
+        }
+        crossbeam_channel::select! {
+            recv(net) -> ev => match ev {
+                Ok(Net::Connected) => {
+                    connected = true;
+                    outage_warned = false;
+                    stats.connects.fetch_add(1, Ordering::Relaxed);
+                    log::info!("mqtt connected to {endpoint}");
+                }
+                Ok(Net::Sent(pkid)) => {
+                    if let Some(n) = awaiting_id.pop_front() {
+                        inflight.insert(pkid, n);
+                    }
+                }
+                Ok(Net::Acked(pkid)) => {
+                    if let Some(n) = inflight.remove(&pkid) {
+                        let mut q = outbox.lock();
+                        if let Some(m) = q.get_mut((n - retired) as usize) {
+                            m.state = State::Acked;
+                            stats.acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        while q.front().is_some_and(|m| m.state == State::Acked) {
+                            q.pop_front();
+                            retired += 1;
+                        }
+                    }
+                }
+                Ok(Net::Down(e)) => {
+                    if connected || !outage_warned {
+                        log::warn!(
+                            "mqtt {endpoint}: {e}; reconnecting, {} messages held",
+                            outbox.lock().len()
+                        );
+                        outage_warned = true;
+                    }
+                    connected = false;
+                    // rumqttc drops what it had in flight with a clean session: send it again.
+                    for m in outbox.lock().iter_mut().filter(|m| m.state == State::Handed) {
+                        m.state = State::Unsent;
+                    }
+                    inflight.clear();
+                    awaiting_id.clear();
+                }
+                Err(_) => break,
+            },
+            recv(woken) -> _ => {}
+            default(Duration::from_millis(200)) => {}
         }
     }
-}
-
-fn put_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-fn with_header(first: u8, body: Vec<u8>) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend(body);
-    out
-}
-
-/// An MQTT 3.1.1 CONNECT with a clean session.
-pub fn connect_packet(client_id: &str, user: Option<&str>, pass: Option<&str>) -> Vec<u8> {
-    let mut b = Vec::new();
-    put_str(&mut b, b"MQTT");
-    b.push(4);
-    let mut flags = 0x02;
-    if user.is_some() {
-        flags |= 0x80;
-    }
-    if pass.is_some() {
-        flags |= 0x40;
-    }
-    b.push(flags);
-    b.extend_from_slice(&KEEP_ALIVE_S.to_be_bytes());
-    put_str(&mut b, client_id.as_bytes());
-    if let Some(u) = user {
-        put_str(&mut b, u.as_bytes());
-    }
-    if let Some(p) = pass {
-        put_str(&mut b, p.as_bytes());
-    }
-    with_header(0x10, b)
-}
-
-/// A QoS 1 PUBLISH.
-pub fn publish_packet(topic: &str, id: u16, payload: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(topic.len() + payload.len() + 4);
-    put_str(&mut b, topic.as_bytes());
-    b.extend_from_slice(&id.to_be_bytes());
-    b.extend_from_slice(payload);
-    with_header(0x32, b)
-}
-
-/// Split one whole packet off `buf`: (first byte, body, bytes used).
-pub fn parse_packet(buf: &[u8]) -> Option<(u8, &[u8], usize)> {
-    let first = *buf.first()?;
-    let (mut len, mut mult, mut i) = (0usize, 1usize, 1usize);
-    loop {
-        let b = *buf.get(i)?;
-        len += (b & 0x7F) as usize * mult;
-        mult *= 128;
-        i += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-        if i > 4 {
-            return None;
-        }
-    }
-    let end = i + len;
-    (buf.len() >= end).then(|| (first, &buf[i..end], end))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packets_encode_and_parse() {
-        let p = publish_packet("a/b", 7, &[1u8; 200]);
-        let (first, body, used) = parse_packet(&p).unwrap();
-        assert_eq!((first, used), (0x32, p.len()));
-        assert_eq!(&body[..5], &[0, 3, b'a', b'/', b'b']);
-        assert_eq!(&body[5..7], &[0, 7]);
-        assert!(parse_packet(&p[..p.len() - 1]).is_none());
-        let c = connect_packet("id", Some("u"), Some("p"));
-        assert_eq!(c[0], 0x10);
-        assert_eq!(c[1] as usize, c.len() - 2);
-        assert_eq!(c[2 + 7], 0x02 | 0x80 | 0x40);
+    if connected {
+        let _ = client.try_disconnect();
     }
 }

@@ -201,6 +201,8 @@ pub struct Summary {
     pub supervisor_refused: u64,
     /// MQTT messages that did not fit in the outbox.
     pub mqtt_overflow: u64,
+    /// MQTT messages the broker had not acknowledged at shutdown (e.g. it was down).
+    pub mqtt_undelivered: u64,
     /// Rejected parts not archived (queue full).
     pub archive_dropped: u64,
     /// Archive writer totals.
@@ -252,7 +254,7 @@ impl fmt::Display for Summary {
         )?;
         write!(
             f,
-            "run {}  events delivered {}  dropped {}  frames dropped {}  camera errors {}  photo-eye edges lost {}  supervisor clients dropped {} refused {}  mqtt overflow {}  archive dropped {}",
+            "run {}  events delivered {}  dropped {}  frames dropped {}  camera errors {}  photo-eye edges lost {}  supervisor clients dropped {} refused {}  mqtt overflow {} undelivered {}  archive dropped {}",
             self.run,
             self.events_delivered,
             self.events_dropped,
@@ -262,6 +264,7 @@ impl fmt::Display for Summary {
             self.supervisor_clients_dropped,
             self.supervisor_refused,
             self.mqtt_overflow,
+            self.mqtt_undelivered,
             self.archive_dropped
         )
     }
@@ -637,15 +640,22 @@ pub fn run(
     if let Some(s) = supervisor.as_mut() {
         s.stop(Duration::from_millis(500));
     }
-    let mqtt_overflow = match mqtt {
-        Some(m) => {
-            let overflow = m.stats().overflow.load(Ordering::Relaxed);
-            if let Ok(mut p) = Arc::try_unwrap(m) {
+    let (mqtt_overflow, mqtt_undelivered) = match mqtt {
+        Some(m) => match Arc::try_unwrap(m) {
+            Ok(mut p) => {
                 p.stop(Duration::from_secs(2));
+                (
+                    p.stats().overflow.load(Ordering::Relaxed),
+                    p.stats().undelivered.load(Ordering::Relaxed),
+                )
             }
-            overflow
-        }
-        None => 0,
+            // Unreachable once the bus has closed; count everything held as undelivered.
+            Err(m) => (
+                m.stats().overflow.load(Ordering::Relaxed),
+                m.queued() as u64,
+            ),
+        },
+        None => (0, 0),
     };
     let archive_stats = archive.map(|a| a.finish()).unwrap_or_default();
     let (counters, stats): (Counters, RejectStats) = result?;
@@ -686,6 +696,7 @@ pub fn run(
             .as_ref()
             .map_or(0, |s| s.stats().refused.load(Ordering::Relaxed)),
         mqtt_overflow,
+        mqtt_undelivered,
         archive_dropped: stats.archive_dropped,
         archive: archive_stats,
         pin_errors: stats.pin_errors + shared.pin_errors.load(Ordering::Relaxed),

@@ -743,7 +743,8 @@ impl SupervisorConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// `mqtt://host:port` (`mqtts://` is refused until TLS lands; bridge through a local broker).
+    /// `mqtt://host:port`, or `mqtts://host:port` for TLS (rustls; the broker's CA from `ca_file`,
+    /// else the system's roots).
     pub url: String,
     /// Topic prefix: topics are `<prefix>/<line>/{parts,rejects,alarms,heartbeat}`.
     pub prefix: String,
@@ -759,7 +760,7 @@ pub struct MqttConfig {
     pub password: Option<String>,
     /// File holding the password.
     pub password_file: Option<PathBuf>,
-    /// CA bundle (PEM) for TLS.
+    /// CA bundle (PEM) that signed the broker's certificate (mqtts://).
     pub ca_file: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS.
     pub cert_file: Option<PathBuf>,
@@ -816,12 +817,6 @@ impl MqttConfig {
     /// Check URL, sizes and the TLS/credential combination.
     pub fn validate(&self) -> Result<(), Invalid> {
         let (tls, _, _) = self.endpoint()?;
-        if tls {
-            return Err(Invalid::new(
-                "mqtt.url",
-                "mqtts:// is not supported yet: publish to a local broker that bridges over TLS",
-            ));
-        }
         if !tls && (self.ca_file.is_some() || self.cert_file.is_some()) {
             return Err(Invalid::new(
                 "mqtt.ca_file",
