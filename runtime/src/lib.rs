@@ -33,4 +33,5 @@ pub mod tally;
 pub mod testkit;
 pub mod tiling;
 pub mod triage;
+pub mod watch;
 pub mod watchdog;

@@ -132,6 +132,19 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Follow one or more lines' supervisor streams: a live table per line (parts/s, passes,
+    /// rejects, fail-safe rejects, alarms, latency, heartbeat), resuming after every disconnect.
+    Watch {
+        /// Stream addresses, HOST:PORT (the boards' `supervisor.listen`).
+        #[arg(required = true)]
+        addrs: Vec<String>,
+        /// Print every event and notice as one JSON line instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Start with everything the lines still hold, not only what comes next.
+        #[arg(long)]
+        from_start: bool,
+    },
     /// Check this device for a board file: ONNX Runtime and providers, model self-test, GPIO,
     /// camera, ports, archive, systemd unit, clock. Exits 1 when something the board needs fails.
     Doctor {
@@ -205,6 +218,23 @@ fn run(args: Args) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Watch {
+            addrs,
+            json,
+            from_start,
+        } => {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())?;
+            }
+            let rx = diffad::watch::start(&addrs, from_start, stop.clone())?;
+            if json {
+                diffad::watch::run_json(&rx, &mut std::io::stdout().lock(), &stop)?;
+            } else {
+                diffad::watch::run_tui(&rx, &addrs, &stop)?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { model } => cli::inspect(&model).map(|()| ExitCode::SUCCESS),
         Command::Run {

@@ -50,6 +50,7 @@ enum State {
 struct Message {
     topic: String,
     payload: Arc<[u8]>,
+    retain: bool,
     state: State,
 }
 
@@ -73,6 +74,7 @@ pub struct Publisher {
     wake: Sender<()>,
     handle: Option<JoinHandle<()>>,
     topic_base: String,
+    run: String,
 }
 
 /// Topic suffix for an event, `None` for events not published.
@@ -142,9 +144,20 @@ pub fn tls_config(cfg: &MqttConfig) -> Result<rustls::ClientConfig, Invalid> {
     }
 }
 
+/// The retained `<prefix>/<line>/state` payload: whether the line is up and ready, for which run.
+pub fn state_payload(online: bool, ready: bool, run: &str) -> Arc<[u8]> {
+    Arc::from(
+        serde_json::json!({"online": online, "ready": ready, "run": run})
+            .to_string()
+            .into_bytes(),
+    )
+}
+
 impl Publisher {
-    /// Start the publisher for line `line`; it connects (and reconnects) in the background.
-    pub fn start(cfg: &MqttConfig, line: &str) -> Result<Self, Invalid> {
+    /// Start the publisher for run `run` of line `line`; it connects (and reconnects) in the
+    /// background. The broker holds `<prefix>/<line>/state` retained, and publishes it as
+    /// offline (the last will) if the connection dies without a goodbye.
+    pub fn start(cfg: &MqttConfig, line: &str, run: &str) -> Result<Self, Invalid> {
         cfg.validate()?;
         let (tls, host, port) = cfg.endpoint()?;
         let client_id = cfg
@@ -157,6 +170,13 @@ impl Publisher {
             .set_clean_session(true)
             .set_inflight(WINDOW as u16)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        let topic_base = format!("{}/{}", cfg.prefix.trim_end_matches('/'), line);
+        opts.set_last_will(rumqttc::LastWill::new(
+            format!("{topic_base}/state"),
+            state_payload(false, false, run).to_vec(),
+            QoS::AtLeastOnce,
+            true,
+        ));
         let password = match (&cfg.password, &cfg.password_file) {
             (Some(p), _) => Some(p.clone()),
             (None, Some(f)) => Some(
@@ -210,12 +230,26 @@ impl Publisher {
             stop,
             wake,
             handle: Some(handle),
-            topic_base: format!("{}/{}", cfg.prefix.trim_end_matches('/'), line),
+            topic_base,
+            run: run.to_string(),
         })
     }
 
     /// Queue a message; returns false (and counts it) when the outbox is full.
     pub fn publish(&self, topic: String, payload: Arc<[u8]>) -> bool {
+        self.enqueue(topic, payload, false)
+    }
+
+    /// Queue the retained state of the line.
+    fn publish_state(&self, online: bool, ready: bool) -> bool {
+        self.enqueue(
+            format!("{}/state", self.topic_base),
+            state_payload(online, ready, &self.run),
+            true,
+        )
+    }
+
+    fn enqueue(&self, topic: String, payload: Arc<[u8]>, retain: bool) -> bool {
         {
             let mut q = self.outbox.lock();
             if q.len() >= self.outbox.cap {
@@ -225,6 +259,7 @@ impl Publisher {
             q.push_back(Message {
                 topic,
                 payload,
+                retain,
                 state: State::Unsent,
             });
         }
@@ -244,7 +279,10 @@ impl Publisher {
 
     /// A sink for the event bus that publishes through this publisher.
     pub fn sink(self: &Arc<Self>) -> Box<dyn Sink> {
-        Box::new(MqttSink(self.clone()))
+        Box::new(MqttSink {
+            publisher: self.clone(),
+            ready: None,
+        })
     }
 
     /// Wait up to `grace` for the outbox to drain, then disconnect; what is left is counted in
@@ -253,6 +291,8 @@ impl Publisher {
         if self.handle.is_none() {
             return;
         }
+        // A goodbye replaces the last will: the line stopped on purpose.
+        self.publish_state(false, false);
         let end = Instant::now() + grace;
         while self.queued() > 0 && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(10));
@@ -278,15 +318,25 @@ impl Drop for Publisher {
     }
 }
 
-struct MqttSink(Arc<Publisher>);
+struct MqttSink {
+    publisher: Arc<Publisher>,
+    /// The `ready` last published in the retained state.
+    ready: Option<bool>,
+}
 
 impl Sink for MqttSink {
     fn deliver(&mut self, rec: &Arc<Record>) {
+        let p = &self.publisher;
         if let Some(kind) = topic_kind(&rec.event) {
-            self.0.publish(
-                format!("{}/{kind}", self.0.topic_base),
+            p.publish(
+                format!("{}/{kind}", p.topic_base),
                 Arc::from(rec.json.as_bytes()),
             );
+        }
+        if let Event::Heartbeat(h) = &rec.event {
+            if self.ready != Some(h.ready) && p.publish_state(true, h.ready) {
+                self.ready = Some(h.ready);
+            }
         }
     }
 }
@@ -360,7 +410,7 @@ fn publish_loop(
                 match client.try_publish(
                     m.topic.clone(),
                     QoS::AtLeastOnce,
-                    false,
+                    m.retain,
                     m.payload.to_vec(),
                 ) {
                     Ok(()) => {

@@ -403,7 +403,7 @@ pub fn run(
         ),
     };
     let mqtt = match &setup.mqtt {
-        Some(m) => Some(Arc::new(Publisher::start(m, &line.name)?)),
+        Some(m) => Some(Arc::new(Publisher::start(m, &line.name, &run_id)?)),
         None => None,
     };
     let archive = match &setup.archive {
