@@ -37,6 +37,11 @@ fn bad_values_name_their_key() {
             "mqtt.ca_file",
         ),
         ("[supervisor]\nmax_clients = 0", "supervisor.max_clients"),
+        (
+            "[supervisor]\nlisten = \"0.0.0.0:7878\"",
+            "supervisor.expose",
+        ),
+        ("[supervisor.tls]\ncert_file = \"c.pem\"", "supervisor.tls"),
         ("[mqtt]\npassword = \"x\"", "mqtt.username"),
         ("[mqtt]\noutbox = 0", "mqtt.outbox"),
         ("[archive]\nmax_mb = 0", "archive.max_mb"),
@@ -101,6 +106,7 @@ fn a_full_board_section_set_parses() {
         threshold = 0.42
         [supervisor]
         listen = "0.0.0.0:7878"
+        expose = true
         log_level = "info"
         [mqtt]
         url = "mqtt://10.0.0.2:1883"

@@ -2,13 +2,17 @@
 //! independent client): the broker down at start, a broker restart, TLS with client
 //! certificates this test makes, overflow, and the broker down at shutdown.
 
+#[path = "common/pki.rs"]
+mod pki;
+
 use diffad::mqtt::Publisher;
 use diffad::setup::MqttConfig;
+use pki::Pki;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -44,52 +48,6 @@ fn need(tool: &str) -> &str {
         "this test needs {tool} (Debian packages mosquitto, mosquitto-clients, openssl; `scripts/setup --test-deps`)"
     );
     tool
-}
-
-/// TLS material made here: a CA, a broker certificate for 127.0.0.1, a client certificate.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn make() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let sh = |script: &str| {
-            let out = Command::new("sh")
-                .arg("-c")
-                .arg(script)
-                .current_dir(d)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{script}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        need("openssl");
-        sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem");
-        for (name, ext) in [
-            ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-            ("client", "extendedKeyUsage=clientAuth"),
-        ] {
-            sh(&format!(
-                "openssl req -newkey rsa:2048 -nodes -subj /CN={name} -keyout {name}.key -out {name}.csr && \
-                 printf '%s\\n' '{ext}' > {name}.ext && \
-                 openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile {name}.ext -out {name}.pem"
-            ));
-        }
-        // A second CA whose client certificate the broker must not accept.
-        sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=rogue -keyout rogue.key -out rogue.pem");
-        // Mosquitto started as root drops to its own user, which must read these.
-        sh("chmod 755 . && chmod 644 *");
-        Self { dir }
-    }
-
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.path().join(f)
-    }
 }
 
 /// Start Mosquitto on `port`, plain, or TLS requiring client certificates from `pki`'s CA.

@@ -20,6 +20,7 @@ fn config(buffer: usize, client_queue: usize, max_clients: usize) -> SupervisorC
         client_queue,
         max_clients,
         log_level: "off".into(),
+        ..Default::default()
     }
 }
 

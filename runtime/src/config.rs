@@ -152,6 +152,11 @@ impl BoardConfig {
         if let Some(a) = self.setup.archive.as_mut() {
             fix(&mut a.dir);
         }
+        if let Some(t) = self.setup.supervisor.tls.as_mut() {
+            fix(&mut t.cert_file);
+            fix(&mut t.key_file);
+            fix(&mut t.client_ca_file);
+        }
     }
 }
 
@@ -162,6 +167,14 @@ enum Want {
     Folder,
     /// A file or a device node.
     Exists,
+    /// A file with a secret (key, password): others may not read it.
+    Secret,
+}
+
+/// Whether others (not owner, not group) may read or write a file.
+fn secret_exposed(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    m.permissions().mode() & 0o006 != 0
 }
 
 /// `Some(problem)` when `path` (the value of `key`) is not what the config needs.
@@ -172,6 +185,18 @@ fn check_path(key: &str, path: &Path, want: Want, fix: &str) -> Option<Invalid> 
         (Err(e), _) => format!("cannot be read ({e})"),
         (Ok(m), Want::File) if m.is_dir() => "is a folder, not a file".into(),
         (Ok(m), Want::Folder) if !m.is_dir() => "is not a folder".into(),
+        (Ok(m), Want::Secret) if m.is_dir() => "is a folder, not a file".into(),
+        (Ok(m), Want::Secret) if secret_exposed(m) => {
+            use std::os::unix::fs::PermissionsExt;
+            return Some(Invalid::new(
+                key,
+                format!(
+                    "{} is readable by others (mode {:04o}): it holds a secret; `chmod 600` it (or 640 with the service's group)",
+                    path.display(),
+                    m.permissions().mode() & 0o7777
+                ),
+            ));
+        }
         _ => return None,
     };
     Some(Invalid::new(
@@ -234,20 +259,28 @@ impl BoardConfig {
             ),
         }
         if let Some(m) = &self.setup.mqtt {
-            for (key, p) in [
-                ("mqtt.password_file", &m.password_file),
-                ("mqtt.ca_file", &m.ca_file),
-                ("mqtt.cert_file", &m.cert_file),
-                ("mqtt.key_file", &m.key_file),
+            for (key, p, want) in [
+                ("mqtt.password_file", &m.password_file, Want::Secret),
+                ("mqtt.ca_file", &m.ca_file, Want::File),
+                ("mqtt.cert_file", &m.cert_file, Want::File),
+                ("mqtt.key_file", &m.key_file, Want::Secret),
             ] {
                 if let Some(p) = p {
-                    path(
-                        key,
-                        p,
-                        Want::File,
-                        &format!("create it or fix the path ({rel})"),
-                    );
+                    path(key, p, want, &format!("create it or fix the path ({rel})"));
                 }
+            }
+        }
+        if let Some(t) = &self.setup.supervisor.tls {
+            for (key, p, want) in [
+                ("supervisor.tls.cert_file", &t.cert_file, Want::File),
+                ("supervisor.tls.key_file", &t.key_file, Want::Secret),
+                (
+                    "supervisor.tls.client_ca_file",
+                    &t.client_ca_file,
+                    Want::File,
+                ),
+            ] {
+                path(key, p, want, &format!("create it or fix the path ({rel})"));
             }
         }
         if let Some(a) = &self.setup.archive {

@@ -32,6 +32,7 @@ pub mod supervisor;
 pub mod tally;
 pub mod testkit;
 pub mod tiling;
+pub mod tls;
 pub mod triage;
 pub mod watch;
 pub mod watchdog;

@@ -144,6 +144,15 @@ enum Command {
         /// Start with everything the lines still hold, not only what comes next.
         #[arg(long)]
         from_start: bool,
+        /// TLS: the CA (PEM) that signed the lines' stream certificates.
+        #[arg(long, value_name = "PEM")]
+        ca: Option<PathBuf>,
+        /// TLS: this supervisor's client certificate (PEM), signed by the lines' client CA.
+        #[arg(long, value_name = "PEM", requires = "ca", requires = "key")]
+        cert: Option<PathBuf>,
+        /// TLS: the client certificate's key (PEM).
+        #[arg(long, value_name = "PEM", requires = "cert")]
+        key: Option<PathBuf>,
     },
     /// Check this device for a board file: ONNX Runtime and providers, model self-test, GPIO,
     /// camera, ports, archive, systemd unit, clock. Exits 1 when something the board needs fails.
@@ -223,12 +232,22 @@ fn run(args: Args) -> Result<ExitCode> {
             addrs,
             json,
             from_start,
+            ca,
+            cert,
+            key,
         } => {
+            let tls = match &ca {
+                Some(ca) => Some(
+                    diffad::tls::client(ca, cert.as_deref().zip(key.as_deref()))
+                        .map_err(anyhow::Error::msg)?,
+                ),
+                None => None,
+            };
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(sig, stop.clone())?;
             }
-            let rx = diffad::watch::start(&addrs, from_start, stop.clone())?;
+            let rx = diffad::watch::start(&addrs, from_start, tls, stop.clone())?;
             if json {
                 diffad::watch::run_json(&rx, &mut std::io::stdout().lock(), &stop)?;
             } else {

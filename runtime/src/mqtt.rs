@@ -91,29 +91,11 @@ pub fn topic_kind(e: &Event) -> Option<&'static str> {
 /// The rustls client configuration for `mqtts://`: the CA file (else the system's roots) and,
 /// for mutual TLS, the client certificate and key.
 pub fn tls_config(cfg: &MqttConfig) -> Result<rustls::ClientConfig, Invalid> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    match &cfg.ca_file {
-        Some(f) => {
-            let certs = CertificateDer::pem_file_iter(f)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| Invalid::new("mqtt.ca_file", format!("{}: {e}", f.display())))?;
-            if certs.is_empty() {
-                return Err(Invalid::new(
-                    "mqtt.ca_file",
-                    format!("{}: no PEM certificate in it", f.display()),
-                ));
-            }
-            for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| Invalid::new("mqtt.ca_file", format!("{}: {e}", f.display())))?;
-            }
-        }
+    let roots = match &cfg.ca_file {
+        Some(f) => crate::tls::roots(f).map_err(|e| Invalid::new("mqtt.ca_file", e))?,
         None => {
-            let found = rustls_native_certs::load_native_certs();
-            for c in found.certs {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_native_certs::load_native_certs().certs {
                 let _ = roots.add(c);
             }
             if roots.is_empty() {
@@ -122,20 +104,17 @@ pub fn tls_config(cfg: &MqttConfig) -> Result<rustls::ClientConfig, Invalid> {
                     "mqtts:// without ca_file needs the system's CA certificates (Debian: ca-certificates); or give the broker's CA file",
                 ));
             }
+            roots
         }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Invalid::new("mqtt.url", format!("TLS: {e}")))?
         .with_root_certificates(roots);
     match (&cfg.cert_file, &cfg.key_file) {
         (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| Invalid::new("mqtt.cert_file", format!("{}: {e}", cert.display())))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| Invalid::new("mqtt.key_file", format!("{}: {e}", key.display())))?;
+            let chain = crate::tls::certs(cert).map_err(|e| Invalid::new("mqtt.cert_file", e))?;
+            let key = crate::tls::key(key).map_err(|e| Invalid::new("mqtt.key_file", e))?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| Invalid::new("mqtt.key_file", format!("does not fit cert_file: {e}")))

@@ -199,6 +199,8 @@ pub struct Summary {
     pub supervisor_clients_dropped: u64,
     /// Supervisor clients refused (`supervisor.max_clients` connected).
     pub supervisor_refused: u64,
+    /// Supervisor clients refused in the TLS handshake (no valid client certificate).
+    pub supervisor_tls_rejected: u64,
     /// MQTT messages that did not fit in the outbox.
     pub mqtt_overflow: u64,
     /// MQTT messages the broker had not acknowledged at shutdown (e.g. it was down).
@@ -254,7 +256,7 @@ impl fmt::Display for Summary {
         )?;
         write!(
             f,
-            "run {}  events delivered {}  dropped {}  frames dropped {}  camera errors {}  photo-eye edges lost {}  supervisor clients dropped {} refused {}  mqtt overflow {} undelivered {}  archive dropped {}",
+            "run {}  events delivered {}  dropped {}  frames dropped {}  camera errors {}  photo-eye edges lost {}  supervisor clients dropped {} refused {} tls-rejected {}  mqtt overflow {} undelivered {}  archive dropped {}",
             self.run,
             self.events_delivered,
             self.events_dropped,
@@ -263,6 +265,7 @@ impl fmt::Display for Summary {
             c.trigger_edges_lost,
             self.supervisor_clients_dropped,
             self.supervisor_refused,
+            self.supervisor_tls_rejected,
             self.mqtt_overflow,
             self.mqtt_undelivered,
             self.archive_dropped
@@ -695,6 +698,9 @@ pub fn run(
         supervisor_refused: supervisor
             .as_ref()
             .map_or(0, |s| s.stats().refused.load(Ordering::Relaxed)),
+        supervisor_tls_rejected: supervisor
+            .as_ref()
+            .map_or(0, |s| s.stats().tls_rejected.load(Ordering::Relaxed)),
         mqtt_overflow,
         mqtt_undelivered,
         archive_dropped: stats.archive_dropped,

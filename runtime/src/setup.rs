@@ -686,6 +686,11 @@ pub struct SupervisorConfig {
     pub client_queue: usize,
     /// Clients served at once; one more is refused with a line that says why.
     pub max_clients: usize,
+    /// Must be true for `listen` to be an address other machines can reach: the deliberate
+    /// choice to put the line's events on the plant network.
+    pub expose: bool,
+    /// TLS with client certificates: only supervisors whose certificate the CA signed may read.
+    pub tls: Option<StreamTls>,
     /// Log records at or above this level go on the stream: error, warn, info, debug, trace, off.
     pub log_level: String,
 }
@@ -697,19 +702,45 @@ impl Default for SupervisorConfig {
             buffer: 10_000,
             client_queue: 1024,
             max_clients: 16,
+            expose: false,
+            tls: None,
             log_level: "warn".into(),
         }
     }
 }
 
+/// `[supervisor.tls]`: the stream over TLS, readable only with a client certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamTls {
+    /// The stream's certificate chain (PEM), naming the address supervisors connect to.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM); refused when others may read it.
+    pub key_file: PathBuf,
+    /// The CA (PEM) that signs the supervisors' client certificates.
+    pub client_ca_file: PathBuf,
+}
+
 impl SupervisorConfig {
     /// Check the address, sizes and level.
     pub fn validate(&self) -> Result<(), Invalid> {
-        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Invalid::new(
-                "supervisor.listen",
-                "must be IP:PORT, e.g. \"127.0.0.1:7878\", or \"\"",
-            ));
+        if !self.listen.is_empty() {
+            let Ok(addr) = self.listen.parse::<std::net::SocketAddr>() else {
+                return Err(Invalid::new(
+                    "supervisor.listen",
+                    "must be IP:PORT, e.g. \"127.0.0.1:7878\", or \"\"",
+                ));
+            };
+            if !addr.ip().is_loopback() && !self.expose {
+                return Err(Invalid::new(
+                    "supervisor.expose",
+                    format!(
+                        "supervisor.listen = \"{}\" can be reached from the network: set supervisor.expose = true \
+                         to mean it (and give [supervisor.tls] to say who may read), or listen on 127.0.0.1",
+                        self.listen
+                    ),
+                ));
+            }
         }
         if self.buffer == 0 {
             return Err(Invalid::new("supervisor.buffer", "must be > 0"));

@@ -23,7 +23,6 @@ use serde::Serialize;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -60,6 +59,8 @@ pub struct SupervisorStats {
     pub ignored_lines: AtomicU64,
     /// Clients closed for a request line over [`MAX_REQUEST`] bytes.
     pub oversized_requests: AtomicU64,
+    /// TLS clients refused in the handshake (no certificate, or one the CA did not sign).
+    pub tls_rejected: AtomicU64,
 }
 
 struct Slot {
@@ -83,6 +84,8 @@ struct Hub {
     max_clients: usize,
     line: Arc<str>,
     run: Arc<str>,
+    /// TLS with client certificates, when configured.
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// Client threads running (registered or still saying hello).
     active: AtomicUsize,
     stats: SupervisorStats,
@@ -177,6 +180,10 @@ pub struct Supervisor {
 impl Supervisor {
     /// Bind `cfg.listen` and start accepting clients of run `run` of line `line`.
     pub fn start(cfg: &SupervisorConfig, line: &str, run: &str) -> std::io::Result<Self> {
+        let tls = match &cfg.tls {
+            Some(t) => Some(crate::tls::stream_server(t).map_err(std::io::Error::other)?),
+            None => None,
+        };
         let listener = TcpListener::bind(&cfg.listen)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -193,6 +200,7 @@ impl Supervisor {
             max_clients: cfg.max_clients,
             line: Arc::from(line),
             run: Arc::from(run),
+            tls,
             active: AtomicUsize::new(0),
             stats: SupervisorStats::default(),
         });
@@ -204,7 +212,14 @@ impl Supervisor {
                 .name("supervisor".into())
                 .spawn(move || accept_loop(listener, hub, stop, writers))?
         };
-        log::info!("supervisor stream on {addr} (run {run})");
+        log::info!(
+            "supervisor stream on {addr} (run {run}{})",
+            if cfg.tls.is_some() {
+                ", TLS with client certificates"
+            } else {
+                ""
+            }
+        );
         Ok(Self {
             hub,
             addr,
@@ -426,24 +441,24 @@ enum Polled {
 }
 
 impl Requests {
-    /// Read what the socket holds now, without waiting.
-    fn poll(&mut self, stream: &mut TcpStream) -> Polled {
+    /// Read what the client sent so far: the socket's short read timeout ends the wait. At most
+    /// a few KB per call, so a chatty client cannot keep its thread from the events.
+    fn poll(&mut self, conn: &mut dyn Read) -> Polled {
         let mut lines = Vec::new();
         let mut chunk = [0u8; 1024];
-        loop {
-            let mut pfd = libc::pollfd {
-                fd: stream.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, zero timeout.
-            let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
-            if ready <= 0 {
-                return Polled::Lines(lines);
-            }
-            let n = match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return Polled::Eof,
+        for _ in 0..8 {
+            let n = match conn.read(&mut chunk) {
+                Ok(0) => return Polled::Eof,
                 Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(_) => return Polled::Eof,
             };
             for &b in &chunk[..n] {
                 if b == b'\n' {
@@ -456,7 +471,37 @@ impl Requests {
                 }
             }
         }
+        Polled::Lines(lines)
     }
+}
+
+/// A client connection: plain TCP or TLS over it.
+trait Conn: Read + Write {}
+impl<T: Read + Write> Conn for T {}
+
+/// Write what `out` holds and empty it; false when the client is gone.
+fn send(conn: &mut dyn Conn, out: &mut Vec<u8>) -> bool {
+    let ok = conn.write_all(out).and_then(|()| conn.flush()).is_ok();
+    out.clear();
+    ok
+}
+
+/// How long a TLS client has to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a read for requests waits before the thread turns to the events.
+const READ_POLL: Duration = Duration::from_millis(1);
+
+/// The TLS handshake; the client must present a certificate the CA signed.
+fn handshake(
+    cfg: &Arc<rustls::ServerConfig>,
+    stream: &mut TcpStream,
+) -> Result<rustls::ServerConnection, String> {
+    let mut tls = rustls::ServerConnection::new(cfg.clone()).map_err(|e| e.to_string())?;
+    let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    while tls.is_handshaking() {
+        tls.complete_io(stream).map_err(|e| e.to_string())?;
+    }
+    Ok(tls)
 }
 
 /// One client: hello, then live events, answering a `resume` whenever it comes.
@@ -464,16 +509,31 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let Ok(sock) = stream.try_clone() else {
+        return;
+    };
+    let mut conn: Box<dyn Conn> = match &hub.tls {
+        None => Box::new(sock),
+        Some(cfg) => match handshake(cfg, &mut stream) {
+            Ok(tls) => Box::new(rustls::StreamOwned::new(tls, sock)),
+            Err(e) => {
+                // The client gets nothing: no hello, no events.
+                let n = hub.stats.tls_rejected.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    log::warn!(target: "diffad::supervisor", "client {peer}: TLS refused ({e}); {n} refused so far");
+                }
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        },
+    };
+    let _ = stream.set_read_timeout(Some(READ_POLL));
     let Some((id, rx, upto)) = hub.register(&stream) else {
         return;
     };
     log::debug!(target: "diffad::supervisor", "client {id} {peer} connected after seq {upto}");
-    let Ok(write_half) = stream.try_clone() else {
-        hub.remove(id);
-        return;
-    };
-    let mut out = std::io::BufWriter::new(write_half);
-    let mut ok = writeln!(
+    let mut out: Vec<u8> = Vec::new();
+    let _ = writeln!(
         out,
         "{}",
         notice(&Notice::Hello {
@@ -483,9 +543,8 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
             seq: upto,
             buffer: hub.ring_cap,
         })
-    )
-    .is_ok()
-        && out.flush().is_ok();
+    );
+    let mut ok = send(conn.as_mut(), &mut out);
     let mut requests = Requests {
         buf: Vec::with_capacity(MAX_REQUEST),
     };
@@ -494,13 +553,13 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
     let mut live_sent = false;
     let mut open = true;
     while ok && open {
-        match requests.poll(&mut stream) {
+        match requests.poll(conn.as_mut()) {
             Polled::Lines(lines) => {
                 for line in lines.iter().filter(|l| !l.is_empty()) {
-                    ok &= answer(hub, id, &mut out, line, upto, &mut resumed, live_sent);
+                    answer(hub, id, &mut out, line, upto, &mut resumed, live_sent);
                 }
-                if !lines.is_empty() {
-                    ok &= out.flush().is_ok();
+                if !out.is_empty() {
+                    ok &= send(conn.as_mut(), &mut out);
                 }
             }
             // The client closed its side: it is gone.
@@ -516,6 +575,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
                         message: "request line too long (over 256 bytes): disconnected",
                     })
                 );
+                send(conn.as_mut(), &mut out);
                 break;
             }
         }
@@ -527,23 +587,19 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
         match rx.recv_timeout(POLL) {
             Ok(rec) => {
                 live_sent = true;
-                ok &= writeln!(out, "{}", rec.json).is_ok();
-                // Batch writes while more is queued, flush when caught up.
-                while ok {
-                    match rx.try_recv() {
-                        Ok(rec) => ok &= writeln!(out, "{}", rec.json).is_ok(),
-                        Err(_) => break,
-                    }
+                let _ = writeln!(out, "{}", rec.json);
+                // Batch writes while more is queued, send when caught up.
+                while let Ok(rec) = rx.try_recv() {
+                    let _ = writeln!(out, "{}", rec.json);
                 }
-                ok &= out.flush().is_ok();
+                ok &= send(conn.as_mut(), &mut out);
             }
             Err(RecvTimeoutError::Timeout) => {}
             // The line closed (or dropped this client): what was queued has been written.
             Err(RecvTimeoutError::Disconnected) => open = false,
         }
     }
-    let _ = out.flush();
-    drop(out);
+    drop(conn);
     hub.remove(id);
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
@@ -552,7 +608,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
 fn answer(
     hub: &Hub,
     id: u64,
-    out: &mut impl Write,
+    out: &mut Vec<u8>,
     line: &str,
     upto: u64,
     resumed: &mut bool,
@@ -650,7 +706,7 @@ fn answer(
         }
         ok &= writeln!(out, "{}", rec.json).is_ok();
     }
-    ok && out.flush().is_ok()
+    ok
 }
 
 #[cfg(test)]

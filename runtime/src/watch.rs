@@ -9,7 +9,7 @@
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -70,6 +70,7 @@ pub struct FollowStats {
 pub fn follow(
     source: &str,
     from_start: bool,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     tx: &Sender<Update>,
     stop: &AtomicBool,
 ) -> FollowStats {
@@ -78,7 +79,7 @@ pub fn follow(
     let mut down_reported = false;
     while !stop.load(Ordering::Relaxed) {
         let before = stats.connects;
-        let reason = match session(source, from_start, &mut cursor, tx, stop, &mut stats) {
+        let reason = match session(source, from_start, tls, &mut cursor, tx, stop, &mut stats) {
             Ok(()) => "the line closed the stream".to_string(),
             Err(e) => e,
         };
@@ -109,9 +110,15 @@ fn resolve(source: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{source}: no address"))
 }
 
+/// A stream connection: plain TCP, or TLS over it.
+trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
+#[allow(clippy::too_many_arguments)]
 fn session(
     source: &str,
     from_start: bool,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     cursor: &mut Option<(String, u64)>,
     tx: &Sender<Update>,
     stop: &AtomicBool,
@@ -124,7 +131,19 @@ fn session(
     stream
         .set_read_timeout(Some(Duration::from_millis(250)))
         .map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let sock = stream.try_clone().map_err(|e| e.to_string())?;
+    let conn: Box<dyn Conn> = match tls {
+        None => Box::new(sock),
+        Some(cfg) => {
+            let host = source.rsplit_once(':').map_or(source, |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| format!("{host}: not a name TLS can check: {e}"))?;
+            let c = rustls::ClientConnection::new(cfg.clone(), name).map_err(|e| e.to_string())?;
+            Box::new(rustls::StreamOwned::new(c, sock))
+        }
+    };
+    let mut reader = BufReader::new(conn);
     let mut line = String::new();
     let Some(hello) = read_line(&mut reader, &mut line, stop)? else {
         return Ok(());
@@ -153,8 +172,9 @@ fn session(
         }
     };
     if let Some(r) = request {
-        (&stream)
-            .write_all(r.as_bytes())
+        let w = reader.get_mut();
+        w.write_all(r.as_bytes())
+            .and_then(|()| w.flush())
             .map_err(|e| format!("resume: {e}"))?;
     }
     let notice = |value: Value| {
@@ -209,7 +229,7 @@ fn session(
 
 /// The next JSON line, `None` when the stream ended or `stop` was set.
 fn read_line(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<Box<dyn Conn>>,
     line: &mut String,
     stop: &AtomicBool,
 ) -> Result<Option<Value>, String> {
@@ -240,14 +260,15 @@ fn read_line(
 pub fn start(
     sources: &[String],
     from_start: bool,
+    tls: Option<Arc<rustls::ClientConfig>>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Receiver<Update>> {
     let (tx, rx) = crossbeam_channel::unbounded();
     for s in sources {
-        let (s, tx, stop) = (s.clone(), tx.clone(), stop.clone());
+        let (s, tx, stop, tls) = (s.clone(), tx.clone(), stop.clone(), tls.clone());
         std::thread::Builder::new()
             .name(format!("watch {s}"))
-            .spawn(move || follow(&s, from_start, &tx, &stop))?;
+            .spawn(move || follow(&s, from_start, tls.as_ref(), &tx, &stop))?;
     }
     Ok(rx)
 }
