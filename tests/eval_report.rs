@@ -296,3 +296,114 @@ fn report_refuses_bad_input_naming_it() {
         "{err}"
     );
 }
+
+/// The trade-off table, and the same data replayed through a line: the sweep's recommended
+/// threshold for "escapes <= 10 %" holds on the line, every rejected part has a sidecar saying
+/// where it came from, and the summary counts outcomes per defect kind.
+#[test]
+fn sweep_threshold_replayed_through_a_line_with_traceable_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_dataset(&data, 12, 3);
+    let out = Command::new(env!("CARGO_BIN_EXE_diffad"))
+        .args(["eval", "--sweep", "--model"])
+        .arg(model())
+        .arg("--dataset")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        text.contains("trade-off (12 good") && text.contains("escapes <= 10%"),
+        "{text}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_diffad"))
+        .args(["eval", "--json", "--model"])
+        .arg(model())
+        .arg("--dataset")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let point = report["sweep"]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["target"] == "escapes<=0.1")
+        .expect("an escapes <= 10 % point")
+        .clone();
+    let threshold = point["threshold"].as_f64().unwrap();
+
+    // Replay the test/ folder itself (not the root) at that threshold.
+    let archive = dir.path().join("archive");
+    let board = dir.path().join("board.toml");
+    std::fs::write(
+        &board,
+        format!(
+            "[board]\nname = \"t\"\n[engine]\nmodel = \"{}\"\n[camera]\nsource = \"replay\"\n[camera.replay]\ndir = \"{}\"\n\
+             [gpio]\nsim = true\n[line]\npart_rate_hz = 10\nrealtime_priority = 0\nthreshold = {threshold}\n\
+             [supervisor]\nlisten = \"\"\n[archive]\ndir = \"{}\"\n",
+            model().display(),
+            data.join("test").display(),
+            archive.display()
+        ),
+    )
+    .unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_diffad"))
+        .arg("check-config")
+        .arg(&board)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(
+        shown.contains("replay of MVTec root") && shown.contains("ground truth on"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("line.threshold overrides the model's"),
+        "{shown}"
+    );
+    let summary_path = dir.path().join("summary.json");
+    let n = 12 + 3 * DEFECT_KINDS.len() as u64;
+    let run = Command::new(env!("CARGO_BIN_EXE_diffad"))
+        .args(["run", "--quiet", "--config"])
+        .arg(&board)
+        .arg("--parts")
+        .arg(n.to_string())
+        .arg("--summary-json")
+        .arg(&summary_path)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary_path).unwrap()).unwrap();
+    let s = &s["summary"];
+    assert_eq!(s["with_truth"].as_u64(), Some(n), "{s}");
+    let by_kind = s["by_kind"].as_object().unwrap();
+    assert_eq!(by_kind.len(), DEFECT_KINDS.len() + 1, "{s}");
+    let defective = (3 * DEFECT_KINDS.len()) as f64;
+    let escapes = s["escapes"].as_u64().unwrap() as f64;
+    assert!(
+        escapes / defective <= point["escape"].as_f64().unwrap() + 1e-9,
+        "the line escapes {escapes} of {defective}, the sweep said {point}"
+    );
+    // Every reject has its sidecar naming the image it came from.
+    let sidecars: Vec<serde_json::Value> = std::fs::read_dir(&archive)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
+        .collect();
+    let rejected = s["counters"]["rejects"].as_u64().unwrap()
+        + s["counters"]["fault_rejects"].as_u64().unwrap();
+    assert_eq!(sidecars.len() as u64, rejected, "{s}");
+    assert!(
+        sidecars.iter().all(
+            |v| v["origin"].as_str().is_some_and(|o| o.ends_with(".png"))
+                && v["model_id"].as_str().is_some_and(|m| m.len() == 12)
+        ),
+        "{sidecars:?}"
+    );
+}

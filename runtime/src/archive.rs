@@ -36,12 +36,13 @@ pub struct Archive {
 impl Archive {
     /// Create the folder and start the writer; file names carry the run id
     /// ([`crate::events::run_id`]).
-    pub fn start(cfg: &ArchiveConfig, run: &str) -> std::io::Result<Self> {
+    pub fn start(cfg: &ArchiveConfig, run: &str, model_id: &str) -> std::io::Result<Self> {
         std::fs::create_dir_all(&cfg.dir)?;
         let (tx, rx) = crossbeam_channel::bounded(cfg.queue);
         let run = run.to_string();
         log::info!("archive: run {run} into {}", cfg.dir.display());
         let mut store = Store::open(&cfg.dir, (cfg.max_mb * 1024.0 * 1024.0) as u64, run)?;
+        store.model = model_id.to_string();
         let handle = std::thread::Builder::new()
             .name("archive".into())
             .spawn(move || store.run(rx))?;
@@ -78,6 +79,8 @@ impl Drop for Archive {
 struct Store {
     dir: PathBuf,
     run: String,
+    /// The model's id, written into each sidecar.
+    model: String,
     cap: u64,
     files: VecDeque<(PathBuf, u64)>,
     total: u64,
@@ -87,7 +90,7 @@ struct Store {
 fn ours(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
-        .is_some_and(|e| e == "png" || e == "jpg")
+        .is_some_and(|e| e == "png" || e == "jpg" || e == "json")
 }
 
 impl Store {
@@ -110,6 +113,7 @@ impl Store {
         let mut s = Self {
             dir: dir.to_path_buf(),
             run,
+            model: String::new(),
             cap,
             files: files.into_iter().map(|f| (f.1, f.2)).collect(),
             total,
@@ -181,6 +185,27 @@ impl Store {
                 Err(e) => return Err(e.to_string()),
             }
         }
+        // What the images alone do not say: which part, from where, why, by which model.
+        let truth = job.frame.truth.as_ref();
+        let written = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let sidecar = serde_json::json!({
+            "part": job.part,
+            "outcome": job.outcome,
+            "origin": job.frame.origin,
+            "score": job.inspection.as_ref().map(|i| i.score),
+            "threshold": job.threshold,
+            "model_id": self.model,
+            "run": self.run,
+            "frame_seq": job.frame.seq,
+            "frame_timestamp_ns": job.frame.timestamp_ns,
+            "written_unix_s": written,
+            "defective": truth.map(|t| t.defective),
+            "kind": truth.and_then(|t| t.kind.clone()),
+        });
+        self.put(format!("{stem}.json"), sidecar.to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
         if let Some(insp) = &job.inspection {
             if let Some(png) = map_png(insp)? {
                 self.put(format!("{stem}_map.png"), &png)
@@ -311,7 +336,7 @@ mod tests {
             max_mb: 0.05,
             queue: 64,
         };
-        let a = Archive::start(&cfg, "20240101-000000-1").unwrap();
+        let a = Archive::start(&cfg, "20240101-000000-1", "abcdef012345").unwrap();
         for p in 1..=20 {
             a.sender().send(job(p)).unwrap();
         }
@@ -332,6 +357,24 @@ mod tests {
         assert!(has("_00000020_reject.png"), "{names:?}");
         assert!(has("_00000020_reject_map.png"), "{names:?}");
         assert!(has("_00000020_reject_overlay.png"), "{names:?}");
+        let sidecar = names
+            .iter()
+            .find(|n| n.ends_with("_00000020_reject.json"))
+            .expect("a sidecar beside the images");
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.path().join(sidecar)).unwrap()).unwrap();
+        assert_eq!(
+            (
+                v["part"].as_u64(),
+                v["model_id"].as_str(),
+                v["outcome"].as_str()
+            ),
+            (Some(20), Some("abcdef012345"), Some("reject"))
+        );
+        assert!(
+            v["threshold"].as_f64().is_some() && v.get("origin").is_some(),
+            "{v}"
+        );
         assert!(!has("_00000001_reject.png"), "oldest go first: {names:?}");
         assert!(
             names.iter().all(|n| n.starts_with("20240101-000000-1_")),
@@ -366,7 +409,11 @@ mod tests {
         // A restart: part numbers begin again at 1.
         let second = run("20240101-000100-2", 1..=3);
         let (names, on_disk) = listing(d.path());
-        assert_eq!(names.len(), 18, "3 files per part, 6 parts: {names:?}");
+        assert_eq!(
+            names.len(),
+            24,
+            "4 files per part (frame, map, overlay, sidecar), 6 parts: {names:?}"
+        );
         assert!(names.contains(&"20240101-000000-1_00000001_reject.png".into()));
         assert!(names.contains(&"20240101-000100-2_00000001_reject.png".into()));
         assert_eq!(second.total, on_disk, "ledger = folder");
@@ -377,7 +424,8 @@ mod tests {
         other.frame.data.iter_mut().for_each(|p| *p = 255 - *p);
         again.write(&other).unwrap();
         let (names, on_disk) = listing(d.path());
-        assert_eq!(names.len(), 21, "{names:?}");
+        assert_eq!(names.len(), 28, "{names:?}");
+        assert!(names.contains(&"20240101-000000-1_00000001_reject-1.json".into()));
         assert!(names.contains(&"20240101-000000-1_00000001_reject-1.png".into()));
         assert!(names.contains(&"20240101-000000-1_00000001_reject-1_map.png".into()));
         assert_eq!(

@@ -77,7 +77,11 @@ pub fn inspect(model: &Path) -> Result<()> {
     let mut engine = Engine::load_unchecked(&EngineConfig::cpu(model))?;
     let lib = engine.runtime();
     println!("model:        {}", model.display());
-    println!("sha256:       {}", engine.sha256());
+    println!(
+        "model id:     {} (graph sha256: weights and graph, not the manifest; calibrate keeps it)",
+        engine.model_id()
+    );
+    println!("file sha256:  {}", engine.sha256());
     println!("onnxruntime:  {} ({})", lib.version, lib.path.display());
     let avail = |ok: ort::Result<bool>| {
         if ok.unwrap_or(false) {
@@ -231,6 +235,8 @@ pub struct EvalReport {
     pub kinds: Vec<KindRow>,
     /// Images per second through decode → preprocess → infer.
     pub images_per_s: f64,
+    /// The false-reject / escape trade-off (printed by `eval --sweep`).
+    pub sweep: Option<crate::sweep::Sweep>,
 }
 
 /// One defect kind's line in the report.
@@ -443,6 +449,18 @@ pub fn eval_scored(
         escape_rate: rate(true, false),
         kinds: kinds_rows,
         images_per_s: scores.len() as f64 / elapsed,
+        sweep: Some(crate::sweep::sweep(
+            &scored
+                .iter()
+                .filter(|s| !s.defective)
+                .map(|s| s.score)
+                .collect::<Vec<_>>(),
+            &scored
+                .iter()
+                .filter(|s| s.defective)
+                .map(|s| s.score)
+                .collect::<Vec<_>>(),
+        )),
     };
     Ok((report, scored))
 }
@@ -784,6 +802,41 @@ pub fn check_config(path: &Path, deployment: bool) -> Result<crate::config::Boar
     let region = s.camera.roi.map_or("whole frame".to_string(), |r| {
         format!("roi {}×{} at ({}, {})", r.width, r.height, r.x, r.y)
     });
+    let source = match s.camera.source {
+        crate::setup::SourceKind::Sim => match &s.camera.sim.photo {
+            Some(p) => format!("simulated conveyor cutting tiles from {}", p.display()),
+            None => "simulated conveyor, procedural texture".to_string(),
+        },
+        crate::setup::SourceKind::Replay => {
+            match crate::camera::replay::describe(&s.camera.replay.dir) {
+                Ok(d) => format!("replay of {d}"),
+                Err(e) => format!("replay: {e}"),
+            }
+        }
+        crate::setup::SourceKind::V4l2 => format!("camera {}", s.camera.v4l2.device.display()),
+    };
+    println!("source:     {source}");
+    println!(
+        "threshold:  {}",
+        match (
+            s.line.threshold,
+            crate::manifest::Manifest::read(&c.engine.model)
+                .ok()
+                .and_then(|m| m.threshold)
+        ) {
+            (Some(t), Some(m)) => format!("{t} (line.threshold overrides the model's {})", m.value),
+            (Some(t), None) => format!("{t} (line.threshold)"),
+            (None, Some(m)) => format!(
+                "{} (the model's, {}{})",
+                m.value,
+                m.method,
+                m.n_images
+                    .map_or(String::new(), |n| format!(" on {n} good images"))
+            ),
+            (None, None) =>
+                "none: the model is not calibrated and line.threshold is not set".into(),
+        }
+    );
     println!(
         "camera:     {:?}, {region}, {}",
         s.camera.source,
@@ -829,7 +882,16 @@ pub fn check_config(path: &Path, deployment: bool) -> Result<crate::config::Boar
         if s.supervisor.listen.is_empty() {
             "off".to_string()
         } else {
-            format!("ndjson on {}", s.supervisor.listen)
+            format!(
+                "ndjson on {}{}",
+                s.supervisor.listen,
+                match (&s.supervisor.tls, s.supervisor.expose) {
+                    (Some(_), _) => ", TLS with client certificates",
+                    (None, true) =>
+                        ", exposed WITHOUT TLS: anyone who reaches the port reads the line",
+                    (None, false) => "",
+                }
+            )
         }
     );
     println!(

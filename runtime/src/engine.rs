@@ -314,9 +314,10 @@ impl Engine {
         let i = &manifest.input;
         let input = vec![0.0; i.batch * i.channels * i.height * i.width];
         log::info!(
-            "model {} ({}, sha256 {}…) on {} with ONNX Runtime {}",
+            "model {} ({}, model id {} = graph sha256, file sha256 {}) on {} with ONNX Runtime {}",
             shown,
             manifest.name,
+            &graph_sha256.as_deref().unwrap_or(&sha256)[..12],
             &sha256[..12],
             providers.join(" > "),
             lib.version
@@ -522,6 +523,13 @@ impl Engine {
     /// SHA-256 of the model file.
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// The model's id: the first 12 hex digits of its graph SHA-256 (weights and graph, not the
+    /// manifest), as `python -m exporter export` prints it and model cards name it; calibration
+    /// does not change it. The file's hash stands in for a file that is not protobuf.
+    pub fn model_id(&self) -> &str {
+        &self.graph_sha256.as_deref().unwrap_or(&self.sha256)[..12]
     }
 
     /// Model path as loaded.

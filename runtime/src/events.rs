@@ -250,12 +250,14 @@ impl Sink for LiveLog {
         match &rec.event {
             Event::Part(p) => log::info!(
                 target: LIVE_TARGET,
-                "part {:>6} {:<12} score {} latency {} {}",
+                "part {:>6} {:<12} score {} latency {} {}{}{}",
                 p.part,
                 format!("{:?}", p.outcome),
                 p.score.map_or("-".into(), |s| format!("{s:.4}")),
                 p.latency_ms.map_or("-".into(), |l| format!("{l:.1} ms")),
-                p.reason.as_deref().unwrap_or("")
+                p.origin,
+                p.kind.as_deref().map_or(String::new(), |k| format!(" [{k}]")),
+                p.reason.as_deref().map_or(String::new(), |r| format!(" {r}"))
             ),
             Event::Alarm(a) => log::warn!(
                 target: LIVE_TARGET,

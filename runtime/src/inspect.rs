@@ -124,6 +124,10 @@ pub trait Inspector: Send {
     fn threshold(&self) -> f32;
     /// Inspect up to `batch_size()` frames; one result per frame, in order.
     fn inspect(&mut self, frames: &[&Frame]) -> Vec<Result<Inspection, InspectError>>;
+    /// The model's id (graph sha256, 12 hex digits), for archives and logs; empty when none.
+    fn model_id(&self) -> String {
+        String::new()
+    }
 }
 
 /// `threshold` if given, else the manifest's calibrated one; an error when there is neither.
@@ -192,6 +196,10 @@ impl Inspector for EngineInspector {
 
     fn threshold(&self) -> f32 {
         self.threshold
+    }
+
+    fn model_id(&self) -> String {
+        self.engine.model_id().to_string()
     }
 
     fn inspect(&mut self, frames: &[&Frame]) -> Vec<Result<Inspection, InspectError>> {

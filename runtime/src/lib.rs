@@ -29,6 +29,7 @@ pub mod report;
 pub mod selftest;
 pub mod setup;
 pub mod supervisor;
+pub mod sweep;
 pub mod tally;
 pub mod testkit;
 pub mod tiling;

@@ -97,6 +97,10 @@ enum Command {
         /// Also write figures (ROC, score histograms, tiles per defect kind) and index.md here.
         #[arg(long, value_name = "DIR")]
         report: Option<PathBuf>,
+        /// Also print the trade-off: the threshold for each escape and false-reject target
+        /// (the same table as `python -m exporter evaluate --sweep`).
+        #[arg(long)]
+        sweep: bool,
     },
     /// Run the line: camera → inspection → reject pulses, events to the supervisor.
     Run {
@@ -310,6 +314,7 @@ fn run(args: Args) -> Result<ExitCode> {
             dataset,
             json,
             report: report_dir,
+            sweep,
         } => {
             let (engine, camera) = model.engine()?;
             let report = match &report_dir {
@@ -329,6 +334,13 @@ fn run(args: Args) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{report}");
+                if let Some(s) = report.sweep.as_ref().filter(|_| sweep) {
+                    println!(
+                        "\ntrade-off ({} good, {} defective images):",
+                        s.good, s.defective
+                    );
+                    print!("{s}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -173,6 +173,8 @@ pub struct Summary {
     pub false_rejects: u64,
     /// Good parts rejected by fail-safe.
     pub false_fault_rejects: u64,
+    /// Outcomes per ground-truth kind (`good` included), when the source knows it.
+    pub by_kind: std::collections::BTreeMap<String, crate::reject::KindTally>,
     /// Parts whose inspection decided their outcome in time (passes + rejects).
     pub inspected_in_time: u64,
     /// Frames the engine inspected (in time or not).
@@ -237,6 +239,14 @@ impl fmt::Display for Summary {
             "ground truth on {}: escapes {}  false rejects {} (+{} by fail-safe)",
             self.with_truth, self.escapes, self.false_rejects, self.false_fault_rejects
         )?;
+        if !self.by_kind.is_empty() {
+            let kinds: Vec<String> = self
+                .by_kind
+                .iter()
+                .map(|(k, t)| format!("{k} {}/{} rejected", t.rejects + t.fault_rejects, t.parts))
+                .collect();
+            writeln!(f, "by kind: {}", kinds.join(", "))?;
+        }
         writeln!(
             f,
             "inspected {} (in time {})  skipped {}  latency p50 {}  p99 {} (every inspected part)  late verdicts {}  queue full {}  inspect errors {}",
@@ -410,7 +420,10 @@ pub fn run(
         None => None,
     };
     let archive = match &setup.archive {
-        Some(a) => Some(Archive::start(a, &run_id).map_err(|e| LineError::Io("archive dir", e))?),
+        Some(a) => Some(
+            Archive::start(a, &run_id, &inspector.model_id())
+                .map_err(|e| LineError::Io("archive dir", e))?,
+        ),
         None => None,
     };
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
@@ -687,6 +700,7 @@ pub fn run(
         escapes: stats.escapes,
         false_rejects: stats.false_rejects,
         false_fault_rejects: stats.false_fault_rejects,
+        by_kind: stats.by_kind.clone(),
         latency_p50_ms: percentile_ms(&stats.latency_ns, 0.5),
         latency_p99_ms: percentile_ms(&stats.latency_ns, 0.99),
         max_reject_error_ms: stats.max_timing_error_ns as f64 / 1e6,

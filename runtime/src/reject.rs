@@ -61,6 +61,21 @@ pub struct ArchiveJob {
     pub threshold: f32,
 }
 
+/// Outcomes of the parts of one ground-truth kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KindTally {
+    /// Parts of this kind.
+    pub parts: u64,
+    /// Passed by verdict.
+    pub passes: u64,
+    /// Rejected by verdict.
+    pub rejects: u64,
+    /// Rejected by fail-safe.
+    pub fault_rejects: u64,
+    /// Passed by fail-safe.
+    pub fault_passes: u64,
+}
+
 /// Totals of the stage, beyond the counters.
 #[derive(Debug, Clone)]
 pub struct RejectStats {
@@ -72,6 +87,8 @@ pub struct RejectStats {
     pub max_timing_error_ns: u64,
     /// Defective parts that passed (ground truth known).
     pub escapes: u64,
+    /// Outcomes per ground-truth kind (`good` for good parts), when known.
+    pub by_kind: std::collections::BTreeMap<String, KindTally>,
     /// Good parts rejected by verdict (ground truth known).
     pub false_rejects: u64,
     /// Good parts rejected by fail-safe (ground truth known).
@@ -98,6 +115,7 @@ impl Default for RejectStats {
             timing_error_ns: ns_histogram(),
             max_timing_error_ns: 0,
             escapes: 0,
+            by_kind: std::collections::BTreeMap::new(),
             false_rejects: 0,
             false_fault_rejects: 0,
             with_truth: 0,
@@ -340,6 +358,25 @@ impl Scheduler {
         }
         if let Some(defective) = info.defective {
             self.stats.with_truth += 1;
+            let kind = info
+                .kind
+                .as_deref()
+                .unwrap_or(if defective { "defective" } else { "good" });
+            // One allocation per kind for the whole run, not per part.
+            if !self.stats.by_kind.contains_key(kind) {
+                self.stats
+                    .by_kind
+                    .insert(kind.to_string(), KindTally::default());
+            }
+            if let Some(t) = self.stats.by_kind.get_mut(kind) {
+                t.parts += 1;
+                match outcome {
+                    Outcome::Pass => t.passes += 1,
+                    Outcome::Reject => t.rejects += 1,
+                    Outcome::FaultReject => t.fault_rejects += 1,
+                    Outcome::FaultPass => t.fault_passes += 1,
+                }
+            }
             match (defective, outcome) {
                 (true, Outcome::Pass | Outcome::FaultPass) => self.stats.escapes += 1,
                 (false, Outcome::Reject) => self.stats.false_rejects += 1,

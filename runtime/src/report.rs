@@ -1076,6 +1076,7 @@ mod tests {
             escape_rate: 0.0,
             kinds: vec![],
             images_per_s: 1.0,
+            sweep: None,
         };
         let nan = vec![scored("good", 0.1), scored("hole", f32::NAN)];
         let err = write(dir.path(), Path::new("m.onnx"), &report(&nan), &nan).unwrap_err();

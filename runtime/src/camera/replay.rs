@@ -43,8 +43,55 @@ fn sorted_images(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
     Ok(v)
 }
 
-/// List what a replay of `dir` would play: `(path, kind, mask)`; MVTec layout when `dir/test` exists.
+/// The MVTec root `dir` stands for: itself when it holds `test/`, its parent when `dir` is
+/// that `test/` folder (people point at the folder with the images), else none (a flat folder).
+fn mvtec_root(dir: &Path) -> Option<PathBuf> {
+    if dir.join("test").is_dir() {
+        return Some(dir.to_path_buf());
+    }
+    let parent = dir.parent()?;
+    (dir.file_name().is_some_and(|n| n == "test") && parent.join("ground_truth").is_dir())
+        .then(|| parent.to_path_buf())
+}
+
+/// What a replay of `dir` would play, in words: the layout, the images, the ground truth.
+pub fn describe(dir: &Path) -> Result<String, SourceError> {
+    let items = scan(dir)?;
+    let with_truth = items.iter().filter(|i| i.kind.is_some()).count();
+    let mut kinds: Vec<&str> = items.iter().filter_map(|i| i.kind.as_deref()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    Ok(match mvtec_root(dir) {
+        Some(root) => format!(
+            "MVTec root {}: {} images in {} kinds ({}), ground truth on {with_truth}, {} masks",
+            root.display(),
+            items.len(),
+            kinds.len(),
+            kinds.join(", "),
+            items.iter().filter(|i| i.mask.is_some()).count()
+        ),
+        None => format!(
+            "flat folder {}: {} images, no ground truth (an MVTec root with test/<kind>/ gives it)",
+            dir.display(),
+            items.len()
+        ),
+    })
+}
+
+/// List what a replay of `dir` would play: `(path, kind, mask)`; MVTec layout when `dir/test`
+/// exists or `dir` is such a `test/` folder.
 fn scan(dir: &Path) -> Result<Vec<Item>, SourceError> {
+    let Some(dir) = mvtec_root(dir) else {
+        return Ok(sorted_images(dir)?
+            .into_iter()
+            .map(|path| Item {
+                path,
+                kind: None,
+                mask: None,
+            })
+            .collect());
+    };
+    let dir = dir.as_path();
     let test = dir.join("test");
     if !test.is_dir() {
         return Ok(sorted_images(dir)?
@@ -99,7 +146,8 @@ impl Replay {
         let items = scan(&cfg.dir)?;
         if items.is_empty() {
             return Err(SourceError::Config(format!(
-                "no png/jpeg images under {}",
+                "no png/jpeg images in {}: camera.replay.dir takes a folder of images, or an \
+                 MVTec root (test/<kind>/ images, ground_truth/<kind>/ masks) or its test/ folder",
                 cfg.dir.display()
             )));
         }
