@@ -24,10 +24,10 @@ def test_sweep_hand_made_scores() -> None:
     # false rejects <= 0.005, 0.01, 0.02, 0.05: smallest t with none >= t among good: 1.2
     p = pts["false_rejects<=0.005"]
     assert p["threshold"] == pytest.approx(1.1) and (p["false_rejects"], p["escapes"]) == (0, 2)
-    # false rejects <= 0.10: one good >= t allowed: t = 1.0, below it 0.95
+    # false rejects <= 0.10: one good >= t allowed: t = 0.95 (a defect), below it 0.9
     p = pts["false_rejects<=0.1"]
-    assert p["threshold"] == pytest.approx(0.975)
-    assert (p["false_rejects"], p["escapes"], p["escape"]) == (1, 2, 0.5)
+    assert p["threshold"] == pytest.approx(0.925)
+    assert (p["false_rejects"], p["escapes"], p["escape"]) == (1, 1, 0.25)
     # order: escape targets first, then false-reject targets
     assert [q["target"] for q in s["points"]][:2] == ["escapes<=0", "escapes<=0.01"]
     assert s["points"][-1]["target"] == "false_rejects<=0.1"
