@@ -198,7 +198,7 @@ def cmd_verify(a: argparse.Namespace) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate, format_table
 
-    r = evaluate(a.model, a.dataset, threads=a.threads)
+    r = evaluate(a.model, a.dataset, threads=a.threads, threshold=a.threshold, sweep=a.sweep)
     print(json.dumps(r, indent=2) if a.json else format_table(r))
 
 
@@ -350,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model", type=Path)
     ev.add_argument("--dataset", type=Path, required=True)
     ev.add_argument("--json", action="store_true")
+    ev.add_argument("--threshold", type=float, default=None,
+                    help="evaluate FRR and escapes at this threshold instead of the model's "
+                         "calibrated one (the model is not changed)")
+    ev.add_argument("--sweep", action="store_true",
+                    help="also print the false-reject / escape trade-off table (operating "
+                         "points of escape and false-reject targets); JSON: key \"sweep\"")
     ev.add_argument("--threads", type=int, default=2)
     ev.set_defaults(fn=cmd_evaluate)
 
