@@ -147,32 +147,81 @@ def cmd_export(a: argparse.Namespace) -> None:
           f"score {r['score_max_abs_err']:.3g}")
 
 
-def cmd_calibrate(a: argparse.Namespace) -> None:
-    from .calibrate import calibrate, quantile_rank
+def _calibration_plot(a: argparse.Namespace, r: dict) -> None:
+    from .plot import line_plot
+    from .sweep import curve
 
-    r = calibrate(a.model, a.good, a.target_frr, threads=a.threads, check_good=a.check_good)
-    out = {"threshold": r["threshold"], "normal_scores": r["normal_scores"]}
-    if "check" in r:
-        out["check"] = r["check"]
+    path = a.plot or a.model.with_suffix(".calibration.png")
+    c = curve(r["good_scores"], r["defect_scores"])
+    series = [("false-reject rate (good)", c["threshold"], c["frr"])]
+    if len(r["defect_scores"]):
+        series.append(("escape rate (defects)", c["threshold"], c["escape"]))
+    if line_plot(path, series, f"{a.model.name}: rejected at score >= threshold", "threshold",
+                 "rate", vline=("chosen", r["threshold"]["value"]), steps=True):
+        print(f"plot: {path}", file=sys.stderr)
+    else:
+        print("note: no plot written (Pillow is not importable)", file=sys.stderr)
+
+
+def cmd_calibrate(a: argparse.Namespace) -> None:
+    from .calibrate import DRIFT_P, DRIFT_STD, calibrate, quantile_rank
+    from .sweep import format_sweep
+
+    r = calibrate(a.model, a.good, a.target_frr, threads=a.threads, check_good=a.check_good,
+                  defects=a.defects, max_escapes=a.max_escapes)
+    out = {k: r[k] for k in ("threshold", "normal_scores", "calibration", "defects", "check",
+                             "sweep") if k in r}
     print(json.dumps(out, indent=2))
+    err = sys.stderr
+    print("trade-off on the calibration images (rejected at score >= threshold):", file=err)
+    print(format_sweep(r["sweep"]), file=err)
     n = r["threshold"]["n_images"]
-    above = n - quantile_rank(n, a.target_frr)  # calibration images above the threshold
-    if above == 0:
-        # the empirical quantile cannot see a tail thinner than 1/n: it is the sample maximum
-        print(f"warning: {n} good images cannot resolve a false-reject rate of "
-              f"{a.target_frr:g}; the threshold is their maximum, so expect about "
-              f"1/{n + 1} = {1 / (n + 1):.3f} on new good parts. Calibrate on at least "
-              f"{math.ceil(10 / a.target_frr)} good images for a trustworthy rate.",
-              file=sys.stderr)
-    elif above < 10:
-        print(f"note: only {above} of {n} good scores lie above the threshold, so the "
-              f"false-reject rate on new good parts is only roughly {a.target_frr:g}"
-              + ("" if "check" in r else "; measure it with --check-good DIR") + ".",
-              file=sys.stderr)
+    thr = r["threshold"]["value"]
+    cal = r["calibration"]
+    if a.max_escapes is not None:
+        d = r["defects"]
+        print(f"recommended threshold {thr:.6f}: escapes <= {a.max_escapes * 100:g}% at the "
+              f"fewest false rejects: escapes {d['escapes']}/{d['n_images']} = "
+              f"{d['escape_rate'] * 100:.1f} %, false rejects {cal['false_rejects']}/{n} = "
+              f"{cal['false_reject_rate'] * 100:.1f} % (written to the model)", file=err)
+        if cal["false_reject_rate"] > a.target_frr:
+            print(f"warning: meeting escapes <= {a.max_escapes:g} costs a false-reject rate of "
+                  f"{cal['false_reject_rate']:.3f} on the calibration images, above "
+                  f"--target-frr {a.target_frr:g}", file=err)
+    else:
+        tail = ""
+        if "defects" in r:
+            d = r["defects"]
+            tail = (f"; escapes {d['escapes']}/{d['n_images']} = "
+                    f"{d['escape_rate'] * 100:.1f} % of {d['data']}")
+        print(f"recommended threshold {thr:.6f}: good-score quantile for false rejects <= "
+              f"{a.target_frr * 100:g}% (written to the model){tail}", file=err)
+        above = n - quantile_rank(n, a.target_frr)  # calibration images above the threshold
+        if above == 0:
+            # the empirical quantile cannot see a tail thinner than 1/n: it is the sample max
+            print(f"warning: {n} good images cannot resolve a false-reject rate of "
+                  f"{a.target_frr:g}; the threshold is their maximum, so expect about "
+                  f"1/{n + 1} = {1 / (n + 1):.3f} on new good parts. Calibrate on at least "
+                  f"{math.ceil(10 / a.target_frr)} good images for a trustworthy rate.",
+                  file=err)
+        elif above < 10:
+            print(f"note: only {above} of {n} good scores lie above the threshold, so the "
+                  f"false-reject rate on new good parts is only roughly {a.target_frr:g}"
+                  + ("" if "check" in r else "; measure it with --check-good DIR") + ".",
+                  file=err)
     if "check" in r:
         c = r["check"]
         print(f"false-reject rate on {c['data']}: {c['rejected']}/{c['n_images']} = "
-              f"{c['false_reject_rate']:.4f} (target {a.target_frr:g})", file=sys.stderr)
+              f"{c['false_reject_rate']:.4f} (target {a.target_frr:g})", file=err)
+        dr = c["drift"]
+        if dr["differ"]:
+            print(f"warning: the calibration good images score differently from {c['data']}: "
+                  f"mean {dr['calibration_mean']:.6f} vs {dr['check_mean']:.6f} "
+                  f"({dr['shift_std']:.2f} pooled std apart, limit {DRIFT_STD:g}), KS "
+                  f"{dr['ks']:.3f}, p {dr['ks_p']:.2g} (limit {DRIFT_P:g}). The threshold may "
+                  "not hold on those parts: calibrate on good images like the line's.",
+                  file=err)
+    _calibration_plot(a, r)
 
 
 def cmd_verify(a: argparse.Namespace) -> None:
@@ -326,6 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--check-good", type=Path, default=None,
                    help="other good images: print the new threshold's false-reject rate on "
                         "them (a texture dir or validation/ root means validation/test/good)")
+    c.add_argument("--defects", type=Path, default=None,
+                   help="known defective images: a folder of them, or a root whose non-good "
+                        "subfolders hold them (a make-tiles texture dir means validation/test)")
+    c.add_argument("--max-escapes", type=float, default=None,
+                   help="with --defects: the threshold lets at most this fraction of them "
+                        "escape, at the fewest false rejects (instead of the --target-frr "
+                        "quantile)")
+    c.add_argument("--plot", type=Path, default=None,
+                   help="PNG of false-reject and escape rate against threshold (default: "
+                        "MODEL.calibration.png beside the model)")
     c.add_argument("--threads", type=int, default=2)
     c.set_defaults(fn=cmd_calibrate)
 
