@@ -157,7 +157,8 @@ def _calibration_plot(a: argparse.Namespace, r: dict) -> None:
     if len(r["defect_scores"]):
         series.append(("escape rate (defects)", c["threshold"], c["escape"]))
     if line_plot(path, series, f"{a.model.name}: rejected at score >= threshold", "threshold",
-                 "rate", vline=("chosen", r["threshold"]["value"]), steps=True):
+                 "rate", vline=("chosen", r["threshold"]["value"]), steps=True,
+                 y_range=(0.0, 1.0)):
         print(f"plot: {path}", file=sys.stderr)
     else:
         print("note: no plot written (Pillow is not importable)", file=sys.stderr)

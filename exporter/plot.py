@@ -28,7 +28,8 @@ def _fmt(v: float) -> str:
 
 def line_plot(path: Path, series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
               title: str, x_label: str, y_label: str, vline: tuple[str, float] | None = None,
-              log_y: bool = False, steps: bool = False) -> bool:
+              log_y: bool = False, steps: bool = False,
+              y_range: tuple[float, float] | None = None) -> bool:
     """Writes a PNG with one line per (name, xs, ys); `vline` marks an x value; `steps` draws
     right-continuous step curves. Returns False (nothing written) without Pillow or data."""
     if not pillow_available():
@@ -50,8 +51,11 @@ def line_plot(path: Path, series: Sequence[tuple[str, Sequence[float], Sequence[
         x0, x1 = x0 - 0.5, x1 + 0.5
     if y1 <= y0:
         y0, y1 = y0 - 0.5, y1 + 0.5
-    pad = (y1 - y0) * 0.05
-    y0, y1 = y0 - pad, y1 + pad
+    if y_range is not None:
+        y0, y1 = y_range
+    else:
+        pad = (y1 - y0) * 0.05
+        y0, y1 = y0 - pad, y1 + pad
 
     def px(x: float, y: float) -> tuple[float, float]:
         return (LEFT + (x - x0) / (x1 - x0) * (W - LEFT - RIGHT),
