@@ -160,7 +160,8 @@ def cmd_export(a: argparse.Namespace) -> None:
         golden_from=a.golden_from,
     )
     r = export_model(unet, seg, info, a.out, opts)
-    print(f"wrote {a.out} ({r['size_bytes'] / 1e6:.2f} MB, sha256 {r['model_sha256'][:12]})")
+    print(f"wrote {a.out} ({r['size_bytes'] / 1e6:.2f} MB), "
+          f"model id (graph sha256) {r['model_sha256'][:12]}")
     print(f"flops_per_frame: {r['flops_per_frame'] / 1e9:.3f} GFLOP")
     print(f"parity ORT vs PyTorch: max abs error map {r['map_max_abs_err']:.3g}, "
           f"score {r['score_max_abs_err']:.3g}")
