@@ -11,6 +11,16 @@ from pathlib import Path
 from .errors import ExporterError
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default (not for flags, nor for options without one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) \
+                or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _ints(s: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in s.split(",") if v.strip())
@@ -23,16 +33,24 @@ def _add_arch(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", choices=("official", "edge"), default="official",
                    help="official: the paper's networks (loads official checkpoints); edge: the "
                         "light graph for the line (ARCHITECTURE §7)")
-    g.add_argument("--image-size", type=int, default=128)
-    g.add_argument("--channels", type=int, default=1, choices=(1, 3))
-    g.add_argument("--base-channels", type=int, default=16)
-    g.add_argument("--channel-mults", type=_ints, default=(1, 2, 2, 4))
-    g.add_argument("--num-res-blocks", type=int, default=1)
+    g.add_argument("--image-size", type=int, default=128,
+                  help="input size in pixels (square; a multiple of 32)")
+    g.add_argument("--channels", type=int, default=1, choices=(1, 3),
+                  help="image channels: 1 grey, 3 RGB")
+    g.add_argument("--base-channels", type=int, default=16,
+                  help="official UNet: channels of the first level (widths are multiples of it)")
+    g.add_argument("--channel-mults", type=_ints, default=(1, 2, 2, 4),
+                  help="official UNet: width multiplier per level, comma-separated")
+    g.add_argument("--num-res-blocks", type=int, default=1,
+                  help="official UNet: residual blocks per level")
     g.add_argument("--attention-resolutions", type=_ints, default=(16, 8),
                    help="pixel sizes (of the feature map) that get self-attention")
-    g.add_argument("--heads", type=int, default=1)
-    g.add_argument("--head-channels", type=int, default=-1)
-    g.add_argument("--norm-groups", type=int, default=8)
+    g.add_argument("--heads", type=int, default=1,
+                  help="attention heads (official UNet)")
+    g.add_argument("--head-channels", type=int, default=-1,
+                  help="channels per attention head; -1: given by --heads")
+    g.add_argument("--norm-groups", type=int, default=8,
+                  help="GroupNorm groups (official UNet; official code: 32)")
     g.add_argument("--seg-width", type=int, default=0,
                    help="seg head base width (default: 8 official, 16 edge)")
     e = p.add_argument_group("edge architecture (with --arch edge)")
@@ -45,7 +63,8 @@ def _add_arch(p: argparse.ArgumentParser) -> None:
     e.add_argument("--dec-blocks", type=_ints, default=(1, 1, 1),
                    help="residual blocks per decoder level (one fewer than levels)")
     e.add_argument("--no-attention", action="store_true", help="no attention at the bottom")
-    e.add_argument("--emb-channels", type=int, default=64)
+    e.add_argument("--emb-channels", type=int, default=64,
+                  help="edge UNet: timestep embedding channels")
     e.add_argument("--no-diff-input", action="store_true",
                    help="seg head sees (x0, x0_hat) only, not also |x0 - x0_hat|")
 
@@ -141,38 +160,89 @@ def cmd_export(a: argparse.Namespace) -> None:
         golden_from=a.golden_from,
     )
     r = export_model(unet, seg, info, a.out, opts)
-    print(f"wrote {a.out} ({r['size_bytes'] / 1e6:.2f} MB, sha256 {r['model_sha256'][:12]})")
+    print(f"wrote {a.out} ({r['size_bytes'] / 1e6:.2f} MB), "
+          f"model id (graph sha256) {r['model_sha256'][:12]}")
     print(f"flops_per_frame: {r['flops_per_frame'] / 1e9:.3f} GFLOP")
     print(f"parity ORT vs PyTorch: max abs error map {r['map_max_abs_err']:.3g}, "
           f"score {r['score_max_abs_err']:.3g}")
 
 
-def cmd_calibrate(a: argparse.Namespace) -> None:
-    from .calibrate import calibrate, quantile_rank
+def _calibration_plot(a: argparse.Namespace, r: dict) -> None:
+    from .plot import line_plot
+    from .sweep import curve
 
-    r = calibrate(a.model, a.good, a.target_frr, threads=a.threads, check_good=a.check_good)
-    out = {"threshold": r["threshold"], "normal_scores": r["normal_scores"]}
-    if "check" in r:
-        out["check"] = r["check"]
+    path = a.plot or a.model.with_suffix(".calibration.png")
+    c = curve(r["good_scores"], r["defect_scores"])
+    series = [("false-reject rate (good)", c["threshold"], c["frr"])]
+    if len(r["defect_scores"]):
+        series.append(("escape rate (defects)", c["threshold"], c["escape"]))
+    if line_plot(path, series, f"{a.model.name}: rejected at score >= threshold", "threshold",
+                 "rate", vline=("chosen", r["threshold"]["value"]), steps=True,
+                 y_range=(0.0, 1.0)):
+        print(f"plot: {path}", file=sys.stderr)
+    else:
+        print("note: no plot written (Pillow is not importable)", file=sys.stderr)
+
+
+def cmd_calibrate(a: argparse.Namespace) -> None:
+    from .calibrate import DRIFT_P, DRIFT_STD, calibrate, quantile_rank
+    from .sweep import format_sweep
+
+    r = calibrate(a.model, a.good, a.target_frr, threads=a.threads, check_good=a.check_good,
+                  defects=a.defects, max_escapes=a.max_escapes)
+    out = {k: r[k] for k in ("threshold", "normal_scores", "calibration", "defects", "check",
+                             "sweep") if k in r}
     print(json.dumps(out, indent=2))
+    err = sys.stderr
+    print("trade-off on the calibration images (rejected at score >= threshold):", file=err)
+    print(format_sweep(r["sweep"]), file=err)
     n = r["threshold"]["n_images"]
-    above = n - quantile_rank(n, a.target_frr)  # calibration images above the threshold
-    if above == 0:
-        # the empirical quantile cannot see a tail thinner than 1/n: it is the sample maximum
-        print(f"warning: {n} good images cannot resolve a false-reject rate of "
-              f"{a.target_frr:g}; the threshold is their maximum, so expect about "
-              f"1/{n + 1} = {1 / (n + 1):.3f} on new good parts. Calibrate on at least "
-              f"{math.ceil(10 / a.target_frr)} good images for a trustworthy rate.",
-              file=sys.stderr)
-    elif above < 10:
-        print(f"note: only {above} of {n} good scores lie above the threshold, so the "
-              f"false-reject rate on new good parts is only roughly {a.target_frr:g}"
-              + ("" if "check" in r else "; measure it with --check-good DIR") + ".",
-              file=sys.stderr)
+    thr = r["threshold"]["value"]
+    cal = r["calibration"]
+    if a.max_escapes is not None:
+        d = r["defects"]
+        print(f"recommended threshold {thr:.6f}: escapes <= {a.max_escapes * 100:g}% at the "
+              f"fewest false rejects: escapes {d['escapes']}/{d['n_images']} = "
+              f"{d['escape_rate'] * 100:.1f} %, false rejects {cal['false_rejects']}/{n} = "
+              f"{cal['false_reject_rate'] * 100:.1f} % (written to the model)", file=err)
+        if cal["false_reject_rate"] > a.target_frr:
+            print(f"warning: meeting escapes <= {a.max_escapes:g} costs a false-reject rate of "
+                  f"{cal['false_reject_rate']:.3f} on the calibration images, above "
+                  f"--target-frr {a.target_frr:g}", file=err)
+    else:
+        tail = ""
+        if "defects" in r:
+            d = r["defects"]
+            tail = (f"; escapes {d['escapes']}/{d['n_images']} = "
+                    f"{d['escape_rate'] * 100:.1f} % of {d['data']}")
+        print(f"recommended threshold {thr:.6f}: good-score quantile for false rejects <= "
+              f"{a.target_frr * 100:g}% (written to the model){tail}", file=err)
+        above = n - quantile_rank(n, a.target_frr)  # calibration images above the threshold
+        if above == 0:
+            # the empirical quantile cannot see a tail thinner than 1/n: it is the sample max
+            print(f"warning: {n} good images cannot resolve a false-reject rate of "
+                  f"{a.target_frr:g}; the threshold is their maximum, so expect about "
+                  f"1/{n + 1} = {1 / (n + 1):.3f} on new good parts. Calibrate on at least "
+                  f"{math.ceil(10 / a.target_frr)} good images for a trustworthy rate.",
+                  file=err)
+        elif above < 10:
+            print(f"note: only {above} of {n} good scores lie above the threshold, so the "
+                  f"false-reject rate on new good parts is only roughly {a.target_frr:g}"
+                  + ("" if "check" in r else "; measure it with --check-good DIR") + ".",
+                  file=err)
     if "check" in r:
         c = r["check"]
         print(f"false-reject rate on {c['data']}: {c['rejected']}/{c['n_images']} = "
-              f"{c['false_reject_rate']:.4f} (target {a.target_frr:g})", file=sys.stderr)
+              f"{c['false_reject_rate']:.4f} (target {a.target_frr:g})", file=err)
+        dr = c["drift"]
+        if dr["differ"]:
+            print(f"warning: the calibration good images score differently from {c['data']}: "
+                  f"mean {dr['calibration_mean']:.6f} vs {dr['check_mean']:.6f} "
+                  f"({dr['shift_std']:.2f} pooled std apart, limit {DRIFT_STD:g}), KS "
+                  f"{dr['ks']:.3f}, p {dr['ks_p']:.2g} (limit {DRIFT_P:g}). The threshold may "
+                  "not hold on those parts: calibrate on good images like the line's.",
+                  file=err)
+    _calibration_plot(a, r)
 
 
 def cmd_verify(a: argparse.Namespace) -> None:
@@ -198,7 +268,7 @@ def cmd_verify(a: argparse.Namespace) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate, format_table
 
-    r = evaluate(a.model, a.dataset, threads=a.threads)
+    r = evaluate(a.model, a.dataset, threads=a.threads, threshold=a.threshold, sweep=a.sweep)
     print(json.dumps(r, indent=2) if a.json else format_table(r))
 
 
@@ -240,31 +310,49 @@ def cmd_make_tiles(a: argparse.Namespace) -> None:
     print(f"wrote tiles under {a.out} (layout and split manifest: <texture>/tiles.json)")
 
 
+def _command(sub, name: str, text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m exporter", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m exporter", description=__doc__,
+                                formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    t = sub.add_parser("train", help="train UNet + seg on good images")
+    t = _command(sub, "train", "train UNet + seg on good images")
     t.add_argument("--data", type=Path, required=True,
                    help="folder of good images, or an MVTec-style dir with train/good")
-    t.add_argument("--out", type=Path, required=True, help="checkpoint dir (last.pt)")
+    t.add_argument("--out", type=Path, required=True,
+                   help="checkpoint dir (last.pt, loss.csv, loss.png)")
     _add_arch(t)
-    t.add_argument("--steps", type=int, default=1000)
-    t.add_argument("--batch", type=int, default=8)
-    t.add_argument("--lr-unet", type=float, default=2e-4)
-    t.add_argument("--lr-seg", type=float, default=1e-3)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--steps", type=int, default=1000,
+                  help="training steps (optimiser updates) in all, counted across resumes")
+    t.add_argument("--batch", type=int, default=8,
+                  help="images per step")
+    t.add_argument("--lr-unet", type=float, default=2e-4,
+                  help="Adam learning rate of the UNet")
+    t.add_argument("--lr-seg", type=float, default=1e-3,
+                  help="Adam learning rate of the segmentation network")
+    t.add_argument("--seed", type=int, default=0,
+                  help="seed of every random stream (data, synthesis, noise, weights)")
+    t.add_argument("--threads", type=int, default=2,
+                  help="CPU threads for PyTorch / ONNX Runtime")
     t.add_argument("--crop", type=int, default=0, help="train on random crops (multiple of 32)")
     t.add_argument("--no-augment", action="store_true", help="no flips / rot90")
     t.add_argument("--anomaly-source", type=Path, default=None,
                    help="folder of foreign-texture images (default: procedural + skimage)")
-    t.add_argument("--checkpoint-every", type=int, default=100)
+    t.add_argument("--checkpoint-every", type=int, default=100,
+                  help="write the resumable last.pt (and loss.png) every N steps")
     t.add_argument("--keep-every", type=int, default=0,
                    help="also keep the weights every N steps (step-NNNNNN.pt), to choose the "
                         "stopping point on validation data afterwards")
-    t.add_argument("--max-minutes", type=float, default=0.0)
-    t.add_argument("--no-resume", action="store_true")
+    t.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop after this much training wall time, counted across resumes (each "
+                        "checkpoint stores the time so far; start-up and time lost after the "
+                        "last checkpoint of a killed run are not counted); checked after each "
+                        "step; 0: no limit")
+    t.add_argument("--no-resume", action="store_true",
+                  help="start afresh even if the --out dir holds a last.pt")
     t.add_argument("--focal-gamma", type=float, default=4.0,
                    help="focal loss gamma (paper: 4; lower trains the seg head faster)")
     t.add_argument("--discolour", type=float, default=0.0,
@@ -277,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra seg-only updates per step (UNet under no_grad)")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("export", help="export the one-step graph to ONNX")
+    e = _command(sub, "export", "export the one-step graph to ONNX")
     e.add_argument("--checkpoint", type=Path, help="our training checkpoint (file or dir)")
     e.add_argument("--official-checkpoint", type=Path,
                    help="official DiffusionAD checkpoint (params-best.pt or its dir)")
@@ -294,44 +382,68 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-res-blocks", type=int, default=None,
                    help="official checkpoints from code that honours num_res_blocks (the "
                         "official code always builds 2)")
-    e.add_argument("--out", type=Path, required=True)
-    e.add_argument("--name", default="")
+    e.add_argument("--out", type=Path, required=True,
+                  help="ONNX file to write (manifest and goldens beside it)")
+    e.add_argument("--name", default="",
+                  help="model name in the manifest (default: the file name without .onnx)")
     e.add_argument("--t-s", type=int, default=None,
                    help="small timestep (default: the official args' eval_normal_t; ours: 200)")
     e.add_argument("--t-b", type=int, default=None,
                    help="big timestep (default: eval_noisier_t; ours: 400)")
     e.add_argument("--w", type=float, default=None,
                    help="norm-guidance weight (default: condition_w; ours: 1)")
-    e.add_argument("--top-k", type=int, default=50)
+    e.add_argument("--top-k", type=int, default=50,
+                  help="score = mean of the top-k anomaly-map values")
     e.add_argument("--score-sigma", type=float, default=0.0,
                    help="Gaussian blur (sigma, px) of the map before the top-k score; the "
                         "anomaly_map output stays unblurred")
-    e.add_argument("--noise-seed", type=int, default=0)
-    e.add_argument("--opset", type=int, default=17)
-    e.add_argument("--batch", type=int, default=1)
+    e.add_argument("--noise-seed", type=int, default=0,
+                  help="seed of the two Gaussian noises fixed in the graph")
+    e.add_argument("--opset", type=int, default=17,
+                  help="ONNX opset version")
+    e.add_argument("--batch", type=int, default=1,
+                  help="batch size of the static graph")
     e.add_argument("--fp16", action="store_true", help="fp16 weights/compute, fp32 norms")
-    e.add_argument("--range", type=float, nargs=2, metavar=("LO", "HI"))
+    e.add_argument("--range", type=float, nargs=2, metavar=("LO", "HI"),
+                  help="pixel value range LO HI the 0..255 image is mapped to (default: 0 1)")
     e.add_argument("--training-data", default="", help="recorded in the manifest")
     e.add_argument("--golden-from", type=Path, default=None,
                    help="folder: its first 2 images join the fixed golden patterns")
-    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--threads", type=int, default=2,
+                  help="CPU threads for PyTorch / ONNX Runtime")
     e.add_argument("--force", action="store_true", help="overwrite existing outputs")
     e.set_defaults(fn=cmd_export)
 
-    c = sub.add_parser("calibrate", help="set the threshold from good validation images")
-    c.add_argument("model", type=Path)
+    c = _command(sub, "calibrate", "set the threshold from good validation images")
+    c.add_argument("model", type=Path,
+                  help="the ONNX model to calibrate (its manifest's threshold is rewritten)")
     c.add_argument("--good", type=Path, required=True,
                    help="good images; a make-tiles texture dir means its validation/good")
-    c.add_argument("--target-frr", type=float, default=0.005)
+    c.add_argument("--target-frr", type=float, default=0.005,
+                   help="false-reject rate aimed for on good parts: the threshold is that "
+                        "quantile of the good scores")
     c.add_argument("--check-good", type=Path, default=None,
                    help="other good images: print the new threshold's false-reject rate on "
                         "them (a texture dir or validation/ root means validation/test/good)")
-    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--defects", type=Path, default=None,
+                   help="known defective images: a folder of them, or a root whose non-good "
+                        "subfolders hold them (a make-tiles texture dir means validation/test)")
+    c.add_argument("--max-escapes", type=float, default=None,
+                   help="with --defects: the threshold lets at most this fraction of them "
+                        "escape, at the fewest false rejects (instead of the --target-frr "
+                        "quantile)")
+    c.add_argument("--plot", type=Path, default=None,
+                   help="PNG of false-reject and escape rate against threshold (default: "
+                        "MODEL.calibration.png beside the model)")
+    c.add_argument("--threads", type=int, default=2,
+                  help="CPU threads for PyTorch / ONNX Runtime")
     c.set_defaults(fn=cmd_calibrate)
 
-    v = sub.add_parser("verify", help="re-run the golden cases and print the manifest")
-    v.add_argument("model", type=Path)
-    v.add_argument("--tol", type=float, default=1e-4)
+    v = _command(sub, "verify", "re-run the golden cases and print the manifest")
+    v.add_argument("model", type=Path,
+                  help="the ONNX model to check")
+    v.add_argument("--tol", type=float, default=1e-4,
+                  help="max |map| / |score| difference to the golden outputs")
     v.add_argument("--official-code", type=Path, default=None,
                    help="a checkout of the official DiffusionAD repository: also compare the "
                         "model with its modules on the golden inputs, with the same noise")
@@ -343,34 +455,53 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--official-tol", type=float, default=None,
                    help="max |map| / |score| difference to the official code (default 1e-4, "
                         "fp16 models 2e-2)")
-    v.add_argument("--threads", type=int, default=2)
+    v.add_argument("--threads", type=int, default=2,
+                  help="CPU threads for PyTorch / ONNX Runtime")
     v.set_defaults(fn=cmd_verify)
 
-    ev = sub.add_parser("evaluate", help="AUROC / PRO / escapes on an MVTec-style dataset")
-    ev.add_argument("model", type=Path)
-    ev.add_argument("--dataset", type=Path, required=True)
-    ev.add_argument("--json", action="store_true")
-    ev.add_argument("--threads", type=int, default=2)
+    ev = _command(sub, "evaluate", "AUROC / PRO / escapes on an MVTec-style dataset")
+    ev.add_argument("model", type=Path,
+                   help="the ONNX model to evaluate")
+    ev.add_argument("--dataset", type=Path, required=True,
+                   help="MVTec-style dataset: test/good, test/<defect>, ground_truth/<defect>")
+    ev.add_argument("--json", action="store_true",
+                   help="print the results as JSON instead of tables")
+    ev.add_argument("--threshold", type=float, default=None,
+                    help="evaluate FRR and escapes at this threshold instead of the model's "
+                         "calibrated one (the model is not changed)")
+    ev.add_argument("--sweep", action="store_true",
+                    help="also print the false-reject / escape trade-off table (operating "
+                         "points of escape and false-reject targets); JSON: key \"sweep\"")
+    ev.add_argument("--threads", type=int, default=2,
+                   help="CPU threads for PyTorch / ONNX Runtime")
     ev.set_defaults(fn=cmd_evaluate)
 
-    se = sub.add_parser("select", help="choose the stopping point on the validation split")
+    se = _command(sub, "select", "choose the stopping point on the validation split")
     se.add_argument("--checkpoints", type=Path, required=True,
                     help="training dir with step-NNNNNN.pt snapshots (train --keep-every)")
     se.add_argument("--dataset", type=Path, required=True,
                     help="validation dataset (TILES/<texture>/validation), never the test set")
     se.add_argument("--every", type=int, default=0, help="only snapshots at multiples of N")
-    se.add_argument("--t-s", type=int, default=200)
-    se.add_argument("--t-b", type=int, default=400)
-    se.add_argument("--top-k", type=int, default=50)
-    se.add_argument("--score-sigma", type=float, default=0.0)
+    se.add_argument("--t-s", type=int, default=200,
+                   help="small timestep of the graphs the snapshots are scored with")
+    se.add_argument("--t-b", type=int, default=400,
+                   help="big timestep of the graphs the snapshots are scored with")
+    se.add_argument("--top-k", type=int, default=50,
+                   help="score = mean of the top-k anomaly-map values")
+    se.add_argument("--score-sigma", type=float, default=0.0,
+                   help="Gaussian blur (sigma, px) of the map before the top-k score")
     se.add_argument("--out", type=Path, default=None, help="write the table as JSON")
-    se.add_argument("--threads", type=int, default=2)
+    se.add_argument("--threads", type=int, default=2,
+                   help="CPU threads for PyTorch / ONNX Runtime")
     se.set_defaults(fn=cmd_select)
 
-    cd = sub.add_parser("card", help="write MODEL.md (manifest, timing, evaluation)")
-    cd.add_argument("model", type=Path)
-    cd.add_argument("--dataset", type=Path, required=True)
-    cd.add_argument("--out", type=Path, default=None)
+    cd = _command(sub, "card", "write MODEL.md (manifest, timing, evaluation)")
+    cd.add_argument("model", type=Path,
+                   help="the ONNX model the card describes")
+    cd.add_argument("--dataset", type=Path, required=True,
+                   help="MVTec-style dataset it is evaluated on (test split)")
+    cd.add_argument("--out", type=Path, default=None,
+                   help="card to write (default: MODEL.md beside the model)")
     cd.add_argument("--notes", type=Path, default=None, help="markdown file appended")
     cd.add_argument("--selection", type=Path, default=None,
                     help="JSON written by `select --out`: how the stopping point was chosen")
@@ -378,13 +509,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="validation dataset: the card also reports the model there")
     cd.add_argument("--report", type=Path, default=None,
                     help="folder written by `diffad eval --report`: figures embedded")
-    cd.add_argument("--threads", type=int, default=2)
+    cd.add_argument("--threads", type=int, default=2,
+                   help="CPU threads for PyTorch / ONNX Runtime")
     cd.set_defaults(fn=cmd_card)
 
-    m = sub.add_parser("make-tiles", help="tile dataset from skimage brick/grass/gravel")
-    m.add_argument("--out", type=Path, required=True)
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--force", action="store_true")
+    m = _command(sub, "make-tiles", "tile dataset from skimage brick/grass/gravel")
+    m.add_argument("--out", type=Path, required=True,
+                  help="output root: one folder per texture")
+    m.add_argument("--seed", type=int, default=0,
+                  help="seed of the crops and synthetic defects")
+    m.add_argument("--force", action="store_true",
+                  help="overwrite an existing output")
     m.set_defaults(fn=cmd_make_tiles)
     return p
 

@@ -9,7 +9,13 @@ With fewer than 1 / target_frr images this is simply just above the largest scor
 `check_good` scores a second folder of good images (e.g. make-tiles'
 `validation/test/good`, crops disjoint from `validation/good`) and reports the false-reject
 rate of the new threshold on it: an honest estimate, unlike the rate on the calibration
-images, which is at most target_frr by construction.
+images, which is at most target_frr by construction. It also compares the two score
+distributions (mean shift in pooled standard deviations, two-sample Kolmogorov-Smirnov):
+calibration images unlike the line's good parts give a threshold that does not hold there.
+
+`defects` (known defective images) adds escapes to the trade-off (`sweep.py`); with
+`max_escapes` the threshold is the spec's "escapes <= X at the fewest false rejects" instead
+of the good-score quantile.
 """
 
 from __future__ import annotations
@@ -35,8 +41,12 @@ MIN_IMAGES = 20
 
 
 def score_folder(model_path: Path, folder: Path, threads: int = 2) -> tuple[np.ndarray, list[Path]]:
+    return score_files(model_path, list_images(folder), threads)
+
+
+def score_files(model_path: Path, files: list[Path],
+                threads: int = 2) -> tuple[np.ndarray, list[Path]]:
     manifest = get_manifest(load_model(model_path))
-    files = list_images(folder)
     inp = manifest["input"]
     imgs = np.stack([
         preprocess_file(p, inp["channels"], inp["height"], inp["width"], tuple(inp["range"]))
@@ -82,12 +92,68 @@ def good_folder(path: Path, subdirs: tuple[tuple[str, ...], ...]) -> Path:
     return path
 
 
+DEFECT_ROOTS = (("validation", "test"), ("test",), ())
+NOT_DEFECTS = ("good", "ground_truth")
+DRIFT_STD = 0.5  # warn when the calibration mean is further than this, in pooled stds
+DRIFT_P = 0.01  # ... or when the KS test's p-value is below this
+
+
+def defect_files(path: Path) -> tuple[list[Path], Path]:
+    """Defective images: `path` itself if it holds images, else the images of the non-good
+    subfolders of its first root among validation/test, test and itself (so a make-tiles
+    texture dir means its validation defects, never the test split's)."""
+    if path.is_dir() and list_images(path):
+        return list_images(path), path
+    for sub in DEFECT_ROOTS:
+        root = path.joinpath(*sub)
+        if not root.is_dir():
+            continue
+        files = [f for d in sorted(root.iterdir()) if d.is_dir() and d.name not in NOT_DEFECTS
+                 for f in list_images(d)]
+        if files:
+            return files, root
+    raise ExporterError(f"no defective images in {path} (give a folder of defective images, or "
+                        "a root whose non-good subfolders hold them)")
+
+
+def drift(cal: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+    """How far the calibration good scores are from other good scores: mean shift in pooled
+    standard deviations and the two-sample KS statistic with its p-value."""
+    from scipy.stats import ks_2samp
+
+    a, b = np.asarray(cal, np.float64), np.asarray(other, np.float64)
+    dof = len(a) + len(b) - 2
+    pooled = math.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / dof) \
+        if dof > 0 and len(a) > 1 and len(b) > 1 else 0.0
+    diff = float(a.mean() - b.mean())
+    shift = abs(diff) / pooled if pooled > 0 else (0.0 if diff == 0 else math.inf)
+    ks = ks_2samp(a, b)
+    return {"calibration_mean": float(a.mean()), "check_mean": float(b.mean()),
+            "pooled_std": pooled, "shift_std": shift, "ks": float(ks.statistic),
+            "ks_p": float(ks.pvalue), "differ": bool(shift > DRIFT_STD or ks.pvalue < DRIFT_P)}
+
+
+def manifest_threshold(x: float, below: float | None) -> float:
+    """`x` as the runtime reads it (float32), kept above the score `below` it must pass."""
+    v = np.float32(x)
+    if below is not None and v <= np.float32(below):
+        v = np.nextafter(np.float32(below), np.float32(np.inf))
+    return float(v)
+
+
 def calibrate(model_path: Path, good: Path, target_frr: float, threads: int = 2,
-              check_good: Path | None = None) -> dict[str, Any]:
-    """Set the manifest threshold from `good`; with `check_good`, also return the
-    false-reject rate of that threshold on those other good images under "check"."""
+              check_good: Path | None = None, defects: Path | None = None,
+              max_escapes: float | None = None) -> dict[str, Any]:
+    """Set the manifest threshold from `good` (and `defects` with `max_escapes`); with
+    `check_good`, also return the false-reject rate of that threshold on those other good
+    images and how their scores differ under "check"; with `defects`, the trade-off table
+    under "sweep" and the defect scores' escapes under "defects"."""
     if not 0.0 < target_frr < 1.0:
         raise ExporterError(f"--target-frr must be in (0, 1), got {target_frr}")
+    if max_escapes is not None and defects is None:
+        raise ExporterError("--max-escapes needs --defects DIR (known defective images)")
+    if max_escapes is not None and not 0.0 <= max_escapes < 1.0:
+        raise ExporterError(f"--max-escapes must be in [0, 1), got {max_escapes}")
     model = load_model(model_path)
     manifest = get_manifest(model)
     good = good_folder(good, CALIBRATION_SUBDIRS)
@@ -101,19 +167,39 @@ def calibrate(model_path: Path, good: Path, target_frr: float, threads: int = 2,
             raise ExporterError(f"no images in {check_good}")
         if check_good.resolve() == good.resolve():
             raise ExporterError(f"--check-good {check_good} is the calibration folder itself")
+    bad_files, bad_root = defect_files(defects) if defects is not None else ([], None)
     scores, _ = score_folder(model_path, good, threads)
+    bad = score_files(model_path, bad_files, threads)[0] if bad_files else np.zeros(0, np.float32)
+    from .sweep import escape_point, sweep
+
+    extra: dict[str, Any] = {"good_scores": scores, "defect_scores": bad}
     thr = quantile_threshold(scores, target_frr)
-    check = None
+    manifest["threshold"] = {"value": thr, "method": "quantile", "target_frr": target_frr,
+                             "n_images": int(len(scores)), "data": str(good)}
+    if max_escapes is not None:
+        p = escape_point(scores, bad, max_escapes)
+        assert p is not None  # the smallest candidate lets no defect escape
+        allv = np.unique(np.concatenate([scores, bad]).astype(np.float64))
+        below = allv[allv < p.threshold]
+        thr = manifest_threshold(p.threshold, float(below.max()) if len(below) else None)
+        manifest["threshold"] = {"value": thr, "method": "max_escapes",
+                                 "max_escapes": max_escapes, "n_images": int(len(scores)),
+                                 "data": str(good), "n_defects": int(len(bad)),
+                                 "defects": str(bad_root)}
+    if bad_root is not None:
+        esc = int((bad < thr).sum())
+        extra["defects"] = {"data": str(bad_root), "n_images": int(len(bad)), "escapes": esc,
+                            "escape_rate": esc / len(bad)}
+    extra["sweep"] = sweep(scores, bad)
+    extra["calibration"] = {"false_rejects": int((scores >= thr).sum()),
+                            "false_reject_rate": float((scores >= thr).mean())}
     if check_good is not None:
         cs, _ = score_folder(model_path, check_good, threads)
         rejected = int((cs >= thr).sum())  # the runtime rejects at score >= threshold
-        check = {"data": str(check_good), "n_images": int(len(cs)), "rejected": rejected,
-                 "false_reject_rate": rejected / len(cs), "max_score": float(cs.max())}
-    manifest["threshold"] = {"value": thr, "method": "quantile", "target_frr": target_frr,
-                             "n_images": int(len(scores)), "data": str(good)}
+        extra["check"] = {"data": str(check_good), "n_images": int(len(cs)),
+                          "rejected": rejected, "false_reject_rate": rejected / len(cs),
+                          "max_score": float(cs.max()), "drift": drift(scores, cs)}
     manifest["normal_scores"] = normal_stats(scores)
     set_manifest(model, manifest)
     save_model_atomic(model, model_path)
-    if check is not None:
-        return {**manifest, "check": check}
-    return manifest
+    return {**manifest, **extra}

@@ -11,7 +11,44 @@ from typing import Any
 import numpy as np
 
 from .evaluate import evaluate, format_table
-from .onnxio import get_manifest, load_model, ort_session
+from .onnxio import get_manifest, graph_sha256, load_model, ort_session
+from .preprocess import IMAGE_EXTS
+from .verify import golden_paths
+
+
+def tiles_texture(dataset: Path) -> str | None:
+    """The scikit-image texture when `dataset` is a make-tiles texture dir (its tiles.json
+    says so), else None: the card then describes the folder as it is."""
+    try:
+        meta = json.loads((dataset / "tiles.json").read_text())
+    except (OSError, ValueError):
+        return None
+    tex = meta.get("texture") if isinstance(meta, dict) else None
+    return tex if isinstance(tex, str) and "tiles" in meta else None
+
+
+def image_counts(dataset: Path) -> dict[str, int]:
+    """Images per folder under `dataset` (relative path -> count), masks excluded."""
+    counts: dict[str, int] = {}
+    if not dataset.is_dir():
+        return counts
+    for d in sorted(p for p in [dataset, *dataset.rglob("*")] if p.is_dir()):
+        rel = d.relative_to(dataset)
+        if "ground_truth" in rel.parts:
+            continue
+        n = sum(1 for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+        if n:
+            counts[rel.as_posix() or "."] = n
+    return counts
+
+
+def data_lines(dataset: Path) -> list[str]:
+    """The user's data folder: path and images per split / kind."""
+    counts = image_counts(dataset)
+    lines = ["## Data", "", f"`{dataset}` (images per folder; masks under ground_truth/ not "
+             "counted):", ""]
+    lines += [f"- `{k}`: {v}" for k, v in counts.items()] or ["- (no images found)"]
+    return lines + [""]
 
 
 def time_model(path: Path, threads: int = 2, runs: int = 30) -> float:
@@ -92,20 +129,38 @@ def write_card(path: Path, dataset: Path, out: Path, threads: int = 2,
     thr = m["threshold"] or {}
     ns = m["normal_scores"] or {}
     name = m["name"]
+    texture = tiles_texture(dataset)
+    inp = m["input"]
+    gjson, gdir = golden_paths(path)
+    if texture is not None:
+        subject = (f"{inp['height']}x{inp['width']} grey tiles of scikit-image `{texture}()`")
+        made_by = (f"; made by `python -m exporter make-tiles --out {dataset.parent}` "
+                   "(deterministic, seed 0)")
+        test_note = ("Test tiles come from x >= 384 of the photograph only (never seen in "
+                     "training or calibration); defects are made by `exporter/tiles.py`, a "
+                     "synthesis unlike the training one.")
+    else:
+        colour = "grey" if inp["channels"] == 1 else "RGB"
+        subject = f"{inp['height']}x{inp['width']} {colour} images of `{dataset}`"
+        made_by = ""
+        test_note = (f"Test images: `{dataset / 'test'}` ({ev['n_good']} good, "
+                     f"{ev['n_defective']} defective in "
+                     f"{', '.join(k for k in ev['per_kind'] if k != 'good')}).")
     lines = [
         f"# {name}",
         "",
-        "DiffusionAD one-step anomaly detector (ARCHITECTURE §1) for 128x128 grey tiles of "
-        f"scikit-image `{name.removeprefix('tiles-')}()`, exported as one static ONNX graph.",
+        f"DiffusionAD one-step anomaly detector (ARCHITECTURE §1) for {subject}, exported as "
+        "one static ONNX graph.",
         "",
         "## Files",
-        f"- `model.onnx` ({path.stat().st_size / 1e6:.2f} MB, {a.get('precision', 'fp32')}), "
+        f"- `{path.name}` ({path.stat().st_size / 1e6:.2f} MB, {a.get('precision', 'fp32')}), "
         f"manifest in metadata key `diffad.manifest`",
-        "- `model.golden.json` + `model.golden/`: golden cases (ORT CPU)",
+        f"- `{gjson.name}` + `{gdir.name}/`: golden cases (ORT CPU)",
+        f"- model id (graph sha256, unchanged by calibrate) `{graph_sha256(load_model(path))}`",
         "",
         "## Graph",
-        f"- input `image` float32 [{m['input']['batch']}, {m['input']['channels']}, "
-        f"{m['input']['height']}, {m['input']['width']}], range {m['input']['range']}",
+        f"- input `image` float32 [{inp['batch']}, {inp['channels']}, "
+        f"{inp['height']}, {inp['width']}], range {inp['range']}",
         "- outputs `anomaly_map` [B,1,H,W] in [0,1], `score` [B] = mean of top-"
         f"{m['score']['top_k']} map values"
         + (f" of the map blurred with a Gaussian of sigma {m['score']['blur_sigma']} px"
@@ -118,9 +173,9 @@ def write_card(path: Path, dataset: Path, out: Path, threads: int = 2,
         f"- speed: {ms:.1f} ms/frame median, ONNX Runtime {ort_version()} CPU, {threads} threads "
         "on this 2-core dev VM (shared; see `scripts/bench-model`)",
         "",
+        *([] if texture is not None else data_lines(dataset)),
         "## Training",
-        f"- data: {tr.get('data', '')}; made by `python -m exporter make-tiles --out "
-        f"{dataset.parent}` (deterministic, seed 0)",
+        f"- data: {tr.get('data', '')}{made_by}",
         f"- command: `{tr.get('command', '')}`",
         f"- seed {tr.get('seed')}, steps {tr.get('steps')}, batch {tr.get('batch')}, "
         f"crop {tr.get('crop') or 'none'}, lr UNet {tr.get('lr_unet')}, lr seg {tr.get('lr_seg')}",
@@ -128,16 +183,14 @@ def write_card(path: Path, dataset: Path, out: Path, threads: int = 2,
         f"- checkpoint sha256 `{m.get('checkpoint_sha256', '')}`",
         "",
         "## Calibration",
-        f"- threshold {thr.get('value')} ({thr.get('method')}, target FRR "
-        f"{thr.get('target_frr')}, {thr.get('n_images')} images of `{thr.get('data')}`)",
+        f"- threshold {thr.get('value')} ({threshold_rule(thr)}, {thr.get('n_images')} images "
+        f"of `{thr.get('data')}`)",
         f"- normal scores: mean {ns.get('mean', 0):.4f}, std {ns.get('std', 0):.4f}, "
         f"max {ns.get('max', 0):.4f}",
         "",
         f"## Evaluation (`python -m exporter evaluate {path} --dataset {dataset}`)",
         "",
-        "Test tiles come from x >= 384 of the photograph only (never seen in training or "
-        "calibration); defects are made by `exporter/tiles.py`, a synthesis unlike the "
-        "training one.",
+        test_note,
         "",
         format_table(ev),
         "",
@@ -150,6 +203,13 @@ def write_card(path: Path, dataset: Path, out: Path, threads: int = 2,
         lines += ["## Notes", "", notes, ""]
     out.write_text("\n".join(lines))
     return {"eval": ev, "ms": ms}
+
+
+def threshold_rule(thr: dict[str, Any]) -> str:
+    if thr.get("method") == "max_escapes":
+        return (f"max_escapes: escapes <= {thr.get('max_escapes')} of {thr.get('n_defects')} "
+                f"defective images of `{thr.get('defects')}`, fewest false rejects")
+    return f"{thr.get('method')}, target FRR {thr.get('target_frr')}"
 
 
 def ort_version() -> str:

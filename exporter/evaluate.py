@@ -57,7 +57,10 @@ def _load_mask(path: Path, h: int, w: int) -> np.ndarray:
         return np.asarray(m) > 127
 
 
-def evaluate(model_path: Path, dataset: Path, threads: int = 2) -> dict[str, Any]:
+def evaluate(model_path: Path, dataset: Path, threads: int = 2, threshold: float | None = None,
+             sweep: bool = False) -> dict[str, Any]:
+    """Metrics on dataset/test; at `threshold` instead of the manifest's when given; with
+    `sweep`, also the false-reject / escape operating points (`sweep.py`) under "sweep"."""
     manifest = get_manifest(load_model(model_path))
     inp = manifest["input"]
     h, w, c = inp["height"], inp["width"], inp["channels"]
@@ -94,6 +97,10 @@ def evaluate(model_path: Path, dataset: Path, threads: int = 2) -> dict[str, Any
         "pro_30": pro_auc(maps, gt),
     }
     thr = (manifest.get("threshold") or {}).get("value")
+    res["threshold_source"] = "manifest" if thr is not None else None
+    if threshold is not None:
+        thr = float(threshold)
+        res["threshold_source"] = "--threshold"
     res["threshold"] = thr
     per_kind: dict[str, Any] = {}
     kind_arr = np.array(kind_of)
@@ -115,6 +122,10 @@ def evaluate(model_path: Path, dataset: Path, threads: int = 2) -> dict[str, Any
     if thr is not None:
         res["false_reject_rate"] = per_kind["good"]["false_reject_rate"]
         res["escape_rate"] = float((scores[y == 1] < thr).mean())
+    if sweep:
+        from .sweep import sweep as sweep_points
+
+        res["sweep"] = sweep_points(scores[y == 0], scores[y == 1])
     return res
 
 
@@ -124,7 +135,9 @@ def format_table(r: dict[str, Any]) -> str:
         f"PRO@30% {r['pro_30']:.4f} | good {r['n_good']}, defective {r['n_defective']}",
     ]
     thr = r.get("threshold")
-    lines.append(f"threshold: {thr if thr is not None else 'not calibrated'}")
+    src = r.get("threshold_source")
+    lines.append(f"threshold: {thr if thr is not None else 'not calibrated'}"
+                 + (" (from --threshold)" if src == "--threshold" else ""))
     lines.append("")
     lines.append("| kind | n | mean score | image AUROC vs good | FRR / escape rate |")
     lines.append("|---|---|---|---|---|")
@@ -136,4 +149,9 @@ def format_table(r: dict[str, Any]) -> str:
     if thr is not None:
         lines.append(f"| **all defects** | {r['n_defective']} | | {r['image_auroc']:.4f} | "
                      f"escape {r['escape_rate']:.3f} |")
+    if "sweep" in r:
+        from .sweep import format_sweep
+
+        lines += ["", "Operating points (a part is rejected at score >= threshold):", "",
+                  format_sweep(r["sweep"])]
     return "\n".join(lines)

@@ -3,13 +3,27 @@
 Per sample t_s ~ U{0..299}, t_b ~ U{300..999}; half the batch gets a synthetic
 anomaly; loss = noise MSE (both steps, normal samples only) + 5 x focal(alpha 0.5,
 gamma 4) + smooth-L1 on the predicted mask; one backward through both networks.
+
+Beside last.pt: `loss.csv` (one row per step: step, elapsed seconds, total loss and each
+term; rows after the checkpoint a run resumes from are dropped, so it always matches the
+weights) and `loss.png`, redrawn at every checkpoint. SIGINT / SIGTERM finish the current
+step, write last.pt (the periodic format, so the run resumes from it) and exit 130 / 143.
+
+`--max-minutes` counts training wall time across resumes: the elapsed time is stored in
+every checkpoint (`wall_seconds`) and a resumed run starts from it. Time from start-up (data
+loading, model building) to the first step is not counted, nor time lost after the last
+checkpoint of a run that was killed without a chance to write one (SIGKILL, power loss).
+The limit is checked after each step, so a run stops at the first step that ends past it.
 """
 
 from __future__ import annotations
 
+import csv
 import random
 import shlex
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,6 +225,109 @@ def save_snapshot(path: Path, unet, seg, step: int, opts: TrainOptions, wall: fl
     _save(path, _weights(unet, seg, step, opts, wall))
 
 
+LOSS_COLUMNS = ("step", "elapsed_s", "loss", "noise", "focal", "sl1")
+
+
+def open_loss_log(path: Path, resume_step: int | None):
+    """loss.csv for appending: rows up to `resume_step` kept (None: a fresh file)."""
+    rows: list[list[str]] = []
+    if resume_step is not None and path.exists():
+        with path.open(newline="") as f:
+            r = csv.reader(f)
+            header = next(r, None)
+            if header is not None and tuple(header) == LOSS_COLUMNS:
+                rows = [row for row in r if row and int(row[0]) <= resume_step]
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(LOSS_COLUMNS)
+        w.writerows(rows)
+    return path.open("a", newline="", buffering=1)
+
+
+def read_loss_log(path: Path) -> dict[str, list[float]]:
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(row[k]) for row in rows] for k in LOSS_COLUMNS}
+
+
+def plot_loss(csv_path: Path, png: Path) -> bool:
+    """loss.png: every loss term against step (log scale; bins of the mean when long)."""
+    from .plot import line_plot
+
+    h = read_loss_log(csv_path)
+    n = len(h["step"])
+    if not n:
+        return False
+    b = max(1, n // 400)
+    binned = {k: [sum(v[i:i + b]) / len(v[i:i + b]) for i in range(0, n, b)] for k, v in h.items()}
+    series = [(k, binned["step"], binned[k]) for k in LOSS_COLUMNS[2:]]
+    return line_plot(png, series, f"training loss ({csv_path.parent.name}, "
+                     f"mean of {b} step{'s' if b > 1 else ''} per point)", "step", "loss",
+                     log_y=True)
+
+
+def count_parameters(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+class StopSignals:
+    """SIGINT / SIGTERM set `received` (a second one acts as usual); handlers restored on
+    exit. Only in the main thread, where Python delivers signals."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received = signum
+        signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then writing the "
+              "checkpoint (send it again to abort without one)", file=sys.stderr)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _fmt_s(sec: float) -> str:
+    sec = max(0, int(sec))
+    return f"{sec // 3600}:{sec // 60 % 60:02d}:{sec % 60:02d}"
+
+
+def time_left(steps_left: int, sec_per_step: float | None, limit_left: float | None) -> str:
+    """The ETA of whichever stops the run first: the step count or --max-minutes."""
+    by_steps = None if sec_per_step is None else steps_left * sec_per_step
+    if limit_left is not None and (by_steps is None or limit_left < by_steps):
+        return f"{_fmt_s(limit_left)} (max-minutes)"
+    return "?" if by_steps is None else f"{_fmt_s(by_steps)} (steps)"
+
+
+def print_summary(opts: TrainOptions, images: np.ndarray, unet, seg, start: int) -> None:
+    folder = good_dir(opts.data)
+    n_u, n_s = count_parameters(unet), count_parameters(seg)
+    limit = f", or {opts.max_minutes:g} min of training time" if opts.max_minutes > 0 else ""
+    lines = [
+        f"data: {folder} ({len(images)} images, {images.shape[1]} channel(s), "
+        f"{images.shape[-1]} px{f', crops of {opts.crop} px' if opts.crop else ''})",
+        f"model: {type(unet).__name__} {n_u / 1e6:.3f} M + {type(seg).__name__} "
+        f"{n_s / 1e6:.3f} M = {(n_u + n_s) / 1e6:.3f} M parameters; FLOPs per frame: "
+        "counted on the graph by `export`",
+        f"device: cpu, {torch.get_num_threads()} thread(s)",
+        f"steps: {start} -> {opts.steps} (batch {opts.batch}, seg extra {opts.seg_extra}"
+        f"){limit}",
+        f"checkpoints: {opts.out}/last.pt every {opts.checkpoint_every} steps"
+        + (f", step-NNNNNN.pt every {opts.keep_every}" if opts.keep_every else "")
+        + "; loss.csv, loss.png beside it",
+    ]
+    print("\n".join(lines), file=sys.stderr)
+
+
 def train(opts: TrainOptions) -> Path:
     torch.set_num_threads(max(1, opts.threads))
     random.seed(opts.seed)
@@ -256,37 +373,62 @@ def train(opts: TrainOptions) -> Path:
         print(f"resuming from {ck_path} at step {step}", file=sys.stderr)
     unet.train()
     seg.train()
+    print_summary(opts, images, unet, seg, step)
+    loss_csv = opts.out / "loss.csv"
+    log = csv.writer(log_file := open_loss_log(loss_csv, step if opts.resume else None))
     t0 = time.time()
-    bar = tqdm(total=opts.steps, initial=step, desc="train", dynamic_ncols=True)
+    start = step
+    limit = opts.max_minutes * 60 if opts.max_minutes > 0 else None
+    bar = tqdm(total=opts.steps, initial=step, desc="train", dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
     ema: dict[str, float] = {}
-    while step < opts.steps:
-        x0, mask, label = make_batch(images, opts, pool, np_rng)
-        loss, parts = train_step(unet, seg, x0, mask, label, abar, gen, opts.focal_gamma)
-        opt_u.zero_grad(set_to_none=True)
-        opt_s.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_u.step()
-        opt_s.step()
-        for _ in range(opts.seg_extra):
-            x0, mask, _ = make_batch(images, opts, pool, np_rng)
-            seg_loss = seg_only_step(unet, seg, x0, mask, abar, gen, opts.focal_gamma)
+
+    def checkpoint(elapsed: float) -> None:
+        save_checkpoint(ck_path, unet, seg, opt_u, opt_s, step, opts, np_rng, gen, elapsed)
+        plot_loss(loss_csv, opts.out / "loss.png")
+
+    with StopSignals() as stop, log_file:
+        while step < opts.steps:
+            x0, mask, label = make_batch(images, opts, pool, np_rng)
+            loss, parts = train_step(unet, seg, x0, mask, label, abar, gen, opts.focal_gamma)
+            opt_u.zero_grad(set_to_none=True)
             opt_s.zero_grad(set_to_none=True)
-            seg_loss.backward()
+            loss.backward()
+            opt_u.step()
             opt_s.step()
-        step += 1
-        for k, v in parts.items():
-            ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.4f}" for k, v in ema.items()})
-        elapsed = wall0 + time.time() - t0
-        out_of_time = opts.max_minutes > 0 and elapsed > opts.max_minutes * 60
-        if step % opts.checkpoint_every == 0 or step == opts.steps or out_of_time:
-            save_checkpoint(ck_path, unet, seg, opt_u, opt_s, step, opts, np_rng, gen, elapsed)
-        if opts.keep_every and step % opts.keep_every == 0:
-            save_snapshot(opts.out / f"step-{step:06d}.pt", unet, seg, step, opts, elapsed)
-        if out_of_time:
-            print(f"\nstopping at step {step}: --max-minutes reached", file=sys.stderr)
-            break
+            for _ in range(opts.seg_extra):
+                x0, mask, _ = make_batch(images, opts, pool, np_rng)
+                seg_loss = seg_only_step(unet, seg, x0, mask, abar, gen, opts.focal_gamma)
+                opt_s.zero_grad(set_to_none=True)
+                seg_loss.backward()
+                opt_s.step()
+            step += 1
+            elapsed = wall0 + time.time() - t0
+            log.writerow([step, f"{elapsed:.2f}", f"{loss.item():.6g}",
+                          *(f"{parts[k]:.6g}" for k in LOSS_COLUMNS[3:])])
+            for k, v in parts.items():
+                ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
+            left = time_left(opts.steps - step, (time.time() - t0) / (step - start),
+                             None if limit is None else limit - elapsed)
+            bar.set_postfix({**{k: f"{v:.4f}" for k, v in ema.items()}, "left": left},
+                            refresh=False)
+            bar.update(1)
+            out_of_time = limit is not None and elapsed > limit
+            if step % opts.checkpoint_every == 0 or step == opts.steps or out_of_time:
+                checkpoint(elapsed)
+            if opts.keep_every and step % opts.keep_every == 0:
+                save_snapshot(opts.out / f"step-{step:06d}.pt", unet, seg, step, opts, elapsed)
+            if stop.received is not None:
+                if step % opts.checkpoint_every and step != opts.steps and not out_of_time:
+                    checkpoint(elapsed)
+                bar.close()
+                name = signal.Signals(stop.received).name
+                print(f"{name}: checkpoint written: {ck_path} (step {step}, resumable; "
+                      f"loss history {loss_csv})", file=sys.stderr)
+                raise SystemExit(128 + stop.received)
+            if out_of_time:
+                print(f"\nstopping at step {step}: --max-minutes reached", file=sys.stderr)
+                break
     bar.close()
     if not ck_path.exists():
         save_checkpoint(ck_path, unet, seg, opt_u, opt_s, step, opts, np_rng, gen,

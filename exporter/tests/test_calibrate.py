@@ -44,7 +44,7 @@ def test_calibrate_writes_threshold(exported: Path, tmp_path: Path, capsys) -> N
     assert ns["max"] == pytest.approx(float(scores.max()), abs=1e-6)
     verify_model(model)  # goldens stay valid: the graph did not change
     assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
-    assert "warning" not in capsys.readouterr().err  # 24 x 0.05 >= 1: the rate is resolvable
+    assert "warning:" not in capsys.readouterr().err  # 24 x 0.05 >= 1: the rate is resolvable
 
 
 def test_calibrate_warns_when_too_few_images_for_the_rate(
@@ -94,7 +94,7 @@ def test_warning_matches_the_quantile_rule(exported: Path, tmp_path: Path, capsy
     assert main(["calibrate", str(d / "tiny.onnx"), "--good", str(good), "--target-frr", "0.05",
                  "--threads", "1"]) == 0
     err = capsys.readouterr().err
-    assert "warning" not in err and "only 1 of 20 good scores lie above" in err
+    assert "warning:" not in err and "only 1 of 20 good scores lie above" in err
 
 
 def test_calibrate_hundreds_and_check_good(exported: Path, tmp_path: Path, capsys) -> None:
@@ -112,7 +112,7 @@ def test_calibrate_hundreds_and_check_good(exported: Path, tmp_path: Path, capsy
     out = json.loads(cap.out)
     thr = out["threshold"]
     assert thr["n_images"] == 400 and thr["data"] == str(tex / "validation" / "good")
-    assert "warning" not in cap.err and "only 2 of 400" in cap.err
+    assert "warning:" not in cap.err and "only 2 of 400" in cap.err
     scores, _ = score_folder(model, tex / "validation" / "good", 1)
     assert (scores >= thr["value"]).sum() == 2  # floor(400 x 0.005)
     check, _ = score_folder(model, tex / "validation" / "test" / "good", 1)
@@ -129,3 +129,83 @@ def test_calibrate_hundreds_and_check_good(exported: Path, tmp_path: Path, capsy
                  str(tex / "validation" / "good")]) == 2
     assert "calibration folder itself" in capsys.readouterr().err
     assert model.read_bytes() == before
+
+
+def test_drift_statistics() -> None:
+    from exporter.calibrate import drift
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.3, 0.05, 300)
+    same = drift(a, rng.normal(0.3, 0.05, 200))
+    assert not same["differ"] and same["shift_std"] < 0.5 and same["ks_p"] > 0.01
+    shifted = drift(a, rng.normal(0.33, 0.05, 200))  # 0.6 std apart
+    assert shifted["differ"] and shifted["shift_std"] > 0.5
+    assert shifted["calibration_mean"] == pytest.approx(a.mean())
+
+
+def test_calibrate_defects_max_escapes_plot_and_drift(
+        exported: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    from PIL import Image
+
+    from exporter.sweep import escape_point
+
+    d = tmp_path / "m"
+    shutil.copytree(exported.parent, d)
+    model = d / "tiny.onnx"
+    good = tmp_path / "good"
+    write_images(good, 24)
+    root = tmp_path / "val"  # MVTec-style: root/test/<kind>, good and ground_truth ignored
+    write_images(root / "test" / "good", 3, seed=7)
+    write_images(root / "test" / "spot", 10, seed=5)
+    write_images(root / "ground_truth" / "spot", 10, seed=6)
+    flat = tmp_path / "flat"  # other "good" images, unlike the calibration ones
+    flat.mkdir()
+    for i in range(20):
+        Image.fromarray(np.full((32, 32), 40 + i, np.uint8)).save(flat / f"{i:03d}.png")
+    plot = tmp_path / "cal.png"
+    assert main(["calibrate", str(model), "--good", str(good), "--defects", str(root),
+                 "--max-escapes", "0.2", "--check-good", str(flat), "--plot", str(plot),
+                 "--threads", "1"]) == 0
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    thr = get_manifest(onnx.load(str(model)))["threshold"]
+    assert thr["method"] == "max_escapes" and thr["max_escapes"] == 0.2
+    assert thr["n_defects"] == 10 and thr["defects"] == str(root / "test")
+    gs, _ = score_folder(model, good, 1)
+    bs, _ = score_folder(model, root / "test" / "spot", 1)
+    p = escape_point(gs, bs, 0.2)
+    assert thr["value"] == pytest.approx(p.threshold, rel=1e-6)
+    assert (bs < thr["value"]).sum() <= 2  # 20% of 10
+    assert out["defects"]["escapes"] == int((bs < thr["value"]).sum())
+    # fewest false rejects: nxt[0] is the chosen candidate (the threshold sits just below it),
+    # the next larger one would let more than 20% escape
+    allv = np.unique(np.r_[gs, bs])
+    nxt = allv[allv > thr["value"]]
+    assert (bs < nxt[0]).mean() <= 0.2
+    assert len(nxt) < 2 or (bs < nxt[1]).mean() > 0.2
+    assert "target            threshold" in cap.err and "recommended threshold" in cap.err
+    assert "escapes <= 20%" in cap.err
+    assert out["sweep"]["defective"] == 10 and out["sweep"]["good"] == 24
+    # the flat check images score unlike the calibration images
+    assert out["check"]["drift"]["differ"]
+    assert "score differently" in cap.err
+    assert f"{out['check']['drift']['check_mean']:.6f}" in cap.err
+    with Image.open(plot) as im:
+        assert im.size == (720, 440)
+        px = np.asarray(im.convert("RGB")).reshape(-1, 3)
+        assert len(np.unique(px, axis=0)) > 3  # curves drawn, not a blank image
+    # --max-escapes without --defects is refused
+    assert main(["calibrate", str(model), "--good", str(good), "--max-escapes", "0.1"]) == 2
+    assert "--defects" in capsys.readouterr().err
+
+
+def test_calibrate_default_plot_beside_the_model(exported: Path, tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    shutil.copytree(exported.parent, d)
+    good = tmp_path / "good"
+    write_images(good, 20)
+    assert main(["calibrate", str(d / "tiny.onnx"), "--good", str(good), "--target-frr",
+                 "0.05", "--threads", "1"]) == 0
+    assert (d / "tiny.calibration.png").is_file()

@@ -57,8 +57,7 @@ def test_pro_perfect_and_random() -> None:
     assert pro_auc(rnd, gt) < 0.4
 
 
-def test_evaluate_tiny_dataset(exported: Path, tmp_path: Path, capsys) -> None:
-    ds = tmp_path / "ds"
+def _tiny_dataset(ds: Path) -> Path:
     rng = np.random.default_rng(1)
     for i in range(4):
         Image.fromarray(rng.integers(100, 140, (32, 32), dtype=np.uint8)).save(
@@ -72,6 +71,11 @@ def test_evaluate_tiny_dataset(exported: Path, tmp_path: Path, capsys) -> None:
         (ds / "ground_truth" / "spot").mkdir(parents=True, exist_ok=True)
         Image.fromarray(a).save(ds / "test" / "spot" / f"{i:03d}.png")
         Image.fromarray(m).save(ds / "ground_truth" / "spot" / f"{i:03d}_mask.png")
+    return ds
+
+
+def test_evaluate_tiny_dataset(exported: Path, tmp_path: Path, capsys) -> None:
+    ds = _tiny_dataset(tmp_path / "ds")
     r = evaluate(exported, ds, threads=1)
     for k in ("image_auroc", "pixel_auroc", "pro_30"):
         assert 0.0 <= r[k] <= 1.0
@@ -82,3 +86,30 @@ def test_evaluate_tiny_dataset(exported: Path, tmp_path: Path, capsys) -> None:
     shutil.rmtree(ds / "ground_truth")
     assert main(["evaluate", str(exported), "--dataset", str(ds)]) == 2
     assert "missing mask" in capsys.readouterr().err
+
+
+def test_evaluate_threshold_and_sweep(exported: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    from exporter.sweep import sweep
+
+    ds = _tiny_dataset(tmp_path / "ds")
+    r = evaluate(exported, ds, threads=1, threshold=-1.0, sweep=True)
+    # every score is >= -1: all good parts rejected, no defect escapes
+    assert r["threshold"] == -1.0 and r["threshold_source"] == "--threshold"
+    assert r["false_reject_rate"] == 1.0 and r["escape_rate"] == 0.0
+    assert r["sweep"]["good"] == 4 and r["sweep"]["defective"] == 4
+    assert r["sweep"]["points"] and r["sweep"]["points"][0]["target"] == "escapes<=0"
+    assert main(["evaluate", str(exported), "--dataset", str(ds), "--threshold", "1e9",
+                 "--sweep", "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["escape_rate"] == 1.0 and j["false_reject_rate"] == 0.0
+    assert j["sweep"] == r["sweep"]
+    # the threshold for "escapes <= 0" lets no defect escape
+    p0 = j["sweep"]["points"][0]
+    assert p0["escapes"] == 0 and p0["escape"] == 0.0
+    assert sweep([0.0], [1.0])["points"][0]["threshold"] == 0.5
+    assert main(["evaluate", str(exported), "--dataset", str(ds), "--sweep"]) == 0
+    out = capsys.readouterr().out
+    assert "target            threshold   false rejects        escapes" in out
+    assert "escapes <= 0%" in out

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from exporter.__main__ import main
@@ -135,3 +136,73 @@ def test_synthesis_shares_route_to_each_family() -> None:
     finally:
         synth.discolour, synth.self_texture = orig
     assert 90 < calls.count("stain") < 150 and 90 < calls.count("self") < 150
+
+
+def test_loss_log_plot_summary_and_resume(tmp_path: Path, capsys) -> None:
+    from exporter.train import LOSS_COLUMNS, read_loss_log
+
+    data = tmp_path / "good"
+    write_images(data, 4)
+    out = tmp_path / "ck"
+    args = ["train", "--data", str(data), "--out", str(out), "--checkpoint-every", "2", *ARGS]
+    assert main([*args, "--steps", "2"]) == 0
+    err = capsys.readouterr().err
+    assert f"data: {data} (4 images" in err and "parameters" in err
+    assert "thread(s)" in err and "steps: 0 -> 2" in err and f"{out}/last.pt" in err
+    h = read_loss_log(out / "loss.csv")
+    assert h["step"] == [1.0, 2.0] and all(v > 0 for v in h["loss"])
+    assert (out / "loss.png").is_file()
+    # a row written after the checkpoint (a crash before the next one) is dropped on resume
+    with (out / "loss.csv").open("a") as f:
+        f.write("3,9.9,1,1,1,1\n")
+    assert main([*args, "--steps", "4"]) == 0
+    assert "steps: 2 -> 4" in capsys.readouterr().err
+    h = read_loss_log(out / "loss.csv")
+    assert h["step"] == [1.0, 2.0, 3.0, 4.0] and h["elapsed_s"][2] != 9.9
+    assert (out / "loss.csv").read_text().splitlines()[0] == ",".join(LOSS_COLUMNS)
+
+
+def test_time_left_shows_whichever_stops_first() -> None:
+    from exporter.train import time_left
+
+    assert time_left(100, 1.0, None) == "0:01:40 (steps)"
+    assert time_left(100, 1.0, 30.0) == "0:00:30 (max-minutes)"
+    assert time_left(10, 1.0, 3600.0) == "0:00:10 (steps)"
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_signal_writes_checkpoint(tmp_path: Path, sig: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    data = tmp_path / "good"
+    write_images(data, 4)
+    out = tmp_path / "ck"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "train", "--data", str(data), "--out", str(out),
+         "--steps", "100000", "--checkpoint-every", "100000", *ARGS],
+        cwd=root, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait for a few steps
+            p = out / "loss.csv"
+            if p.exists() and len(p.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        assert not (out / "last.pt").exists()  # no periodic checkpoint before the signal
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + getattr(signal, sig), err
+    assert f"{sig}: checkpoint written" in err
+    ck = torch.load(out / "last.pt", weights_only=False)
+    step = ck["exporter"]["step"]
+    assert step >= 2 and "opt_unet" in ck["exporter"] and "rng" in ck["exporter"]
+    assert (out / "loss.png").is_file()
