@@ -129,11 +129,24 @@ def evaluate(model_path: Path, dataset: Path, threads: int = 2, threshold: float
     return res
 
 
+def below_chance_hint(pixel_auroc: float | None) -> str | None:
+    """What a pixel AUROC below 0.5 usually means (the runtime's `diffad eval` says the same)."""
+    if pixel_auroc is None or pixel_auroc >= 0.5:
+        return None
+    return ("note: pixel AUROC below 0.5 ranks defect pixels BELOW good ones. Usually the masks "
+            "mark more than what changed (large smears or blobs whose inside looks normal, so "
+            "the map fires on their edges only) or they are inverted or misaligned: overlay a "
+            "few masks on their images (`diffad eval --report`) before trusting the figure")
+
+
 def format_table(r: dict[str, Any]) -> str:
     lines = [
         f"image AUROC {r['image_auroc']:.4f} | pixel AUROC {r['pixel_auroc']:.4f} | "
         f"PRO@30% {r['pro_30']:.4f} | good {r['n_good']}, defective {r['n_defective']}",
     ]
+    hint = below_chance_hint(r.get("pixel_auroc"))
+    if hint:
+        lines.append(hint)
     thr = r.get("threshold")
     src = r.get("threshold_source")
     lines.append(f"threshold: {thr if thr is not None else 'not calibrated'}"

@@ -107,10 +107,10 @@ def _cell(text: str, width: int) -> str:
 
 def format_sweep(s: dict[str, Any]) -> str:
     """One row per operating point: target, threshold (6 decimals), rates with counts."""
-    rows = [_cell("target", 18) + _cell("threshold", 12) + _cell("false rejects", 21)
+    rows = [_cell("target", 23) + _cell("threshold", 12) + _cell("false rejects", 21)
             + "escapes"]
     for p in (OperatingPoint(**q) for q in s["points"]):
         fr = f"{p.frr * 100:.1f} % ({p.false_rejects}/{s['good']})"
         es = f"{p.escape * 100:.1f} % ({p.escapes}/{s['defective']})"
-        rows.append(_cell(p.label(), 18) + _cell(f"{p.threshold:.6f}", 12) + _cell(fr, 21) + es)
+        rows.append(_cell(p.label(), 23) + _cell(f"{p.threshold:.6f}", 12) + _cell(fr, 21) + es)
     return "\n".join(rows)

@@ -185,7 +185,7 @@ def test_calibrate_defects_max_escapes_plot_and_drift(
     nxt = allv[allv > thr["value"]]
     assert (bs < nxt[0]).mean() <= 0.2
     assert len(nxt) < 2 or (bs < nxt[1]).mean() > 0.2
-    assert "target            threshold" in cap.err and "recommended threshold" in cap.err
+    assert "target                 threshold" in cap.err and "recommended threshold" in cap.err
     assert "escapes <= 20%" in cap.err
     assert out["sweep"]["defective"] == 10 and out["sweep"]["good"] == 24
     # the flat check images score unlike the calibration images

@@ -80,7 +80,15 @@ def test_format_sweep_rows() -> None:
         {"target": "false_rejects<=0.005", "threshold": 12.5, "frr": 0.0, "escape": 1.0,
          "false_rejects": 0, "escapes": 48}]}
     lines = format_sweep(s).splitlines()
-    assert lines[0] == "target            threshold   false rejects        escapes"
-    assert lines[1] == "escapes <= 5%     0.412345    3.1 % (4/128)        4.2 % (2/48)"
-    assert lines[2].startswith("false rejects <= 0.5% 12.500000   0.0 % (0/128)")
+    # The first column holds the longest label, `false rejects <= 0.5%`, with room to spare.
+    assert lines[0] == "target                 threshold   false rejects        escapes"
+    assert lines[1] == "escapes <= 5%          0.412345    3.1 % (4/128)        4.2 % (2/48)"
+    assert lines[2].startswith("false rejects <= 0.5%  12.500000   0.0 % (0/128)")
     assert lines[2].endswith("100.0 % (48/48)")
+
+
+def test_pixel_auroc_below_chance_gets_a_hint() -> None:
+    from exporter.evaluate import below_chance_hint
+
+    assert below_chance_hint(0.485) is not None and "masks" in below_chance_hint(0.485)
+    assert below_chance_hint(0.5) is None and below_chance_hint(None) is None

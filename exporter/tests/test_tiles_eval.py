@@ -111,5 +111,5 @@ def test_evaluate_threshold_and_sweep(exported: Path, tmp_path: Path, capsys) ->
     assert sweep([0.0], [1.0])["points"][0]["threshold"] == 0.5
     assert main(["evaluate", str(exported), "--dataset", str(ds), "--sweep"]) == 0
     out = capsys.readouterr().out
-    assert "target            threshold   false rejects        escapes" in out
+    assert "target                 threshold   false rejects        escapes" in out
     assert "escapes <= 0%" in out

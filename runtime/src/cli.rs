@@ -491,6 +491,15 @@ impl std::fmt::Display for EvalReport {
         )?;
         writeln!(f, "image AUROC      {}", opt(self.image_auroc))?;
         writeln!(f, "pixel AUROC      {}", opt(self.pixel_auroc))?;
+        if self.pixel_auroc.is_some_and(|a| a < 0.5) {
+            writeln!(
+                f,
+                "  note: below 0.5 ranks defect pixels BELOW good ones. Usually the masks mark more than \
+                 what changed (large smears or blobs whose inside looks normal, so the map fires on their \
+                 edges only), or they are inverted or misaligned: look at the overlays of `--report` \
+                 before trusting the figure"
+            )?;
+        }
         writeln!(f, "PRO (FPR ≤ 0.3)  {}", opt(self.pro))?;
         writeln!(f, "threshold        {:.5}", self.threshold)?;
         writeln!(

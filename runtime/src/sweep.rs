@@ -37,24 +37,20 @@ pub struct Sweep {
     pub points: Vec<Point>,
 }
 
-/// Python's `repr` of the targets (`0.0`, `0.05`), so both sides name them alike.
-fn py_float(v: f64) -> String {
-    if v.fract() == 0.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v}")
-    }
-}
-
-/// A percentage as C's `%g` prints it here: `5`, `0.5`, `0`.
+/// A number as C's `%g` prints these (`0`, `0.05`, `0.5`, `10`), as the exporter names them.
 fn pct_g(v: f64) -> String {
-    let s = format!("{v:.4}");
+    let s = format!("{v:.6}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
     if s.is_empty() {
         "0".into()
     } else {
         s.into()
     }
+}
+
+/// `text` left-aligned in `width - 1` columns and one space, even when it is wider.
+fn cell(text: &str, width: usize) -> String {
+    format!("{text:<w$} ", w = width - 1)
 }
 
 /// The operating points of `good` and `defective` image scores (a part is rejected when its
@@ -99,7 +95,7 @@ pub fn sweep(good: &[f32], defective: &[f32]) -> Sweep {
                 .rev()
                 .find(|&i| share(escapes(cands[i]), d.len()) <= x);
             if let Some(i) = best {
-                points.push(point(format!("escapes<={}", py_float(x)), i));
+                points.push(point(format!("escapes<={}", pct_g(x)), i));
             }
         }
     }
@@ -107,7 +103,7 @@ pub fn sweep(good: &[f32], defective: &[f32]) -> Sweep {
         for y in FRR_TARGETS {
             let best = (0..cands.len()).find(|&i| share(false_rejects(cands[i]), g.len()) <= y);
             if let Some(i) = best {
-                points.push(point(format!("false_rejects<={}", py_float(y)), i));
+                points.push(point(format!("false_rejects<={}", pct_g(y)), i));
             }
         }
     }
@@ -120,22 +116,24 @@ pub fn sweep(good: &[f32], defective: &[f32]) -> Sweep {
 
 impl std::fmt::Display for Sweep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Column for column the exporter's `format_sweep`.
         writeln!(
             f,
-            "{:<22} {:>9}   {:<20} escapes",
-            "target", "threshold", "false rejects"
+            "{}{}{}escapes",
+            cell("target", 23),
+            cell("threshold", 12),
+            cell("false rejects", 21)
         )?;
         for p in &self.points {
             let (what, v) = p.target.split_once("<=").unwrap_or((&p.target, "0"));
-            let pct = v.parse::<f64>().unwrap_or(0.0) * 100.0;
+            let name = if what == "escapes" {
+                "escapes"
+            } else {
+                "false rejects"
+            };
             let label = format!(
-                "{} <= {}%",
-                if what == "escapes" {
-                    "escapes"
-                } else {
-                    "false rejects"
-                },
-                pct_g(pct)
+                "{name} <= {}%",
+                pct_g(v.parse::<f64>().unwrap_or(0.0) * 100.0)
             );
             let fr = format!("{:.1} % ({}/{})", 100.0 * p.frr, p.false_rejects, self.good);
             let es = format!(
@@ -144,7 +142,13 @@ impl std::fmt::Display for Sweep {
                 p.escapes,
                 self.defective
             );
-            writeln!(f, "{label:<22} {:>9.6}   {fr:<20} {es}", p.threshold)?;
+            writeln!(
+                f,
+                "{}{}{}{es}",
+                cell(&label, 23),
+                cell(&format!("{:.6}", p.threshold), 12),
+                cell(&fr, 21)
+            )?;
         }
         Ok(())
     }
@@ -161,7 +165,7 @@ mod tests {
         let s = sweep(&good, &bad);
         let p = &s.points[0];
         // No escapes: the threshold must sit below 0.55, midway to 0.5.
-        assert_eq!(p.target, "escapes<=0.0");
+        assert_eq!(p.target, "escapes<=0");
         assert!((p.threshold - 0.525).abs() < 1e-6, "{p:?}");
         assert_eq!((p.false_rejects, p.escapes), (5, 0));
         // 20 % escapes allowed: one of four may pass, so the cut moves above 0.55.
@@ -187,6 +191,33 @@ mod tests {
         );
     }
 
+    /// The exporter's test_format_sweep_rows, row for row.
+    #[test]
+    fn the_table_matches_the_exporters() {
+        let s = Sweep {
+            good: 128,
+            defective: 48,
+            points: vec![Point {
+                target: "escapes<=0.05".into(),
+                threshold: 0.412345,
+                frr: 4.0 / 128.0,
+                escape: 2.0 / 48.0,
+                false_rejects: 4,
+                escapes: 2,
+            }],
+        };
+        let t = s.to_string();
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "target                 threshold   false rejects        escapes"
+        );
+        assert_eq!(
+            lines[1],
+            "escapes <= 5%          0.412345    3.1 % (4/128)        4.2 % (2/48)"
+        );
+    }
+
     #[test]
     fn ties_and_missing_groups() {
         // Only observed scores are candidates: no cut among three equal good scores rejects
@@ -196,8 +227,14 @@ mod tests {
         let s = sweep(&[], &[0.3, 0.3]);
         assert_eq!(s.points.len(), ESCAPE_TARGETS.len());
         assert!(s.points.iter().all(|p| p.escapes == 0));
-        assert_eq!(py_float(0.0), "0.0");
-        assert_eq!(py_float(0.05), "0.05");
+        assert_eq!(
+            (
+                pct_g(0.0).as_str(),
+                pct_g(0.05).as_str(),
+                pct_g(0.005).as_str()
+            ),
+            ("0", "0.05", "0.005")
+        );
         assert_eq!(
             (
                 pct_g(0.0).as_str(),
