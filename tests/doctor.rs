@@ -230,3 +230,58 @@ fn a_missing_onnx_runtime_fails_with_its_fix_and_skips_the_self_test() {
     assert_eq!(mark(&out, "model"), "✓", "{out}");
     assert_eq!(mark(&out, "self-test"), "–", "{out}");
 }
+
+/// The permission failures a field engineer meets when the service user is not in the right
+/// groups: doctor runs as an unprivileged user (`nobody`, through `setpriv` when the tests run as
+/// root, who passes every permission check), the chip and camera nodes are not theirs, and each
+/// is a ✗ with the fix that names the group or the udev rule.
+#[test]
+fn nodes_the_user_may_not_open_are_named_with_the_group_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let fake = tempfile::tempdir().unwrap();
+    healthy_root(fake.path());
+    // Everyone may walk the tree; no one but the owner (root, or the test's user with 000: no one)
+    // may open the device nodes.
+    for d in ["", "dev", "sys", "etc", "run"] {
+        let p = fake.path().join(d);
+        if p.is_dir() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    for node in ["dev/gpiochip0", "dev/video0"] {
+        std::fs::set_permissions(
+            fake.path().join(node),
+            std::fs::Permissions::from_mode(0o000),
+        )
+        .unwrap();
+    }
+    let config = root().join("board-configs/jetson-orin-nano.toml");
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let (_, out) = doctor_with(
+        &["--config", config.to_str().unwrap()],
+        Some(fake.path()),
+        |cmd| {
+            if as_root {
+                // Re-run the same command line as nobody.
+                let program = cmd.get_program().to_owned();
+                *cmd = Command::new("setpriv");
+                cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                    .arg(program);
+            }
+        },
+    );
+    assert_eq!(mark(&out, "gpio chip"), "✗", "{out}");
+    assert!(
+        line(&out, "gpio chip").contains("not readable/writable by this user"),
+        "{out}"
+    );
+    assert!(
+        out.contains("usermod -aG gpio") || out.contains("udev"),
+        "{out}"
+    );
+    assert_eq!(mark(&out, "camera"), "✗", "{out}");
+    assert!(
+        out.contains("usermod -aG video"),
+        "the fix names the group:\n{out}"
+    );
+}
