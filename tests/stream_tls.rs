@@ -3,6 +3,7 @@
 //! (plain TCP, TLS without or with a foreign certificate) read nothing, are counted, and 100 of
 //! them do not slow the line. A private key others may read is refused.
 
+mod common;
 #[path = "common/pki.rs"]
 mod pki;
 
@@ -56,6 +57,7 @@ fn run_line(board: &Path, port: u16, stop: bool, during: impl FnOnce()) -> Value
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _reaper = common::KillOnPanic(child.id());
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -88,6 +90,7 @@ fn watch(port: u16, tls: &[String], for_: Duration) -> Vec<Value> {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _reaper = common::KillOnPanic(child.id());
     let out = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         BufReader::new(out)

@@ -2,6 +2,8 @@
 //! duplicates (early, late, across a restart of the line), loss reporting, stuck clients that
 //! cannot slow the line, and bounds on clients and request lines.
 
+mod common;
+
 use diffad::clock::SystemClock;
 use diffad::events::{Bus, Event};
 use diffad::setup::SupervisorConfig;
@@ -407,6 +409,8 @@ fn a_thousand_connections_and_huge_request_lines_leave_the_line_bounded() {
         .spawn()
         .unwrap();
     let pid = child.id();
+    // A failed assertion must not leave a 100 000-part line running.
+    let _reaper = common::KillOnPanic(pid);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(addr).is_err() {

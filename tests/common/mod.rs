@@ -11,6 +11,19 @@ use diffad::setup::LineSetup;
 use diffad::watchdog::Notifier;
 use std::sync::Arc;
 
+/// SIGKILLs a process if the test panics while it runs, so a failed assertion never leaves a
+/// long line running behind it.
+pub struct KillOnPanic(pub u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: plain syscall; a process already gone answers ESRCH.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 /// The repository root (models/, board-configs/, tests/fixtures/ live there).
 pub fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
