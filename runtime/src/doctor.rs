@@ -810,23 +810,46 @@ pub fn watchdog_sec(unit: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The systemd unit: installed, and with a watchdog so a wedged line is restarted.
+/// The last `User=` of a unit file's text (`None`: it runs as root).
+pub fn unit_user(unit: &str) -> Option<String> {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix("User="))
+        .map(str::trim)
+        .next_back()
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+}
+
+/// The systemd unit: installed, with a watchdog so a wedged line is restarted, and not as root.
 pub fn check_unit(root: &Root) -> Check {
     let unit = root.path("/etc/systemd/system/diffad.service");
-    match std::fs::read_to_string(&unit) {
-        Err(e) => Check::fail(
-            "systemd unit",
-            format!("{}: {e}", unit.display()),
-            "install it with `scripts/deploy` (from scripts/diffad.service)",
-        ),
-        Ok(text) => match watchdog_sec(&text) {
-            Some(w) => Check::pass("systemd unit", format!("{} with WatchdogSec={w}", unit.display())),
-            None => Check::fail(
+    let text = match std::fs::read_to_string(&unit) {
+        Err(e) => {
+            return Check::fail(
                 "systemd unit",
-                format!("{} has no WatchdogSec", unit.display()),
-                "add `WatchdogSec=10` under [Service] (as scripts/diffad.service has) and `systemctl daemon-reload`",
-            ),
-        },
+                format!("{}: {e}", unit.display()),
+                "install it with `scripts/deploy` (from scripts/diffad.service)",
+            )
+        }
+        Ok(t) => t,
+    };
+    let Some(w) = watchdog_sec(&text) else {
+        return Check::fail(
+            "systemd unit",
+            format!("{} has no WatchdogSec", unit.display()),
+            "add `WatchdogSec=10` under [Service] (as scripts/diffad.service has) and `systemctl daemon-reload`",
+        );
+    };
+    match unit_user(&text).filter(|u| u != "root" && u != "0") {
+        Some(u) => Check::pass(
+            "systemd unit",
+            format!("{} with WatchdogSec={w}, as user {u}", unit.display()),
+        ),
+        None => Check::fail(
+            "systemd unit",
+            format!("{} runs the line as root", unit.display()),
+            "install the hardened unit (`scripts/deploy` creates its user `diffad`): README \"Security on the line\"",
+        ),
     }
 }
 
@@ -953,7 +976,21 @@ mod tests {
             &r.path("/etc/systemd/system/diffad.service"),
             "[Service]\nWatchdogSec=10s\n",
         );
-        assert_eq!(check_unit(&r).status, Status::Pass);
+        let c = check_unit(&r);
+        assert!(
+            c.status == Status::Fail && c.detail.contains("as root"),
+            "{c:?}"
+        );
+        touch(
+            &r.path("/etc/systemd/system/diffad.service"),
+            "[Service]\nWatchdogSec=10s\nUser=diffad\n",
+        );
+        let c = check_unit(&r);
+        assert!(
+            c.status == Status::Pass && c.detail.contains("as user diffad"),
+            "{c:?}"
+        );
+        assert_eq!(unit_user("[Service]\nUser=root\n").as_deref(), Some("root"));
     }
 
     #[test]
