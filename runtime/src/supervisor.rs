@@ -604,7 +604,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
-/// Answer one request line; false when the socket failed.
+/// Answer one request line into `out`.
 fn answer(
     hub: &Hub,
     id: u64,
@@ -613,62 +613,46 @@ fn answer(
     upto: u64,
     resumed: &mut bool,
     live_sent: bool,
-) -> bool {
+) {
     let (run, seq) = match parse_request(line) {
         Ok(Request::Resume { run, seq }) if !*resumed => (run, seq),
-        Ok(Request::Resume { .. }) => {
+        refused => {
+            let message = match refused {
+                Ok(_) => "resume already answered on this connection: reconnect to resume again",
+                Err(m) => m,
+            };
             hub.stats.ignored_lines.fetch_add(1, Ordering::Relaxed);
-            return writeln!(
-                out,
-                "{}",
-                notice(&Notice::Error {
-                    run: &hub.run,
-                    message:
-                        "resume already answered on this connection: reconnect to resume again",
-                })
-            )
-            .is_ok();
-        }
-        Err(message) => {
-            hub.stats.ignored_lines.fetch_add(1, Ordering::Relaxed);
-            return writeln!(
+            let _ = writeln!(
                 out,
                 "{}",
                 notice(&Notice::Error {
                     run: &hub.run,
                     message
                 })
-            )
-            .is_ok();
+            );
+            return;
         }
     };
     *resumed = true;
     hub.stats.resumes.fetch_add(1, Ordering::Relaxed);
-    let mut ok = true;
+    // Writes into a Vec cannot fail; `send` reports the socket.
+    let mut put = |n: &Notice| {
+        let _ = writeln!(out, "{}", notice(n));
+    };
     let mut after = seq;
     if run != *hub.run {
-        ok &= writeln!(
-            out,
-            "{}",
-            notice(&Notice::Restarted {
-                run: &hub.run,
-                previous_run: &run,
-                resume: seq,
-                message: "the line restarted since: this run's events follow from its start",
-            })
-        )
-        .is_ok();
+        put(&Notice::Restarted {
+            run: &hub.run,
+            previous_run: &run,
+            resume: seq,
+            message: "the line restarted since: this run's events follow from its start",
+        });
         after = 0;
     } else if after > upto {
-        ok &= writeln!(
-            out,
-            "{}",
-            notice(&Notice::Error {
-                run: &hub.run,
-                message: "resume seq is ahead of this run's last event: nothing to resend",
-            })
-        )
-        .is_ok();
+        put(&Notice::Error {
+            run: &hub.run,
+            message: "resume seq is ahead of this run's last event: nothing to resend",
+        });
         after = upto;
     }
     let Backfill { records, lost } = hub.backfill(after, upto);
@@ -676,37 +660,23 @@ fn answer(
         let n = to - from + 1;
         hub.stats.resume_lost.fetch_add(n, Ordering::Relaxed);
         log::warn!(target: "diffad::supervisor", "client {id} resumed after seq {after}: {n} events had left the buffer");
-        ok &= writeln!(
-            out,
-            "{}",
-            notice(&Notice::Lost {
-                run: &hub.run,
-                from_seq: from,
-                to_seq: to,
-                count: n,
-            })
-        )
-        .is_ok();
-    }
-    ok &= writeln!(
-        out,
-        "{}",
-        notice(&Notice::Resumed {
+        put(&Notice::Lost {
             run: &hub.run,
-            from_seq: records.first().map_or(upto + 1, |r| r.seq),
-            to_seq: records.last().map_or(upto, |r| r.seq),
-            count: records.len(),
-            late: live_sent,
-        })
-    )
-    .is_ok();
-    for rec in records {
-        if !ok {
-            break;
-        }
-        ok &= writeln!(out, "{}", rec.json).is_ok();
+            from_seq: from,
+            to_seq: to,
+            count: n,
+        });
     }
-    ok
+    put(&Notice::Resumed {
+        run: &hub.run,
+        from_seq: records.first().map_or(upto + 1, |r| r.seq),
+        to_seq: records.last().map_or(upto, |r| r.seq),
+        count: records.len(),
+        late: live_sent,
+    });
+    for rec in records {
+        let _ = writeln!(out, "{}", rec.json);
+    }
 }
 
 #[cfg(test)]

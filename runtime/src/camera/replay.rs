@@ -93,16 +93,6 @@ fn scan(dir: &Path) -> Result<Vec<Item>, SourceError> {
     };
     let dir = dir.as_path();
     let test = dir.join("test");
-    if !test.is_dir() {
-        return Ok(sorted_images(dir)?
-            .into_iter()
-            .map(|path| Item {
-                path,
-                kind: None,
-                mask: None,
-            })
-            .collect());
-    }
     let mut kinds: Vec<PathBuf> = std::fs::read_dir(&test)
         .map_err(|e| SourceError::Config(format!("{}: {e}", test.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))
