@@ -2,6 +2,8 @@
 //! independent client): the broker down at start, a broker restart, TLS with client
 //! certificates this test makes, overflow, and the broker down at shutdown.
 
+mod common;
+
 #[path = "common/pki.rs"]
 mod pki;
 
@@ -11,7 +13,7 @@ use pki::Pki;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -28,14 +30,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn need(tool: &str) -> &str {
@@ -199,7 +193,7 @@ fn seqs(range: std::ops::RangeInclusive<u64>) -> BTreeSet<String> {
 
 #[test]
 fn broker_down_at_start_then_up_then_restarted_loses_nothing() {
-    let port = free_port();
+    let port = common::free_port();
     let cfg = MqttConfig {
         url: format!("mqtt://127.0.0.1:{port}"),
         // Long enough for the subscriber to be ready before the publisher retries.
@@ -249,7 +243,7 @@ fn broker_down_at_start_then_up_then_restarted_loses_nothing() {
 #[test]
 fn mutual_tls_with_certificates_the_test_makes() {
     let pki = Pki::make();
-    let port = free_port();
+    let port = common::free_port();
     let _b = broker(port, Some(&pki));
     let sub = Sub::start(port, Some(&pki));
     let cfg = MqttConfig {
@@ -293,7 +287,7 @@ fn mutual_tls_with_certificates_the_test_makes() {
 
 #[test]
 fn overflow_is_counted_not_blocking() {
-    let port = free_port();
+    let port = common::free_port();
     let cfg = MqttConfig {
         url: format!("mqtt://127.0.0.1:{port}"),
         outbox: 5,
@@ -312,19 +306,15 @@ fn overflow_is_counted_not_blocking() {
 #[test]
 fn broker_down_at_shutdown_is_counted_in_the_summary() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let board = dir.path().join("board.toml");
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sigmoid-b4.onnx");
-    std::fs::write(
+    common::sim_board(
         &board,
-        format!(
-            "[board]\nname = \"t\"\n[engine]\nmodel = \"{}\"\n[camera]\nsource = \"sim\"\n[gpio]\nsim = true\n\
-             [line]\nname = \"l1\"\npart_rate_hz = 50\nparts = 20\nrealtime_priority = 0\n\
-             [supervisor]\nlisten = \"\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n",
-            model.display()
+        &format!(
+            "[line]\nname = \"l1\"\npart_rate_hz = 50\nparts = 20\nrealtime_priority = 0\n\
+             [supervisor]\nlisten = \"\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n"
         ),
-    )
-    .unwrap();
+    );
     let summary = dir.path().join("summary.json");
     let out = Command::new(env!("CARGO_BIN_EXE_diffad"))
         .args(["run", "--quiet", "--config"])
@@ -349,8 +339,9 @@ fn broker_down_at_shutdown_is_counted_in_the_summary() {
     );
 }
 
-/// The retained state of a line, as a new subscriber gets it (`-C 1 -W 5`: one message, 5 s).
-fn retained_state(port: u16) -> Value {
+/// The retained state of a line, as a new subscriber gets it (`-C 1 -W S`: one message, waiting
+/// at most `wait_s`); `None` when none came or it was not JSON.
+fn retained_state(port: u16, wait_s: u32) -> Option<Value> {
     let out = Command::new(need("mosquitto_sub"))
         .args([
             "-h",
@@ -359,15 +350,11 @@ fn retained_state(port: u16) -> Value {
             &port.to_string(),
             "-t",
             "plant/l1/state",
-            "-C",
-            "1",
-            "-W",
-            "5",
         ])
+        .args(["-C", "1", "-W", &wait_s.to_string()])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text:?}"))
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).ok()
 }
 
 /// A supervisor that subscribes late still learns whether each line is up and ready (retained
@@ -375,20 +362,11 @@ fn retained_state(port: u16) -> Value {
 #[test]
 fn retained_ready_state_and_last_will_for_a_dead_line() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let _b = broker(port, None);
     let board = dir.path().join("board.toml");
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sigmoid-b4.onnx");
-    std::fs::write(
-        &board,
-        format!(
-            "[board]\nname = \"t\"\n[engine]\nmodel = \"{}\"\n[camera]\nsource = \"sim\"\n[gpio]\nsim = true\n\
-             [line]\nname = \"l1\"\npart_rate_hz = 20\nparts = 100000\nrealtime_priority = 0\nheartbeat_ms = 100\n\
-             [supervisor]\nlisten = \"\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n",
-            model.display()
-        ),
-    )
-    .unwrap();
+    common::sim_board(&board, &format!("[line]\nname = \"l1\"\npart_rate_hz = 20\nparts = 100000\nrealtime_priority = 0\nheartbeat_ms = 100\n\
+             [supervisor]\nlisten = \"\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n"));
     let mut line = Proc(
         Command::new(env!("CARGO_BIN_EXE_diffad"))
             .args(["run", "--quiet", "--config"])
@@ -400,25 +378,8 @@ fn retained_ready_state_and_last_will_for_a_dead_line() {
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     let up = loop {
-        let out = Command::new(need("mosquitto_sub"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-t",
-                "plant/l1/state",
-                "-C",
-                "1",
-                "-W",
-                "1",
-            ])
-            .output()
-            .unwrap();
-        if let Ok(v) = serde_json::from_str::<Value>(String::from_utf8_lossy(&out.stdout).trim()) {
-            if v["ready"] == true {
-                break v;
-            }
+        if let Some(v) = retained_state(port, 1).filter(|v| v["ready"] == true) {
+            break v;
         }
         assert!(
             Instant::now() < deadline,
@@ -432,7 +393,7 @@ fn retained_ready_state_and_last_will_for_a_dead_line() {
     line.0.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let down = loop {
-        let v = retained_state(port);
+        let v = retained_state(port, 5).expect("a retained state within 5 s");
         if v["online"] == false || Instant::now() > deadline {
             break v;
         }

@@ -10,37 +10,25 @@ mod pki;
 use pki::Pki;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn board(dir: &Path, pki: &Pki, port: u16, parts: u64) -> PathBuf {
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sigmoid-b4.onnx");
     let board = dir.join(format!("board-{port}.toml"));
-    std::fs::write(
+    common::sim_board(
         &board,
-        format!(
-            "[board]\nname = \"t\"\n[engine]\nmodel = \"{}\"\n[camera]\nsource = \"sim\"\n[gpio]\nsim = true\n\
-             [line]\nname = \"belt\"\npart_rate_hz = 20\nparts = {parts}\nrealtime_priority = 0\n\
+        &format!(
+            "[line]\nname = \"belt\"\npart_rate_hz = 20\nparts = {parts}\nrealtime_priority = 0\n\
              [supervisor]\nlisten = \"127.0.0.1:{port}\"\nmax_clients = 16\n\
              [supervisor.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n",
-            model.display(),
             pki.path("server.pem").display(),
             pki.path("server.key").display(),
-            pki.path("ca.pem").display(),
+            pki.path("ca.pem").display()
         ),
-    )
-    .unwrap();
+    );
     board
 }
 
@@ -124,7 +112,7 @@ fn only_supervisors_with_a_signed_certificate_read_the_stream() {
     let dir = tempfile::tempdir().unwrap();
 
     // The key as the test made it (mode 644): refused, naming the file and the mode.
-    let port = free_port();
+    let port = common::free_port();
     let b = board(dir.path(), &pki, port, 100_000);
     let out = Command::new(env!("CARGO_BIN_EXE_diffad"))
         .args(["run", "--quiet", "--config"])
@@ -196,14 +184,14 @@ fn a_hundred_failed_handshakes_do_not_slow_the_line() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let parts = 60;
-    let quiet_port = free_port();
+    let quiet_port = common::free_port();
     let quiet = run_line(
         &board(dir.path(), &pki, quiet_port, parts),
         quiet_port,
         false,
         || {},
     );
-    let port = free_port();
+    let port = common::free_port();
     let no_cert = diffad::tls::client(&pki.path("ca.pem"), None).unwrap();
     let attacked = run_line(&board(dir.path(), &pki, port, parts), port, false, || {
         std::thread::scope(|s| {

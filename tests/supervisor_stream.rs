@@ -356,14 +356,6 @@ fn an_endless_request_line_closes_that_client_only() {
     drop(bus);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `VmRSS` and `Threads` of a process, from /proc.
 fn rss_kb_and_threads(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -384,20 +376,10 @@ fn rss_kb_and_threads(pid: u32) -> (u64, u64) {
 #[test]
 fn a_thousand_connections_and_huge_request_lines_leave_the_line_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let board = dir.path().join("board.toml");
-    let model =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sigmoid-b4.onnx");
-    std::fs::write(
-        &board,
-        format!(
-            "[board]\nname = \"t\"\n[engine]\nmodel = \"{}\"\n[camera]\nsource = \"sim\"\n[gpio]\nsim = true\n\
-             [line]\nname = \"hostile\"\npart_rate_hz = 20\nparts = 100000\nrealtime_priority = 0\n\
-             [supervisor]\nlisten = \"127.0.0.1:{port}\"\nmax_clients = 8\n",
-            model.display()
-        ),
-    )
-    .unwrap();
+    common::sim_board(&board, &format!("[line]\nname = \"hostile\"\npart_rate_hz = 20\nparts = 100000\nrealtime_priority = 0\n\
+             [supervisor]\nlisten = \"127.0.0.1:{port}\"\nmax_clients = 8\n"));
     let summary = dir.path().join("summary.json");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_diffad"))
         .args(["run", "--quiet", "--config"])

@@ -2,6 +2,8 @@
 //! lines: a cut connection and a restart of the line lose and duplicate nothing, and both are
 //! announced.
 
+mod common;
+
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -11,14 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A TCP relay whose open connections the test can cut.
 struct Relay {
@@ -87,17 +81,8 @@ impl Drop for Proc {
 
 fn line(dir: &Path, name: &str, port: u16, parts: u64) -> (Proc, std::path::PathBuf) {
     let board = dir.join(format!("{name}.toml"));
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sigmoid-b4.onnx");
-    std::fs::write(
-        &board,
-        format!(
-            "[board]\nname = \"t\"\n[engine]\nmodel = \"{}\"\n[camera]\nsource = \"sim\"\n[gpio]\nsim = true\n\
-             [line]\nname = \"belt\"\npart_rate_hz = 20\nparts = {parts}\nrealtime_priority = 0\nheartbeat_ms = 200\n\
-             [supervisor]\nlisten = \"127.0.0.1:{port}\"\n",
-            model.display()
-        ),
-    )
-    .unwrap();
+    common::sim_board(&board, &format!("[line]\nname = \"belt\"\npart_rate_hz = 20\nparts = {parts}\nrealtime_priority = 0\nheartbeat_ms = 200\n\
+             [supervisor]\nlisten = \"127.0.0.1:{port}\"\n"));
     let summary = dir.join(format!("{name}.json"));
     let child = Command::new(env!("CARGO_BIN_EXE_diffad"))
         .args(["run", "--quiet", "--config"])
@@ -125,7 +110,7 @@ fn last_seq(summary: &Path) -> u64 {
 #[test]
 fn watch_gets_every_event_once_across_a_cut_and_a_restart_of_the_line() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let relay = Relay::start(format!("127.0.0.1:{port}"));
     let (mut a, a_summary) = line(dir.path(), "a", port, 100_000);
 

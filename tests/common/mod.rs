@@ -24,6 +24,29 @@ impl Drop for KillOnPanic {
     }
 }
 
+/// A port nothing listens on now (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Write a board file at `path` for a simulated line on the `sigmoid-b4` fixture model
+/// (simulated conveyor and pins); `rest` adds the sections and keys the test is about.
+pub fn sim_board(path: &std::path::Path, rest: &str) {
+    let model = root().join("tests/fixtures/sigmoid-b4.onnx");
+    std::fs::write(
+        path,
+        format!(
+            "[board]\nname = \"t\"\n[engine]\nmodel = \"{}\"\n[camera]\nsource = \"sim\"\n[gpio]\nsim = true\n{rest}",
+            model.display()
+        ),
+    )
+    .unwrap();
+}
+
 /// The repository root (models/, board-configs/, tests/fixtures/ live there).
 pub fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
