@@ -1,7 +1,7 @@
 //! Bad `[camera]`, `[gpio]`, `[line]`, `[supervisor]`, `[mqtt]`, `[archive]` values are refused
 //! with the dotted key that is wrong.
 
-use diffad::setup::LineSetup;
+use diffad::line::setup::LineSetup;
 
 fn refused(toml: &str) -> String {
     match LineSetup::from_toml(toml) {
@@ -122,6 +122,6 @@ fn a_full_board_section_set_parses() {
     assert_eq!(s.line.delay_ns(), 500_000_000);
     assert_eq!(
         s.gpio.reject.unwrap().active,
-        diffad::setup::ActiveLevel::Low
+        diffad::line::setup::ActiveLevel::Low
     );
 }

@@ -8,11 +8,11 @@ use common::root;
 use std::path::PathBuf;
 use std::process::Command;
 
-use diffad::engine::{Engine, EngineConfig, EngineError};
 use diffad::frame::{Frame, PixelFormat};
-use diffad::imagefile;
-use diffad::inspect::{EngineInspector, Inspector};
-use diffad::manifest::ManifestError;
+use diffad::model::manifest::ManifestError;
+use diffad::sources::imagefile;
+use diffad::stages::engine::{Engine, EngineConfig, EngineError};
+use diffad::stages::inspect::{EngineInspector, Inspector};
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
@@ -332,7 +332,7 @@ fn perturbed_model_is_refused_naming_output_and_deviation() {
         w.copy_from_slice(&v.to_le_bytes());
     }
     assert_eq!(
-        diffad::selftest::graph_sha256(&bytes).unwrap(),
+        diffad::model::selftest::graph_sha256(&bytes).unwrap(),
         patch["perturbed_sha256"].as_str().unwrap()
     );
     let golden = std::fs::read_to_string(fixture("perturbed-brick.golden.json")).unwrap();
@@ -444,7 +444,7 @@ fn manifest_tolerance_applies_unless_the_board_file_sets_one() {
     assert!(err.to_string().contains("score"), "{err}");
     // Same graph as sigmoid.onnx, another manifest: the graph hash ignores metadata.
     let hash = |name: &str| {
-        diffad::selftest::graph_sha256(&std::fs::read(fixture(name)).unwrap()).unwrap()
+        diffad::model::selftest::graph_sha256(&std::fs::read(fixture(name)).unwrap()).unwrap()
     };
     assert_eq!(hash("sigmoid-tol.onnx"), hash("sigmoid.onnx"));
     assert_ne!(

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::root;
-use diffad::camera::sim::{paint_defect, Rng, DEFECT_KINDS, EVAL_X0};
-use diffad::report::{GRID_COLS, KIND_SIZE, ROC_SIZE, SCORES_SIZE};
+use diffad::offline::report::{GRID_COLS, KIND_SIZE, ROC_SIZE, SCORES_SIZE};
+use diffad::sources::camera::sim::{paint_defect, Rng, DEFECT_KINDS, EVAL_X0};
 
 const TILE: u32 = 128;
 

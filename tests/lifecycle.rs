@@ -4,11 +4,11 @@
 
 mod common;
 
-use diffad::camera;
 use diffad::clock::{Clock, SystemClock};
-use diffad::pins::LinePins;
-use diffad::pipeline::{self, Hardware, Options, Shutdown};
-use diffad::setup::ArchiveConfig;
+use diffad::line::setup::ArchiveConfig;
+use diffad::line::{self, Hardware, Options, Shutdown};
+use diffad::sinks::pins::LinePins;
+use diffad::sources::camera;
 use diffad::testkit::TruthInspector;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -54,7 +54,7 @@ fn sigterm_drains_flushes_and_reports() {
                 pins,
                 trigger: None,
             };
-            pipeline::run(
+            line::run(
                 &setup,
                 Box::new(TruthInspector::new(clock.clone())),
                 clock,

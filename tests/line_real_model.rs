@@ -7,9 +7,9 @@ use std::collections::HashMap;
 
 use common::{root, run_line, sim_setup};
 use diffad::clock::MS;
-use diffad::engine::{Engine, EngineConfig};
 use diffad::events::Outcome;
-use diffad::inspect::EngineInspector;
+use diffad::stages::engine::{Engine, EngineConfig};
+use diffad::stages::inspect::EngineInspector;
 
 #[test]
 fn three_hundred_parts_through_the_real_model() {

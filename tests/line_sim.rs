@@ -10,18 +10,18 @@ use std::collections::HashMap;
 
 /// Runs the stand-in inspector on hardware and options a test assembled itself.
 fn run_truth(
-    setup: &diffad::setup::LineSetup,
+    setup: &diffad::line::setup::LineSetup,
     clock: std::sync::Arc<dyn Clock>,
-    hw: diffad::pipeline::Hardware,
-    opts: diffad::pipeline::Options,
-) -> Result<diffad::pipeline::Summary, diffad::pipeline::LineError> {
+    hw: diffad::line::Hardware,
+    opts: diffad::line::Options,
+) -> Result<diffad::line::Summary, diffad::line::LineError> {
     let inspector = Box::new(TruthInspector::new(clock.clone()));
-    diffad::pipeline::run(
+    diffad::line::run(
         setup,
         inspector,
         clock,
         hw,
-        diffad::pipeline::Shutdown::new(),
+        diffad::line::Shutdown::new(),
         opts,
     )
 }
@@ -261,15 +261,17 @@ fn below_capacity_nothing_is_skipped_or_failed_safe() {
 
 /// A camera that delivers some frames, then nothing for a while, then ends.
 struct Stalling {
-    inner: Box<dyn diffad::camera::Source>,
+    inner: Box<dyn diffad::sources::camera::Source>,
     clock: std::sync::Arc<dyn Clock>,
     good: u64,
     n: u64,
     stall_ns: u64,
 }
 
-impl diffad::camera::Source for Stalling {
-    fn next_frame(&mut self) -> Result<Option<diffad::frame::Frame>, diffad::camera::SourceError> {
+impl diffad::sources::camera::Source for Stalling {
+    fn next_frame(
+        &mut self,
+    ) -> Result<Option<diffad::frame::Frame>, diffad::sources::camera::SourceError> {
         self.n += 1;
         if self.n == self.good + 1 {
             let until = self.clock.now_ns() + self.stall_ns;
@@ -296,14 +298,14 @@ fn stalled_camera_raises_alarm_and_drops_ready() {
         &setup,
         |c| Box::new(TruthInspector::new(c)),
         Some(Box::new(move |clock| {
-            let inner = diffad::camera::open(&cam, &line, clock.clone()).unwrap();
+            let inner = diffad::sources::camera::open(&cam, &line, clock.clone()).unwrap();
             Box::new(Stalling {
                 inner,
                 clock,
                 good: 20,
                 n: 0,
                 stall_ns: 3000 * MS,
-            }) as Box<dyn diffad::camera::Source>
+            }) as Box<dyn diffad::sources::camera::Source>
         })),
         None,
     );
@@ -356,7 +358,7 @@ fn sd_notify_ready_watchdog_stopping() {
         }
         got
     });
-    let notifier = diffad::watchdog::Notifier::new(path.to_str().unwrap(), None).unwrap();
+    let notifier = diffad::line::watchdog::Notifier::new(path.to_str().unwrap(), None).unwrap();
     let run = run_line(
         &sim_setup(50),
         |c| Box::new(TruthInspector::new(c)),
@@ -375,11 +377,11 @@ fn sd_notify_ready_watchdog_stopping() {
 
 #[test]
 fn photo_eye_triggers_arm_parts_and_frames_are_matched() {
-    use diffad::pins::{LinePins, SimTrigger};
-    use diffad::pipeline::{Hardware, Options};
+    use diffad::line::{Hardware, Options};
+    use diffad::sinks::pins::{LinePins, SimTrigger};
     let mut setup = sim_setup(100);
-    setup.line.trigger = diffad::setup::Trigger::Gpio;
-    setup.gpio.trigger = Some(diffad::setup::LineRef {
+    setup.line.trigger = diffad::line::setup::Trigger::Gpio;
+    setup.gpio.trigger = Some(diffad::line::setup::LineRef {
         name: "PAA.01".into(),
         active: Default::default(),
     });
@@ -391,7 +393,7 @@ fn photo_eye_triggers_arm_parts_and_frames_are_matched() {
         .map(|i| common::T0 + i * 20 * MS - 3 * MS)
         .collect();
     let trigger = SimTrigger::new(clock.clone(), edges.clone());
-    let source = diffad::camera::open(&setup.camera, &setup.line, clock.clone()).unwrap();
+    let source = diffad::sources::camera::open(&setup.camera, &setup.line, clock.clone()).unwrap();
     let (tap, rx) = crossbeam_channel::unbounded();
     let opts = Options {
         sinks: vec![Box::new(diffad::events::TapSink(tap))],
@@ -439,7 +441,7 @@ struct FlakyPin {
 }
 
 impl embedded_hal::digital::ErrorType for FlakyPin {
-    type Error = diffad::pins::PinError;
+    type Error = diffad::sinks::pins::PinError;
 }
 
 impl embedded_hal::digital::OutputPin for FlakyPin {
@@ -448,7 +450,9 @@ impl embedded_hal::digital::OutputPin for FlakyPin {
     }
     fn set_high(&mut self) -> Result<(), Self::Error> {
         if self.ok_writes == 0 {
-            return Err(diffad::pins::PinError::Io("line request revoked".into()));
+            return Err(diffad::sinks::pins::PinError::Io(
+                "line request revoked".into(),
+            ));
         }
         self.ok_writes -= 1;
         Ok(())
@@ -457,8 +461,8 @@ impl embedded_hal::digital::OutputPin for FlakyPin {
 
 #[test]
 fn failing_reject_pin_alarms_and_drops_ready() {
-    use diffad::pins::{LinePins, Output};
-    use diffad::pipeline::{open_hardware, Options};
+    use diffad::line::{open_hardware, Options};
+    use diffad::sinks::pins::{LinePins, Output};
     let setup = sim_setup(100);
     let clock = common::sim_clock();
     let (mut hw, logs) = open_hardware(&setup, clock.clone()).unwrap();
@@ -498,12 +502,14 @@ fn failing_reject_pin_alarms_and_drops_ready() {
 
 /// A camera that panics after a few frames.
 struct Exploding {
-    inner: Box<dyn diffad::camera::Source>,
+    inner: Box<dyn diffad::sources::camera::Source>,
     n: u64,
 }
 
-impl diffad::camera::Source for Exploding {
-    fn next_frame(&mut self) -> Result<Option<diffad::frame::Frame>, diffad::camera::SourceError> {
+impl diffad::sources::camera::Source for Exploding {
+    fn next_frame(
+        &mut self,
+    ) -> Result<Option<diffad::frame::Frame>, diffad::sources::camera::SourceError> {
         self.n += 1;
         assert!(self.n <= 10, "camera driver bug");
         self.inner.next_frame()
@@ -515,7 +521,7 @@ impl diffad::camera::Source for Exploding {
 
 struct PanickyInspector(TruthInspector);
 
-impl diffad::inspect::Inspector for PanickyInspector {
+impl diffad::stages::inspect::Inspector for PanickyInspector {
     fn batch_size(&self) -> usize {
         1
     }
@@ -525,7 +531,8 @@ impl diffad::inspect::Inspector for PanickyInspector {
     fn inspect(
         &mut self,
         frames: &[&diffad::frame::Frame],
-    ) -> Vec<Result<diffad::inspect::Inspection, diffad::inspect::InspectError>> {
+    ) -> Vec<Result<diffad::stages::inspect::Inspection, diffad::stages::inspect::InspectError>>
+    {
         assert!(frames[0].seq % 10 != 0, "engine bug");
         self.0.inspect(frames)
     }
@@ -549,18 +556,18 @@ fn panics_fail_safe_and_never_hang_the_line() {
     // A capture thread that dies ends the run with an error instead of hanging it.
     let setup = sim_setup(50);
     let clock = common::sim_clock();
-    let (mut hw, logs) = diffad::pipeline::open_hardware(&setup, clock.clone()).unwrap();
+    let (mut hw, logs) = diffad::line::open_hardware(&setup, clock.clone()).unwrap();
     hw.source = Box::new(Exploding {
         inner: hw.source,
         n: 0,
     });
-    let opts = diffad::pipeline::Options {
+    let opts = diffad::line::Options {
         live_log: false,
         ..Default::default()
     };
     let r = run_truth(&setup, clock, hw, opts);
     assert!(
-        matches!(r, Err(diffad::pipeline::LineError::Panic("capture"))),
+        matches!(r, Err(diffad::line::LineError::Panic("capture"))),
         "{:?}",
         r.err()
     );
@@ -595,7 +602,7 @@ fn replayed_mvtec_folder_keeps_ground_truth_through_the_line() {
         }
     }
     let mut setup = sim_setup(1000);
-    setup.camera.source = diffad::setup::SourceKind::Replay;
+    setup.camera.source = diffad::line::setup::SourceKind::Replay;
     setup.camera.replay.dir = root.to_path_buf();
     setup.validate().unwrap();
     let run = run_line(&setup, |c| Box::new(TruthInspector::new(c)), None, None);
@@ -619,7 +626,7 @@ fn replayed_mvtec_folder_keeps_ground_truth_through_the_line() {
 
 #[test]
 fn full_event_bus_drops_are_counted_and_the_line_is_unaffected() {
-    use diffad::pipeline::{open_hardware, Options};
+    use diffad::line::{open_hardware, Options};
     let setup = sim_setup(200);
     let clock = common::sim_clock();
     let (hw, logs) = open_hardware(&setup, clock.clone()).unwrap();
@@ -654,12 +661,14 @@ fn full_event_bus_drops_are_counted_and_the_line_is_unaffected() {
 
 /// A camera that ends after `left` frames.
 struct Frames {
-    inner: Box<dyn diffad::camera::Source>,
+    inner: Box<dyn diffad::sources::camera::Source>,
     left: u64,
 }
 
-impl diffad::camera::Source for Frames {
-    fn next_frame(&mut self) -> Result<Option<diffad::frame::Frame>, diffad::camera::SourceError> {
+impl diffad::sources::camera::Source for Frames {
+    fn next_frame(
+        &mut self,
+    ) -> Result<Option<diffad::frame::Frame>, diffad::sources::camera::SourceError> {
         if self.left == 0 {
             return Ok(None);
         }
@@ -678,20 +687,20 @@ impl diffad::camera::Source for Frames {
 /// each of 100 parts arrive 3 ms before its exposure and leave 5 ms later, the reading thread
 /// off the CPU over `stall` if given.
 fn run_fake_photo_eye(
-    active: diffad::setup::ActiveLevel,
+    active: diffad::line::setup::ActiveLevel,
     stall: Option<(u64, u64)>,
 ) -> (
-    diffad::pipeline::Summary,
+    diffad::line::Summary,
     Vec<diffad::events::AlarmEvent>,
     diffad::testkit::FakeEdgeRequest,
 ) {
-    use diffad::pins::{request_trigger, LinePins};
-    use diffad::pipeline::{Hardware, Options};
-    use diffad::setup::ActiveLevel;
+    use diffad::line::setup::ActiveLevel;
+    use diffad::line::{Hardware, Options};
+    use diffad::sinks::pins::{request_trigger, LinePins};
     use diffad::testkit::FakeEdgeRequest;
     let mut setup = sim_setup(100);
-    setup.line.trigger = diffad::setup::Trigger::Gpio;
-    setup.gpio.trigger = Some(diffad::setup::LineRef {
+    setup.line.trigger = diffad::line::setup::Trigger::Gpio;
+    setup.gpio.trigger = Some(diffad::line::setup::LineRef {
         name: "PAA.01".into(),
         active,
     });
@@ -715,7 +724,7 @@ fn run_fake_photo_eye(
     if let Some((from, until)) = stall {
         kernel.stall_reads(from, until);
     }
-    let camera = diffad::camera::open(&setup.camera, &setup.line, clock.clone()).unwrap();
+    let camera = diffad::sources::camera::open(&setup.camera, &setup.line, clock.clone()).unwrap();
     // The line stops when the camera does: lost parts never count towards `line.parts`.
     let source = Box::new(Frames {
         inner: camera,
@@ -746,8 +755,8 @@ fn run_fake_photo_eye(
 #[test]
 fn photo_eye_pulses_make_one_part_each_and_no_false_losses() {
     for active in [
-        diffad::setup::ActiveLevel::High,
-        diffad::setup::ActiveLevel::Low,
+        diffad::line::setup::ActiveLevel::High,
+        diffad::line::setup::ActiveLevel::Low,
     ] {
         let (s, alarms, kernel) = run_fake_photo_eye(active, None);
         println!("{s}");
@@ -764,7 +773,8 @@ fn photo_eye_pulses_make_one_part_each_and_no_false_losses() {
 fn photo_eye_edges_dropped_by_the_kernel_are_counted_and_alarmed() {
     // Parts 17..=41 arrive while the trigger thread is off the CPU: 25 events, 16 places.
     let stall = (common::T0 + 300 * MS, common::T0 + 800 * MS);
-    let (s, alarms, kernel) = run_fake_photo_eye(diffad::setup::ActiveLevel::Low, Some(stall));
+    let (s, alarms, kernel) =
+        run_fake_photo_eye(diffad::line::setup::ActiveLevel::Low, Some(stall));
     println!("{s}");
     assert_eq!(kernel.dropped(), 9);
     assert_eq!(s.counters.trigger_edges_lost, 9, "{s}");

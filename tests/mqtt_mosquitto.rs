@@ -7,8 +7,8 @@ mod common;
 #[path = "common/pki.rs"]
 mod pki;
 
-use diffad::mqtt::Publisher;
-use diffad::setup::MqttConfig;
+use diffad::line::setup::MqttConfig;
+use diffad::sinks::mqtt::Publisher;
 use pki::Pki;
 use serde_json::Value;
 use std::collections::BTreeSet;

@@ -192,7 +192,7 @@ fn a_hundred_failed_handshakes_do_not_slow_the_line() {
         || {},
     );
     let port = common::free_port();
-    let no_cert = diffad::tls::client(&pki.path("ca.pem"), None).unwrap();
+    let no_cert = diffad::sinks::tls::client(&pki.path("ca.pem"), None).unwrap();
     let attacked = run_line(&board(dir.path(), &pki, port, parts), port, false, || {
         std::thread::scope(|s| {
             for _ in 0..10 {

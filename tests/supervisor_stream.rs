@@ -6,8 +6,8 @@ mod common;
 
 use diffad::clock::SystemClock;
 use diffad::events::{Bus, Event};
-use diffad::setup::SupervisorConfig;
-use diffad::supervisor::{Supervisor, MAX_REQUEST};
+use diffad::line::setup::SupervisorConfig;
+use diffad::sinks::supervisor::{Supervisor, MAX_REQUEST};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

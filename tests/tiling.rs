@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::root;
-use diffad::engine::{Engine, EngineConfig};
 use diffad::frame::{Frame, PixelFormat};
-use diffad::inspect::{EngineInspector, Inspection, Inspector};
-use diffad::preprocess::Roi;
-use diffad::setup::LineSetup;
-use diffad::tiling::{self, TiledInspector, TilingConfig};
+use diffad::line::setup::LineSetup;
+use diffad::stages::engine::{Engine, EngineConfig};
+use diffad::stages::inspect::{EngineInspector, Inspection, Inspector};
+use diffad::stages::preprocess::Roi;
+use diffad::stages::tiling::{self, TiledInspector, TilingConfig};
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
@@ -189,7 +189,7 @@ fn real_model_scores_each_tile_as_its_golden_case() {
     let cases = &golden["cases"].as_array().unwrap()[..4];
     let tiles: Vec<Frame> = cases
         .iter()
-        .map(|c| diffad::imagefile::load(&dir.join(c["image"].as_str().unwrap())).unwrap())
+        .map(|c| diffad::sources::imagefile::load(&dir.join(c["image"].as_str().unwrap())).unwrap())
         .collect();
     assert!(tiles
         .iter()

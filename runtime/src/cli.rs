@@ -8,15 +8,15 @@ use anyhow::{bail, Context, Result};
 use ort::ep::{self, ExecutionProvider};
 use serde_json::json;
 
-use crate::dataset;
-use crate::engine::{Engine, EngineConfig};
 use crate::frame::Frame;
-use crate::heatmap;
-use crate::imagefile;
-use crate::inspect::{EngineInspector, Inspector};
-use crate::metrics::{auroc, percentile, pro};
-use crate::setup::CameraConfig;
-use crate::tiling::TiledInspector;
+use crate::line::setup::CameraConfig;
+use crate::offline::metrics::{auroc, percentile, pro};
+use crate::sinks::heatmap;
+use crate::sources::dataset;
+use crate::sources::imagefile;
+use crate::stages::engine::{Engine, EngineConfig};
+use crate::stages::inspect::{EngineInspector, Inspector};
+use crate::stages::tiling::TiledInspector;
 
 /// How `infer` and `eval` judge images beyond the model and board file.
 #[derive(Debug, Clone, Copy, Default)]
@@ -57,7 +57,7 @@ pub fn line_inspector(
 ) -> Result<Box<dyn Inspector>> {
     match camera {
         Some(cam) if cam.tiling.enabled => {
-            crate::tiling::check(cam, &engine.manifest().input)?;
+            crate::stages::tiling::check(cam, &engine.manifest().input)?;
             Ok(Box::new(TiledInspector::new(
                 engine,
                 cam.roi,
@@ -236,7 +236,7 @@ pub struct EvalReport {
     /// Images per second through decode → preprocess → infer.
     pub images_per_s: f64,
     /// The false-reject / escape trade-off (printed by `eval --sweep`).
-    pub sweep: Option<crate::sweep::Sweep>,
+    pub sweep: Option<crate::offline::sweep::Sweep>,
 }
 
 /// One defect kind's line in the report.
@@ -449,7 +449,7 @@ pub fn eval_scored(
         escape_rate: rate(true, false),
         kinds: kinds_rows,
         images_per_s: scores.len() as f64 / elapsed,
-        sweep: Some(crate::sweep::sweep(
+        sweep: Some(crate::offline::sweep::sweep(
             &scored
                 .iter()
                 .filter(|s| !s.defective)
@@ -473,10 +473,10 @@ pub fn eval_report(
     root: &Path,
     opts: InspectOptions,
     dir: &Path,
-) -> Result<(EvalReport, crate::report::Written)> {
-    crate::report::prepare(dir)?;
+) -> Result<(EvalReport, crate::offline::report::Written)> {
+    crate::offline::report::prepare(dir)?;
     let (report, scored) = eval_scored(config, camera, root, opts)?;
-    let written = crate::report::write(dir, &config.model, &report, &scored)?;
+    let written = crate::offline::report::write(dir, &config.model, &report, &scored)?;
     Ok((report, written))
 }
 
@@ -713,11 +713,11 @@ pub fn tensorrt_cache(config: &EngineConfig) -> Result<Option<(PathBuf, bool)>> 
     if !config.providers.iter().any(|p| p == "tensorrt") {
         return Ok(None);
     }
-    let lib = crate::ortlib::load()?;
+    let lib = crate::model::ortlib::load()?;
     let bytes = std::fs::read(&config.model)
         .with_context(|| format!("reading model {}", config.model.display()))?;
-    let sha = crate::engine::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-    let dir = crate::engine::tensorrt_cache_dir(&config.tensorrt, &sha, &lib.version);
+    let sha = crate::stages::engine::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let dir = crate::stages::engine::tensorrt_cache_dir(&config.tensorrt, &sha, &lib.version);
     let built = dataset::sorted_dir(&dir)
         .map(|files| {
             files
@@ -812,24 +812,26 @@ pub fn check_config(path: &Path, deployment: bool) -> Result<crate::config::Boar
         format!("roi {}×{} at ({}, {})", r.width, r.height, r.x, r.y)
     });
     let source = match s.camera.source {
-        crate::setup::SourceKind::Sim => match &s.camera.sim.photo {
+        crate::line::setup::SourceKind::Sim => match &s.camera.sim.photo {
             Some(p) => format!("simulated conveyor cutting tiles from {}", p.display()),
             None => "simulated conveyor, procedural texture".to_string(),
         },
-        crate::setup::SourceKind::Replay => {
-            match crate::camera::replay::describe(&s.camera.replay.dir) {
+        crate::line::setup::SourceKind::Replay => {
+            match crate::sources::camera::replay::describe(&s.camera.replay.dir) {
                 Ok(d) => format!("replay of {d}"),
                 Err(e) => format!("replay: {e}"),
             }
         }
-        crate::setup::SourceKind::V4l2 => format!("camera {}", s.camera.v4l2.device.display()),
+        crate::line::setup::SourceKind::V4l2 => {
+            format!("camera {}", s.camera.v4l2.device.display())
+        }
     };
     println!("source:     {source}");
     println!(
         "threshold:  {}",
         match (
             s.line.threshold,
-            crate::manifest::Manifest::read(&c.engine.model)
+            crate::model::manifest::Manifest::read(&c.engine.model)
                 .ok()
                 .and_then(|m| m.threshold)
         ) {
@@ -948,9 +950,9 @@ pub struct RunOptions {
 }
 
 /// `diffad run`: the line, until the source ends, `line.parts` is reached or a signal arrives.
-pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::pipeline::Summary> {
+pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::line::Summary> {
     use crate::clock::{Clock, SystemClock};
-    use crate::pipeline::{self, Shutdown};
+    use crate::line::{self, Shutdown};
     use std::sync::Arc;
 
     let mut board = crate::config::BoardConfig::load(path)?;
@@ -991,7 +993,7 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::pipeline::Summar
     )
     .with_context(|| format!("board config {}", path.display()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let (hardware, _sim_pin_logs) = pipeline::open_hardware(setup, clock.clone())
+    let (hardware, _sim_pin_logs) = line::open_hardware(setup, clock.clone())
         .with_context(|| format!("opening the camera and pins of {}", path.display()))?;
     log::info!(
         "line {} on board {}: camera {}",
@@ -1003,13 +1005,13 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::pipeline::Summar
     shutdown
         .install_signals()
         .context("installing SIGINT/SIGTERM handlers")?;
-    let options = pipeline::Options {
-        notifier: crate::watchdog::Notifier::from_env().context("NOTIFY_SOCKET")?,
+    let options = line::Options {
+        notifier: crate::line::watchdog::Notifier::from_env().context("NOTIFY_SOCKET")?,
         live_log: !opts.quiet,
         ..Default::default()
     };
     let start = Instant::now();
-    let summary = pipeline::run(setup, inspector, clock, hardware, shutdown, options)?;
+    let summary = line::run(setup, inspector, clock, hardware, shutdown, options)?;
     let wall = start.elapsed().as_secs_f64();
     if let Some(dest) = &opts.summary_json {
         let c = &summary.counters;

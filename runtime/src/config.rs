@@ -49,9 +49,9 @@ pub struct BoardConfig {
     /// `[board]`.
     pub board: BoardInfo,
     /// `[engine]`.
-    pub engine: crate::engine::EngineConfig,
+    pub engine: crate::stages::engine::EngineConfig,
     /// `[camera]`, `[gpio]`, `[line]`, `[supervisor]`, `[mqtt]`, `[archive]`.
-    pub setup: crate::setup::LineSetup,
+    pub setup: crate::line::setup::LineSetup,
 }
 
 /// Why a board file was refused.
@@ -115,9 +115,10 @@ impl BoardConfig {
                     message: e.to_string(),
                 })?;
         let board = take_section::<BoardInfo>(&mut table, "board", true).map_err(invalid)?;
-        let engine = take_section::<crate::engine::EngineConfig>(&mut table, "engine", true)
-            .map_err(invalid)?;
-        let setup: crate::setup::LineSetup =
+        let engine =
+            take_section::<crate::stages::engine::EngineConfig>(&mut table, "engine", true)
+                .map_err(invalid)?;
+        let setup: crate::line::setup::LineSetup =
             deserialize(toml::Value::Table(table), "").map_err(invalid)?;
         let mut config = Self {
             path: path.to_path_buf(),
@@ -235,7 +236,7 @@ impl BoardConfig {
         }
         let cam = &self.setup.camera;
         match cam.source {
-            crate::setup::SourceKind::Sim => {
+            crate::line::setup::SourceKind::Sim => {
                 if let Some(photo) = &cam.sim.photo {
                     path(
                         "camera.sim.photo",
@@ -245,13 +246,13 @@ impl BoardConfig {
                     );
                 }
             }
-            crate::setup::SourceKind::Replay => path(
+            crate::line::setup::SourceKind::Replay => path(
                 "camera.replay.dir",
                 &cam.replay.dir,
                 Want::Folder,
                 &format!("point it at a folder of images ({rel})"),
             ),
-            crate::setup::SourceKind::V4l2 => path(
+            crate::line::setup::SourceKind::V4l2 => path(
                 "camera.v4l2.device",
                 &cam.v4l2.device,
                 Want::Exists,
@@ -303,7 +304,7 @@ impl BoardConfig {
     /// The line's keys that depend on the model, against its manifest (read without ONNX Runtime).
     fn check_model(&self) -> Vec<Invalid> {
         let model = &self.engine.model;
-        let m = match crate::manifest::Manifest::read(model) {
+        let m = match crate::model::manifest::Manifest::read(model) {
             Ok(m) => m,
             Err(e) => {
                 return vec![Invalid::new(

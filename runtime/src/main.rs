@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use diffad::cli;
-use diffad::engine::EngineConfig;
-use diffad::setup::CameraConfig;
+use diffad::line::setup::CameraConfig;
+use diffad::stages::engine::EngineConfig;
 
 #[derive(Parser)]
 #[command(
@@ -212,9 +212,9 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Doctor { config, root } => {
-            let report = diffad::doctor::run(
+            let report = diffad::offline::doctor::run(
                 config.as_deref(),
-                &diffad::doctor::Root::new(root),
+                &diffad::offline::doctor::Root::new(root),
                 &mut std::io::stdout(),
             );
             let n = report.failures();
@@ -242,7 +242,7 @@ fn run(args: Args) -> Result<ExitCode> {
         } => {
             let tls = match &ca {
                 Some(ca) => Some(
-                    diffad::tls::client(ca, cert.as_deref().zip(key.as_deref()))
+                    diffad::sinks::tls::client(ca, cert.as_deref().zip(key.as_deref()))
                         .map_err(anyhow::Error::msg)?,
                 ),
                 None => None,
@@ -251,11 +251,11 @@ fn run(args: Args) -> Result<ExitCode> {
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(sig, stop.clone())?;
             }
-            let rx = diffad::watch::start(&addrs, from_start, tls, stop.clone())?;
+            let rx = diffad::offline::watch::start(&addrs, from_start, tls, stop.clone())?;
             if json {
-                diffad::watch::run_json(&rx, &mut std::io::stdout().lock(), &stop)?;
+                diffad::offline::watch::run_json(&rx, &mut std::io::stdout().lock(), &stop)?;
             } else {
-                diffad::watch::run_tui(&rx, &addrs, &stop)?;
+                diffad::offline::watch::run_tui(&rx, &addrs, &stop)?;
             }
             Ok(ExitCode::SUCCESS)
         }

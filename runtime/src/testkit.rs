@@ -3,10 +3,10 @@
 
 use crate::clock::{Clock, MS};
 use crate::frame::{Frame, PixelFormat};
-use crate::inspect::{InspectError, Inspection, Inspector};
-use crate::pins::{
+use crate::sinks::pins::{
     EdgeSel, LineEvent, LineEvents, OutputRequest, PinError, PinLog, SimPin, TriggerRequest,
 };
+use crate::stages::inspect::{InspectError, Inspection, Inspector};
 use embedded_hal::digital::OutputPin;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -59,7 +59,7 @@ impl TruthInspector {
             PixelFormat::Rgb8 => frame
                 .data
                 .chunks(3)
-                .map(|c| crate::preprocess::luma([c[0], c[1], c[2]]) as f32)
+                .map(|c| crate::stages::preprocess::luma([c[0], c[1], c[2]]) as f32)
                 .collect(),
             PixelFormat::Yuyv => frame.data.iter().step_by(2).map(|&p| p as f32).collect(),
             PixelFormat::Mjpeg => return (0.0, Vec::new()),
@@ -140,7 +140,7 @@ pub const KERNEL_EVENTS_PER_LINE: usize = 16;
 /// request counts `seqno` over all its lines (the same number when it has one line), and a
 /// full buffer drops its oldest event, so the numbers read skip the dropped ones.
 ///
-/// Clones share the line: a test keeps one to drive and inspect it while [`crate::pins::EdgeTrigger`]
+/// Clones share the line: a test keeps one to drive and inspect it while [`crate::sinks::pins::EdgeTrigger`]
 /// reads another.
 #[derive(Clone)]
 pub struct FakeEdgeRequest {

@@ -1,14 +1,14 @@
 //! Helpers shared by the line's end-to-end tests.
 #![allow(dead_code)]
 
-use diffad::camera::{self, Source};
 use diffad::clock::{Clock, SimClock, SimMode};
 use diffad::events::{Event, Record, TapSink};
-use diffad::inspect::Inspector;
-use diffad::pins::{LinePins, SimLogs};
-use diffad::pipeline::{self, Hardware, Options, Shutdown, Summary};
-use diffad::setup::LineSetup;
-use diffad::watchdog::Notifier;
+use diffad::line::setup::LineSetup;
+use diffad::line::watchdog::Notifier;
+use diffad::line::{self, Hardware, Options, Shutdown, Summary};
+use diffad::sinks::pins::{LinePins, SimLogs};
+use diffad::sources::camera::{self, Source};
+use diffad::stages::inspect::Inspector;
 use std::sync::Arc;
 
 /// SIGKILLs a process if the test panics while it runs, so a failed assertion never leaves a
@@ -173,7 +173,7 @@ pub fn run_line(
         pins,
         trigger: None,
     };
-    let summary = pipeline::run(
+    let summary = line::run(
         setup,
         inspector(clock.clone()),
         clock,

@@ -40,7 +40,9 @@ pub fn roots(path: &Path) -> Result<rustls::RootCertStore, String> {
 
 /// The stream's server side: its certificate and key, and only clients whose certificate
 /// `client_ca` signed. Errors name the key of `[supervisor.tls]` at fault.
-pub fn stream_server(t: &crate::setup::StreamTls) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn stream_server(
+    t: &crate::line::setup::StreamTls,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let chain = certs(&t.cert_file).map_err(|e| format!("supervisor.tls.cert_file: {e}"))?;
     let key = key(&t.key_file).map_err(|e| format!("supervisor.tls.key_file: {e}"))?;
     let roots =

@@ -4,7 +4,7 @@
 use image::{Rgb, RgbImage};
 
 use crate::frame::{Frame, PixelFormat};
-use crate::preprocess::Roi;
+use crate::stages::preprocess::Roi;
 
 /// Blend weight of the colour map over the image.
 const ALPHA: f32 = 0.45;

@@ -14,9 +14,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::Invalid;
-use crate::manifest::{Manifest, ManifestError, METADATA_KEY};
-use crate::ortlib::{self, OrtLib, OrtLibError};
-use crate::selftest::{
+use crate::model::manifest::{Manifest, ManifestError, METADATA_KEY};
+use crate::model::ortlib::{self, OrtLib, OrtLibError};
+use crate::model::selftest::{
     self, Deviation, GoldenCase, Goldens, SelfTestConfig, SelfTestReport, FP16_TOLERANCE,
     FP32_TOLERANCE,
 };
@@ -411,7 +411,7 @@ impl Engine {
         let mut frames = Vec::with_capacity(goldens.cases.len());
         for case in &goldens.cases {
             let p = base.join(&case.image);
-            let frame = crate::imagefile::load(&p)
+            let frame = crate::sources::imagefile::load(&p)
                 .map_err(|e| missing(&p.display().to_string(), e.reason))?;
             let i = &self.manifest.input;
             if (frame.width as usize, frame.height as usize) != (i.width, i.height) {
@@ -426,7 +426,7 @@ impl Engine {
             }
             frames.push(frame);
         }
-        let mut pre = crate::preprocess::Preprocessor::new(&self.manifest.input, None);
+        let mut pre = crate::stages::preprocess::Preprocessor::new(&self.manifest.input, None);
         let (batch, len) = (self.batch_size(), self.image_len());
         let mut devs = [0.0f64; 4];
         let mut first: Option<Deviation> = None;

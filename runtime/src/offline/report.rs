@@ -17,8 +17,8 @@ use plotters::prelude::*;
 use serde_json::json;
 
 use crate::cli::{EvalReport, Scored};
-use crate::heatmap;
-use crate::imagefile;
+use crate::sinks::heatmap;
+use crate::sources::imagefile;
 
 /// Size of `roc_image.png` and `roc_pixel.png`.
 pub const ROC_SIZE: (u32, u32) = (800, 640);
@@ -105,7 +105,7 @@ pub fn prepare(dir: &Path) -> Result<()> {
 
 /// The ROC curve of `scores` against `labels` (true = defective): `(fpr, tpr)` from (0, 0) to
 /// (1, 1), one point per distinct score, ties taken together (a diagonal step), so the
-/// trapezoidal area equals [`crate::metrics::auroc`]. `None` when a class is absent.
+/// trapezoidal area equals [`crate::offline::metrics::auroc`]. `None` when a class is absent.
 pub fn roc_points(scores: &[f32], labels: &[bool]) -> Option<Vec<(f64, f64)>> {
     assert_eq!(scores.len(), labels.len());
     let pos = labels.iter().filter(|&&l| l).count();
@@ -979,11 +979,11 @@ fn index_md(model: &Path, r: &EvalReport, figures: &[Figure], skipped: &[String]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::auroc;
+    use crate::offline::metrics::auroc;
 
     #[test]
     fn roc_area_is_the_metrics_auroc_with_ties() {
-        let mut rng = crate::camera::sim::Rng::new(3);
+        let mut rng = crate::sources::camera::sim::Rng::new(3);
         for n in [2usize, 7, 50, 400] {
             // Coarse scores make many ties across the classes.
             let scores: Vec<f32> = (0..n).map(|_| (rng.int(0, 20) as f32) / 20.0).collect();

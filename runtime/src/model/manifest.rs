@@ -303,10 +303,10 @@ fn protobuf_fields(bytes: &[u8]) -> Option<Vec<Field<'_>>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        let key = crate::selftest::varint(bytes, &mut i)?;
+        let key = crate::model::selftest::varint(bytes, &mut i)?;
         let value = match key & 7 {
             0 => {
-                crate::selftest::varint(bytes, &mut i)?;
+                crate::model::selftest::varint(bytes, &mut i)?;
                 None
             }
             1 => {
@@ -314,7 +314,7 @@ fn protobuf_fields(bytes: &[u8]) -> Option<Vec<Field<'_>>> {
                 None
             }
             2 => {
-                let len = usize::try_from(crate::selftest::varint(bytes, &mut i)?).ok()?;
+                let len = usize::try_from(crate::model::selftest::varint(bytes, &mut i)?).ok()?;
                 let start = i;
                 i = i.checked_add(len)?;
                 Some(bytes.get(start..i)?)

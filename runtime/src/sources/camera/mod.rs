@@ -7,7 +7,7 @@ pub mod v4l2;
 
 use crate::clock::Clock;
 use crate::frame::Frame;
-use crate::setup::{CameraConfig, LineConfig, SourceKind};
+use crate::line::setup::{CameraConfig, LineConfig, SourceKind};
 use std::sync::Arc;
 
 /// Why a source gave no frame this time.
@@ -101,12 +101,12 @@ pub(crate) fn decode(
     rgb: bool,
 ) -> Result<(u32, u32, Vec<u8>), SourceError> {
     use crate::frame::PixelFormat;
-    let f = crate::imagefile::load(path).map_err(|e| SourceError::Io(e.to_string()))?;
+    let f = crate::sources::imagefile::load(path).map_err(|e| SourceError::Io(e.to_string()))?;
     let data = match (f.format, rgb) {
         (PixelFormat::Rgb8, false) => f
             .data
             .chunks_exact(3)
-            .map(|p| crate::preprocess::luma([p[0], p[1], p[2]]))
+            .map(|p| crate::stages::preprocess::luma([p[0], p[1], p[2]]))
             .collect(),
         (PixelFormat::Grey8, true) => f.data.iter().flat_map(|&g| [g, g, g]).collect(),
         // imagefile yields only Grey8 and Rgb8 frames.

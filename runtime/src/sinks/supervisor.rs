@@ -17,7 +17,7 @@
 //! is dropped; the line never waits for it. Nothing a client sends changes the line.
 
 use crate::events::{Record, Sink};
-use crate::setup::SupervisorConfig;
+use crate::line::setup::SupervisorConfig;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -152,7 +152,7 @@ impl Sink for HubSink {
             Err(TrySendError::Full(_)) => {
                 hub.stats.clients_dropped.fetch_add(1, Ordering::Relaxed);
                 hub.stats.client_drops.fetch_add(1 + c.tx.len() as u64, Ordering::Relaxed);
-                log::warn!(target: "diffad::supervisor", "supervisor client {} too slow: dropped after seq {}", c.id, rec.seq - 1);
+                log::warn!(target: "diffad::sinks::supervisor", "supervisor client {} too slow: dropped after seq {}", c.id, rec.seq - 1);
                 let _ = c.stream.shutdown(std::net::Shutdown::Both);
                 false
             }
@@ -181,7 +181,7 @@ impl Supervisor {
     /// Bind `cfg.listen` and start accepting clients of run `run` of line `line`.
     pub fn start(cfg: &SupervisorConfig, line: &str, run: &str) -> std::io::Result<Self> {
         let tls = match &cfg.tls {
-            Some(t) => Some(crate::tls::stream_server(t).map_err(std::io::Error::other)?),
+            Some(t) => Some(crate::sinks::tls::stream_server(t).map_err(std::io::Error::other)?),
             None => None,
         };
         let listener = TcpListener::bind(&cfg.listen)?;
@@ -315,7 +315,7 @@ fn accept_loop(
                         w.push(h);
                     }
                     Err(e) => {
-                        log::warn!(target: "diffad::supervisor", "client {peer}: no thread: {e}")
+                        log::warn!(target: "diffad::sinks::supervisor", "client {peer}: no thread: {e}")
                     }
                 }
             }
@@ -323,7 +323,7 @@ fn accept_loop(
                 std::thread::sleep(Duration::from_millis(10))
             }
             Err(e) => {
-                log::warn!(target: "diffad::supervisor", "accept: {e}");
+                log::warn!(target: "diffad::sinks::supervisor", "accept: {e}");
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -346,7 +346,7 @@ fn refuse(hub: &Hub, mut stream: TcpStream, peer: SocketAddr) {
     let _ = stream.shutdown(std::net::Shutdown::Both);
     // Logged at the first refusal and then rarely, so a flood cannot flood the log.
     if n.is_power_of_two() {
-        log::warn!(target: "diffad::supervisor", "refused client {peer}: {} clients connected (supervisor.max_clients); {n} refused so far", hub.max_clients);
+        log::warn!(target: "diffad::sinks::supervisor", "refused client {peer}: {} clients connected (supervisor.max_clients); {n} refused so far", hub.max_clients);
     }
 }
 
@@ -520,7 +520,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
                 // The client gets nothing: no hello, no events.
                 let n = hub.stats.tls_rejected.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
-                    log::warn!(target: "diffad::supervisor", "client {peer}: TLS refused ({e}); {n} refused so far");
+                    log::warn!(target: "diffad::sinks::supervisor", "client {peer}: TLS refused ({e}); {n} refused so far");
                 }
                 let _ = stream.shutdown(std::net::Shutdown::Both);
                 return;
@@ -531,7 +531,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
     let Some((id, rx, upto)) = hub.register(&stream) else {
         return;
     };
-    log::debug!(target: "diffad::supervisor", "client {id} {peer} connected after seq {upto}");
+    log::debug!(target: "diffad::sinks::supervisor", "client {id} {peer} connected after seq {upto}");
     let mut out: Vec<u8> = Vec::new();
     let _ = writeln!(
         out,
@@ -566,7 +566,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
             Polled::Eof => break,
             Polled::TooLong => {
                 hub.stats.oversized_requests.fetch_add(1, Ordering::Relaxed);
-                log::warn!(target: "diffad::supervisor", "client {id} {peer}: request line over {MAX_REQUEST} bytes: disconnected");
+                log::warn!(target: "diffad::sinks::supervisor", "client {id} {peer}: request line over {MAX_REQUEST} bytes: disconnected");
                 let _ = writeln!(
                     out,
                     "{}",
@@ -659,7 +659,7 @@ fn answer(
     if let Some((from, to)) = lost {
         let n = to - from + 1;
         hub.stats.resume_lost.fetch_add(n, Ordering::Relaxed);
-        log::warn!(target: "diffad::supervisor", "client {id} resumed after seq {after}: {n} events had left the buffer");
+        log::warn!(target: "diffad::sinks::supervisor", "client {id} resumed after seq {after}: {n} events had left the buffer");
         put(&Notice::Lost {
             run: &hub.run,
             from_seq: from,

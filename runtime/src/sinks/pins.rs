@@ -2,7 +2,7 @@
 //! board, recording simulated pins everywhere else; plus the photo-eye trigger input.
 
 use crate::clock::Clock;
-use crate::setup::{ActiveLevel, GpioConfig, LineRef};
+use crate::line::setup::{ActiveLevel, GpioConfig, LineRef};
 use embedded_hal::digital::{ErrorKind, ErrorType, OutputPin};
 use std::sync::{Arc, Mutex};
 
@@ -657,7 +657,7 @@ mod cdev {
     #[cfg(test)]
     mod tests {
         use super::*;
-        use crate::setup::{ActiveLevel, LineRef};
+        use crate::line::setup::{ActiveLevel, LineRef};
 
         #[test]
         fn outputs_are_requested_raw_at_their_inactive_level() {

@@ -3,7 +3,7 @@
 use super::{Pacer, Source, SourceError};
 use crate::clock::Clock;
 use crate::frame::{Frame, GroundTruth, PixelFormat};
-use crate::setup::{ColorMode, ReplayConfig};
+use crate::line::setup::{ColorMode, ReplayConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::BoardConfig;
-use crate::engine::{Engine, EngineConfig};
-use crate::setup::{ArchiveConfig, CameraConfig, GpioConfig, MqttConfig, SourceKind};
+use crate::line::setup::{ArchiveConfig, CameraConfig, GpioConfig, MqttConfig, SourceKind};
+use crate::stages::engine::{Engine, EngineConfig};
 
 /// How long the MQTT broker gets to accept a TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -291,12 +291,14 @@ pub fn run(config: Option<&Path>, root: &Root, out: &mut dyn Write) -> Report {
 
 /// The library, its version, and each GPU provider the board file lists.
 fn check_ort(engine: Option<&EngineConfig>) -> Vec<Check> {
-    let lib = match crate::ortlib::load() {
+    let lib = match crate::model::ortlib::load() {
         Ok(lib) => lib,
         Err(e) => {
             let what = match &e {
-                crate::ortlib::OrtLibError::NotFound { .. } => "not found".to_string(),
-                crate::ortlib::OrtLibError::Load { path, .. } => format!("{path} did not load"),
+                crate::model::ortlib::OrtLibError::NotFound { .. } => "not found".to_string(),
+                crate::model::ortlib::OrtLibError::Load { path, .. } => {
+                    format!("{path} did not load")
+                }
             };
             let mut checks = vec![Check::fail("onnxruntime", what, e.to_string())];
             for p in engine.map(|e| e.providers.as_slice()).unwrap_or_default() {
@@ -342,7 +344,7 @@ fn check_ort(engine: Option<&EngineConfig>) -> Vec<Check> {
 /// the golden self-test in it, then the board keys that depend on the model.
 fn check_model(b: &BoardConfig, ort_ok: bool) -> Vec<Check> {
     let model = &b.engine.model;
-    let manifest = match crate::manifest::Manifest::read(model) {
+    let manifest = match crate::model::manifest::Manifest::read(model) {
         Ok(m) => m,
         Err(e) => {
             let fix = if model.exists() {
@@ -514,7 +516,7 @@ pub fn gpio_chips(root: &Root) -> Vec<ChipEntry> {
                 label: chip_label(root, &name).or_else(|| {
                     // Kernels without the legacy sysfs class: ask the chip itself.
                     root.is_real()
-                        .then(|| crate::pins::chip_label(&e.path()).ok())
+                        .then(|| crate::sinks::pins::chip_label(&e.path()).ok())
                         .flatten()
                 }),
                 dev: e.path(),
@@ -606,7 +608,7 @@ fn check_gpio(cfg: &GpioConfig, root: &Root) -> Vec<Check> {
                 ),
             )
         } else {
-            match crate::pins::find_line(&cfg.chip, &line.name) {
+            match crate::sinks::pins::find_line(&cfg.chip, &line.name) {
                 Ok((path, offset)) => Check::pass(
                     &label,
                     format!("{:?} is line {offset} of {}", line.name, path.display()),
@@ -675,7 +677,7 @@ fn check_camera(cfg: &CameraConfig, root: &Root) -> Check {
 #[cfg(feature = "v4l2")]
 fn probe_v4l2(cfg: &CameraConfig) -> Check {
     let v = &cfg.v4l2;
-    match crate::camera::v4l2::probe(v) {
+    match crate::sources::camera::v4l2::probe(v) {
         Ok(card) => Check::pass(
             "camera",
             format!("{} ({card}) offers {}", v.device.display(), v.format),

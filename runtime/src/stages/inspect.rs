@@ -14,7 +14,7 @@ pub struct Inspection {
     /// Map height in pixels.
     pub map_height: u32,
     /// Where the map lies in the frame (`camera.roi`); `None`: it covers the whole frame.
-    pub map_roi: Option<crate::preprocess::Roi>,
+    pub map_roi: Option<crate::stages::preprocess::Roi>,
 }
 
 /// Why one frame could not be inspected; the rest of its batch is unaffected.
@@ -109,7 +109,11 @@ pub fn check_output(
 }
 
 /// The inspection error for an unusable output, naming the model and the frame.
-pub fn output_error(engine: &crate::engine::Engine, origin: &str, e: OutputError) -> InspectError {
+pub fn output_error(
+    engine: &crate::stages::engine::Engine,
+    origin: &str,
+    e: OutputError,
+) -> InspectError {
     InspectError(format!(
         "model {} on {origin}: {e}; the part cannot be judged (check the model with `diffad inspect`)",
         engine.path().display()
@@ -132,7 +136,7 @@ pub trait Inspector: Send {
 
 /// `threshold` if given, else the manifest's calibrated one; an error when there is neither.
 pub fn threshold_of(
-    engine: &crate::engine::Engine,
+    engine: &crate::stages::engine::Engine,
     threshold: Option<f32>,
 ) -> Result<f32, InspectError> {
     match (threshold, &engine.manifest().threshold) {
@@ -147,22 +151,22 @@ pub fn threshold_of(
 
 /// The real inspector: preprocess into the engine's input buffer, one session call per batch.
 pub struct EngineInspector {
-    engine: crate::engine::Engine,
-    pre: crate::preprocess::Preprocessor,
+    engine: crate::stages::engine::Engine,
+    pre: crate::stages::preprocess::Preprocessor,
     threshold: f32,
-    roi: Option<crate::preprocess::Roi>,
+    roi: Option<crate::stages::preprocess::Roi>,
 }
 
 impl EngineInspector {
     /// Wrap a loaded engine; the threshold is `threshold` if given, else the manifest's.
     /// Frames smaller than the model's input are refused unless [`Self::allow_upscale`].
     pub fn new(
-        engine: crate::engine::Engine,
-        roi: Option<crate::preprocess::Roi>,
+        engine: crate::stages::engine::Engine,
+        roi: Option<crate::stages::preprocess::Roi>,
         threshold: Option<f32>,
     ) -> Result<Self, InspectError> {
         let threshold = threshold_of(&engine, threshold)?;
-        let pre = crate::preprocess::Preprocessor::new(&engine.manifest().input, roi);
+        let pre = crate::stages::preprocess::Preprocessor::new(&engine.manifest().input, roi);
         Ok(Self {
             engine,
             pre,
@@ -179,12 +183,12 @@ impl EngineInspector {
     }
 
     /// The engine inside.
-    pub fn engine(&self) -> &crate::engine::Engine {
+    pub fn engine(&self) -> &crate::stages::engine::Engine {
         &self.engine
     }
 
     /// Mutable access to the engine (benchmarks time bare session calls through it).
-    pub fn engine_mut(&mut self) -> &mut crate::engine::Engine {
+    pub fn engine_mut(&mut self) -> &mut crate::stages::engine::Engine {
         &mut self.engine
     }
 }

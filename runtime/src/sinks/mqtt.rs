@@ -10,7 +10,7 @@
 
 use crate::config::Invalid;
 use crate::events::{Event, Record, Sink};
-use crate::setup::MqttConfig;
+use crate::line::setup::MqttConfig;
 use crossbeam_channel::{Receiver, Sender};
 use rumqttc::{Client, Connection, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{HashMap, VecDeque};
@@ -92,7 +92,7 @@ pub fn topic_kind(e: &Event) -> Option<&'static str> {
 /// for mutual TLS, the client certificate and key.
 pub fn tls_config(cfg: &MqttConfig) -> Result<rustls::ClientConfig, Invalid> {
     let roots = match &cfg.ca_file {
-        Some(f) => crate::tls::roots(f).map_err(|e| Invalid::new("mqtt.ca_file", e))?,
+        Some(f) => crate::sinks::tls::roots(f).map_err(|e| Invalid::new("mqtt.ca_file", e))?,
         None => {
             let mut roots = rustls::RootCertStore::empty();
             for c in rustls_native_certs::load_native_certs().certs {
@@ -107,14 +107,15 @@ pub fn tls_config(cfg: &MqttConfig) -> Result<rustls::ClientConfig, Invalid> {
             roots
         }
     };
-    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(crate::sinks::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Invalid::new("mqtt.url", format!("TLS: {e}")))?
         .with_root_certificates(roots);
     match (&cfg.cert_file, &cfg.key_file) {
         (Some(cert), Some(key)) => {
-            let chain = crate::tls::certs(cert).map_err(|e| Invalid::new("mqtt.cert_file", e))?;
-            let key = crate::tls::key(key).map_err(|e| Invalid::new("mqtt.key_file", e))?;
+            let chain =
+                crate::sinks::tls::certs(cert).map_err(|e| Invalid::new("mqtt.cert_file", e))?;
+            let key = crate::sinks::tls::key(key).map_err(|e| Invalid::new("mqtt.key_file", e))?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| Invalid::new("mqtt.key_file", format!("does not fit cert_file: {e}")))

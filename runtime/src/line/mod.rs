@@ -4,17 +4,17 @@
 //!
 //! Wiring, as `diffad run` does it:
 //! ```no_run
-//! # fn demo(setup: &diffad::setup::LineSetup, inspector: Box<dyn diffad::inspect::Inspector>)
+//! # fn demo(setup: &diffad::line::setup::LineSetup, inspector: Box<dyn diffad::stages::inspect::Inspector>)
 //! #     -> Result<(), Box<dyn std::error::Error>> {
 //! use diffad::clock::{Clock, SystemClock};
-//! use diffad::pipeline::{open_hardware, run, Options, Shutdown};
+//! use diffad::line::{open_hardware, run, Options, Shutdown};
 //! use std::sync::Arc;
 //! diffad::events::LogBridge::install()?; // instead of env_logger::init()
 //! let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
 //! let (hw, _sim_pin_logs) = open_hardware(setup, clock.clone())?; // sim pins when gpio.sim
 //! let shutdown = Shutdown::new();
 //! shutdown.install_signals()?; // SIGINT/SIGTERM drain and stop
-//! let opts = Options { notifier: diffad::watchdog::Notifier::from_env()?, ..Default::default() };
+//! let opts = Options { notifier: diffad::line::watchdog::Notifier::from_env()?, ..Default::default() };
 //! let summary = run(setup, inspector, clock, hw, shutdown, opts)?;
 //! println!("{summary}");
 //! # Ok(()) }
@@ -22,21 +22,24 @@
 //! Simulations use `SimClock::new(SimMode::Auto, t0)` instead (as fast as possible, same
 //! results every run); the inspector's own time then counts as zero unless it waits on the clock.
 
-use crate::archive::{Archive, ArchiveStats};
-use crate::camera::{Source, SourceError};
+pub mod setup;
+pub mod watchdog;
+
 use crate::clock::{chan, Clock, Held, MS};
 use crate::config::Invalid;
 use crate::events::{Bus, Counters, Event, Events, HeartbeatEvent, LiveLog, Sink};
 use crate::frame::Frame;
-use crate::inspect::{Inspection, Inspector};
-use crate::mqtt::Publisher;
-use crate::pins::{LinePins, Output, TriggerInput};
-use crate::reject::{PartInfo, Policy, RejectStats, Scheduler};
-use crate::setup::{FailSafe, LineSetup, Trigger};
-use crate::supervisor::Supervisor;
+use crate::line::setup::{FailSafe, LineSetup, Trigger};
+use crate::line::watchdog::Notifier;
+use crate::sinks::archive::{Archive, ArchiveStats};
+use crate::sinks::mqtt::Publisher;
+use crate::sinks::pins::{LinePins, Output, TriggerInput};
+use crate::sinks::reject::{PartInfo, Policy, RejectStats, Scheduler};
+use crate::sinks::supervisor::Supervisor;
+use crate::sources::camera::{Source, SourceError};
+use crate::stages::inspect::{Inspection, Inspector};
+use crate::stages::triage::{Job, Pushed, ServiceTime, Triage};
 use crate::tally::Tally;
-use crate::triage::{Job, Pushed, ServiceTime, Triage};
-use crate::watchdog::Notifier;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -118,7 +121,7 @@ pub enum LineError {
     Camera(#[from] SourceError),
     /// A pin could not be written.
     #[error(transparent)]
-    Pin(#[from] crate::pins::PinError),
+    Pin(#[from] crate::sinks::pins::PinError),
     /// A socket or file could not be opened.
     #[error("{0}: {1}")]
     Io(&'static str, std::io::Error),
@@ -132,7 +135,7 @@ pub enum LineError {
 pub fn open_hardware(
     setup: &LineSetup,
     clock: Arc<dyn Clock>,
-) -> Result<(Hardware, Option<crate::pins::SimLogs>), LineError> {
+) -> Result<(Hardware, Option<crate::sinks::pins::SimLogs>), LineError> {
     setup.validate()?;
     let trigger =
         match setup.line.trigger {
@@ -141,11 +144,11 @@ pub fn open_hardware(
                 "\"gpio\" needs real pins (gpio.sim = false); simulations pass a pins::SimTrigger",
             )
             .into()),
-            Trigger::Gpio => Some(crate::pins::open_trigger(&setup.gpio)?),
+            Trigger::Gpio => Some(crate::sinks::pins::open_trigger(&setup.gpio)?),
             Trigger::Frame => None,
         };
     let (pins, logs) = LinePins::open(&setup.gpio, clock.clone())?;
-    let source = crate::camera::open(&setup.camera, &setup.line, clock)?;
+    let source = crate::sources::camera::open(&setup.camera, &setup.line, clock)?;
     Ok((
         Hardware {
             source,
@@ -174,7 +177,7 @@ pub struct Summary {
     /// Good parts rejected by fail-safe.
     pub false_fault_rejects: u64,
     /// Outcomes per ground-truth kind (`good` included), when the source knows it.
-    pub by_kind: std::collections::BTreeMap<String, crate::reject::KindTally>,
+    pub by_kind: std::collections::BTreeMap<String, crate::sinks::reject::KindTally>,
     /// Parts whose inspection decided their outcome in time (passes + rejects).
     pub inspected_in_time: u64,
     /// Frames the engine inspected (in time or not).
@@ -393,7 +396,7 @@ pub fn run(
         )
         .into());
     }
-    let threshold = crate::decide::threshold(inspector.threshold(), line.threshold);
+    let threshold = crate::stages::decide::threshold(inspector.threshold(), line.threshold);
     if let Some(wd) = opts.notifier.as_ref().and_then(|n| n.watchdog_interval()) {
         if Duration::from_millis(2 * line.heartbeat_ms) > wd {
             log::warn!(
@@ -1202,7 +1205,7 @@ fn health_loop(
     let mut hb = false;
     let mut next = clock.now_ns();
     let mut told_ready = false;
-    let pin_err = |e: crate::pins::PinError| {
+    let pin_err = |e: crate::sinks::pins::PinError| {
         shared.pin_errors.fetch_add(1, Ordering::Relaxed);
         events.emit(Event::alarm("pin_error", e.to_string(), None, true));
     };
@@ -1362,7 +1365,7 @@ mod tests {
 
     #[test]
     fn percentiles() {
-        let mut h = crate::reject::ns_histogram();
+        let mut h = crate::sinks::reject::ns_histogram();
         assert_eq!(percentile_ms(&h, 0.5), None);
         for i in 1..=100 {
             h.record(i * MS).unwrap();

@@ -15,12 +15,12 @@
 use serde::Deserialize;
 
 use crate::config::Invalid;
-use crate::engine::Engine;
 use crate::frame::Frame;
-use crate::inspect::{InspectError, Inspection, Inspector};
-use crate::manifest::InputSpec;
-use crate::preprocess::{Preprocessor, Roi};
-use crate::setup::{CameraConfig, SourceKind};
+use crate::line::setup::{CameraConfig, SourceKind};
+use crate::model::manifest::InputSpec;
+use crate::stages::engine::Engine;
+use crate::stages::inspect::{InspectError, Inspection, Inspector};
+use crate::stages::preprocess::{Preprocessor, Roi};
 
 /// `[camera.tiling]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -140,7 +140,7 @@ impl TiledInspector {
         tiling: &TilingConfig,
         threshold: Option<f32>,
     ) -> Result<Self, InspectError> {
-        let threshold = crate::inspect::threshold_of(&engine, threshold)?;
+        let threshold = crate::stages::inspect::threshold_of(&engine, threshold)?;
         let spec = engine.manifest().input.clone();
         if tiling.overlap >= spec.width.min(spec.height) as u32 {
             return Err(InspectError(format!(
@@ -208,7 +208,7 @@ impl TiledInspector {
         let range = self.engine.manifest().score_range();
         let mut score = f32::NEG_INFINITY;
         // The first tile whose output is unusable; the stitched maximum would hide a NaN tile.
-        let mut bad: Option<((u32, u32), crate::inspect::OutputError)> = None;
+        let mut bad: Option<((u32, u32), crate::stages::inspect::OutputError)> = None;
         let tiles = &self.grid.1;
         for batch in tiles.chunks(n) {
             let input = self.engine.input_mut();
@@ -229,7 +229,7 @@ impl TiledInspector {
                 .run_visit(batch.len(), |b, s, map| {
                     score = worst(score, s);
                     if bad.is_none() {
-                        if let Err(e) = crate::inspect::check_output(s, map, tw, range) {
+                        if let Err(e) = crate::stages::inspect::check_output(s, map, tw, range) {
                             bad = Some((batch[b], e));
                         }
                     }
@@ -246,7 +246,7 @@ impl TiledInspector {
         self.tiles += tiles.len() as u64;
         if let Some(((x, y), e)) = bad {
             let at = format!("{} (tile at {x}, {y})", frame.origin);
-            return Err(crate::inspect::output_error(&self.engine, &at, e));
+            return Err(crate::stages::inspect::output_error(&self.engine, &at, e));
         }
         Ok(Inspection {
             score,

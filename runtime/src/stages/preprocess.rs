@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use crate::frame::{Frame, PixelFormat};
-use crate::manifest::InputSpec;
+use crate::model::manifest::InputSpec;
 
 /// Region of interest inside the frame, in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -237,7 +237,7 @@ pub fn graph_sha256(bytes: &[u8]) -> Option<String> {
             h.update(&bytes[start..i]);
         }
     }
-    Some(crate::engine::hex(&h.finalize()))
+    Some(crate::stages::engine::hex(&h.finalize()))
 }
 
 /// One protobuf varint at `*i`, advancing `*i` past it.
@@ -266,7 +266,7 @@ mod tests {
         assert_eq!(graph_sha256(&with), graph_sha256(&without));
         assert_eq!(
             graph_sha256(&without).unwrap(),
-            crate::engine::hex(&Sha256::digest(without))
+            crate::stages::engine::hex(&Sha256::digest(without))
         );
         assert_eq!(graph_sha256(&[0x3a, 0x05, b'x']), None, "truncated");
         assert_eq!(graph_sha256(&[0x0b]), None, "group wire type");

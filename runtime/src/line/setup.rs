@@ -111,9 +111,9 @@ pub struct CameraConfig {
     pub v4l2: V4l2Config,
     /// Region of the frame that is inspected (`{ x, y, width, height }`); the whole frame when
     /// absent. Resized to the model size, or cut into tiles with `camera.tiling`.
-    pub roi: Option<crate::preprocess::Roi>,
+    pub roi: Option<crate::stages::preprocess::Roi>,
     /// Cut the region of interest into model-sized tiles at native resolution.
-    pub tiling: crate::tiling::TilingConfig,
+    pub tiling: crate::stages::tiling::TilingConfig,
     /// Resize a region smaller than the model's input up to it (with a warning) instead of
     /// refusing it: upscaling invents the detail the model judges.
     pub allow_upscale: bool,
@@ -128,7 +128,7 @@ impl Default for CameraConfig {
             replay: ReplayConfig::default(),
             v4l2: V4l2Config::default(),
             roi: None,
-            tiling: crate::tiling::TilingConfig::default(),
+            tiling: crate::stages::tiling::TilingConfig::default(),
             allow_upscale: false,
         }
     }
@@ -171,9 +171,9 @@ impl CameraConfig {
     /// Check the region against the model's input size where it is known before the first
     /// frame: tiles must fit (`camera.tiling`), and a resized region must not be smaller than
     /// the model unless `camera.allow_upscale`.
-    pub fn check_model(&self, spec: &crate::manifest::InputSpec) -> Result<(), Invalid> {
+    pub fn check_model(&self, spec: &crate::model::manifest::InputSpec) -> Result<(), Invalid> {
         if self.tiling.enabled {
-            return crate::tiling::check(self, spec);
+            return crate::stages::tiling::check(self, spec);
         }
         if self.allow_upscale {
             return Ok(());

@@ -7,9 +7,9 @@
 
 use crate::events::Outcome;
 use crate::frame::{Frame, PixelFormat};
-use crate::inspect::Inspection;
-use crate::reject::ArchiveJob;
-use crate::setup::ArchiveConfig;
+use crate::line::setup::ArchiveConfig;
+use crate::sinks::reject::ArchiveJob;
+use crate::stages::inspect::Inspection;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::VecDeque;
 use std::io::Cursor;
@@ -288,7 +288,7 @@ pub fn overlay_png(
     if insp.map.is_empty() || insp.map.len() != (insp.map_width * insp.map_height) as usize {
         return Ok(None);
     }
-    let img = crate::heatmap::overlay_in(
+    let img = crate::sinks::heatmap::overlay_in(
         frame,
         &insp.map,
         insp.map_width,

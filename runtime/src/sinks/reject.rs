@@ -3,12 +3,12 @@
 //! fires pulses at deadlines on the clock; overlapping pulses extend each other.
 
 use crate::clock::Clock;
-use crate::decide::{decide, Verdict};
 use crate::events::{Counters, Event, Events, Outcome, PartEvent, RejectEvent};
 use crate::frame::Frame;
-use crate::inspect::Inspection;
-use crate::pins::Output;
-use crate::setup::FailSafe;
+use crate::line::setup::FailSafe;
+use crate::sinks::pins::Output;
+use crate::stages::decide::{decide, Verdict};
+use crate::stages::inspect::Inspection;
 use crate::tally::Tally;
 use crossbeam_channel::Sender;
 use hdrhistogram::Histogram;
@@ -563,8 +563,8 @@ mod tests {
     use super::*;
     use crate::clock::{SimClock, SimMode, MS};
     use crate::events::{Bus, TapSink};
-    use crate::pins::{PinLog, SimPin};
-    use crate::setup::ActiveLevel;
+    use crate::line::setup::ActiveLevel;
+    use crate::sinks::pins::{PinLog, SimPin};
 
     fn setup(
         fail_safe: FailSafe,

@@ -1,0 +1,5 @@
+//! The model file: its manifest, the ONNX Runtime library that runs it, and its golden self-test.
+
+pub mod manifest;
+pub mod ortlib;
+pub mod selftest;
