@@ -4,7 +4,7 @@ mod common;
 
 use common::root;
 
-use diffad::config::{BoardConfig, ConfigError};
+use diffad::line::board::{BoardConfig, ConfigError};
 
 #[test]
 fn every_shipped_board_config_is_valid() {

@@ -122,6 +122,6 @@ fn a_full_board_section_set_parses() {
     assert_eq!(s.line.delay_ns(), 500_000_000);
     assert_eq!(
         s.gpio.reject.unwrap().active,
-        diffad::line::setup::ActiveLevel::Low
+        diffad::gpio::ActiveLevel::Low
     );
 }

@@ -332,7 +332,7 @@ fn perturbed_model_is_refused_naming_output_and_deviation() {
         w.copy_from_slice(&v.to_le_bytes());
     }
     assert_eq!(
-        diffad::model::selftest::graph_sha256(&bytes).unwrap(),
+        diffad::model::onnxfile::graph_sha256(&bytes).unwrap(),
         patch["perturbed_sha256"].as_str().unwrap()
     );
     let golden = std::fs::read_to_string(fixture("perturbed-brick.golden.json")).unwrap();
@@ -444,7 +444,7 @@ fn manifest_tolerance_applies_unless_the_board_file_sets_one() {
     assert!(err.to_string().contains("score"), "{err}");
     // Same graph as sigmoid.onnx, another manifest: the graph hash ignores metadata.
     let hash = |name: &str| {
-        diffad::model::selftest::graph_sha256(&std::fs::read(fixture(name)).unwrap()).unwrap()
+        diffad::model::onnxfile::graph_sha256(&std::fs::read(fixture(name)).unwrap()).unwrap()
     };
     assert_eq!(hash("sigmoid-tol.onnx"), hash("sigmoid.onnx"));
     assert_ne!(

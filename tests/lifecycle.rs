@@ -5,8 +5,8 @@
 mod common;
 
 use diffad::clock::{Clock, SystemClock};
-use diffad::line::setup::ArchiveConfig;
 use diffad::line::{self, Hardware, Options, Shutdown};
+use diffad::sinks::archive::ArchiveConfig;
 use diffad::sinks::pins::LinePins;
 use diffad::sources::camera;
 use diffad::testkit::TruthInspector;
@@ -37,7 +37,7 @@ fn sigterm_drains_flushes_and_reports() {
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let (pins, logs) = LinePins::sim(&setup.gpio, clock.clone());
-    let source = camera::open(&setup.camera, &setup.line, clock.clone()).unwrap();
+    let source = camera::open(&setup.camera, setup.line.part_rate_hz, clock.clone()).unwrap();
     let shutdown = Shutdown::new();
     shutdown.install_signals().unwrap();
     let (addr_tx, addr_rx) = crossbeam_channel::bounded(1);

@@ -298,7 +298,8 @@ fn stalled_camera_raises_alarm_and_drops_ready() {
         &setup,
         |c| Box::new(TruthInspector::new(c)),
         Some(Box::new(move |clock| {
-            let inner = diffad::sources::camera::open(&cam, &line, clock.clone()).unwrap();
+            let inner =
+                diffad::sources::camera::open(&cam, line.part_rate_hz, clock.clone()).unwrap();
             Box::new(Stalling {
                 inner,
                 clock,
@@ -378,10 +379,11 @@ fn sd_notify_ready_watchdog_stopping() {
 #[test]
 fn photo_eye_triggers_arm_parts_and_frames_are_matched() {
     use diffad::line::{Hardware, Options};
-    use diffad::sinks::pins::{LinePins, SimTrigger};
+    use diffad::sinks::pins::LinePins;
+    use diffad::sources::trigger::SimTrigger;
     let mut setup = sim_setup(100);
     setup.line.trigger = diffad::line::setup::Trigger::Gpio;
-    setup.gpio.trigger = Some(diffad::line::setup::LineRef {
+    setup.gpio.trigger = Some(diffad::gpio::LineRef {
         name: "PAA.01".into(),
         active: Default::default(),
     });
@@ -393,7 +395,9 @@ fn photo_eye_triggers_arm_parts_and_frames_are_matched() {
         .map(|i| common::T0 + i * 20 * MS - 3 * MS)
         .collect();
     let trigger = SimTrigger::new(clock.clone(), edges.clone());
-    let source = diffad::sources::camera::open(&setup.camera, &setup.line, clock.clone()).unwrap();
+    let source =
+        diffad::sources::camera::open(&setup.camera, setup.line.part_rate_hz, clock.clone())
+            .unwrap();
     let (tap, rx) = crossbeam_channel::unbounded();
     let opts = Options {
         sinks: vec![Box::new(diffad::events::TapSink(tap))],
@@ -441,7 +445,7 @@ struct FlakyPin {
 }
 
 impl embedded_hal::digital::ErrorType for FlakyPin {
-    type Error = diffad::sinks::pins::PinError;
+    type Error = diffad::gpio::PinError;
 }
 
 impl embedded_hal::digital::OutputPin for FlakyPin {
@@ -450,9 +454,7 @@ impl embedded_hal::digital::OutputPin for FlakyPin {
     }
     fn set_high(&mut self) -> Result<(), Self::Error> {
         if self.ok_writes == 0 {
-            return Err(diffad::sinks::pins::PinError::Io(
-                "line request revoked".into(),
-            ));
+            return Err(diffad::gpio::PinError::Io("line request revoked".into()));
         }
         self.ok_writes -= 1;
         Ok(())
@@ -602,7 +604,7 @@ fn replayed_mvtec_folder_keeps_ground_truth_through_the_line() {
         }
     }
     let mut setup = sim_setup(1000);
-    setup.camera.source = diffad::line::setup::SourceKind::Replay;
+    setup.camera.source = diffad::sources::camera::config::SourceKind::Replay;
     setup.camera.replay.dir = root.to_path_buf();
     setup.validate().unwrap();
     let run = run_line(&setup, |c| Box::new(TruthInspector::new(c)), None, None);
@@ -687,20 +689,21 @@ impl diffad::sources::camera::Source for Frames {
 /// each of 100 parts arrive 3 ms before its exposure and leave 5 ms later, the reading thread
 /// off the CPU over `stall` if given.
 fn run_fake_photo_eye(
-    active: diffad::line::setup::ActiveLevel,
+    active: diffad::gpio::ActiveLevel,
     stall: Option<(u64, u64)>,
 ) -> (
     diffad::line::Summary,
     Vec<diffad::events::AlarmEvent>,
     diffad::testkit::FakeEdgeRequest,
 ) {
-    use diffad::line::setup::ActiveLevel;
+    use diffad::gpio::ActiveLevel;
     use diffad::line::{Hardware, Options};
-    use diffad::sinks::pins::{request_trigger, LinePins};
+    use diffad::sinks::pins::LinePins;
+    use diffad::sources::trigger::request_trigger;
     use diffad::testkit::FakeEdgeRequest;
     let mut setup = sim_setup(100);
     setup.line.trigger = diffad::line::setup::Trigger::Gpio;
-    setup.gpio.trigger = Some(diffad::line::setup::LineRef {
+    setup.gpio.trigger = Some(diffad::gpio::LineRef {
         name: "PAA.01".into(),
         active,
     });
@@ -724,7 +727,9 @@ fn run_fake_photo_eye(
     if let Some((from, until)) = stall {
         kernel.stall_reads(from, until);
     }
-    let camera = diffad::sources::camera::open(&setup.camera, &setup.line, clock.clone()).unwrap();
+    let camera =
+        diffad::sources::camera::open(&setup.camera, setup.line.part_rate_hz, clock.clone())
+            .unwrap();
     // The line stops when the camera does: lost parts never count towards `line.parts`.
     let source = Box::new(Frames {
         inner: camera,
@@ -755,8 +760,8 @@ fn run_fake_photo_eye(
 #[test]
 fn photo_eye_pulses_make_one_part_each_and_no_false_losses() {
     for active in [
-        diffad::line::setup::ActiveLevel::High,
-        diffad::line::setup::ActiveLevel::Low,
+        diffad::gpio::ActiveLevel::High,
+        diffad::gpio::ActiveLevel::Low,
     ] {
         let (s, alarms, kernel) = run_fake_photo_eye(active, None);
         println!("{s}");
@@ -773,8 +778,7 @@ fn photo_eye_pulses_make_one_part_each_and_no_false_losses() {
 fn photo_eye_edges_dropped_by_the_kernel_are_counted_and_alarmed() {
     // Parts 17..=41 arrive while the trigger thread is off the CPU: 25 events, 16 places.
     let stall = (common::T0 + 300 * MS, common::T0 + 800 * MS);
-    let (s, alarms, kernel) =
-        run_fake_photo_eye(diffad::line::setup::ActiveLevel::Low, Some(stall));
+    let (s, alarms, kernel) = run_fake_photo_eye(diffad::gpio::ActiveLevel::Low, Some(stall));
     println!("{s}");
     assert_eq!(kernel.dropped(), 9);
     assert_eq!(s.counters.trigger_edges_lost, 9, "{s}");

@@ -7,7 +7,7 @@ mod common;
 #[path = "common/pki.rs"]
 mod pki;
 
-use diffad::line::setup::MqttConfig;
+use diffad::sinks::mqtt::MqttConfig;
 use diffad::sinks::mqtt::Publisher;
 use pki::Pki;
 use serde_json::Value;

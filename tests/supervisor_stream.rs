@@ -6,7 +6,7 @@ mod common;
 
 use diffad::clock::SystemClock;
 use diffad::events::{Bus, Event};
-use diffad::line::setup::SupervisorConfig;
+use diffad::sinks::supervisor::SupervisorConfig;
 use diffad::sinks::supervisor::{Supervisor, MAX_REQUEST};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::root;
+use diffad::frame::Roi;
 use diffad::frame::{Frame, PixelFormat};
 use diffad::line::setup::LineSetup;
+use diffad::sources::camera::config::TilingConfig;
 use diffad::stages::engine::{Engine, EngineConfig};
 use diffad::stages::inspect::{EngineInspector, Inspection, Inspector};
-use diffad::stages::preprocess::Roi;
-use diffad::stages::tiling::{self, TiledInspector, TilingConfig};
+use diffad::stages::tiling::{self, TiledInspector};
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)

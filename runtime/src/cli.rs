@@ -9,9 +9,9 @@ use ort::ep::{self, ExecutionProvider};
 use serde_json::json;
 
 use crate::frame::Frame;
-use crate::line::setup::CameraConfig;
 use crate::offline::metrics::{auroc, percentile, pro};
 use crate::sinks::heatmap;
+use crate::sources::camera::config::CameraConfig;
 use crate::sources::dataset;
 use crate::sources::imagefile;
 use crate::stages::engine::{Engine, EngineConfig};
@@ -716,7 +716,7 @@ pub fn tensorrt_cache(config: &EngineConfig) -> Result<Option<(PathBuf, bool)>> 
     let lib = crate::model::ortlib::load()?;
     let bytes = std::fs::read(&config.model)
         .with_context(|| format!("reading model {}", config.model.display()))?;
-    let sha = crate::stages::engine::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let sha = crate::model::onnxfile::file_sha256(&bytes);
     let dir = crate::stages::engine::tensorrt_cache_dir(&config.tensorrt, &sha, &lib.version);
     let built = dataset::sorted_dir(&dir)
         .map(|files| {
@@ -786,8 +786,8 @@ pub fn build_engine(config: &EngineConfig) -> Result<()> {
 
 /// `diffad check-config`: parse and validate a board file, summarise it, then (with
 /// `deployment`) check the files and devices it names and its keys against the model.
-pub fn check_config(path: &Path, deployment: bool) -> Result<crate::config::BoardConfig> {
-    let c = crate::config::BoardConfig::load(path)?;
+pub fn check_config(path: &Path, deployment: bool) -> Result<crate::line::board::BoardConfig> {
+    let c = crate::line::board::BoardConfig::load(path)?;
     let s = &c.setup;
     println!("board:      {} — {}", c.board.name, c.board.description);
     println!(
@@ -812,17 +812,17 @@ pub fn check_config(path: &Path, deployment: bool) -> Result<crate::config::Boar
         format!("roi {}×{} at ({}, {})", r.width, r.height, r.x, r.y)
     });
     let source = match s.camera.source {
-        crate::line::setup::SourceKind::Sim => match &s.camera.sim.photo {
+        crate::sources::camera::config::SourceKind::Sim => match &s.camera.sim.photo {
             Some(p) => format!("simulated conveyor cutting tiles from {}", p.display()),
             None => "simulated conveyor, procedural texture".to_string(),
         },
-        crate::line::setup::SourceKind::Replay => {
+        crate::sources::camera::config::SourceKind::Replay => {
             match crate::sources::camera::replay::describe(&s.camera.replay.dir) {
                 Ok(d) => format!("replay of {d}"),
                 Err(e) => format!("replay: {e}"),
             }
         }
-        crate::line::setup::SourceKind::V4l2 => {
+        crate::sources::camera::config::SourceKind::V4l2 => {
             format!("camera {}", s.camera.v4l2.device.display())
         }
     };
@@ -923,7 +923,7 @@ pub fn check_config(path: &Path, deployment: bool) -> Result<crate::config::Boar
     if deployment {
         let problems = c.check_deployment();
         if !problems.is_empty() {
-            return Err(crate::config::ConfigError::Unusable {
+            return Err(crate::line::board::ConfigError::Unusable {
                 path: path.display().to_string(),
                 problems,
             }
@@ -955,7 +955,7 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::line::Summary> {
     use crate::line::{self, Shutdown};
     use std::sync::Arc;
 
-    let mut board = crate::config::BoardConfig::load(path)?;
+    let mut board = crate::line::board::BoardConfig::load(path)?;
     if let Some(n) = opts.parts {
         board.setup.line.parts = Some(n);
     }
@@ -968,7 +968,7 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<crate::line::Summary> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let problems = board.check_deployment();
     if !problems.is_empty() {
-        return Err(crate::config::ConfigError::Unusable {
+        return Err(crate::line::board::ConfigError::Unusable {
             path: path.display().to_string(),
             problems,
         }

@@ -44,3 +44,22 @@ pub struct Frame {
     /// Where the frame came from (file path, device), for logs and archives.
     pub origin: String,
 }
+
+/// Region of interest inside the frame, in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Roi {
+    /// Left edge.
+    pub x: u32,
+    /// Top edge.
+    pub y: u32,
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
+}
+
+/// Pillow's `convert("L")`: ITU-R 601 luma in fixed point, rounded.
+pub fn luma([r, g, b]: [u8; 3]) -> u8 {
+    ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
+}

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod events;
 pub mod frame;
+pub mod gpio;
 pub mod line;
 pub mod model;
 pub mod offline;

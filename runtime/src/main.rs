@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use diffad::cli;
-use diffad::line::setup::CameraConfig;
+use diffad::sources::camera::config::CameraConfig;
 use diffad::stages::engine::EngineConfig;
 
 #[derive(Parser)]
@@ -45,7 +45,7 @@ impl ModelArgs {
     fn engine(&self) -> Result<(EngineConfig, Option<CameraConfig>)> {
         Ok(match &self.config {
             Some(path) => {
-                let board = diffad::config::BoardConfig::load(path)?;
+                let board = diffad::line::board::BoardConfig::load(path)?;
                 let mut engine = board.engine;
                 engine.model = self.model.clone();
                 (engine, Some(board.setup.camera))
@@ -285,7 +285,7 @@ fn run(args: Args) -> Result<ExitCode> {
             cli::check_config(&config, !keys_only).map(|_| ExitCode::SUCCESS)
         }
         Command::BuildEngine { config } => {
-            let board = diffad::config::BoardConfig::load(&config)?;
+            let board = diffad::line::board::BoardConfig::load(&config)?;
             cli::build_engine(&board.engine).map(|()| ExitCode::SUCCESS)
         }
         Command::Infer {

@@ -3,9 +3,8 @@
 
 use crate::clock::{Clock, MS};
 use crate::frame::{Frame, PixelFormat};
-use crate::sinks::pins::{
-    EdgeSel, LineEvent, LineEvents, OutputRequest, PinError, PinLog, SimPin, TriggerRequest,
-};
+use crate::gpio::{EdgeSel, LineEvent, LineEvents, OutputRequest, PinError, TriggerRequest};
+use crate::sinks::pins::{PinLog, SimPin};
 use crate::stages::inspect::{InspectError, Inspection, Inspector};
 use embedded_hal::digital::OutputPin;
 use std::collections::VecDeque;
@@ -59,7 +58,7 @@ impl TruthInspector {
             PixelFormat::Rgb8 => frame
                 .data
                 .chunks(3)
-                .map(|c| crate::stages::preprocess::luma([c[0], c[1], c[2]]) as f32)
+                .map(|c| crate::frame::luma([c[0], c[1], c[2]]) as f32)
                 .collect(),
             PixelFormat::Yuyv => frame.data.iter().step_by(2).map(|&p| p as f32).collect(),
             PixelFormat::Mjpeg => return (0.0, Vec::new()),
@@ -140,7 +139,7 @@ pub const KERNEL_EVENTS_PER_LINE: usize = 16;
 /// request counts `seqno` over all its lines (the same number when it has one line), and a
 /// full buffer drops its oldest event, so the numbers read skip the dropped ones.
 ///
-/// Clones share the line: a test keeps one to drive and inspect it while [`crate::sinks::pins::EdgeTrigger`]
+/// Clones share the line: a test keeps one to drive and inspect it while [`crate::sources::trigger::EdgeTrigger`]
 /// reads another.
 #[derive(Clone)]
 pub struct FakeEdgeRequest {
@@ -304,5 +303,68 @@ impl LineEvents for FakeEdgeRequest {
             .queue
             .pop_front()
             .ok_or_else(|| PinError::Io("read with no edge event queued".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{SimClock, SimMode};
+    use crate::sources::trigger::{EdgeTrigger, TriggerEdge, TriggerInput};
+
+    #[test]
+    fn fake_kernel_numbers_every_requested_edge_per_line_and_per_request() {
+        let clock: Arc<dyn Clock> = Arc::new(SimClock::new(SimMode::Auto, 0));
+        let both = TriggerRequest {
+            active_low: false,
+            edges: EdgeSel::Both,
+            debounce_us: 0,
+        };
+        let mut k = FakeEdgeRequest::new(clock.clone(), both, 2, false);
+        k.drive(0, 10, true);
+        k.drive(1, 20, true);
+        k.drive(0, 30, false);
+        k.drive(0, 35, false); // no change, no event
+        k.drive(1, 40, false);
+        let mut got = Vec::new();
+        while k.wait_event(1).unwrap() {
+            let e = k.read_event().unwrap();
+            got.push((e.t_ns, e.rising, e.line_seqno, e.seqno));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (10, true, 1, 1),
+                (20, true, 1, 2),
+                (30, false, 2, 3),
+                (40, false, 2, 4)
+            ]
+        );
+        // Both edges requested: a reader that took gaps between part edges for losses would
+        // report one lost per part; the reader counts every event, so it reports none.
+        let (mut input, kernel) = {
+            let k = FakeEdgeRequest::new(
+                clock.clone(),
+                TriggerRequest {
+                    edges: EdgeSel::Both,
+                    ..both
+                },
+                1,
+                false,
+            );
+            (EdgeTrigger::new(k.clone()), k)
+        };
+        for i in 0..3 {
+            kernel.drive(0, 100 + i * 10, true);
+            kernel.drive(0, 105 + i * 10, false);
+        }
+        // A departure reads as "no part yet", so read by events, not until the first gap.
+        let parts: Vec<TriggerEdge> = (0..6)
+            .filter_map(|_| input.next_edge(1000).unwrap())
+            .collect();
+        assert_eq!(
+            parts.iter().map(|e| (e.seq, e.lost)).collect::<Vec<_>>(),
+            vec![(1, 0), (3, 0), (5, 0)]
+        );
     }
 }

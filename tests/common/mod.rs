@@ -159,7 +159,8 @@ pub fn run_line(
     let (pins, logs) = LinePins::sim(&setup.gpio, clock.clone());
     let source = match source {
         Some(f) => f(clock.clone()),
-        None => camera::open(&setup.camera, &setup.line, clock.clone()).expect("camera opens"),
+        None => camera::open(&setup.camera, setup.line.part_rate_hz, clock.clone())
+            .expect("camera opens"),
     };
     let (tap, rx) = crossbeam_channel::unbounded();
     let opts = Options {

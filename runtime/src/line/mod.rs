@@ -22,6 +22,7 @@
 //! Simulations use `SimClock::new(SimMode::Auto, t0)` instead (as fast as possible, same
 //! results every run); the inspector's own time then counts as zero unless it waits on the clock.
 
+pub mod board;
 pub mod setup;
 pub mod watchdog;
 
@@ -29,14 +30,17 @@ use crate::clock::{chan, Clock, Held, MS};
 use crate::config::Invalid;
 use crate::events::{Bus, Counters, Event, Events, HeartbeatEvent, LiveLog, Sink};
 use crate::frame::Frame;
-use crate::line::setup::{FailSafe, LineSetup, Trigger};
+use crate::line::setup::LineSetup;
+use crate::line::setup::Trigger;
 use crate::line::watchdog::Notifier;
 use crate::sinks::archive::{Archive, ArchiveStats};
 use crate::sinks::mqtt::Publisher;
-use crate::sinks::pins::{LinePins, Output, TriggerInput};
+use crate::sinks::pins::{LinePins, Output};
+use crate::sinks::reject::FailSafe;
 use crate::sinks::reject::{PartInfo, Policy, RejectStats, Scheduler};
 use crate::sinks::supervisor::Supervisor;
 use crate::sources::camera::{Source, SourceError};
+use crate::sources::trigger::TriggerInput;
 use crate::stages::inspect::{Inspection, Inspector};
 use crate::stages::triage::{Job, Pushed, ServiceTime, Triage};
 use crate::tally::Tally;
@@ -121,7 +125,7 @@ pub enum LineError {
     Camera(#[from] SourceError),
     /// A pin could not be written.
     #[error(transparent)]
-    Pin(#[from] crate::sinks::pins::PinError),
+    Pin(#[from] crate::gpio::PinError),
     /// A socket or file could not be opened.
     #[error("{0}: {1}")]
     Io(&'static str, std::io::Error),
@@ -144,11 +148,11 @@ pub fn open_hardware(
                 "\"gpio\" needs real pins (gpio.sim = false); simulations pass a pins::SimTrigger",
             )
             .into()),
-            Trigger::Gpio => Some(crate::sinks::pins::open_trigger(&setup.gpio)?),
+            Trigger::Gpio => Some(crate::sources::trigger::open_trigger(&setup.gpio)?),
             Trigger::Frame => None,
         };
     let (pins, logs) = LinePins::open(&setup.gpio, clock.clone())?;
-    let source = crate::sources::camera::open(&setup.camera, &setup.line, clock)?;
+    let source = crate::sources::camera::open(&setup.camera, setup.line.part_rate_hz, clock)?;
     Ok((
         Hardware {
             source,
@@ -1205,7 +1209,7 @@ fn health_loop(
     let mut hb = false;
     let mut next = clock.now_ns();
     let mut told_ready = false;
-    let pin_err = |e: crate::sinks::pins::PinError| {
+    let pin_err = |e: crate::gpio::PinError| {
         shared.pin_errors.fetch_add(1, Ordering::Relaxed);
         events.emit(Event::alarm("pin_error", e.to_string(), None, true));
     };

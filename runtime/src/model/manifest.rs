@@ -1,5 +1,6 @@
 //! The model manifest carried in the ONNX file's metadata (ARCHITECTURE.md §5).
 
+use crate::model::onnxfile::{fields, METADATA_PROPS};
 use serde::{Deserialize, Serialize};
 
 /// Metadata key under which the exporter stores the manifest JSON.
@@ -268,19 +269,14 @@ impl Manifest {
 /// The value stored under `key` in a serialized `ModelProto`'s `metadata_props` (field 14, each
 /// a `StringStringEntryProto` with key 1 and value 2).
 fn onnx_metadata(bytes: &[u8], key: &str) -> Result<Option<String>, ManifestError> {
-    const METADATA_PROPS: u64 = 14;
     let mut found = None;
-    for (field, value) in
-        protobuf_fields(bytes).ok_or(ManifestError::NotOnnx("malformed protobuf"))?
-    {
-        let Some(entry) = value.filter(|_| field == METADATA_PROPS) else {
+    for field in fields(bytes).ok_or(ManifestError::NotOnnx("malformed protobuf"))? {
+        let Some(entry) = field.payload.filter(|_| field.number == METADATA_PROPS) else {
             continue;
         };
         let (mut k, mut v) = (None, None);
-        for (f, val) in
-            protobuf_fields(entry).ok_or(ManifestError::NotOnnx("malformed metadata"))?
-        {
-            match (f, val) {
+        for f in fields(entry).ok_or(ManifestError::NotOnnx("malformed metadata"))? {
+            match (f.number, f.payload) {
                 (1, Some(b)) => k = Some(b),
                 (2, Some(b)) => v = Some(b),
                 _ => {}
@@ -293,44 +289,6 @@ fn onnx_metadata(bytes: &[u8], key: &str) -> Result<Option<String>, ManifestErro
         }
     }
     Ok(found)
-}
-
-/// A protobuf field: its number and, when length-delimited, its bytes.
-type Field<'a> = (u64, Option<&'a [u8]>);
-
-/// Top-level fields of a protobuf message; `None` when the bytes are not well formed.
-fn protobuf_fields(bytes: &[u8]) -> Option<Vec<Field<'_>>> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let key = crate::model::selftest::varint(bytes, &mut i)?;
-        let value = match key & 7 {
-            0 => {
-                crate::model::selftest::varint(bytes, &mut i)?;
-                None
-            }
-            1 => {
-                i = i.checked_add(8)?;
-                None
-            }
-            2 => {
-                let len = usize::try_from(crate::model::selftest::varint(bytes, &mut i)?).ok()?;
-                let start = i;
-                i = i.checked_add(len)?;
-                Some(bytes.get(start..i)?)
-            }
-            5 => {
-                i = i.checked_add(4)?;
-                None
-            }
-            _ => return None,
-        };
-        if i > bytes.len() {
-            return None;
-        }
-        out.push((key >> 3, value));
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::Invalid;
 
@@ -205,72 +204,9 @@ pub fn compare(
     (devs, first)
 }
 
-/// SHA-256 of an ONNX file with its `metadata_props` removed: the exporter's `graph_sha256`.
-///
-/// The exporter hashes `ModelProto` re-serialized without its metadata (field 14). Protobuf
-/// writes fields in number order and sub-messages verbatim, so dropping the top-level field-14
-/// records from the file's bytes yields the same bytes for files the exporter (or onnx.save)
-/// wrote. Returns `None` when the bytes are not a well-formed protobuf message.
-pub fn graph_sha256(bytes: &[u8]) -> Option<String> {
-    const METADATA_PROPS: u64 = 14;
-    let mut h = Sha256::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let start = i;
-        let key = varint(bytes, &mut i)?;
-        match key & 7 {
-            0 => {
-                varint(bytes, &mut i)?;
-            }
-            1 => i = i.checked_add(8)?,
-            2 => {
-                let len = usize::try_from(varint(bytes, &mut i)?).ok()?;
-                i = i.checked_add(len)?;
-            }
-            5 => i = i.checked_add(4)?,
-            _ => return None,
-        }
-        if i > bytes.len() {
-            return None;
-        }
-        if key >> 3 != METADATA_PROPS {
-            h.update(&bytes[start..i]);
-        }
-    }
-    Some(crate::stages::engine::hex(&h.finalize()))
-}
-
-/// One protobuf varint at `*i`, advancing `*i` past it.
-pub(crate) fn varint(bytes: &[u8], i: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *bytes.get(*i)?;
-        *i += 1;
-        v |= u64::from(b & 0x7f) << shift;
-        if b < 0x80 {
-            return Some(v);
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn graph_hash_skips_only_metadata() {
-        // field 1 varint 8, field 14 (len 2 "ab"), field 7 (len 1 "x")
-        let with = [0x08, 0x08, 0x72, 0x02, b'a', b'b', 0x3a, 0x01, b'x'];
-        let without = [0x08, 0x08, 0x3a, 0x01, b'x'];
-        assert_eq!(graph_sha256(&with), graph_sha256(&without));
-        assert_eq!(
-            graph_sha256(&without).unwrap(),
-            crate::stages::engine::hex(&Sha256::digest(without))
-        );
-        assert_eq!(graph_sha256(&[0x3a, 0x05, b'x']), None, "truncated");
-        assert_eq!(graph_sha256(&[0x0b]), None, "group wire type");
-    }
 
     #[test]
     fn compare_names_the_first_output_out_of_tolerance() {

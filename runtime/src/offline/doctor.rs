@@ -12,8 +12,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::BoardConfig;
-use crate::line::setup::{ArchiveConfig, CameraConfig, GpioConfig, MqttConfig, SourceKind};
+use crate::gpio::GpioConfig;
+use crate::line::board::BoardConfig;
+use crate::sinks::archive::ArchiveConfig;
+use crate::sinks::mqtt::MqttConfig;
+use crate::sources::camera::config::CameraConfig;
+use crate::sources::camera::config::SourceKind;
 use crate::stages::engine::{Engine, EngineConfig};
 
 /// How long the MQTT broker gets to accept a TCP connection.
@@ -516,7 +520,7 @@ pub fn gpio_chips(root: &Root) -> Vec<ChipEntry> {
                 label: chip_label(root, &name).or_else(|| {
                     // Kernels without the legacy sysfs class: ask the chip itself.
                     root.is_real()
-                        .then(|| crate::sinks::pins::chip_label(&e.path()).ok())
+                        .then(|| crate::gpio::chip_label(&e.path()).ok())
                         .flatten()
                 }),
                 dev: e.path(),
@@ -608,7 +612,7 @@ fn check_gpio(cfg: &GpioConfig, root: &Root) -> Vec<Check> {
                 ),
             )
         } else {
-            match crate::sinks::pins::find_line(&cfg.chip, &line.name) {
+            match crate::gpio::find_line(&cfg.chip, &line.name) {
                 Ok((path, offset)) => Check::pass(
                     &label,
                     format!("{:?} is line {offset} of {}", line.name, path.display()),

@@ -5,16 +5,29 @@
 //! and process id): `{run}_{part:08}_{tag}.png`. A file is never overwritten: a name already
 //! taken gets a `-N` suffix, so the size ledger counts each file once.
 
+use crate::config::Invalid;
 use crate::events::Outcome;
 use crate::frame::{Frame, PixelFormat};
-use crate::line::setup::ArchiveConfig;
-use crate::sinks::reject::ArchiveJob;
 use crate::stages::inspect::Inspection;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::VecDeque;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
+
+/// A rejected part's frame and map, for the archive.
+pub struct ArchiveJob {
+    /// Part number.
+    pub part: u64,
+    /// Its outcome.
+    pub outcome: Outcome,
+    /// The frame.
+    pub frame: Frame,
+    /// The inspection, if there was one.
+    pub inspection: Option<Inspection>,
+    /// Threshold in force (drawn as the overlay's contour).
+    pub threshold: f32,
+}
 
 /// What the archive did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -297,6 +310,44 @@ pub fn overlay_png(
         threshold,
     )?;
     encode_png(&img).map(Some)
+}
+
+/// `[archive]`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Folder for rejected frames and their maps.
+    pub dir: PathBuf,
+    /// Size cap; oldest files go first.
+    pub max_mb: f64,
+    /// Rejects waiting to be written before new ones are skipped (and counted).
+    pub queue: usize,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("archive"),
+            max_mb: 512.0,
+            queue: 32,
+        }
+    }
+}
+
+impl ArchiveConfig {
+    /// Check the folder and cap.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.dir.as_os_str().is_empty() {
+            return Err(Invalid::new("archive.dir", "must not be empty"));
+        }
+        if !(self.max_mb > 0.0 && self.max_mb.is_finite()) {
+            return Err(Invalid::new("archive.max_mb", "must be > 0"));
+        }
+        if self.queue == 0 {
+            return Err(Invalid::new("archive.queue", "must be > 0"));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

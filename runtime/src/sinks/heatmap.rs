@@ -3,8 +3,8 @@
 
 use image::{Rgb, RgbImage};
 
+use crate::frame::Roi;
 use crate::frame::{Frame, PixelFormat};
-use crate::stages::preprocess::Roi;
 
 /// Blend weight of the colour map over the image.
 const ALPHA: f32 = 0.45;

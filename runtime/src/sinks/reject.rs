@@ -5,7 +5,7 @@
 use crate::clock::Clock;
 use crate::events::{Counters, Event, Events, Outcome, PartEvent, RejectEvent};
 use crate::frame::Frame;
-use crate::line::setup::FailSafe;
+use crate::sinks::archive::ArchiveJob;
 use crate::sinks::pins::Output;
 use crate::stages::decide::{decide, Verdict};
 use crate::stages::inspect::Inspection;
@@ -44,20 +44,6 @@ pub struct Policy {
     /// Reject pulse width.
     pub pulse_ns: u64,
     /// Threshold in force.
-    pub threshold: f32,
-}
-
-/// A rejected part's frame and map, for the archive.
-pub struct ArchiveJob {
-    /// Part number.
-    pub part: u64,
-    /// Its outcome.
-    pub outcome: Outcome,
-    /// The frame.
-    pub frame: Frame,
-    /// The inspection, if there was one.
-    pub inspection: Option<Inspection>,
-    /// Threshold in force (drawn as the overlay's contour).
     pub threshold: f32,
 }
 
@@ -558,12 +544,23 @@ impl Drop for Scheduler {
     }
 }
 
+/// What a part does when its inspection is late, missing or failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailSafe {
+    /// Reject it (the safe default: a wasted good part, never a shipped bad one).
+    #[default]
+    Reject,
+    /// Let it pass (warned at start).
+    Pass,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::{SimClock, SimMode, MS};
     use crate::events::{Bus, TapSink};
-    use crate::line::setup::ActiveLevel;
+    use crate::gpio::ActiveLevel;
     use crate::sinks::pins::{PinLog, SimPin};
 
     fn setup(

@@ -3,8 +3,20 @@
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// `[supervisor.tls]`: the stream over TLS, readable only with a client certificate.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamTls {
+    /// The stream's certificate chain (PEM), naming the address supervisors connect to.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM); refused when others may read it.
+    pub key_file: PathBuf,
+    /// The CA (PEM) that signs the supervisors' client certificates.
+    pub client_ca_file: PathBuf,
+}
 
 /// The crypto provider every configuration uses.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -40,9 +52,7 @@ pub fn roots(path: &Path) -> Result<rustls::RootCertStore, String> {
 
 /// The stream's server side: its certificate and key, and only clients whose certificate
 /// `client_ca` signed. Errors name the key of `[supervisor.tls]` at fault.
-pub fn stream_server(
-    t: &crate::line::setup::StreamTls,
-) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn stream_server(t: &StreamTls) -> Result<Arc<rustls::ServerConfig>, String> {
     let chain = certs(&t.cert_file).map_err(|e| format!("supervisor.tls.cert_file: {e}"))?;
     let key = key(&t.key_file).map_err(|e| format!("supervisor.tls.key_file: {e}"))?;
     let roots =

@@ -97,7 +97,7 @@ pub fn load_mask(
     path: &Path,
     image: &Path,
     image_size: (u32, u32),
-    roi: Option<crate::stages::preprocess::Roi>,
+    roi: Option<crate::frame::Roi>,
     (w, h): (u32, u32),
 ) -> Result<Vec<bool>, MaskError> {
     let mut img = image::open(path)

@@ -3,3 +3,4 @@
 pub mod camera;
 pub mod dataset;
 pub mod imagefile;
+pub mod trigger;

@@ -11,10 +11,10 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::Invalid;
 use crate::model::manifest::{Manifest, ManifestError, METADATA_KEY};
+use crate::model::onnxfile;
 use crate::model::ortlib::{self, OrtLib, OrtLibError};
 use crate::model::selftest::{
     self, Deviation, GoldenCase, Goldens, SelfTestConfig, SelfTestReport, FP16_TOLERANCE,
@@ -290,8 +290,8 @@ impl Engine {
             path: shown.clone(),
             source,
         })?;
-        let sha256 = hex(&Sha256::digest(&bytes));
-        let graph_sha256 = selftest::graph_sha256(&bytes);
+        let sha256 = onnxfile::file_sha256(&bytes);
+        let graph_sha256 = onnxfile::graph_sha256(&bytes);
         let (session, providers) = open_session(config, &bytes, &sha256, lib, &shown)?;
 
         let manifest_json = session
@@ -360,11 +360,11 @@ impl Engine {
                     path: shown.clone(),
                     source,
                 })?;
-                let sha = hex(&Sha256::digest(&bytes));
+                let sha = onnxfile::file_sha256(&bytes);
                 let (session, providers) = open_session(&cpu, &bytes, &sha, self.lib, &shown)?;
                 self.session = session;
                 self.providers = providers;
-                self.graph_sha256 = selftest::graph_sha256(&bytes);
+                self.graph_sha256 = onnxfile::graph_sha256(&bytes);
                 self.sha256 = sha;
                 self.config = cpu;
                 let r = self.run_self_test()?;
@@ -827,11 +827,6 @@ pub fn tensorrt_version() -> Option<String> {
         }
     }
     best
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

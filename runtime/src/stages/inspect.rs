@@ -14,7 +14,7 @@ pub struct Inspection {
     /// Map height in pixels.
     pub map_height: u32,
     /// Where the map lies in the frame (`camera.roi`); `None`: it covers the whole frame.
-    pub map_roi: Option<crate::stages::preprocess::Roi>,
+    pub map_roi: Option<crate::frame::Roi>,
 }
 
 /// Why one frame could not be inspected; the rest of its batch is unaffected.
@@ -154,7 +154,7 @@ pub struct EngineInspector {
     engine: crate::stages::engine::Engine,
     pre: crate::stages::preprocess::Preprocessor,
     threshold: f32,
-    roi: Option<crate::stages::preprocess::Roi>,
+    roi: Option<crate::frame::Roi>,
 }
 
 impl EngineInspector {
@@ -162,7 +162,7 @@ impl EngineInspector {
     /// Frames smaller than the model's input are refused unless [`Self::allow_upscale`].
     pub fn new(
         engine: crate::stages::engine::Engine,
-        roi: Option<crate::stages::preprocess::Roi>,
+        roi: Option<crate::frame::Roi>,
         threshold: Option<f32>,
     ) -> Result<Self, InspectError> {
         let threshold = threshold_of(&engine, threshold)?;

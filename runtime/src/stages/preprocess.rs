@@ -4,24 +4,8 @@
 //! luma, resize is bilinear with half-pixel centres and no antialiasing (cv2 `INTER_LINEAR`),
 //! value = lo + (hi − lo) · p / 255. Scratch buffers are kept between frames.
 
-use serde::Deserialize;
-
-use crate::frame::{Frame, PixelFormat};
+use crate::frame::{luma, Frame, PixelFormat, Roi};
 use crate::model::manifest::InputSpec;
-
-/// Region of interest inside the frame, in pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Roi {
-    /// Left edge.
-    pub x: u32,
-    /// Top edge.
-    pub y: u32,
-    /// Width.
-    pub width: u32,
-    /// Height.
-    pub height: u32,
-}
 
 /// Why a frame could not be turned into a tensor.
 #[derive(Debug, thiserror::Error)]
@@ -318,11 +302,6 @@ impl Preprocessor {
         }
         Ok((roi.width, roi.height))
     }
-}
-
-/// Pillow's `convert("L")`: ITU-R 601 luma in fixed point, rounded.
-pub fn luma([r, g, b]: [u8; 3]) -> u8 {
-    ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
 }
 
 fn yuyv_rgb(src: &[u8], width: usize, x: usize, y: usize) -> [u8; 3] {

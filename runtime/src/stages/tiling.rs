@@ -12,25 +12,13 @@
 //! Every buffer (the ROI at native resolution, the stitched map, the tile grid) is allocated
 //! once and reused; the grid is rebuilt only when the frame size changes.
 
-use serde::Deserialize;
-
 use crate::config::Invalid;
-use crate::frame::Frame;
-use crate::line::setup::{CameraConfig, SourceKind};
+use crate::frame::{Frame, Roi};
 use crate::model::manifest::InputSpec;
+use crate::sources::camera::config::{CameraConfig, SourceKind, TilingConfig};
 use crate::stages::engine::Engine;
 use crate::stages::inspect::{InspectError, Inspection, Inspector};
-use crate::stages::preprocess::{Preprocessor, Roi};
-
-/// `[camera.tiling]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TilingConfig {
-    /// Cut the ROI into model-sized tiles at native resolution (default: resize it instead).
-    pub enabled: bool,
-    /// Least overlap in pixels between neighbouring tiles (the last row/column overlap more).
-    pub overlap: u32,
-}
+use crate::stages::preprocess::Preprocessor;
 
 /// Tile origins along one axis of `len` pixels for tiles of `tile` with at least `overlap`.
 pub fn positions(len: u32, tile: u32, overlap: u32) -> Vec<u32> {
@@ -64,6 +52,62 @@ pub fn worst(a: f32, b: f32) -> f32 {
     } else {
         a.max(b)
     }
+}
+
+/// Check the region against the model's input size where it is known before the first
+/// frame: tiles must fit (`camera.tiling`), and a resized region must not be smaller than
+/// the model unless `camera.allow_upscale`.
+pub fn check_model(camera: &CameraConfig, spec: &InputSpec) -> Result<(), Invalid> {
+    if camera.tiling.enabled {
+        return check(camera, spec);
+    }
+    if camera.allow_upscale {
+        return Ok(());
+    }
+    let (mw, mh) = (spec.width as u32, spec.height as u32);
+    let small = |key: &str, what: &str, w: u32, h: u32| {
+        Invalid::new(
+            key,
+            format!(
+                "{what} {w}×{h} is smaller than the model's {mw}×{mh} input and would be upscaled, \
+                 which invents the detail the model judges; enlarge it, or set camera.allow_upscale = true"
+            ),
+        )
+    };
+    let (key, what, w, h) = match (&camera.roi, camera.source) {
+        (Some(r), _) => (
+            if r.width < mw {
+                "camera.roi.width"
+            } else {
+                "camera.roi.height"
+            },
+            "the region",
+            r.width,
+            r.height,
+        ),
+        (None, SourceKind::V4l2) => (
+            if camera.v4l2.width < mw {
+                "camera.v4l2.width"
+            } else {
+                "camera.v4l2.height"
+            },
+            "the frame",
+            camera.v4l2.width,
+            camera.v4l2.height,
+        ),
+        (None, SourceKind::Sim) => (
+            "camera.sim.tile",
+            "the simulated frame",
+            camera.sim.tile,
+            camera.sim.tile,
+        ),
+        // Replayed images are checked one by one as they come.
+        (None, SourceKind::Replay) => return Ok(()),
+    };
+    if w < mw || h < mh {
+        return Err(small(key, what, w, h));
+    }
+    Ok(())
 }
 
 /// Check the tiling settings against the model's input size; errors name the board key.

@@ -1,5 +1,6 @@
 //! Frame sources: a simulated conveyor, replayed images, or a V4L2 camera.
 
+pub mod config;
 pub mod replay;
 pub mod sim;
 #[cfg(feature = "v4l2")]
@@ -7,7 +8,8 @@ pub mod v4l2;
 
 use crate::clock::Clock;
 use crate::frame::Frame;
-use crate::line::setup::{CameraConfig, LineConfig, SourceKind};
+use crate::sources::camera::config::CameraConfig;
+use crate::sources::camera::config::SourceKind;
 use std::sync::Arc;
 
 /// Why a source gave no frame this time.
@@ -41,21 +43,22 @@ pub trait Source: Send {
     fn describe(&self) -> String;
 }
 
-/// Open the source `cfg` selects; sim and replay are paced at `line.part_rate_hz` on `clock`.
+/// Open the source `cfg` selects; sim and replay are paced at `part_rate_hz` (`line.part_rate_hz`)
+/// on `clock`.
 pub fn open(
     cfg: &CameraConfig,
-    line: &LineConfig,
+    part_rate_hz: f64,
     clock: Arc<dyn Clock>,
 ) -> Result<Box<dyn Source>, SourceError> {
     match cfg.source {
         SourceKind::Sim => Ok(Box::new(sim::SimConveyor::new(
             &cfg.sim,
-            line.part_rate_hz,
+            part_rate_hz,
             clock,
         )?)),
         SourceKind::Replay => Ok(Box::new(replay::Replay::new(
             &cfg.replay,
-            line.part_rate_hz,
+            part_rate_hz,
             clock,
         )?)),
         #[cfg(feature = "v4l2")]
@@ -106,7 +109,7 @@ pub(crate) fn decode(
         (PixelFormat::Rgb8, false) => f
             .data
             .chunks_exact(3)
-            .map(|p| crate::stages::preprocess::luma([p[0], p[1], p[2]]))
+            .map(|p| crate::frame::luma([p[0], p[1], p[2]]))
             .collect(),
         (PixelFormat::Grey8, true) => f.data.iter().flat_map(|&g| [g, g, g]).collect(),
         // imagefile yields only Grey8 and Rgb8 frames.

@@ -3,7 +3,8 @@
 use super::{Pacer, Source, SourceError};
 use crate::clock::Clock;
 use crate::frame::{Frame, GroundTruth, PixelFormat};
-use crate::line::setup::{ColorMode, ReplayConfig};
+use crate::sources::camera::config::ColorMode;
+use crate::sources::camera::config::ReplayConfig;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -4,7 +4,7 @@
 use super::{Pacer, Source, SourceError};
 use crate::clock::Clock;
 use crate::frame::{Frame, GroundTruth, PixelFormat};
-use crate::line::setup::SimCameraConfig;
+use crate::sources::camera::config::SimCameraConfig;
 use std::sync::Arc;
 
 /// First photo column tiles may come from: columns left of it are the training region.

@@ -3,7 +3,7 @@
 use super::{Source, SourceError};
 use crate::clock::{Clock, MS};
 use crate::frame::{Frame, PixelFormat};
-use crate::line::setup::V4l2Config;
+use crate::sources::camera::config::V4l2Config;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,255 @@
+//! `[camera]`: which source, its geometry and colour, and each source's own keys.
+
+use crate::config::Invalid;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// Which source produces frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// Simulated conveyor cutting tiles from a texture photo.
+    #[default]
+    Sim,
+    /// A folder of images or an MVTec-style dataset.
+    Replay,
+    /// A Video4Linux2 camera.
+    V4l2,
+}
+
+/// `[camera]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CameraConfig {
+    /// `"sim"`, `"replay"` or `"v4l2"`.
+    pub source: SourceKind,
+    /// Alarm and drop `ready` when no frame came for this long.
+    pub stall_ms: u64,
+    /// Simulated conveyor.
+    pub sim: SimCameraConfig,
+    /// Replayed images.
+    pub replay: ReplayConfig,
+    /// Real camera.
+    pub v4l2: V4l2Config,
+    /// Region of the frame that is inspected (`{ x, y, width, height }`); the whole frame when
+    /// absent. Resized to the model size, or cut into tiles with `camera.tiling`.
+    pub roi: Option<crate::frame::Roi>,
+    /// Cut the region of interest into model-sized tiles at native resolution.
+    pub tiling: TilingConfig,
+    /// Resize a region smaller than the model's input up to it (with a warning) instead of
+    /// refusing it: upscaling invents the detail the model judges.
+    pub allow_upscale: bool,
+}
+
+impl Default for CameraConfig {
+    fn default() -> Self {
+        Self {
+            source: SourceKind::Sim,
+            stall_ms: 2000,
+            sim: SimCameraConfig::default(),
+            replay: ReplayConfig::default(),
+            v4l2: V4l2Config::default(),
+            roi: None,
+            tiling: TilingConfig::default(),
+            allow_upscale: false,
+        }
+    }
+}
+
+impl CameraConfig {
+    /// Check the keys of the selected source.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.stall_ms == 0 {
+            return Err(Invalid::new("camera.stall_ms", "must be > 0"));
+        }
+        if let Some(r) = &self.roi {
+            if r.width == 0 {
+                return Err(Invalid::new("camera.roi.width", "must be > 0"));
+            }
+            if r.height == 0 {
+                return Err(Invalid::new("camera.roi.height", "must be > 0"));
+            }
+            let v = &self.v4l2;
+            if self.source == SourceKind::V4l2
+                && (u64::from(r.x) + u64::from(r.width) > u64::from(v.width)
+                    || u64::from(r.y) + u64::from(r.height) > u64::from(v.height))
+            {
+                return Err(Invalid::new(
+                    "camera.roi",
+                    format!(
+                        "{}×{} at ({}, {}) does not fit in the {}×{} frames of camera.v4l2",
+                        r.width, r.height, r.x, r.y, v.width, v.height
+                    ),
+                ));
+            }
+        }
+        match self.source {
+            SourceKind::Sim => self.sim.validate(),
+            SourceKind::Replay => self.replay.validate(),
+            SourceKind::V4l2 => self.v4l2.validate(),
+        }
+    }
+}
+
+/// `[camera.sim]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimCameraConfig {
+    /// Texture photograph (`DIR/photos/<texture>.png`); tiles come from x ≥ 384. `None`:
+    /// a procedural texture.
+    pub photo: Option<PathBuf>,
+    /// Tile edge in pixels.
+    pub tile: u32,
+    /// Share of parts that get a painted defect, 0..=1.
+    pub defect_rate: f64,
+    /// Seed for tile positions and defects.
+    pub seed: u64,
+}
+
+impl Default for SimCameraConfig {
+    fn default() -> Self {
+        Self {
+            photo: None,
+            tile: 128,
+            defect_rate: 0.1,
+            seed: 1,
+        }
+    }
+}
+
+impl SimCameraConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if !(0.0..=1.0).contains(&self.defect_rate) {
+            return Err(Invalid::new(
+                "camera.sim.defect_rate",
+                "must be within 0..=1",
+            ));
+        }
+        if !(8..=4096).contains(&self.tile) {
+            return Err(Invalid::new(
+                "camera.sim.tile",
+                "must be within 8..=4096 pixels",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[camera.replay]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    /// A folder of images, or an MVTec-style texture folder (`test/<kind>/*.png`).
+    pub dir: PathBuf,
+    /// Decode to `"grey"` or `"rgb"`.
+    pub color: ColorMode,
+    /// Start again from the first image at the end.
+    pub loop_forever: bool,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            color: ColorMode::Grey,
+            loop_forever: false,
+        }
+    }
+}
+
+impl ReplayConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.dir.as_os_str().is_empty() {
+            return Err(Invalid::new(
+                "camera.replay.dir",
+                "required when camera.source = \"replay\"",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Pixel layout replayed images are decoded to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorMode {
+    /// 8-bit grey.
+    #[default]
+    Grey,
+    /// 8-bit RGB.
+    Rgb,
+}
+
+/// `[camera.v4l2]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct V4l2Config {
+    /// Device node.
+    pub device: PathBuf,
+    /// Frame width.
+    pub width: u32,
+    /// Frame height.
+    pub height: u32,
+    /// `"yuyv"`, `"mjpeg"` or `"grey"`.
+    pub format: String,
+    /// Frames per second asked of the driver.
+    pub fps: u32,
+    /// Mmap buffers.
+    pub buffers: u32,
+    /// A dequeue that waits longer than this recreates the stream.
+    pub dequeue_timeout_ms: u64,
+}
+
+impl Default for V4l2Config {
+    fn default() -> Self {
+        Self {
+            device: PathBuf::from("/dev/video0"),
+            width: 640,
+            height: 480,
+            format: "yuyv".into(),
+            fps: 30,
+            buffers: 4,
+            dequeue_timeout_ms: 1000,
+        }
+    }
+}
+
+impl V4l2Config {
+    fn validate(&self) -> Result<(), Invalid> {
+        if !["yuyv", "mjpeg", "grey"].contains(&self.format.as_str()) {
+            return Err(Invalid::new(
+                "camera.v4l2.format",
+                "must be one of \"yuyv\", \"mjpeg\", \"grey\"",
+            ));
+        }
+        if self.width == 0 || self.height == 0 {
+            return Err(Invalid::new(
+                "camera.v4l2.width",
+                "width and height must be > 0",
+            ));
+        }
+        if self.fps == 0 {
+            return Err(Invalid::new("camera.v4l2.fps", "must be > 0"));
+        }
+        if !(2..=32).contains(&self.buffers) {
+            return Err(Invalid::new("camera.v4l2.buffers", "must be within 2..=32"));
+        }
+        if self.dequeue_timeout_ms == 0 {
+            return Err(Invalid::new(
+                "camera.v4l2.dequeue_timeout_ms",
+                "must be > 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[camera.tiling]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TilingConfig {
+    /// Cut the ROI into model-sized tiles at native resolution (default: resize it instead).
+    pub enabled: bool,
+    /// Least overlap in pixels between neighbouring tiles (the last row/column overlap more).
+    pub overlap: u32,
+}
