@@ -5,7 +5,6 @@
 //! threads; [`offline`] holds the commands that run without a line; [`model`] reads the ONNX
 //! file and its manifest. The modules at the top are the types they all share.
 
-pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod events;

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use diffad::cli;
 use diffad::sources::camera::config::CameraConfig;
 use diffad::stages::engine::EngineConfig;
+use diffad::{line, offline};
 
 #[derive(Parser)]
 #[command(
@@ -55,8 +55,8 @@ impl ModelArgs {
     }
 
     /// `--threshold` and `--allow-upscale`.
-    fn options(&self) -> cli::InspectOptions {
-        cli::InspectOptions {
+    fn options(&self) -> offline::infer::InspectOptions {
+        offline::infer::InspectOptions {
             threshold: self.threshold,
             allow_upscale: self.allow_upscale,
         }
@@ -259,7 +259,7 @@ fn run(args: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Inspect { model } => cli::inspect(&model).map(|()| ExitCode::SUCCESS),
+        Command::Inspect { model } => offline::infer::inspect(&model).map(|()| ExitCode::SUCCESS),
         Command::Run {
             config,
             parts,
@@ -267,13 +267,13 @@ fn run(args: Args) -> Result<ExitCode> {
             quiet,
             summary_json,
         } => {
-            let opts = cli::RunOptions {
+            let opts = line::launch::RunOptions {
                 parts,
                 part_rate_hz: part_rate,
                 quiet,
                 summary_json,
             };
-            let summary = cli::run_line(&config, opts)?;
+            let summary = line::launch::run_line(&config, opts)?;
             println!("{summary}");
             Ok(if summary.invariant_ok {
                 ExitCode::SUCCESS
@@ -282,11 +282,11 @@ fn run(args: Args) -> Result<ExitCode> {
             })
         }
         Command::CheckConfig { config, keys_only } => {
-            cli::check_config(&config, !keys_only).map(|_| ExitCode::SUCCESS)
+            offline::check::check_config(&config, !keys_only).map(|_| ExitCode::SUCCESS)
         }
         Command::BuildEngine { config } => {
             let board = diffad::line::board::BoardConfig::load(&config)?;
-            cli::build_engine(&board.engine).map(|()| ExitCode::SUCCESS)
+            offline::engine_cache::build_engine(&board.engine).map(|()| ExitCode::SUCCESS)
         }
         Command::Infer {
             images,
@@ -295,7 +295,7 @@ fn run(args: Args) -> Result<ExitCode> {
             json,
         } => {
             let (engine, camera) = model.engine()?;
-            let failed = cli::infer(
+            let failed = offline::infer::infer(
                 &engine,
                 camera.as_ref(),
                 &images,
@@ -319,8 +319,13 @@ fn run(args: Args) -> Result<ExitCode> {
             let (engine, camera) = model.engine()?;
             let report = match &report_dir {
                 Some(dir) => {
-                    let (report, written) =
-                        cli::eval_report(&engine, camera.as_ref(), &dataset, model.options(), dir)?;
+                    let (report, written) = offline::eval::eval_report(
+                        &engine,
+                        camera.as_ref(),
+                        &dataset,
+                        model.options(),
+                        dir,
+                    )?;
                     eprintln!(
                         "report: {} figures and index.md in {}",
                         written.figures.len(),
@@ -328,7 +333,7 @@ fn run(args: Args) -> Result<ExitCode> {
                     );
                     report
                 }
-                None => cli::eval(&engine, camera.as_ref(), &dataset, model.options())?,
+                None => offline::eval::eval(&engine, camera.as_ref(), &dataset, model.options())?,
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -357,7 +362,7 @@ fn run(args: Args) -> Result<ExitCode> {
             config.cpu.threads = threads;
             config.providers = vec![provider];
             config.validate()?;
-            let report = cli::bench(&config, &images, iterations.max(1), warmup)?;
+            let report = offline::bench::bench(&config, &images, iterations.max(1), warmup)?;
             print!("{report}");
             if let Some(path) = json {
                 if let Some(dir) = path.parent() {

@@ -23,6 +23,7 @@
 //! results every run); the inspector's own time then counts as zero unless it waits on the clock.
 
 pub mod board;
+pub mod launch;
 pub mod setup;
 pub mod watchdog;
 

@@ -2,7 +2,7 @@
 //! histograms, the best caught and worst missed tiles per defect kind) and an `index.md` that a
 //! model card can embed with relative links.
 //!
-//! Every figure is drawn from the scores and maps `eval` computed (`cli::Scored`) and labelled
+//! Every figure is drawn from the scores and maps `eval` computed (`eval::Scored`) and labelled
 //! with the metrics of its `EvalReport`; nothing is scored or measured a second time. Charts are
 //! drawn with `plotters` into an RGB buffer and written as PNG by `image`; text needs a TrueType
 //! font, loaded at run time (see [`load_fonts`]).
@@ -16,7 +16,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::json;
 
-use crate::cli::{EvalReport, Scored};
+use crate::offline::eval::{EvalReport, Scored};
 use crate::sinks::heatmap;
 use crate::sources::imagefile;
 

@@ -829,6 +829,28 @@ pub fn tensorrt_version() -> Option<String> {
     best
 }
 
+/// Whether the TensorRT cache for `config`'s model already holds a built engine.
+pub fn tensorrt_cache(config: &EngineConfig) -> Result<Option<(PathBuf, bool)>, EngineError> {
+    if !config.providers.iter().any(|p| p == "tensorrt") {
+        return Ok(None);
+    }
+    let lib = crate::model::ortlib::load()?;
+    let bytes = std::fs::read(&config.model).map_err(|source| EngineError::Io {
+        path: config.model.display().to_string(),
+        source,
+    })?;
+    let sha = crate::model::onnxfile::file_sha256(&bytes);
+    let dir = tensorrt_cache_dir(&config.tensorrt, &sha, &lib.version);
+    let built = crate::sources::dataset::sorted_dir(&dir)
+        .map(|files| {
+            files
+                .iter()
+                .any(|f| f.extension().is_some_and(|e| e == "engine"))
+        })
+        .unwrap_or(false);
+    Ok(Some((dir, built)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -317,6 +317,35 @@ impl Inspector for TiledInspector {
     }
 }
 
+/// Wrap a loaded engine as the line does: tiled when `camera.tiling.enabled`, else the whole
+/// ROI (or frame) resized to the model size (refusing smaller ones unless `allow_upscale`).
+pub fn inspector_for(
+    engine: Engine,
+    camera: Option<&CameraConfig>,
+    threshold: Option<f32>,
+    allow_upscale: bool,
+) -> Result<Box<dyn Inspector>, InspectError> {
+    match camera {
+        Some(cam) if cam.tiling.enabled => {
+            check(cam, &engine.manifest().input).map_err(|e| InspectError(e.to_string()))?;
+            Ok(Box::new(TiledInspector::new(
+                engine,
+                cam.roi,
+                &cam.tiling,
+                threshold,
+            )?))
+        }
+        _ => Ok(Box::new(
+            crate::stages::inspect::EngineInspector::new(
+                engine,
+                camera.and_then(|c| c.roi),
+                threshold,
+            )?
+            .allow_upscale(allow_upscale),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
