@@ -34,7 +34,10 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// `crate::NAME` paths in the production part of a file (unit tests may reach anywhere).
 fn crate_paths(text: &str) -> Vec<String> {
-    let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or_default();
+    let code = text
+        .split("#[cfg(test)]\nmod tests")
+        .next()
+        .unwrap_or_default();
     code.match_indices("crate::")
         .map(|(i, _)| {
             code[i + 7..]
@@ -54,26 +57,40 @@ fn nothing_imports_upwards() {
     let mut seen = 0;
     for f in &files {
         let rel = f.strip_prefix(&src).unwrap();
-        let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         let top = first.trim_end_matches(".rs");
         let Some(own) = layer(top) else {
-            // lib.rs, main.rs and the test doubles sit above every layer.
+            // lib.rs, main.rs and the test doubles (`sim`) sit above every layer.
             continue;
         };
         for target in crate_paths(&std::fs::read_to_string(f).unwrap()) {
             seen += 1;
             match layer(&target) {
-                Some(l) if l > own => upward.push(format!("{} uses crate::{target}", rel.display())),
+                Some(l) if l > own => {
+                    upward.push(format!("{} uses crate::{target}", rel.display()))
+                }
                 Some(_) => {}
-                None if target == "testkit" => {
+                None if target == "sim" => {
                     upward.push(format!("{} uses the test doubles", rel.display()))
                 }
                 None => {}
             }
         }
     }
-    assert!(seen > 100, "only {seen} crate paths found: is the parser still right?");
-    assert!(upward.is_empty(), "imports against the flow:\n{}", upward.join("\n"));
+    assert!(
+        seen > 100,
+        "only {seen} crate paths found: is the parser still right?"
+    );
+    assert!(
+        upward.is_empty(),
+        "imports against the flow:\n{}",
+        upward.join("\n")
+    );
 }
 
 #[test]
@@ -84,7 +101,7 @@ fn every_top_level_module_has_a_layer() {
         .lines()
         .filter_map(|l| l.strip_prefix("pub mod "))
         .map(|m| m.trim_end_matches(';'))
-        .filter(|m| layer(m).is_none() && *m != "testkit")
+        .filter(|m| layer(m).is_none() && *m != "sim")
         .collect();
     assert!(unplaced.is_empty(), "modules outside LAYERS: {unplaced:?}");
 }

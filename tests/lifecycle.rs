@@ -6,10 +6,10 @@ mod common;
 
 use diffad::clock::{Clock, SystemClock};
 use diffad::line::{self, Hardware, Options, Shutdown};
+use diffad::sim::doubles::TruthInspector;
 use diffad::sinks::archive::ArchiveConfig;
 use diffad::sinks::pins::LinePins;
 use diffad::sources::camera;
-use diffad::testkit::TruthInspector;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;

@@ -5,7 +5,7 @@ mod common;
 use common::{run_line, sim_setup};
 use diffad::clock::{Clock, MS};
 use diffad::events::{Event, Outcome};
-use diffad::testkit::TruthInspector;
+use diffad::sim::doubles::TruthInspector;
 use std::collections::HashMap;
 
 /// Runs the stand-in inspector on hardware and options a test assembled itself.
@@ -694,13 +694,13 @@ fn run_fake_photo_eye(
 ) -> (
     diffad::line::Summary,
     Vec<diffad::events::AlarmEvent>,
-    diffad::testkit::FakeEdgeRequest,
+    diffad::sim::doubles::FakeEdgeRequest,
 ) {
     use diffad::gpio::ActiveLevel;
     use diffad::line::{Hardware, Options};
+    use diffad::sim::doubles::FakeEdgeRequest;
     use diffad::sinks::pins::LinePins;
     use diffad::sources::trigger::request_trigger;
-    use diffad::testkit::FakeEdgeRequest;
     let mut setup = sim_setup(100);
     setup.line.trigger = diffad::line::setup::Trigger::Gpio;
     setup.gpio.trigger = Some(diffad::gpio::LineRef {

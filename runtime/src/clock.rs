@@ -1,12 +1,9 @@
 //! Monotonic time for the line: the system's `CLOCK_MONOTONIC`, or a virtual clock for simulations.
 //!
 //! Every wait on the trigger-to-reject path goes through [`Clock::wait_until`], so a simulation
-//! can run the real threads on virtual time. [`SimClock`] in auto mode is a conservative
-//! discrete-event clock: it advances to the earliest pending deadline only when no registered
-//! thread is running and no waiting thread is ready to wake (e.g. has a message queued), so
-//! results do not depend on how fast the machine is.
+//! can run the real threads on virtual time (`sim::clock::SimClock` in tests and simulations).
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Nanoseconds in one millisecond.
@@ -128,147 +125,6 @@ pub fn poll_recv<T>(rx: &crossbeam_channel::Receiver<T>) -> Option<T> {
     }
 }
 
-/// How a [`SimClock`] moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SimMode {
-    /// Time moves only when the test calls [`SimClock::advance_to`] / [`SimClock::advance_by`].
-    Manual,
-    /// Time jumps to the next deadline as soon as every held unit of work is waiting.
-    Auto,
-}
-
-struct Waiter {
-    id: u64,
-    deadline: Option<u64>,
-    // Borrowed from the waiting thread's stack for as long as it is registered (see wait_until).
-    ready: *const Ready<'static>,
-}
-
-struct SimState {
-    now: u64,
-    busy: i64,
-    waiters: Vec<Waiter>,
-    next_id: u64,
-}
-
-// SAFETY: the raw `ready` pointers are only dereferenced under the state lock while their
-// owners are blocked inside `wait_until`, and `Ready` is `Sync`.
-unsafe impl Send for SimState {}
-
-/// Virtual time for simulations and tests.
-pub struct SimClock {
-    mode: SimMode,
-    state: Mutex<SimState>,
-    cv: Condvar,
-}
-
-impl SimClock {
-    /// A virtual clock starting at `start_ns`.
-    pub fn new(mode: SimMode, start_ns: u64) -> Self {
-        Self {
-            mode,
-            state: Mutex::new(SimState {
-                now: start_ns,
-                busy: 0,
-                waiters: Vec::new(),
-                next_id: 0,
-            }),
-            cv: Condvar::new(),
-        }
-    }
-
-    /// Move virtual time forward to `t_ns` (never backwards) and wake whoever is due.
-    pub fn advance_to(&self, t_ns: u64) {
-        let mut s = lock(&self.state);
-        if t_ns > s.now {
-            s.now = t_ns;
-        }
-        self.cv.notify_all();
-    }
-
-    /// Move virtual time forward by `dt_ns`.
-    pub fn advance_by(&self, dt_ns: u64) {
-        let now = self.now_ns();
-        self.advance_to(now + dt_ns);
-    }
-
-    fn maybe_advance(&self, s: &mut SimState) {
-        if self.mode != SimMode::Auto || s.busy > 0 {
-            return;
-        }
-        // SAFETY: see `SimState`: each pointer is live while its waiter is registered.
-        if s.waiters.iter().any(|w| unsafe { (*w.ready)() }) {
-            // Someone can make progress at the current time; it was notified and will run.
-            self.cv.notify_all();
-            return;
-        }
-        if let Some(next) = s.waiters.iter().filter_map(|w| w.deadline).min() {
-            if next > s.now {
-                s.now = next;
-            }
-            self.cv.notify_all();
-        }
-    }
-}
-
-impl Clock for SimClock {
-    fn now_ns(&self) -> u64 {
-        lock(&self.state).now
-    }
-
-    fn wait_until(&self, deadline_ns: Option<u64>, ready: &Ready<'_>) -> bool {
-        let mut s = lock(&self.state);
-        let id = s.next_id;
-        s.next_id += 1;
-        // SAFETY: erases the borrow's lifetime; the entry is removed below before returning.
-        let ready_ptr: *const Ready<'static> =
-            unsafe { std::mem::transmute::<&Ready<'_>, &'static Ready<'static>>(ready) };
-        s.waiters.push(Waiter {
-            id,
-            deadline: deadline_ns,
-            ready: ready_ptr,
-        });
-        s.busy -= 1;
-        let result = loop {
-            if ready() {
-                break true;
-            }
-            if deadline_ns.is_some_and(|d| s.now >= d) {
-                break false;
-            }
-            self.maybe_advance(&mut s);
-            if deadline_ns.is_some_and(|d| s.now >= d) {
-                continue;
-            }
-            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
-        };
-        s.waiters.retain(|w| w.id != id);
-        s.busy += 1;
-        result
-    }
-
-    fn notify(&self) {
-        let _g = lock(&self.state);
-        self.cv.notify_all();
-    }
-
-    fn hold(&self) {
-        lock(&self.state).busy += 1;
-    }
-
-    fn release(&self) {
-        let mut s = lock(&self.state);
-        s.busy -= 1;
-        self.maybe_advance(&mut s);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking thread must not take the clock down with it: the data stays consistent
-    // because every critical section here is a few plain assignments.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A channel whose receiver waits on the clock (so a simulated clock sees queued messages).
 pub mod chan {
     use super::Clock;
@@ -322,11 +178,6 @@ pub mod chan {
             Ok(())
         }
 
-        /// Messages waiting in the queue.
-        pub fn len(&self) -> usize {
-            self.tx.len()
-        }
-
         /// True when no message waits.
         pub fn is_empty(&self) -> bool {
             self.tx.is_empty()
@@ -349,79 +200,12 @@ pub mod chan {
         pub fn is_empty(&self) -> bool {
             self.rx.is_empty()
         }
-
-        /// Messages waiting in the queue.
-        pub fn len(&self) -> usize {
-            self.rx.len()
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::thread;
-
-    #[test]
-    fn auto_clock_jumps_to_earliest_deadline_when_all_wait() {
-        let clock: Arc<dyn Clock> = Arc::new(SimClock::new(SimMode::Auto, 0));
-        let mut handles = Vec::new();
-        let guards: Vec<Held> = (0..3).map(|_| Held::new(clock.clone())).collect();
-        for (d, held) in [30 * MS, 10 * MS, 20 * MS].into_iter().zip(guards) {
-            let c = clock.clone();
-            handles.push(thread::spawn(move || {
-                let _h = held;
-                c.sleep_until(d);
-                c.now_ns()
-            }));
-        }
-        let woke: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        assert_eq!(woke, vec![30 * MS, 10 * MS, 20 * MS]);
-    }
-
-    #[test]
-    fn auto_clock_waits_for_undelivered_messages() {
-        let clock: Arc<dyn Clock> = Arc::new(SimClock::new(SimMode::Auto, 0));
-        let (tx, rx) = chan::channel::<u64>(&clock, Some(4));
-        // Both threads count as running before either starts, or time could run ahead.
-        let (held_c, held_p) = (Held::new(clock.clone()), Held::new(clock.clone()));
-        let c = clock.clone();
-        let held = held_c;
-        let consumer = thread::spawn(move || {
-            let _h = held;
-            let mut seen = Vec::new();
-            while let Some(v) = rx.recv_until(Some(1_000 * MS)) {
-                seen.push((v, c.now_ns()));
-            }
-            seen
-        });
-        let c = clock.clone();
-        let held = held_p;
-        let producer = thread::spawn(move || {
-            let _h = held;
-            for i in 1..=3 {
-                c.sleep_until(i * 100 * MS);
-                tx.try_send(i).unwrap();
-            }
-        });
-        producer.join().unwrap();
-        let seen = consumer.join().unwrap();
-        assert_eq!(seen, vec![(1, 100 * MS), (2, 200 * MS), (3, 300 * MS)]);
-    }
-
-    #[test]
-    fn manual_clock_only_moves_when_told() {
-        let clock = Arc::new(SimClock::new(SimMode::Manual, 5));
-        let c = clock.clone();
-        let t = thread::spawn(move || {
-            c.sleep_until(50);
-            c.now_ns()
-        });
-        thread::sleep(Duration::from_millis(20));
-        assert!(!t.is_finished());
-        clock.advance_to(60);
-        assert_eq!(t.join().unwrap(), 60);
-    }
 
     #[test]
     fn system_clock_is_monotonic_and_sleeps() {

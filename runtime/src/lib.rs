@@ -13,8 +13,9 @@ pub mod gpio;
 pub mod line;
 pub mod model;
 pub mod offline;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod sinks;
 pub mod sources;
 pub mod stages;
 pub mod tally;
-pub mod testkit;

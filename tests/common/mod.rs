@@ -1,11 +1,12 @@
 //! Helpers shared by the line's end-to-end tests.
 #![allow(dead_code)]
 
-use diffad::clock::{Clock, SimClock, SimMode};
+use diffad::clock::Clock;
 use diffad::events::{Event, Record, TapSink};
 use diffad::line::setup::LineSetup;
 use diffad::line::watchdog::Notifier;
 use diffad::line::{self, Hardware, Options, Shutdown, Summary};
+use diffad::sim::clock::{SimClock, SimMode};
 use diffad::sinks::pins::{LinePins, SimLogs};
 use diffad::sources::camera::{self, Source};
 use diffad::stages::inspect::Inspector;

@@ -77,11 +77,6 @@ impl Notifier {
     pub fn stopping(&self) -> io::Result<()> {
         self.notify("STOPPING=1")
     }
-
-    /// Free-form status line for `systemctl status`.
-    pub fn status(&self, text: &str) -> io::Result<()> {
-        self.notify(&format!("STATUS={}", text.replace('\n', " ")))
-    }
 }
 
 #[cfg(test)]

@@ -28,8 +28,6 @@ const MAX_PACKET: usize = 1 << 20;
 /// Publisher counters.
 #[derive(Debug, Default)]
 pub struct MqttStats {
-    /// Messages acknowledged by the broker.
-    pub acked: AtomicU64,
     /// Messages that did not fit in the outbox.
     pub overflow: AtomicU64,
     /// Successful connections.
@@ -420,7 +418,6 @@ fn publish_loop(
                         let mut q = outbox.lock();
                         if let Some(m) = q.get_mut((n - retired) as usize) {
                             m.state = State::Acked;
-                            stats.acked.fetch_add(1, Ordering::Relaxed);
                         }
                         while q.front().is_some_and(|m| m.state == State::Acked) {
                             q.pop_front();

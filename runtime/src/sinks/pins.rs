@@ -246,7 +246,7 @@ impl LinePins {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::{SimClock, SimMode};
+    use crate::sim::clock::{SimClock, SimMode};
 
     #[test]
     fn active_low_output_inverts_and_logs_times() {
@@ -283,7 +283,7 @@ mod tests {
         let clock: Arc<dyn Clock> = Arc::new(SimClock::new(SimMode::Manual, 100));
         let mut log = None;
         let out = Output::request(active, |req| {
-            let (pin, l) = crate::testkit::fake_output(clock.clone(), req);
+            let (pin, l) = crate::sim::doubles::fake_output(clock.clone(), req);
             log = Some(l);
             Ok(Box::new(pin))
         })

@@ -558,9 +558,10 @@ pub enum FailSafe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::{SimClock, SimMode, MS};
+    use crate::clock::MS;
     use crate::events::{Bus, TapSink};
     use crate::gpio::ActiveLevel;
+    use crate::sim::clock::{SimClock, SimMode};
     use crate::sinks::pins::{PinLog, SimPin};
 
     fn setup(

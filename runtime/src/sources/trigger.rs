@@ -141,8 +141,8 @@ pub fn request_trigger<E: LineEvents + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::{SimClock, SimMode};
     use crate::gpio::ActiveLevel;
+    use crate::sim::clock::{SimClock, SimMode};
 
     fn photo_eye(active: ActiveLevel) -> GpioConfig {
         GpioConfig {
@@ -158,11 +158,11 @@ mod tests {
     fn fake_photo_eye(
         clock: &Arc<dyn Clock>,
         active: ActiveLevel,
-    ) -> (Box<dyn TriggerInput>, crate::testkit::FakeEdgeRequest) {
+    ) -> (Box<dyn TriggerInput>, crate::sim::doubles::FakeEdgeRequest) {
         let mut kernel = None;
         let input = request_trigger(&photo_eye(active), |line, req| {
             let idle_high = line.active == ActiveLevel::Low;
-            let k = crate::testkit::FakeEdgeRequest::new(clock.clone(), req, 1, idle_high);
+            let k = crate::sim::doubles::FakeEdgeRequest::new(clock.clone(), req, 1, idle_high);
             kernel = Some(k.clone());
             Ok(k)
         })
@@ -171,7 +171,7 @@ mod tests {
     }
 
     /// A part in front of the photo-eye from `t` for 5 ms, electrically as the sensor drives it.
-    fn part(kernel: &crate::testkit::FakeEdgeRequest, active: ActiveLevel, t: u64) {
+    fn part(kernel: &crate::sim::doubles::FakeEdgeRequest, active: ActiveLevel, t: u64) {
         let present_high = active == ActiveLevel::High;
         kernel.drive(0, t, present_high);
         kernel.drive(0, t + 5 * crate::clock::MS, !present_high);

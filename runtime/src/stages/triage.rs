@@ -186,7 +186,8 @@ impl ServiceTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::{SimClock, SimMode, MS};
+    use crate::clock::MS;
+    use crate::sim::clock::{SimClock, SimMode};
 
     fn job(part: u64, due: u64) -> Job {
         Job {

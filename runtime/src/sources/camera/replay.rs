@@ -221,7 +221,7 @@ impl Source for Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::{SimClock, SimMode};
+    use crate::sim::clock::{SimClock, SimMode};
 
     #[test]
     fn mvtec_layout_keeps_truth_and_masks() {

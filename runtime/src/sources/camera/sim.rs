@@ -255,7 +255,7 @@ pub fn paint_defect(data: &mut [u8], t: u32, kind: &str, rng: &mut Rng) -> Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::{SimClock, SimMode};
+    use crate::sim::clock::{SimClock, SimMode};
 
     fn conveyor(seed: u64) -> SimConveyor {
         let clock = Arc::new(SimClock::new(SimMode::Manual, 0));

@@ -309,7 +309,7 @@ impl LineEvents for FakeEdgeRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::{SimClock, SimMode};
+    use crate::sim::clock::{SimClock, SimMode};
     use crate::sources::trigger::{EdgeTrigger, TriggerEdge, TriggerInput};
 
     #[test]
