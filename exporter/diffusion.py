@@ -89,11 +89,6 @@ def noise_recipe(seed: int, shape: tuple[int, ...]) -> dict:
     }
 
 
-def q_sample(x0: torch.Tensor, abar: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(abar) x0 + sqrt(1 - abar) noise; abar broadcastable to x0."""
-    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-
-
 def guided_x0(
     x_s: torch.Tensor,
     x_b: torch.Tensor,
