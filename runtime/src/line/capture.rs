@@ -1,0 +1,272 @@
+//! The capture thread: frames from the source, each armed as a part (free-running) or matched
+//! to its photo-eye edge, then queued for the engine by deadline.
+
+use super::reject::SchedMsg;
+use super::shared::{CAPTURE, TRIGGER};
+use super::Ctx;
+use crate::clock::{chan, MS};
+use crate::events::Event;
+use crate::frame::Frame;
+use crate::line::setup::Trigger;
+use crate::sinks::reject::PartInfo;
+use crate::sources::camera::{Source, SourceError};
+use crate::stages::triage::{Job, Pushed, Triage};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+/// Parts armed at the photo-eye and still waiting for their frame: (part, trigger time).
+pub(super) type Awaiting = Mutex<VecDeque<(u64, u64)>>;
+
+/// What a matched frame tells the part armed at its photo-eye edge.
+pub(crate) struct MatchedFrame {
+    pub frame_seq: u64,
+    pub defective: Option<bool>,
+    pub kind: Option<String>,
+    pub origin: String,
+}
+
+/// What the source gave.
+enum Next {
+    Frame(Frame),
+    /// Nothing this time (timeout, a camera error already reported); try again.
+    Again,
+    /// The source ended, or cannot go on.
+    End,
+}
+
+/// Capture until the source ends, the part count is reached, a stop is requested or (photo-eye)
+/// every triggered part got its frame after the trigger thread stopped.
+pub(super) fn capture_loop(
+    ctx: &Ctx<'_>,
+    mut source: Box<dyn Source>,
+    sched: &chan::Tx<SchedMsg>,
+    triage: &Triage,
+    recycle: crossbeam_channel::Receiver<Vec<u8>>,
+) {
+    let mut camera_failing = false;
+    log::info!("capture from {}", source.describe());
+    loop {
+        ctx.shared.stamp(CAPTURE, ctx.clock);
+        if capture_done(ctx) {
+            break;
+        }
+        while let Ok(buf) = recycle.try_recv() {
+            source.recycle(buf);
+        }
+        let frame = match next_frame(ctx, &mut *source, &mut camera_failing) {
+            Next::Frame(f) => f,
+            Next::Again => continue,
+            Next::End => break,
+        };
+        let armed = if ctx.setup.line.trigger == Trigger::Frame {
+            Some(arm_by_frame(ctx, sched, &frame))
+        } else {
+            match_to_trigger(ctx, sched, &frame)
+        };
+        match armed {
+            Some((part, trigger_ns)) => queue(ctx, sched, triage, part, trigger_ns, frame),
+            None => source.recycle(frame.data),
+        }
+    }
+}
+
+fn capture_done(ctx: &Ctx<'_>) -> bool {
+    if ctx.shutdown.is_requested() {
+        log::info!("stop requested: capture ends, draining in-flight parts");
+        return true;
+    }
+    let line = &ctx.setup.line;
+    if line.trigger == Trigger::Frame {
+        return line
+            .parts
+            .is_some_and(|n| ctx.next_part.load(Ordering::SeqCst) >= n);
+    }
+    // Photo-eye mode: once the trigger thread has stopped and every edge got its frame (or
+    // was given up on), there is nothing left to match.
+    ctx.shared.is_done(TRIGGER)
+        && ctx
+            .awaiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+}
+
+/// The next frame, with camera errors alarmed once per failing spell and counted.
+fn next_frame(ctx: &Ctx<'_>, source: &mut dyn Source, camera_failing: &mut bool) -> Next {
+    let (shared, events) = (ctx.shared, ctx.events);
+    let frame = match source.next_frame() {
+        Ok(Some(f)) => f,
+        Ok(None) => return Next::End,
+        Err(SourceError::Timeout(ms)) => {
+            log::debug!("camera: no frame within {ms} ms");
+            return Next::Again;
+        }
+        Err(SourceError::Config(e)) => {
+            events.emit(Event::alarm("camera_config", e.clone(), None, true));
+            log::error!("camera: {e}");
+            shared.set_fatal(SourceError::Config(e).into());
+            return Next::End;
+        }
+        Err(e) => {
+            shared.camera_errors.fetch_add(1, Ordering::Relaxed);
+            if !*camera_failing {
+                events.emit(Event::alarm("camera_error", e.to_string(), None, true));
+                *camera_failing = true;
+            }
+            return Next::Again;
+        }
+    };
+    if *camera_failing {
+        events.emit(Event::alarm("camera_error", "frames again", None, false));
+        *camera_failing = false;
+    }
+    shared
+        .last_frame_ns
+        .store(ctx.clock.now_ns(), Ordering::Relaxed);
+    shared
+        .frames_dropped
+        .store(source.dropped(), Ordering::Relaxed);
+    Next::Frame(frame)
+}
+
+/// Free-running: the frame is the part. Returns (part, trigger time).
+fn arm_by_frame(ctx: &Ctx<'_>, sched: &chan::Tx<SchedMsg>, frame: &Frame) -> (u64, u64) {
+    let part = ctx.next_part.fetch_add(1, Ordering::SeqCst) + 1;
+    ctx.shared.note_trigger(frame.timestamp_ns);
+    let truth = frame.truth.as_ref();
+    let info = PartInfo {
+        part,
+        frame_seq: frame.seq,
+        trigger_ns: frame.timestamp_ns,
+        deadline_ns: frame.timestamp_ns + ctx.setup.line.delay_ns(),
+        defective: truth.map(|t| t.defective),
+        kind: truth.and_then(|t| t.kind.clone()),
+        origin: frame.origin.clone(),
+    };
+    let _ = sched.try_send(SchedMsg::Arm(info));
+    (part, frame.timestamp_ns)
+}
+
+/// Photo-eye: the part whose edge this frame belongs to, or `None` (a stray frame, alarmed).
+fn match_to_trigger(
+    ctx: &Ctx<'_>,
+    sched: &chan::Tx<SchedMsg>,
+    frame: &Frame,
+) -> Option<(u64, u64)> {
+    let shared = ctx.shared;
+    // Let the trigger thread catch up to this frame's time first (it may run behind).
+    let ts = frame.timestamp_ns;
+    ctx.clock.wait_until(Some(ts + MATCH_WINDOW_NS), &|| {
+        shared.trigger_progress.load(Ordering::SeqCst) >= ts
+            || shared.trigger_idle.load(Ordering::SeqCst)
+            || shared.is_done(TRIGGER)
+    });
+    let Some((part, trigger_ns)) = match_trigger(ctx.awaiting, ts) else {
+        ctx.events.emit(Event::alarm(
+            "stray_frame",
+            format!("frame {} matches no photo-eye trigger", frame.seq),
+            None,
+            true,
+        ));
+        return None;
+    };
+    let truth = frame.truth.as_ref();
+    let m = MatchedFrame {
+        frame_seq: frame.seq,
+        defective: truth.map(|t| t.defective),
+        kind: truth.and_then(|t| t.kind.clone()),
+        origin: frame.origin.clone(),
+    };
+    let _ = sched.try_send(SchedMsg::Matched { part, frame: m });
+    Some((part, trigger_ns))
+}
+
+/// Hand the frame to the engine queue; what it pushes out fails safe.
+fn queue(
+    ctx: &Ctx<'_>,
+    sched: &chan::Tx<SchedMsg>,
+    triage: &Triage,
+    part: u64,
+    trigger_ns: u64,
+    frame: Frame,
+) {
+    let line = &ctx.setup.line;
+    let job = Job {
+        part,
+        trigger_ns,
+        due_ns: (trigger_ns + line.delay_ns()).saturating_sub(line.margin_ns()),
+        frame,
+    };
+    match triage.push(job, ctx.clock) {
+        Pushed::Queued => {}
+        Pushed::Evicted(old) => {
+            let _ = sched.try_send(SchedMsg::Skipped {
+                part: old.part,
+                reason: format!(
+                    "engine queue full ({} frames): the oldest frame made room for a new one",
+                    line.queue
+                ),
+                frame: old.frame,
+            });
+        }
+        Pushed::Closed(job) => {
+            let _ = sched.try_send(SchedMsg::NotQueued {
+                part: job.part,
+                reason: "engine stopped".to_string(),
+                frame: Some(job.frame),
+            });
+        }
+    }
+}
+
+/// How far a frame may precede or follow its photo-eye edge.
+const MATCH_WINDOW_NS: u64 = 200 * MS;
+
+/// Pair a frame with the oldest waiting trigger in its window: (part, trigger time). Older
+/// triggers are given up on (they fail safe at their deadline).
+fn match_trigger(awaiting: &Awaiting, frame_ns: u64) -> Option<(u64, u64)> {
+    let mut given_up = Vec::new();
+    let found = {
+        let mut q = awaiting.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match q.front() {
+                Some(&(part, t)) if t + MATCH_WINDOW_NS < frame_ns => {
+                    q.pop_front();
+                    given_up.push(part);
+                }
+                Some(&(part, t)) if t <= frame_ns + MATCH_WINDOW_NS => {
+                    q.pop_front();
+                    break Some((part, t));
+                }
+                _ => break None,
+            }
+        }
+    };
+    // Logged after the lock is released: log output may block on I/O.
+    for part in given_up {
+        log::warn!(
+            "part {part}: no frame within {} ms of its trigger",
+            MATCH_WINDOW_NS / MS
+        );
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triggers_match_in_order_within_window() {
+        let q = Mutex::new(VecDeque::from(vec![(1, 0), (2, 100 * MS), (3, 700 * MS)]));
+        assert_eq!(
+            match_trigger(&q, 400 * MS),
+            None,
+            "1 and 2 too old, 3 too far ahead"
+        );
+        assert_eq!(q.lock().unwrap().len(), 1);
+        assert_eq!(match_trigger(&q, 650 * MS), Some((3, 700 * MS)));
+        assert_eq!(match_trigger(&q, 650 * MS), None);
+    }
+}

@@ -1,0 +1,99 @@
+//! The trigger thread: one part armed per photo-eye edge, with the edges the kernel dropped
+//! alarmed (those parts pass the ejector unarmed).
+
+use super::reject::SchedMsg;
+use super::shared::{CAPTURE, TRIGGER};
+use super::Ctx;
+use crate::clock::{chan, MS};
+use crate::events::Event;
+use crate::sinks::reject::PartInfo;
+use crate::sources::trigger::{TriggerEdge, TriggerInput};
+use std::sync::atomic::Ordering;
+
+/// Arm parts from photo-eye edges until capture ends, the part count is reached or a stop is
+/// requested.
+pub(super) fn trigger_loop(
+    ctx: &Ctx<'_>,
+    input: &mut dyn TriggerInput,
+    sched: &chan::Tx<SchedMsg>,
+) {
+    let (shared, clock) = (ctx.shared, ctx.clock);
+    loop {
+        shared.stamp(TRIGGER, clock);
+        if ctx.shutdown.is_requested()
+            || shared.is_done(CAPTURE)
+            || ctx
+                .setup
+                .line
+                .parts
+                .is_some_and(|n| ctx.next_part.load(Ordering::SeqCst) >= n)
+        {
+            break;
+        }
+        // Blocked with no edge queued: every part up to now is armed, frames may be matched.
+        if let Ok(false) = input.pending() {
+            shared.trigger_idle.store(true, Ordering::SeqCst);
+            clock.notify();
+        }
+        let got = input.next_edge(ctx.tick / MS);
+        shared.trigger_idle.store(false, Ordering::SeqCst);
+        let progress = clock.now_ns();
+        match got {
+            Ok(Some(edge)) => {
+                arm_edge(ctx, sched, edge);
+                shared
+                    .trigger_progress
+                    .store(progress.max(edge.t_ns), Ordering::SeqCst);
+                clock.notify();
+            }
+            Ok(None) => {
+                shared
+                    .trigger_progress
+                    .fetch_max(progress, Ordering::SeqCst);
+                clock.notify();
+            }
+            Err(e) => {
+                shared.pin_errors.fetch_add(1, Ordering::Relaxed);
+                log::error!("photo-eye: {e}");
+                clock.sleep_until(clock.now_ns() + ctx.tick);
+            }
+        }
+    }
+}
+
+/// One edge: a new part, armed with its deadline and left waiting for its frame.
+fn arm_edge(ctx: &Ctx<'_>, sched: &chan::Tx<SchedMsg>, edge: TriggerEdge) {
+    let part = ctx.next_part.fetch_add(1, Ordering::SeqCst) + 1;
+    ctx.shared.note_trigger(edge.t_ns);
+    if edge.lost > 0 {
+        // Those parts pass the ejector unarmed: no fail-safe covers them.
+        let total = ctx
+            .shared
+            .trigger_edges_lost
+            .fetch_add(edge.lost, Ordering::Relaxed)
+            + edge.lost;
+        ctx.events.emit(Event::alarm(
+            "trigger_edges_lost",
+            format!(
+                "photo-eye: {} part edges dropped by the kernel before part {part} ({total} in all): those parts were not inspected",
+                edge.lost
+            ),
+            Some(part),
+            true,
+        ));
+    }
+    let info = PartInfo {
+        part,
+        frame_seq: 0,
+        trigger_ns: edge.t_ns,
+        deadline_ns: edge.t_ns + ctx.setup.line.delay_ns(),
+        defective: None,
+        kind: None,
+        origin: "photo-eye".into(),
+    };
+    let _ = sched.try_send(SchedMsg::Arm(info));
+    ctx.awaiting
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push_back((part, edge.t_ns));
+}
