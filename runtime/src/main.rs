@@ -211,27 +211,7 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<ExitCode> {
     match args.command {
-        Command::Doctor { config, root } => {
-            let report = diffad::offline::doctor::run(
-                config.as_deref(),
-                &diffad::offline::doctor::Root::new(root),
-                &mut std::io::stdout(),
-            );
-            let n = report.failures();
-            println!(
-                "{}",
-                if n == 0 {
-                    "all checks passed".to_string()
-                } else {
-                    format!("{n} check(s) failed")
-                }
-            );
-            Ok(if n == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        Command::Doctor { config, root } => Ok(doctor(config.as_deref(), root)),
         Command::Watch {
             addrs,
             json,
@@ -247,17 +227,7 @@ fn run(args: Args) -> Result<ExitCode> {
                 ),
                 None => None,
             };
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register(sig, stop.clone())?;
-            }
-            let rx = diffad::offline::watch::start(&addrs, from_start, tls, stop.clone())?;
-            if json {
-                diffad::offline::watch::run_json(&rx, &mut std::io::stdout().lock(), &stop)?;
-            } else {
-                diffad::offline::watch::run_tui(&rx, &addrs, &stop)?;
-            }
-            Ok(ExitCode::SUCCESS)
+            watch(&addrs, json, from_start, tls)
         }
         Command::Inspect { model } => offline::infer::inspect(&model).map(|()| ExitCode::SUCCESS),
         Command::Run {
@@ -275,11 +245,7 @@ fn run(args: Args) -> Result<ExitCode> {
             };
             let summary = line::launch::run_line(&config, opts)?;
             println!("{summary}");
-            Ok(if summary.invariant_ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(exit_code(summary.invariant_ok))
         }
         Command::CheckConfig { config, keys_only } => {
             offline::check::check_config(&config, !keys_only).map(|_| ExitCode::SUCCESS)
@@ -305,50 +271,16 @@ fn run(args: Args) -> Result<ExitCode> {
             )?;
             if failed > 0 {
                 eprintln!("error: {failed} image(s) could not be scored (see the lines above)");
-                return Ok(ExitCode::from(1));
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(exit_code(failed == 0))
         }
         Command::Eval {
             model,
             dataset,
             json,
-            report: report_dir,
+            report,
             sweep,
-        } => {
-            let (engine, camera) = model.engine()?;
-            let report = match &report_dir {
-                Some(dir) => {
-                    let (report, written) = offline::eval::eval_report(
-                        &engine,
-                        camera.as_ref(),
-                        &dataset,
-                        model.options(),
-                        dir,
-                    )?;
-                    eprintln!(
-                        "report: {} figures and index.md in {}",
-                        written.figures.len(),
-                        written.dir.display()
-                    );
-                    report
-                }
-                None => offline::eval::eval(&engine, camera.as_ref(), &dataset, model.options())?,
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
-                if let Some(s) = report.sweep.as_ref().filter(|_| sweep) {
-                    println!(
-                        "\ntrade-off ({} good, {} defective images):",
-                        s.good, s.defective
-                    );
-                    print!("{s}");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => eval(&model, &dataset, json, report.as_deref(), sweep),
         Command::Bench {
             model,
             images,
@@ -374,4 +306,93 @@ fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn exit_code(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `diffad doctor`: every check printed, then how many failed.
+fn doctor(config: Option<&std::path::Path>, root: PathBuf) -> ExitCode {
+    let report = diffad::offline::doctor::run(
+        config,
+        &diffad::offline::doctor::Root::new(root),
+        &mut std::io::stdout(),
+    );
+    let n = report.failures();
+    println!(
+        "{}",
+        if n == 0 {
+            "all checks passed".to_string()
+        } else {
+            format!("{n} check(s) failed")
+        }
+    );
+    exit_code(n == 0)
+}
+
+/// `diffad watch`: the table (or JSON lines) until SIGINT or SIGTERM.
+fn watch(
+    addrs: &[String],
+    json: bool,
+    from_start: bool,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<ExitCode> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let rx = diffad::offline::watch::start(addrs, from_start, tls, stop.clone())?;
+    if json {
+        diffad::offline::watch::run_json(&rx, &mut std::io::stdout().lock(), &stop)?;
+    } else {
+        diffad::offline::watch::run_tui(&rx, addrs, &stop)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `diffad eval`: the report (written as figures too with `--report`), as text or JSON.
+fn eval(
+    model: &ModelArgs,
+    dataset: &std::path::Path,
+    json: bool,
+    report_dir: Option<&std::path::Path>,
+    sweep: bool,
+) -> Result<ExitCode> {
+    let (engine, camera) = model.engine()?;
+    let report = match report_dir {
+        Some(dir) => {
+            let (report, written) = offline::eval::eval_report(
+                &engine,
+                camera.as_ref(),
+                dataset,
+                model.options(),
+                dir,
+            )?;
+            eprintln!(
+                "report: {} figures and index.md in {}",
+                written.figures.len(),
+                written.dir.display()
+            );
+            report
+        }
+        None => offline::eval::eval(&engine, camera.as_ref(), dataset, model.options())?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+        if let Some(s) = report.sweep.as_ref().filter(|_| sweep) {
+            println!(
+                "\ntrade-off ({} good, {} defective images):",
+                s.good, s.defective
+            );
+            print!("{s}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
