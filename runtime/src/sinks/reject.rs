@@ -34,6 +34,18 @@ pub struct PartInfo {
     pub origin: String,
 }
 
+/// How a part's outcome was fixed, and what goes with it to the sinks.
+struct Ending {
+    outcome: Outcome,
+    score: Option<f32>,
+    /// When the verdict reached this stage, if it did.
+    verdict_ns: Option<u64>,
+    /// Why a fault outcome happened.
+    reason: Option<String>,
+    frame: Option<Frame>,
+    inspection: Option<Inspection>,
+}
+
 /// How the stage decides and fires.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -209,7 +221,10 @@ impl Scheduler {
     /// A part that will not be inspected fails safe now (if its outcome is still open).
     fn fail_uninspected(&mut self, part: u64, reason: String, frame: Option<Frame>) {
         match self.ledger.remove(&part) {
-            Some(info) => self.finish(info, self.fault(), None, None, Some(reason), frame, None),
+            Some(info) => {
+                let ending = self.fault_ending(reason, frame);
+                self.finish(info, ending)
+            }
             None => {
                 self.publish();
                 self.give_back(frame);
@@ -234,40 +249,30 @@ impl Scheduler {
                 .saturating_record(now.saturating_sub(trigger_ns).max(1));
         }
         let Some(info) = self.ledger.remove(&part) else {
-            self.counters.late_verdicts += 1;
-            let what = if part <= self.last_armed {
-                "verdict came after the part's outcome was fixed"
-            } else {
-                "verdict for a part never armed"
-            };
-            let score = result
-                .as_ref()
-                .map_or("failed".to_string(), |i| format!("score {:.4}", i.score));
-            self.events.emit(Event::alarm(
-                "late_verdict",
-                format!("{what} ({score})"),
-                Some(part),
-                true,
-            ));
-            self.publish();
-            self.give_back(frame);
+            self.verdict_for_no_part(part, &result, frame);
             return;
         };
         let decided = match &result {
             Ok(insp) => decide(insp.score, self.policy.threshold).map_err(|e| e.to_string()),
             Err(e) => Err(e.clone()),
         };
-        let score = result.as_ref().ok().map(|i| i.score);
-        let inspection = result.ok();
         if let Err(e) = &decided {
             self.counters.inspect_errors += 1;
             self.events
                 .emit(Event::alarm("inspect_failed", e.clone(), Some(part), true));
         }
-        if now > info.deadline_ns.saturating_sub(self.policy.margin_ns) {
+        let mut ending = Ending {
+            outcome: self.fault(),
+            score: result.as_ref().ok().map(|i| i.score),
+            verdict_ns: Some(now),
+            reason: None,
+            frame,
+            inspection: result.ok(),
+        };
+        let due = info.deadline_ns.saturating_sub(self.policy.margin_ns);
+        if now > due {
             self.counters.late_verdicts += 1;
-            let late_ms =
-                (now - (info.deadline_ns.saturating_sub(self.policy.margin_ns))) as f64 / 1e6;
+            let late_ms = (now - due) as f64 / 1e6;
             let reason = format!("verdict {late_ms:.1} ms past the ejector deadline minus margin");
             self.events.emit(Event::alarm(
                 "late_verdict",
@@ -275,45 +280,52 @@ impl Scheduler {
                 Some(part),
                 true,
             ));
-            self.finish(
-                info,
-                self.fault(),
-                score,
-                Some(now),
-                Some(reason),
-                frame,
-                inspection,
-            );
-            return;
+            ending.reason = Some(reason);
+        } else {
+            match decided {
+                Ok(Verdict::Pass) => ending.outcome = Outcome::Pass,
+                Ok(Verdict::Reject) => ending.outcome = Outcome::Reject,
+                Err(e) => ending.reason = Some(format!("inspection failed: {e}")),
+            }
         }
-        match decided {
-            Ok(Verdict::Pass) => self.finish(
-                info,
-                Outcome::Pass,
-                score,
-                Some(now),
-                None,
-                frame,
-                inspection,
-            ),
-            Ok(Verdict::Reject) => self.finish(
-                info,
-                Outcome::Reject,
-                score,
-                Some(now),
-                None,
-                frame,
-                inspection,
-            ),
-            Err(e) => self.finish(
-                info,
-                self.fault(),
-                score,
-                Some(now),
-                Some(format!("inspection failed: {e}")),
-                frame,
-                inspection,
-            ),
+        self.finish(info, ending);
+    }
+
+    /// A verdict whose part is no longer (or never was) waiting: counted and alarmed.
+    fn verdict_for_no_part(
+        &mut self,
+        part: u64,
+        result: &Result<Inspection, String>,
+        frame: Option<Frame>,
+    ) {
+        self.counters.late_verdicts += 1;
+        let what = if part <= self.last_armed {
+            "verdict came after the part's outcome was fixed"
+        } else {
+            "verdict for a part never armed"
+        };
+        let score = result
+            .as_ref()
+            .map_or("failed".to_string(), |i| format!("score {:.4}", i.score));
+        self.events.emit(Event::alarm(
+            "late_verdict",
+            format!("{what} ({score})"),
+            Some(part),
+            true,
+        ));
+        self.publish();
+        self.give_back(frame);
+    }
+
+    /// A fail-safe outcome without a verdict.
+    fn fault_ending(&self, reason: String, frame: Option<Frame>) -> Ending {
+        Ending {
+            outcome: self.fault(),
+            score: None,
+            verdict_ns: None,
+            reason: Some(reason),
+            frame,
+            inspection: None,
         }
     }
 
@@ -324,53 +336,10 @@ impl Scheduler {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &mut self,
-        info: PartInfo,
-        outcome: Outcome,
-        score: Option<f32>,
-        verdict_ns: Option<u64>,
-        reason: Option<String>,
-        frame: Option<Frame>,
-        inspection: Option<Inspection>,
-    ) {
-        self.counters.pending -= 1;
-        match outcome {
-            Outcome::Pass => self.counters.passes += 1,
-            Outcome::Reject => self.counters.rejects += 1,
-            Outcome::FaultReject => self.counters.fault_rejects += 1,
-            Outcome::FaultPass => self.counters.fault_passes += 1,
-        }
-        if let Some(defective) = info.defective {
-            self.stats.with_truth += 1;
-            let kind = info
-                .kind
-                .as_deref()
-                .unwrap_or(if defective { "defective" } else { "good" });
-            // One allocation per kind for the whole run, not per part.
-            if !self.stats.by_kind.contains_key(kind) {
-                self.stats
-                    .by_kind
-                    .insert(kind.to_string(), KindTally::default());
-            }
-            if let Some(t) = self.stats.by_kind.get_mut(kind) {
-                t.parts += 1;
-                match outcome {
-                    Outcome::Pass => t.passes += 1,
-                    Outcome::Reject => t.rejects += 1,
-                    Outcome::FaultReject => t.fault_rejects += 1,
-                    Outcome::FaultPass => t.fault_passes += 1,
-                }
-            }
-            match (defective, outcome) {
-                (true, Outcome::Pass | Outcome::FaultPass) => self.stats.escapes += 1,
-                (false, Outcome::Reject) => self.stats.false_rejects += 1,
-                (false, Outcome::FaultReject) => self.stats.false_fault_rejects += 1,
-                _ => {}
-            }
-        }
-        if outcome.rejects() {
+    /// Fix a part's outcome: count it, schedule its pulse, tell the sinks, archive a reject.
+    fn finish(&mut self, info: PartInfo, e: Ending) {
+        self.count(&info, e.outcome);
+        if e.outcome.rejects() {
             self.counters.pulses += 1;
             let at = info.deadline_ns;
             let pos = self.pulses.partition_point(|&(_, t)| t <= at);
@@ -381,32 +350,74 @@ impl Scheduler {
             frame_seq: info.frame_seq,
             trigger_ns: info.trigger_ns,
             deadline_ns: info.deadline_ns,
-            verdict_ns,
-            score,
+            verdict_ns: e.verdict_ns,
+            score: e.score,
             threshold: self.policy.threshold,
-            outcome,
-            latency_ms: verdict_ns.map(|v| v.saturating_sub(info.trigger_ns) as f64 / 1e6),
-            reason,
+            outcome: e.outcome,
+            latency_ms: e
+                .verdict_ns
+                .map(|v| v.saturating_sub(info.trigger_ns) as f64 / 1e6),
+            reason: e.reason,
             defective: info.defective,
             kind: info.kind.clone(),
             origin: info.origin.clone(),
         }));
-        match (outcome.rejects(), frame, &self.archive) {
+        match (e.outcome.rejects(), e.frame, &self.archive) {
             (true, Some(frame), Some(tx)) => {
-                if let Err(e) = tx.try_send(ArchiveJob {
+                if let Err(err) = tx.try_send(ArchiveJob {
                     part: info.part,
-                    outcome,
+                    outcome: e.outcome,
                     frame,
-                    inspection,
+                    inspection: e.inspection,
                     threshold: self.policy.threshold,
                 }) {
                     self.stats.archive_dropped += 1;
-                    self.give_back(Some(e.into_inner().frame));
+                    self.give_back(Some(err.into_inner().frame));
                 }
             }
             (_, frame, _) => self.give_back(frame),
         }
         self.publish();
+    }
+
+    /// The outcome in the counters, and against the ground truth when the part has one.
+    fn count(&mut self, info: &PartInfo, outcome: Outcome) {
+        self.counters.pending -= 1;
+        match outcome {
+            Outcome::Pass => self.counters.passes += 1,
+            Outcome::Reject => self.counters.rejects += 1,
+            Outcome::FaultReject => self.counters.fault_rejects += 1,
+            Outcome::FaultPass => self.counters.fault_passes += 1,
+        }
+        let Some(defective) = info.defective else {
+            return;
+        };
+        self.stats.with_truth += 1;
+        let kind = info
+            .kind
+            .as_deref()
+            .unwrap_or(if defective { "defective" } else { "good" });
+        // One allocation per kind for the whole run, not per part.
+        if !self.stats.by_kind.contains_key(kind) {
+            self.stats
+                .by_kind
+                .insert(kind.to_string(), KindTally::default());
+        }
+        if let Some(t) = self.stats.by_kind.get_mut(kind) {
+            t.parts += 1;
+            match outcome {
+                Outcome::Pass => t.passes += 1,
+                Outcome::Reject => t.rejects += 1,
+                Outcome::FaultReject => t.fault_rejects += 1,
+                Outcome::FaultPass => t.fault_passes += 1,
+            }
+        }
+        match (defective, outcome) {
+            (true, Outcome::Pass | Outcome::FaultPass) => self.stats.escapes += 1,
+            (false, Outcome::Reject) => self.stats.false_rejects += 1,
+            (false, Outcome::FaultReject) => self.stats.false_fault_rejects += 1,
+            _ => {}
+        }
     }
 
     fn give_back(&mut self, frame: Option<Frame>) {
@@ -465,7 +476,8 @@ impl Scheduler {
                 Some(part),
                 true,
             ));
-            self.finish(info, self.fault(), None, None, Some(reason), None, None);
+            let ending = self.fault_ending(reason, None);
+            self.finish(info, ending);
         }
         while let Some(&(part, at)) = self.pulses.front() {
             if at > now {
