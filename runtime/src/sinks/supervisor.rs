@@ -510,29 +510,49 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let Ok(sock) = stream.try_clone() else {
+    let Some(mut conn) = connect(&mut stream, peer, hub) else {
         return;
-    };
-    let mut conn: Box<dyn Conn> = match &hub.tls {
-        None => Box::new(sock),
-        Some(cfg) => match handshake(cfg, &mut stream) {
-            Ok(tls) => Box::new(rustls::StreamOwned::new(tls, sock)),
-            Err(e) => {
-                // The client gets nothing: no hello, no events.
-                let n = hub.stats.tls_rejected.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    log::warn!(target: "diffad::sinks::supervisor", "client {peer}: TLS refused ({e}); {n} refused so far");
-                }
-                let _ = stream.shutdown(std::net::Shutdown::Both);
-                return;
-            }
-        },
     };
     let _ = stream.set_read_timeout(Some(READ_POLL));
     let Some((id, rx, upto)) = hub.register(&stream) else {
         return;
     };
     log::debug!(target: "diffad::sinks::supervisor", "client {id} {peer} connected after seq {upto}");
+    session(conn.as_mut(), hub, id, peer, &rx, upto);
+    drop(conn);
+    hub.remove(id);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// The client's connection, plain or after a TLS handshake; `None` (the client closed, counted
+/// and logged) when the handshake fails: such a client gets nothing, no hello, no events.
+fn connect(stream: &mut TcpStream, peer: SocketAddr, hub: &Hub) -> Option<Box<dyn Conn>> {
+    let sock = stream.try_clone().ok()?;
+    let Some(cfg) = &hub.tls else {
+        return Some(Box::new(sock));
+    };
+    match handshake(cfg, stream) {
+        Ok(tls) => Some(Box::new(rustls::StreamOwned::new(tls, sock))),
+        Err(e) => {
+            let n = hub.stats.tls_rejected.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                log::warn!(target: "diffad::sinks::supervisor", "client {peer}: TLS refused ({e}); {n} refused so far");
+            }
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            None
+        }
+    }
+}
+
+/// Hello, then requests answered and live events sent until either side is done.
+fn session(
+    conn: &mut dyn Conn,
+    hub: &Hub,
+    id: u64,
+    peer: SocketAddr,
+    rx: &Receiver<Arc<Record>>,
+    upto: u64,
+) {
     let mut out: Vec<u8> = Vec::new();
     let _ = writeln!(
         out,
@@ -545,7 +565,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
             buffer: hub.ring_cap,
         })
     );
-    let mut ok = send(conn.as_mut(), &mut out);
+    let mut ok = send(conn, &mut out);
     let mut requests = Requests {
         buf: Vec::with_capacity(MAX_REQUEST),
     };
@@ -554,13 +574,13 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
     let mut live_sent = false;
     let mut open = true;
     while ok && open {
-        match requests.poll(conn.as_mut()) {
+        match requests.poll(conn) {
             Polled::Lines(lines) => {
                 for line in lines.iter().filter(|l| !l.is_empty()) {
                     answer(hub, id, &mut out, line, upto, &mut resumed, live_sent);
                 }
                 if !out.is_empty() {
-                    ok &= send(conn.as_mut(), &mut out);
+                    ok &= send(conn, &mut out);
                 }
             }
             // The client closed its side: it is gone.
@@ -576,7 +596,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
                         message: "request line too long (over 256 bytes): disconnected",
                     })
                 );
-                send(conn.as_mut(), &mut out);
+                send(conn, &mut out);
                 break;
             }
         }
@@ -593,16 +613,13 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
                 while let Ok(rec) = rx.try_recv() {
                     let _ = writeln!(out, "{}", rec.json);
                 }
-                ok &= send(conn.as_mut(), &mut out);
+                ok &= send(conn, &mut out);
             }
             Err(RecvTimeoutError::Timeout) => {}
             // The line closed (or dropped this client): what was queued has been written.
             Err(RecvTimeoutError::Disconnected) => open = false,
         }
     }
-    drop(conn);
-    hub.remove(id);
-    let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
 /// Answer one request line into `out`.
