@@ -354,8 +354,83 @@ fn network(mut conn: Connection, tx: Sender<Net>, stop: Arc<AtomicBool>, reconne
     }
 }
 
+/// Messages handed to the client and not yet acknowledged, by their place in the outbox.
+#[derive(Default)]
+struct InFlight {
+    /// Messages are numbered for good: the front of the outbox is number `retired`.
+    retired: u64,
+    /// Handed messages waiting for their packet id, in the order handed (rumqttc keeps it).
+    awaiting_id: VecDeque<u64>,
+    by_pkid: HashMap<u16, u64>,
+}
+
+impl InFlight {
+    /// Hand unsent messages to the client while fewer than `WINDOW` are unacknowledged.
+    fn hand_out(&mut self, client: &Client, outbox: &Outbox) {
+        let mut q = outbox.lock();
+        let handed = q.iter().filter(|m| m.state == State::Handed).count();
+        let mut room = WINDOW.saturating_sub(handed);
+        for (i, m) in q
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, m)| m.state == State::Unsent)
+        {
+            if room == 0 {
+                break;
+            }
+            match client.try_publish(
+                m.topic.clone(),
+                QoS::AtLeastOnce,
+                m.retain,
+                m.payload.to_vec(),
+            ) {
+                Ok(()) => {
+                    m.state = State::Handed;
+                    self.awaiting_id.push_back(self.retired + i as u64);
+                    room -= 1;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn sent(&mut self, pkid: u16) {
+        if let Some(n) = self.awaiting_id.pop_front() {
+            self.by_pkid.insert(pkid, n);
+        }
+    }
+
+    /// The broker acknowledged `pkid`: retire every acknowledged message at the front.
+    fn acked(&mut self, pkid: u16, outbox: &Outbox) {
+        let Some(n) = self.by_pkid.remove(&pkid) else {
+            return;
+        };
+        let mut q = outbox.lock();
+        if let Some(m) = q.get_mut((n - self.retired) as usize) {
+            m.state = State::Acked;
+        }
+        while q.front().is_some_and(|m| m.state == State::Acked) {
+            q.pop_front();
+            self.retired += 1;
+        }
+    }
+
+    /// The connection dropped: rumqttc drops what it had in flight with a clean session, so
+    /// everything handed is sent again.
+    fn lost(&mut self, outbox: &Outbox) {
+        for m in outbox
+            .lock()
+            .iter_mut()
+            .filter(|m| m.state == State::Handed)
+        {
+            m.state = State::Unsent;
+        }
+        self.by_pkid.clear();
+        self.awaiting_id.clear();
+    }
+}
+
 /// Hands outbox messages to the client within the window and retires them as acks come.
-#[allow(clippy::too_many_arguments)]
 fn publish_loop(
     client: Client,
     net: Receiver<Net>,
@@ -366,39 +441,11 @@ fn publish_loop(
     endpoint: String,
 ) {
     let mut connected = false;
-    // Messages are numbered for good: the front of the outbox is number `retired`.
-    let mut retired: u64 = 0;
-    // Handed messages waiting for their packet id, in the order handed (rumqttc keeps it).
-    let mut awaiting_id: VecDeque<u64> = VecDeque::new();
-    let mut inflight: HashMap<u16, u64> = HashMap::new();
+    let mut flight = InFlight::default();
     let mut outage_warned = false;
     while !stop.load(Ordering::Relaxed) {
         if connected {
-            let mut q = outbox.lock();
-            let handed = q.iter().filter(|m| m.state == State::Handed).count();
-            let mut room = WINDOW.saturating_sub(handed);
-            for (i, m) in q
-                .iter_mut()
-                .enumerate()
-                .filter(|(_, m)| m.state == State::Unsent)
-            {
-                if room == 0 {
-                    break;
-                }
-                match client.try_publish(
-                    m.topic.clone(),
-                    QoS::AtLeastOnce,
-                    m.retain,
-                    m.payload.to_vec(),
-                ) {
-                    Ok(()) => {
-                        m.state = State::Handed;
-                        awaiting_id.push_back(retired + i as u64);
-                        room -= 1;
-                    }
-                    Err(_) => break,
-                }
-            }
+            flight.hand_out(&client, &outbox);
         }
         crossbeam_channel::select! {
             recv(net) -> ev => match ev {
@@ -408,23 +455,8 @@ fn publish_loop(
                     stats.connects.fetch_add(1, Ordering::Relaxed);
                     log::info!("mqtt connected to {endpoint}");
                 }
-                Ok(Net::Sent(pkid)) => {
-                    if let Some(n) = awaiting_id.pop_front() {
-                        inflight.insert(pkid, n);
-                    }
-                }
-                Ok(Net::Acked(pkid)) => {
-                    if let Some(n) = inflight.remove(&pkid) {
-                        let mut q = outbox.lock();
-                        if let Some(m) = q.get_mut((n - retired) as usize) {
-                            m.state = State::Acked;
-                        }
-                        while q.front().is_some_and(|m| m.state == State::Acked) {
-                            q.pop_front();
-                            retired += 1;
-                        }
-                    }
-                }
+                Ok(Net::Sent(pkid)) => flight.sent(pkid),
+                Ok(Net::Acked(pkid)) => flight.acked(pkid, &outbox),
                 Ok(Net::Down(e)) => {
                     if connected || !outage_warned {
                         log::warn!(
@@ -434,12 +466,7 @@ fn publish_loop(
                         outage_warned = true;
                     }
                     connected = false;
-                    // rumqttc drops what it had in flight with a clean session: send it again.
-                    for m in outbox.lock().iter_mut().filter(|m| m.state == State::Handed) {
-                        m.state = State::Unsent;
-                    }
-                    inflight.clear();
-                    awaiting_id.clear();
+                    flight.lost(&outbox);
                 }
                 Err(_) => break,
             },
