@@ -376,9 +376,9 @@ impl Engine {
         }
     }
 
-    /// Run the model's golden cases (`NAME.golden.json` + `NAME.golden/*.png`) through this
-    /// session and compare score, map max, map mean and map sum with the tolerance.
-    pub fn run_self_test(&mut self) -> Result<SelfTestReport, EngineError> {
+    /// The golden file, its cases and their images, checked to belong to this model and to be
+    /// at its input size.
+    fn golden_cases(&self) -> Result<(PathBuf, Goldens, Vec<crate::frame::Frame>), EngineError> {
         let model = self.path.display().to_string();
         let gpath = selftest::golden_json(&self.path);
         let golden = gpath.display().to_string();
@@ -406,7 +406,6 @@ impl Engine {
                 model_sha: short(graph_sha.as_deref().unwrap_or(&self.sha256)),
             });
         }
-        let (tolerance, from) = self.tolerance();
         let base = gpath.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut frames = Vec::with_capacity(goldens.cases.len());
         for case in &goldens.cases {
@@ -426,6 +425,20 @@ impl Engine {
             }
             frames.push(frame);
         }
+        Ok((gpath, goldens, frames))
+    }
+
+    /// Run the model's golden cases (`NAME.golden.json` + `NAME.golden/*.png`) through this
+    /// session and compare score, map max, map mean and map sum with the tolerance.
+    pub fn run_self_test(&mut self) -> Result<SelfTestReport, EngineError> {
+        let model = self.path.display().to_string();
+        let (gpath, goldens, frames) = self.golden_cases()?;
+        let missing = |golden: &str, reason: String| EngineError::GoldenMissing {
+            model: model.clone(),
+            golden: golden.to_string(),
+            reason,
+        };
+        let (tolerance, from) = self.tolerance();
         let mut pre = crate::stages::preprocess::Preprocessor::new(&self.manifest.input, None);
         let (batch, len) = (self.batch_size(), self.image_len());
         let mut devs = [0.0f64; 4];
