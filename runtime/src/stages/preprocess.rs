@@ -203,6 +203,37 @@ impl Preprocessor {
 
     /// Copy the ROI into `self.plane` with the model's channel count; returns its size.
     fn fill_plane(&mut self, frame: &Frame) -> Result<(u32, u32), PreprocessError> {
+        let roi = self.checked_roi(frame)?;
+        let decoded;
+        let (src, fmt): (&[u8], PixelFormat) = if frame.format == PixelFormat::Mjpeg {
+            decoded = decode_jpeg(frame)?;
+            (&decoded, PixelFormat::Rgb8)
+        } else {
+            (&frame.data, frame.format)
+        };
+        let bpp = match fmt {
+            PixelFormat::Grey8 => 1,
+            PixelFormat::Rgb8 => 3,
+            PixelFormat::Yuyv => 2,
+            PixelFormat::Mjpeg => unreachable!("decoded above"),
+        };
+        let want = frame.width as usize * frame.height as usize * bpp;
+        if src.len() != want {
+            return Err(PreprocessError::Size {
+                origin: frame.origin.clone(),
+                got: src.len(),
+                want,
+                width: frame.width,
+                height: frame.height,
+                format: frame.format,
+            });
+        }
+        self.copy_roi(src, fmt, frame.width as usize, roi);
+        Ok((roi.width, roi.height))
+    }
+
+    /// The configured ROI (else the whole frame), refused when it leaves the frame.
+    fn checked_roi(&self, frame: &Frame) -> Result<Roi, PreprocessError> {
         if frame.width == 0 || frame.height == 0 {
             return Err(PreprocessError::Empty(frame.origin.clone()));
         }
@@ -227,52 +258,15 @@ impl Preprocessor {
                 height: frame.height,
             });
         }
-        let decoded;
-        let (src, fmt): (&[u8], PixelFormat) = if frame.format == PixelFormat::Mjpeg {
-            let img = image::load_from_memory_with_format(&frame.data, image::ImageFormat::Jpeg)
-                .map_err(|e| PreprocessError::Decode {
-                    origin: frame.origin.clone(),
-                    reason: e.to_string(),
-                })?;
-            if (img.width(), img.height()) != (frame.width, frame.height) {
-                return Err(PreprocessError::Decode {
-                    origin: frame.origin.clone(),
-                    reason: format!(
-                        "decoded {}×{}, frame says {}×{}",
-                        img.width(),
-                        img.height(),
-                        frame.width,
-                        frame.height
-                    ),
-                });
-            }
-            decoded = img.into_rgb8().into_raw();
-            (&decoded, PixelFormat::Rgb8)
-        } else {
-            (&frame.data, frame.format)
-        };
-        let bpp = match fmt {
-            PixelFormat::Grey8 => 1,
-            PixelFormat::Rgb8 => 3,
-            PixelFormat::Yuyv => 2,
-            PixelFormat::Mjpeg => unreachable!("decoded above"),
-        };
-        let want = frame.width as usize * frame.height as usize * bpp;
-        if src.len() != want {
-            return Err(PreprocessError::Size {
-                origin: frame.origin.clone(),
-                got: src.len(),
-                want,
-                width: frame.width,
-                height: frame.height,
-                format: frame.format,
-            });
-        }
+        Ok(roi)
+    }
+
+    /// Pixels of `roi` from `src` (`fmt`, rows of `fw` pixels) into `self.plane`, grey or RGB.
+    fn copy_roi(&mut self, src: &[u8], fmt: PixelFormat, fw: usize, roi: Roi) {
         let c = self.spec.channels;
         self.plane.clear();
         self.plane
             .reserve(roi.width as usize * roi.height as usize * c);
-        let fw = frame.width as usize;
         for y in roi.y as usize..(roi.y + roi.height) as usize {
             for x in roi.x as usize..(roi.x + roi.width) as usize {
                 let rgb = match fmt {
@@ -285,7 +279,7 @@ impl Preprocessor {
                         [src[i], src[i + 1], src[i + 2]]
                     }
                     PixelFormat::Yuyv => yuyv_rgb(src, fw, x, y),
-                    PixelFormat::Mjpeg => unreachable!(),
+                    PixelFormat::Mjpeg => unreachable!("decoded before"),
                 };
                 if c == 1 {
                     let g = match fmt {
@@ -300,8 +294,30 @@ impl Preprocessor {
                 }
             }
         }
-        Ok((roi.width, roi.height))
     }
+}
+
+/// An MJPEG frame as RGB bytes, refused when it does not decode to the size the frame says.
+fn decode_jpeg(frame: &Frame) -> Result<Vec<u8>, PreprocessError> {
+    let img = image::load_from_memory_with_format(&frame.data, image::ImageFormat::Jpeg).map_err(
+        |e| PreprocessError::Decode {
+            origin: frame.origin.clone(),
+            reason: e.to_string(),
+        },
+    )?;
+    if (img.width(), img.height()) != (frame.width, frame.height) {
+        return Err(PreprocessError::Decode {
+            origin: frame.origin.clone(),
+            reason: format!(
+                "decoded {}×{}, frame says {}×{}",
+                img.width(),
+                img.height(),
+                frame.width,
+                frame.height
+            ),
+        });
+    }
+    Ok(img.into_rgb8().into_raw())
 }
 
 fn yuyv_rgb(src: &[u8], width: usize, x: usize, y: usize) -> [u8; 3] {
