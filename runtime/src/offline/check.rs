@@ -4,11 +4,34 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use crate::line::board::BoardConfig;
+use crate::line::setup::LineSetup;
+
 /// `diffad check-config`: parse and validate a board file, summarise it, then (with
 /// `deployment`) check the files and devices it names and its keys against the model.
-pub fn check_config(path: &Path, deployment: bool) -> Result<crate::line::board::BoardConfig> {
-    let c = crate::line::board::BoardConfig::load(path)?;
-    let s = &c.setup;
+pub fn check_config(path: &Path, deployment: bool) -> Result<BoardConfig> {
+    let c = BoardConfig::load(path)?;
+    print_engine(&c);
+    print_camera(&c);
+    print_io(&c.setup);
+    if deployment {
+        let problems = c.check_deployment();
+        if !problems.is_empty() {
+            return Err(crate::line::board::ConfigError::Unusable {
+                path: path.display().to_string(),
+                problems,
+            }
+            .into());
+        }
+    } else {
+        println!("files:      not checked (--keys-only)");
+    }
+    println!("ok: {}", path.display());
+    Ok(c)
+}
+
+/// Board, engine, self-test.
+fn print_engine(c: &BoardConfig) {
     println!("board:      {} — {}", c.board.name, c.board.description);
     println!(
         "engine:     {} on {}{}",
@@ -28,6 +51,11 @@ pub fn check_config(path: &Path, deployment: bool) -> Result<crate::line::board:
             (true, None) => "golden cases at start, tolerance by precision".to_string(),
         }
     );
+}
+
+/// Where frames come from, the threshold in force, how frames reach the model.
+fn print_camera(c: &BoardConfig) {
+    let s = &c.setup;
     let region = s.camera.roi.map_or("whole frame".to_string(), |r| {
         format!("roi {}×{} at ({}, {})", r.width, r.height, r.x, r.y)
     });
@@ -80,6 +108,10 @@ pub fn check_config(path: &Path, deployment: bool) -> Result<crate::line::board:
             "resized to the model size".to_string()
         }
     );
+}
+
+/// Pins, belt geometry and the sinks.
+fn print_io(s: &LineSetup) {
     let lines: Vec<String> = [
         ("reject", &s.gpio.reject),
         ("ready", &s.gpio.ready),
@@ -140,18 +172,4 @@ pub fn check_config(path: &Path, deployment: bool) -> Result<crate::line::board:
             a.max_mb
         ))
     );
-    if deployment {
-        let problems = c.check_deployment();
-        if !problems.is_empty() {
-            return Err(crate::line::board::ConfigError::Unusable {
-                path: path.display().to_string(),
-                problems,
-            }
-            .into());
-        }
-    } else {
-        println!("files:      not checked (--keys-only)");
-    }
-    println!("ok: {}", path.display());
-    Ok(c)
 }
