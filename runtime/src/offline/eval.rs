@@ -11,6 +11,7 @@ use crate::sources::camera::config::CameraConfig;
 use crate::sources::dataset;
 use crate::sources::imagefile;
 use crate::stages::engine::EngineConfig;
+use crate::stages::inspect::Inspector;
 
 /// Everything `eval` measures.
 #[derive(Debug, serde::Serialize)]
@@ -128,67 +129,17 @@ pub fn eval_scored(
     let samples = dataset::scan(root).map_err(anyhow::Error::msg)?;
     let roi = camera.and_then(|c| c.roi);
     let mut insp = inspector(config, camera, opts)?;
-    let thr = insp.threshold();
     let mut scored = Vec::with_capacity(samples.len());
     let mut failures = Vec::new();
     let start = Instant::now();
     for s in &samples {
-        let shown = s.image.display().to_string();
-        // Every error names its file: image and inspection errors carry the image's path.
-        let r = imagefile::load(&s.image)
-            .map_err(|e| e.to_string())
-            .and_then(|f| {
-                insp.inspect(&[&f])
-                    .pop()
-                    .expect("one result")
-                    .map(|r| (r, (f.width, f.height)))
-                    .map_err(|e| e.to_string())
-            })
-            .map_err(|e| {
-                if e.contains(&shown) {
-                    e
-                } else {
-                    format!("{shown}: {e}")
-                }
-            });
-        let (r, size) = match r {
-            Ok(r) => r,
+        match score_one(&mut *insp, s, roi) {
+            Ok(one) => scored.push(one),
             Err(e) => {
                 log::error!("{e}");
                 failures.push(e);
-                continue;
             }
-        };
-        let mask = match &s.mask {
-            Some(m) => {
-                match dataset::load_mask(m, &s.image, size, roi, (r.map_width, r.map_height)) {
-                    Ok(mask) => mask,
-                    Err(e) => {
-                        log::error!("{e}");
-                        failures.push(e.to_string());
-                        continue;
-                    }
-                }
-            }
-            None if s.defective() => {
-                log::warn!(
-                    "{}: no mask; pixel metrics treat it as all-defect-free",
-                    s.image.display()
-                );
-                vec![false; r.map.len()]
-            }
-            None => vec![false; r.map.len()],
-        };
-        scored.push(Scored {
-            image: s.image.clone(),
-            kind: s.kind.clone(),
-            defective: s.defective(),
-            score: r.score,
-            map: r.map,
-            mask,
-            map_width: r.map_width,
-            map_height: r.map_height,
-        });
+        }
     }
     let elapsed = start.elapsed().as_secs_f64();
     if !failures.is_empty() {
@@ -199,6 +150,60 @@ pub fn eval_scored(
         }
         .into());
     }
+    let report = report_of(root, insp.threshold(), &scored, elapsed);
+    Ok((report, scored))
+}
+
+/// One test image scored, with its mask at map size; the error names the file.
+fn score_one(
+    insp: &mut dyn Inspector,
+    s: &dataset::Sample,
+    roi: Option<crate::frame::Roi>,
+) -> Result<Scored, String> {
+    let shown = s.image.display().to_string();
+    // Every error names its file: image and inspection errors carry the image's path.
+    let (r, size) = imagefile::load(&s.image)
+        .map_err(|e| e.to_string())
+        .and_then(|f| {
+            insp.inspect(&[&f])
+                .pop()
+                .expect("one result")
+                .map(|r| (r, (f.width, f.height)))
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| {
+            if e.contains(&shown) {
+                e
+            } else {
+                format!("{shown}: {e}")
+            }
+        })?;
+    let mask = match &s.mask {
+        Some(m) => dataset::load_mask(m, &s.image, size, roi, (r.map_width, r.map_height))
+            .map_err(|e| e.to_string())?,
+        None if s.defective() => {
+            log::warn!(
+                "{}: no mask; pixel metrics treat it as all-defect-free",
+                s.image.display()
+            );
+            vec![false; r.map.len()]
+        }
+        None => vec![false; r.map.len()],
+    };
+    Ok(Scored {
+        image: s.image.clone(),
+        kind: s.kind.clone(),
+        defective: s.defective(),
+        score: r.score,
+        map: r.map,
+        mask,
+        map_width: r.map_width,
+        map_height: r.map_height,
+    })
+}
+
+/// The metrics over every scored image at threshold `thr`.
+fn report_of(root: &Path, thr: f32, scored: &[Scored], elapsed: f64) -> EvalReport {
     let scores: Vec<f32> = scored.iter().map(|s| s.score).collect();
     let labels: Vec<bool> = scored.iter().map(|s| s.defective).collect();
     let width = scored.last().map_or(0, |s| s.map_width as usize);
@@ -220,10 +225,35 @@ pub fn eval_scored(
             hit as f64 / group.len() as f64
         }
     };
+    let of = |defective: bool| -> Vec<f32> {
+        scored
+            .iter()
+            .filter(|s| s.defective == defective)
+            .map(|s| s.score)
+            .collect()
+    };
+    EvalReport {
+        dataset: root.display().to_string(),
+        threshold: thr,
+        images: scores.len(),
+        failed: 0,
+        image_auroc: auroc(&scores, &labels),
+        pixel_auroc: auroc(&flat_scores, &flat_labels),
+        pro: pro(&map_refs, &mask_refs, width, 0.3),
+        false_reject_rate: rate(false, true),
+        escape_rate: rate(true, false),
+        kinds: kind_rows(scored, thr),
+        images_per_s: scores.len() as f64 / elapsed,
+        sweep: Some(crate::offline::sweep::sweep(&of(false), &of(true))),
+    }
+}
+
+/// One row per defect kind (and `good`), sorted by name.
+fn kind_rows(scored: &[Scored], thr: f32) -> Vec<KindRow> {
     let mut kind_names: Vec<String> = scored.iter().map(|s| s.kind.clone()).collect();
     kind_names.sort();
     kind_names.dedup();
-    let kinds_rows = kind_names
+    kind_names
         .into_iter()
         .map(|k| {
             let ks: Vec<f32> = scored
@@ -238,33 +268,7 @@ pub fn eval_scored(
                 kind: k,
             }
         })
-        .collect();
-    let report = EvalReport {
-        dataset: root.display().to_string(),
-        threshold: thr,
-        images: scores.len(),
-        failed: 0,
-        image_auroc: auroc(&scores, &labels),
-        pixel_auroc: auroc(&flat_scores, &flat_labels),
-        pro: pro(&map_refs, &mask_refs, width, 0.3),
-        false_reject_rate: rate(false, true),
-        escape_rate: rate(true, false),
-        kinds: kinds_rows,
-        images_per_s: scores.len() as f64 / elapsed,
-        sweep: Some(crate::offline::sweep::sweep(
-            &scored
-                .iter()
-                .filter(|s| !s.defective)
-                .map(|s| s.score)
-                .collect::<Vec<_>>(),
-            &scored
-                .iter()
-                .filter(|s| s.defective)
-                .map(|s| s.score)
-                .collect::<Vec<_>>(),
-        )),
-    };
-    Ok((report, scored))
+        .collect()
 }
 
 /// `diffad eval --report DIR`: `eval`, then its figures and `index.md` in `dir` (checked
