@@ -163,6 +163,21 @@ impl BoardConfig {
                  NAME.golden/ beside it, or set engine.self_test.enabled = false to start unchecked",
             );
         }
+        problems.extend(self.camera_paths());
+        problems.extend(self.sink_paths());
+        if model.is_file() {
+            problems.extend(self.check_model());
+        }
+        problems
+    }
+
+    /// The photo, folder or device the camera section names.
+    fn camera_paths(&self) -> Vec<Invalid> {
+        let mut problems = Vec::new();
+        let rel = "relative paths are relative to the board file";
+        let mut path = |key: &str, p: &Path, want: Want, fix: &str| {
+            problems.extend(check_path(key, p, want, fix));
+        };
         let cam = &self.setup.camera;
         match cam.source {
             crate::sources::camera::config::SourceKind::Sim => {
@@ -188,6 +203,16 @@ impl BoardConfig {
                 "connect the camera, or name its device node (`v4l2-ctl --list-devices`)",
             ),
         }
+        problems
+    }
+
+    /// The key, certificate and archive paths of the sinks.
+    fn sink_paths(&self) -> Vec<Invalid> {
+        let mut problems = Vec::new();
+        let rel = "relative paths are relative to the board file";
+        let mut path = |key: &str, p: &Path, want: Want, fix: &str| {
+            problems.extend(check_path(key, p, want, fix));
+        };
         if let Some(m) = &self.setup.mqtt {
             for (key, p, want) in [
                 ("mqtt.password_file", &m.password_file, Want::Secret),
@@ -223,9 +248,6 @@ impl BoardConfig {
                     "name a folder (it is created when absent)",
                 );
             }
-        }
-        if model.is_file() {
-            problems.extend(self.check_model());
         }
         problems
     }
