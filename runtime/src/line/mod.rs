@@ -205,19 +205,7 @@ pub fn run(
     crate::events::attach_log(events.clone(), setup.supervisor.level()?);
 
     let shared = Shared::new(&*clock, hw.trigger.is_some());
-    let policy = Policy {
-        fail_safe: line.fail_safe,
-        margin_ns: line.margin_ns(),
-        pulse_ns: setup.gpio.pulse_ns(),
-        threshold,
-    };
-    log::info!(
-        "line {}: threshold {threshold}, ejector {:.1} ms after trigger, verdict margin {:.1} ms, fail_safe {:?}",
-        line.name,
-        line.delay_ns() as f64 / 1e6,
-        line.verdict_margin_ms,
-        line.fail_safe
-    );
+    let policy = policy(setup, threshold);
     if line.realtime_priority > 0 {
         lock_memory();
     }
@@ -264,6 +252,24 @@ pub fn run(
         summary.invariant_ok
     );
     Ok(summary)
+}
+
+/// How the reject stage decides and fires, said once in the log.
+fn policy(setup: &LineSetup, threshold: f32) -> Policy {
+    let line = &setup.line;
+    log::info!(
+        "line {}: threshold {threshold}, ejector {:.1} ms after trigger, verdict margin {:.1} ms, fail_safe {:?}",
+        line.name,
+        line.delay_ns() as f64 / 1e6,
+        line.verdict_margin_ms,
+        line.fail_safe
+    );
+    Policy {
+        fail_safe: line.fail_safe,
+        margin_ns: line.margin_ns(),
+        pulse_ns: setup.gpio.pulse_ns(),
+        threshold,
+    }
 }
 
 /// Refuse what cannot work, and warn about what works badly, before anything starts.
@@ -477,25 +483,37 @@ impl Threads<'_> {
                 )
                 .run()
             });
-            let mut panicked = None;
-            for (name, h) in [("capture", capture), ("inspect", inspect)] {
-                if h.join().is_err() {
-                    panicked = Some(name);
-                }
-            }
-            if trigger.is_some_and(|t| t.join().is_err()) {
-                panicked = Some("trigger");
-            }
-            let reject_ok = reject.join().is_ok();
-            if health.join().is_err() {
-                panicked = Some("health");
-            }
-            match (stats_rx.try_recv(), reject_ok, panicked) {
-                (_, false, _) | (Err(_), _, _) => Err(LineError::Panic("reject")),
-                (_, _, Some(p)) => Err(LineError::Panic(p)),
-                (Ok(v), true, None) => Ok(v),
-            }
+            join_all([capture, inspect], trigger, reject, health, &stats_rx)
         })
+    }
+}
+
+/// Wait for every stage thread; the reject stage's counters and figures, or the name of a
+/// thread that panicked.
+fn join_all(
+    [capture, inspect]: [std::thread::ScopedJoinHandle<'_, ()>; 2],
+    trigger: Option<std::thread::ScopedJoinHandle<'_, ()>>,
+    reject: std::thread::ScopedJoinHandle<'_, ()>,
+    health: std::thread::ScopedJoinHandle<'_, ()>,
+    stats: &std::sync::mpsc::Receiver<(Counters, RejectStats)>,
+) -> Result<(Counters, RejectStats), LineError> {
+    let mut panicked = None;
+    for (name, h) in [("capture", capture), ("inspect", inspect)] {
+        if h.join().is_err() {
+            panicked = Some(name);
+        }
+    }
+    if trigger.is_some_and(|t| t.join().is_err()) {
+        panicked = Some("trigger");
+    }
+    let reject_ok = reject.join().is_ok();
+    if health.join().is_err() {
+        panicked = Some("health");
+    }
+    match (stats.try_recv(), reject_ok, panicked) {
+        (_, false, _) | (Err(_), _, _) => Err(LineError::Panic("reject")),
+        (_, _, Some(p)) => Err(LineError::Panic(p)),
+        (Ok(v), true, None) => Ok(v),
     }
 }
 
