@@ -259,21 +259,7 @@ fn run(args: Args) -> Result<ExitCode> {
             model,
             heatmaps,
             json,
-        } => {
-            let (engine, camera) = model.engine()?;
-            let failed = offline::infer::infer(
-                &engine,
-                camera.as_ref(),
-                &images,
-                heatmaps.as_deref(),
-                json,
-                model.options(),
-            )?;
-            if failed > 0 {
-                eprintln!("error: {failed} image(s) could not be scored (see the lines above)");
-            }
-            Ok(exit_code(failed == 0))
-        }
+        } => infer(&model, &images, heatmaps.as_deref(), json),
         Command::Eval {
             model,
             dataset,
@@ -289,22 +275,15 @@ fn run(args: Args) -> Result<ExitCode> {
             threads,
             provider,
             json,
-        } => {
-            let mut config = EngineConfig::cpu(model);
-            config.cpu.threads = threads;
-            config.providers = vec![provider];
-            config.validate()?;
-            let report = offline::bench::bench(&config, &images, iterations.max(1), warmup)?;
-            print!("{report}");
-            if let Some(path) = json {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).ok();
-                }
-                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => bench(
+            model,
+            &images,
+            iterations,
+            warmup,
+            threads,
+            provider,
+            json.as_deref(),
+        ),
     }
 }
 
@@ -395,4 +374,52 @@ fn eval(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `diffad bench`: the report printed, and written as JSON when asked.
+fn bench(
+    model: PathBuf,
+    images: &[PathBuf],
+    iterations: usize,
+    warmup: usize,
+    threads: usize,
+    provider: String,
+    json: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    let mut config = EngineConfig::cpu(model);
+    config.cpu.threads = threads;
+    config.providers = vec![provider];
+    config.validate()?;
+    let report = offline::bench::bench(&config, images, iterations.max(1), warmup)?;
+    print!("{report}");
+    if let Some(path) = json {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).ok();
+        }
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `diffad infer`: a verdict per image; exit 1 when any image could not be scored.
+fn infer(
+    model: &ModelArgs,
+    images: &[PathBuf],
+    heatmaps: Option<&std::path::Path>,
+    json: bool,
+) -> Result<ExitCode> {
+    let (engine, camera) = model.engine()?;
+    let failed = offline::infer::infer(
+        &engine,
+        camera.as_ref(),
+        images,
+        heatmaps,
+        json,
+        model.options(),
+    )?;
+    if failed > 0 {
+        eprintln!("error: {failed} image(s) could not be scored (see the lines above)");
+    }
+    Ok(exit_code(failed == 0))
 }
