@@ -5,6 +5,7 @@ use crate::clock::Clock;
 use crate::frame::{Frame, GroundTruth, PixelFormat};
 use crate::sources::camera::config::ColorMode;
 use crate::sources::camera::config::ReplayConfig;
+use crate::sources::dataset;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,21 +28,13 @@ pub struct Replay {
     dir: PathBuf,
 }
 
-fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
-}
-
 fn sorted_images(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
-    let rd = std::fs::read_dir(dir)
+    let all = dataset::sorted_dir(dir)
         .map_err(|e| SourceError::Config(format!("{}: {e}", dir.display())))?;
-    let mut v: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && is_image(p))
-        .collect();
-    v.sort();
-    Ok(v)
+    Ok(all
+        .into_iter()
+        .filter(|p| p.is_file() && dataset::is_image(p))
+        .collect())
 }
 
 /// The MVTec root `dir` stands for: itself when it holds `test/`, its parent when `dir` is
@@ -92,39 +85,16 @@ fn scan(dir: &Path) -> Result<Vec<Item>, SourceError> {
             })
             .collect());
     };
-    let dir = dir.as_path();
-    let test = dir.join("test");
-    let mut kinds: Vec<PathBuf> = std::fs::read_dir(&test)
-        .map_err(|e| SourceError::Config(format!("{}: {e}", test.display())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    kinds.sort();
-    let mut items = Vec::new();
-    for kdir in kinds {
-        let kind = kdir
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .to_string();
-        for path in sorted_images(&kdir)? {
-            let stem = path
-                .file_stem()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .to_string();
-            let m = dir
-                .join("ground_truth")
-                .join(&kind)
-                .join(format!("{stem}_mask.png"));
-            items.push(Item {
-                path,
-                mask: m.is_file().then_some(m),
-                kind: Some(kind.clone()),
-            });
-        }
-    }
-    Ok(items)
+    // The same layout `eval` reads: test/<kind>/ images, ground_truth/<kind>/ masks.
+    let samples = dataset::scan(&dir).map_err(SourceError::Config)?;
+    Ok(samples
+        .into_iter()
+        .map(|s| Item {
+            path: s.image,
+            kind: Some(s.kind),
+            mask: s.mask,
+        })
+        .collect())
 }
 
 impl Replay {
