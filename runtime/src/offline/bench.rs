@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::frame::Frame;
 use crate::line::launch::peak_rss_mib;
+use crate::line::percentile_ms;
 use crate::offline::infer::{expand, golden_images};
-use crate::offline::metrics::percentile;
 use crate::sources::imagefile;
 use crate::stages::engine::{Engine, EngineConfig};
 use crate::stages::inspect::{EngineInspector, Inspector};
@@ -28,12 +28,16 @@ pub struct Timing {
 
 impl Timing {
     fn of(seconds: &[f64]) -> Self {
-        let ms: Vec<f64> = seconds.iter().map(|s| s * 1e3).collect();
-        let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+        // The line's own latency histogram and percentile, so bench and run figures compare.
+        let mut h = crate::sinks::reject::ns_histogram();
+        for s in seconds {
+            h.saturating_record((s * 1e9).round().max(1.0) as u64);
+        }
+        let mean = seconds.iter().sum::<f64>() * 1e3 / seconds.len() as f64;
         Self {
             fps: 1e3 / mean,
-            p50_ms: percentile(&ms, 50.0),
-            p99_ms: percentile(&ms, 99.0),
+            p50_ms: percentile_ms(&h, 0.5).unwrap_or(f64::NAN),
+            p99_ms: percentile_ms(&h, 0.99).unwrap_or(f64::NAN),
             mean_ms: mean,
         }
     }

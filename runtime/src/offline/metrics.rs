@@ -124,17 +124,6 @@ fn components(mask: &[bool], width: usize) -> Vec<u32> {
     label
 }
 
-/// Nearest-rank percentile (`q` in [0, 100]) of unsorted values.
-pub fn percentile(values: &[f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut v = values.to_vec();
-    v.sort_unstable_by(f64::total_cmp);
-    let rank = ((q / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
-    v[rank.min(v.len()) - 1]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,13 +159,5 @@ mod tests {
         // Inverted scores: regions only found after every normal pixel → PRO 0 below FPR 0.3.
         let inv = [0.0, 0.1, 0.8, 0.9];
         assert_eq!(pro(&[&inv], &[&mask], 2, 0.3), Some(0.0));
-    }
-
-    #[test]
-    fn percentiles() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), 50.0);
-        assert_eq!(percentile(&v, 99.0), 99.0);
-        assert_eq!(percentile(&v, 100.0), 100.0);
     }
 }
