@@ -197,7 +197,9 @@ pub fn run(
 ) -> Result<Summary, LineError> {
     check_start(setup, &hw, &opts)?;
     let line = &setup.line;
-    let threshold = crate::stages::decide::threshold(inspector.threshold(), line.threshold);
+    // The inspector was built with `line.threshold` applied (`stages::inspect::threshold_of`),
+    // the one place the override is resolved.
+    let threshold = inspector.threshold();
     // Sinks first, so the first event already reaches everyone.
     let run_id = crate::events::new_run_id();
     let sinks = LineSinks::start(setup, &run_id, &inspector.model_id(), &clock, &mut opts)?;

@@ -14,11 +14,6 @@ pub enum Verdict {
 #[error("score {0} is not a finite number")]
 pub struct NotFinite(pub f32);
 
-/// The threshold in force: the line's override when configured, else the model's.
-pub fn threshold(model: f32, line_override: Option<f32>) -> f32 {
-    line_override.unwrap_or(model)
-}
-
 /// Reject at or above `threshold`.
 pub fn decide(score: f32, threshold: f32) -> Result<Verdict, NotFinite> {
     if !score.is_finite() {
@@ -40,7 +35,5 @@ mod tests {
         assert_eq!(decide(0.5, 0.5), Ok(Verdict::Reject));
         assert_eq!(decide(0.49, 0.5), Ok(Verdict::Pass));
         assert!(decide(f32::NAN, 0.5).is_err());
-        assert_eq!(threshold(0.3, Some(0.7)), 0.7);
-        assert_eq!(threshold(0.3, None), 0.3);
     }
 }

@@ -124,7 +124,7 @@ pub fn output_error(
 pub trait Inspector: Send {
     /// Largest number of frames `inspect` takes at once.
     fn batch_size(&self) -> usize;
-    /// Threshold at or above which a part is rejected.
+    /// Threshold at or above which a part is rejected, with the line's override already applied.
     fn threshold(&self) -> f32;
     /// Inspect up to `batch_size()` frames; one result per frame, in order.
     fn inspect(&mut self, frames: &[&Frame]) -> Vec<Result<Inspection, InspectError>>;
@@ -134,15 +134,21 @@ pub trait Inspector: Send {
     }
 }
 
+/// The threshold in force: the line's (or `--threshold`) override when given, else the model's
+/// calibrated one. The one place the override is resolved.
+pub fn resolve_threshold(line_override: Option<f32>, calibrated: Option<f32>) -> Option<f32> {
+    line_override.or(calibrated)
+}
+
 /// `threshold` if given, else the manifest's calibrated one; an error when there is neither.
 pub fn threshold_of(
     engine: &crate::stages::engine::Engine,
     threshold: Option<f32>,
 ) -> Result<f32, InspectError> {
-    match (threshold, &engine.manifest().threshold) {
-        (Some(t), _) => Ok(t),
-        (None, Some(t)) => Ok(t.value),
-        (None, None) => Err(InspectError(format!(
+    let calibrated = engine.manifest().threshold.as_ref().map(|t| t.value);
+    match resolve_threshold(threshold, calibrated) {
+        Some(t) => Ok(t),
+        None => Err(InspectError(format!(
             "model {} has no calibrated threshold: run `python -m exporter calibrate` on it, or set line.threshold",
             engine.path().display()
         ))),
@@ -264,6 +270,13 @@ impl EngineInspector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_line_threshold_overrides_the_model() {
+        assert_eq!(resolve_threshold(Some(0.7), Some(0.3)), Some(0.7));
+        assert_eq!(resolve_threshold(None, Some(0.3)), Some(0.3));
+        assert_eq!(resolve_threshold(None, None), None);
+    }
 
     #[test]
     fn non_finite_and_out_of_range_outputs_are_errors() {
