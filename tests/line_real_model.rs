@@ -75,7 +75,7 @@ fn three_hundred_parts_through_the_real_model() {
     let mean = |want: bool| {
         let v: Vec<f64> = parts
             .iter()
-            .filter(|p| p.defective == Some(want))
+            .filter(|p| p.frame.defective == Some(want))
             .map(|p| p.score.unwrap() as f64)
             .collect();
         v.iter().sum::<f64>() / v.len() as f64

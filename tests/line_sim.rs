@@ -55,7 +55,7 @@ fn three_hundred_parts_one_verdict_each_and_pulses_on_time() {
     let defective = run
         .parts()
         .iter()
-        .filter(|p| p.defective == Some(true))
+        .filter(|p| p.frame.defective == Some(true))
         .count() as u64;
     assert!(
         (30..=90).contains(&defective),
@@ -432,8 +432,8 @@ fn photo_eye_triggers_arm_parts_and_frames_are_matched() {
         // Born at the edge, not at the frame; the frame was matched to it.
         assert_eq!(p.trigger_ns, edges[(p.part - 1) as usize]);
         assert_eq!(p.deadline_ns, p.trigger_ns + 500 * MS);
-        assert_eq!(p.frame_seq, p.part);
-        assert!(p.defective.is_some());
+        assert_eq!(p.frame.frame_seq, p.part);
+        assert!(p.frame.defective.is_some());
     }
     assert_eq!(s.escapes + s.false_rejects, 0);
     assert_eq!(logs.reject.level(), Some(false));
@@ -615,7 +615,7 @@ fn replayed_mvtec_folder_keeps_ground_truth_through_the_line() {
         (10, 4, 0, 0),
         "{s}"
     );
-    let kinds: Vec<Option<String>> = run.parts().iter().map(|p| p.kind.clone()).collect();
+    let kinds: Vec<Option<String>> = run.parts().iter().map(|p| p.frame.kind.clone()).collect();
     assert_eq!(
         kinds
             .iter()
@@ -623,7 +623,7 @@ fn replayed_mvtec_folder_keeps_ground_truth_through_the_line() {
             .count(),
         4
     );
-    assert!(run.parts().iter().all(|p| p.origin.ends_with(".png")));
+    assert!(run.parts().iter().all(|p| p.frame.origin.ends_with(".png")));
 }
 
 #[test]

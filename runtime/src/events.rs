@@ -30,13 +30,38 @@ impl Outcome {
     }
 }
 
+/// What a part's frame tells about it: which frame, where it came from, and the ground truth
+/// when the source knows it. Carried from the frame to the part's outcome event unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FrameFacts {
+    /// Source frame sequence number (0 when no frame was matched).
+    pub frame_seq: u64,
+    /// Ground truth, when the source knows it.
+    pub defective: Option<bool>,
+    /// Ground-truth defect kind.
+    pub kind: Option<String>,
+    /// Where the frame came from.
+    pub origin: String,
+}
+
+impl FrameFacts {
+    /// What `frame` tells.
+    pub fn of(frame: &crate::frame::Frame) -> Self {
+        let truth = frame.truth.as_ref();
+        Self {
+            frame_seq: frame.seq,
+            defective: truth.map(|t| t.defective),
+            kind: truth.and_then(|t| t.kind.clone()),
+            origin: frame.origin.clone(),
+        }
+    }
+}
+
 /// One part's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct PartEvent {
     /// Part number (1-based, in trigger order).
     pub part: u64,
-    /// Source frame sequence number (0 when no frame was matched).
-    pub frame_seq: u64,
     /// Trigger time (clock ns).
     pub trigger_ns: u64,
     /// Time the part reaches the ejector.
@@ -53,12 +78,9 @@ pub struct PartEvent {
     pub latency_ms: Option<f64>,
     /// Why a fault outcome happened.
     pub reason: Option<String>,
-    /// Ground truth, when the source knows it.
-    pub defective: Option<bool>,
-    /// Ground-truth defect kind.
-    pub kind: Option<String>,
-    /// Where the frame came from.
-    pub origin: String,
+    /// Its frame and what the frame knows (flattened: the same keys as before on the wire).
+    #[serde(flatten)]
+    pub frame: FrameFacts,
 }
 
 /// A reject pulse that went out.
@@ -255,8 +277,8 @@ impl Sink for LiveLog {
                 format!("{:?}", p.outcome),
                 p.score.map_or("-".into(), |s| format!("{s:.4}")),
                 p.latency_ms.map_or("-".into(), |l| format!("{l:.1} ms")),
-                p.origin,
-                p.kind.as_deref().map_or(String::new(), |k| format!(" [{k}]")),
+                p.frame.origin,
+                p.frame.kind.as_deref().map_or(String::new(), |k| format!(" [{k}]")),
                 p.reason.as_deref().map_or(String::new(), |r| format!(" {r}"))
             ),
             Event::Alarm(a) => log::warn!(

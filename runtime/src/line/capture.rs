@@ -5,7 +5,7 @@ use super::reject::SchedMsg;
 use super::shared::{CAPTURE, TRIGGER};
 use super::Ctx;
 use crate::clock::{chan, MS};
-use crate::events::Event;
+use crate::events::{Event, FrameFacts};
 use crate::frame::Frame;
 use crate::line::setup::Trigger;
 use crate::sinks::reject::PartInfo;
@@ -17,14 +17,6 @@ use std::sync::Mutex;
 
 /// Parts armed at the photo-eye and still waiting for their frame: (part, trigger time).
 pub(super) type Awaiting = Mutex<VecDeque<(u64, u64)>>;
-
-/// What a matched frame tells the part armed at its photo-eye edge.
-pub(crate) struct MatchedFrame {
-    pub frame_seq: u64,
-    pub defective: Option<bool>,
-    pub kind: Option<String>,
-    pub origin: String,
-}
 
 /// What the source gave.
 enum Next {
@@ -134,15 +126,11 @@ fn next_frame(ctx: &Ctx<'_>, source: &mut dyn Source, camera_failing: &mut bool)
 fn arm_by_frame(ctx: &Ctx<'_>, sched: &chan::Tx<SchedMsg>, frame: &Frame) -> (u64, u64) {
     let part = ctx.next_part.fetch_add(1, Ordering::SeqCst) + 1;
     ctx.shared.note_trigger(frame.timestamp_ns);
-    let truth = frame.truth.as_ref();
     let info = PartInfo {
         part,
-        frame_seq: frame.seq,
         trigger_ns: frame.timestamp_ns,
         deadline_ns: frame.timestamp_ns + ctx.setup.line.delay_ns(),
-        defective: truth.map(|t| t.defective),
-        kind: truth.and_then(|t| t.kind.clone()),
-        origin: frame.origin.clone(),
+        frame: FrameFacts::of(frame),
     };
     let _ = sched.try_send(SchedMsg::Arm(info));
     (part, frame.timestamp_ns)
@@ -171,14 +159,10 @@ fn match_to_trigger(
         ));
         return None;
     };
-    let truth = frame.truth.as_ref();
-    let m = MatchedFrame {
-        frame_seq: frame.seq,
-        defective: truth.map(|t| t.defective),
-        kind: truth.and_then(|t| t.kind.clone()),
-        origin: frame.origin.clone(),
-    };
-    let _ = sched.try_send(SchedMsg::Matched { part, frame: m });
+    let _ = sched.try_send(SchedMsg::Matched {
+        part,
+        frame: FrameFacts::of(frame),
+    });
     Some((part, trigger_ns))
 }
 

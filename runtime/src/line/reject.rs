@@ -1,9 +1,9 @@
 //! The reject thread: every message about a part reaches the reject scheduler, which fires
 //! the pulses on time; on SCHED_FIFO with its memory locked when `line.realtime_priority` is set.
 
-use super::capture::MatchedFrame;
 use super::shared::{Shared, CAPTURE, INSPECT, REJECT, TRIGGER};
 use crate::clock::{chan, Clock};
+use crate::events::FrameFacts;
 use crate::frame::Frame;
 use crate::sinks::reject::{PartInfo, RejectStats, Scheduler};
 use crate::stages::inspect::Inspection;
@@ -13,7 +13,7 @@ pub(super) enum SchedMsg {
     Arm(PartInfo),
     Matched {
         part: u64,
-        frame: MatchedFrame,
+        frame: FrameFacts,
     },
     Inspected {
         part: u64,
@@ -64,13 +64,7 @@ pub(super) fn reject_loop(
 fn deliver(s: &mut Scheduler, msg: SchedMsg) {
     match msg {
         SchedMsg::Arm(info) => s.arm(info),
-        SchedMsg::Matched { part, frame } => s.matched(
-            part,
-            frame.frame_seq,
-            frame.defective,
-            frame.kind,
-            frame.origin,
-        ),
+        SchedMsg::Matched { part, frame } => s.matched(part, frame),
         SchedMsg::Inspected {
             part,
             trigger_ns,

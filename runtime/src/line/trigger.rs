@@ -5,7 +5,7 @@ use super::reject::SchedMsg;
 use super::shared::{CAPTURE, TRIGGER};
 use super::Ctx;
 use crate::clock::{chan, MS};
-use crate::events::Event;
+use crate::events::{Event, FrameFacts};
 use crate::sinks::reject::PartInfo;
 use crate::sources::trigger::{TriggerEdge, TriggerInput};
 use std::sync::atomic::Ordering;
@@ -84,12 +84,12 @@ fn arm_edge(ctx: &Ctx<'_>, sched: &chan::Tx<SchedMsg>, edge: TriggerEdge) {
     }
     let info = PartInfo {
         part,
-        frame_seq: 0,
         trigger_ns: edge.t_ns,
         deadline_ns: edge.t_ns + ctx.setup.line.delay_ns(),
-        defective: None,
-        kind: None,
-        origin: "photo-eye".into(),
+        frame: FrameFacts {
+            origin: "photo-eye".into(),
+            ..FrameFacts::default()
+        },
     };
     let _ = sched.try_send(SchedMsg::Arm(info));
     ctx.awaiting

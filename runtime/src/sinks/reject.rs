@@ -3,7 +3,7 @@
 //! fires pulses at deadlines on the clock; overlapping pulses extend each other.
 
 use crate::clock::Clock;
-use crate::events::{Counters, Event, Events, Outcome, PartEvent, RejectEvent};
+use crate::events::{Counters, Event, Events, FrameFacts, Outcome, PartEvent, RejectEvent};
 use crate::frame::Frame;
 use crate::sinks::archive::ArchiveJob;
 use crate::sinks::pins::Output;
@@ -20,18 +20,12 @@ use std::sync::Arc;
 pub struct PartInfo {
     /// Part number.
     pub part: u64,
-    /// Frame sequence number (0 until a frame is matched).
-    pub frame_seq: u64,
     /// Trigger time.
     pub trigger_ns: u64,
     /// Time the part reaches the ejector.
     pub deadline_ns: u64,
-    /// Ground truth, when known.
-    pub defective: Option<bool>,
-    /// Ground-truth defect kind.
-    pub kind: Option<String>,
-    /// Frame origin.
-    pub origin: String,
+    /// Its frame (frame 0 and no ground truth until one is matched).
+    pub frame: FrameFacts,
 }
 
 /// How a part's outcome was fixed, and what goes with it to the sinks.
@@ -188,19 +182,9 @@ impl Scheduler {
     }
 
     /// A frame was matched to a part armed at its photo-eye edge.
-    pub fn matched(
-        &mut self,
-        part: u64,
-        frame_seq: u64,
-        defective: Option<bool>,
-        kind: Option<String>,
-        origin: String,
-    ) {
+    pub fn matched(&mut self, part: u64, frame: FrameFacts) {
         if let Some(p) = self.ledger.get_mut(&part) {
-            p.frame_seq = frame_seq;
-            p.defective = defective;
-            p.kind = kind;
-            p.origin = origin;
+            p.frame = frame;
         }
     }
 
@@ -347,7 +331,6 @@ impl Scheduler {
         }
         self.events.emit(Event::Part(PartEvent {
             part: info.part,
-            frame_seq: info.frame_seq,
             trigger_ns: info.trigger_ns,
             deadline_ns: info.deadline_ns,
             verdict_ns: e.verdict_ns,
@@ -358,9 +341,7 @@ impl Scheduler {
                 .verdict_ns
                 .map(|v| v.saturating_sub(info.trigger_ns) as f64 / 1e6),
             reason: e.reason,
-            defective: info.defective,
-            kind: info.kind.clone(),
-            origin: info.origin.clone(),
+            frame: info.frame,
         }));
         match (e.outcome.rejects(), e.frame, &self.archive) {
             (true, Some(frame), Some(tx)) => {
@@ -389,14 +370,15 @@ impl Scheduler {
             Outcome::FaultReject => self.counters.fault_rejects += 1,
             Outcome::FaultPass => self.counters.fault_passes += 1,
         }
-        let Some(defective) = info.defective else {
+        let Some(defective) = info.frame.defective else {
             return;
         };
         self.stats.with_truth += 1;
-        let kind = info
-            .kind
-            .as_deref()
-            .unwrap_or(if defective { "defective" } else { "good" });
+        let kind =
+            info.frame
+                .kind
+                .as_deref()
+                .unwrap_or(if defective { "defective" } else { "good" });
         // One allocation per kind for the whole run, not per part.
         if !self.stats.by_kind.contains_key(kind) {
             self.stats
@@ -603,12 +585,12 @@ mod tests {
     fn part(n: u64, trigger: u64) -> PartInfo {
         PartInfo {
             part: n,
-            frame_seq: n,
             trigger_ns: trigger,
             deadline_ns: trigger + 100 * MS,
-            defective: None,
-            kind: None,
-            origin: String::new(),
+            frame: FrameFacts {
+                frame_seq: n,
+                ..FrameFacts::default()
+            },
         }
     }
 
