@@ -3,6 +3,7 @@
 
 use super::reject::SchedMsg;
 use super::shared::{Shared, CAPTURE, INSPECT};
+use super::Ctx;
 use crate::clock::{chan, Clock};
 use crate::frame::Frame;
 use crate::stages::inspect::{Inspection, Inspector};
@@ -12,12 +13,12 @@ use std::sync::atomic::Ordering;
 /// Inspect until capture has ended and the queue is empty; then fail safe what is left.
 pub(super) fn inspect_loop(
     mut inspector: Box<dyn Inspector>,
-    clock: &dyn Clock,
-    shared: &Shared,
+    ctx: &Ctx<'_>,
     triage: &Triage,
     sched: &chan::Tx<SchedMsg>,
-    tick: u64,
+    maps: &crossbeam_channel::Receiver<Vec<f32>>,
 ) {
+    let (clock, shared, tick) = (ctx.clock, ctx.shared, ctx.tick);
     let batch = inspector.batch_size().max(1);
     let mut service = ServiceTime::default();
     loop {
@@ -44,6 +45,9 @@ pub(super) fn inspect_loop(
                 reason,
                 frame: job.frame,
             });
+        }
+        while let Ok(map) = maps.try_recv() {
+            inspector.recycle_map(map);
         }
         if !taken.batch.is_empty() {
             run_batch(

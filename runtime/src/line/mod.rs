@@ -417,6 +417,7 @@ impl Threads<'_> {
         // Unbounded on purpose: arming must never fail, and the reject stage drains it every wake.
         let (sched_tx, sched_rx) = chan::channel::<SchedMsg>(clock, None);
         let (recycle_tx, recycle_rx) = crossbeam_channel::bounded::<Vec<u8>>(64);
+        let (maps_tx, maps_rx) = crossbeam_channel::bounded::<Vec<f32>>(64);
         let LinePins {
             reject,
             ready,
@@ -430,7 +431,8 @@ impl Threads<'_> {
             ctx.events.clone(),
             ctx.shared.counters.clone(),
         )
-        .with_recycle(recycle_tx);
+        .with_recycle(recycle_tx)
+        .with_map_recycle(maps_tx);
         if let Some(tx) = self.archive {
             scheduler = scheduler.with_archive(tx);
         }
@@ -452,7 +454,7 @@ impl Threads<'_> {
             });
             let tx = sched_tx.clone();
             let inspect = spawn_stage(scope, "inspect", held(), done(INSPECT), move || {
-                inspect::inspect_loop(inspector, ctx.clock, ctx.shared, triage_ref, &tx, ctx.tick)
+                inspect::inspect_loop(inspector, ctx, triage_ref, &tx, &maps_rx)
             });
             let trigger = trigger.map(|mut input| {
                 let tx = sched_tx.clone();

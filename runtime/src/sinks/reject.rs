@@ -132,6 +132,7 @@ pub struct Scheduler {
     stats: RejectStats,
     archive: Option<Sender<ArchiveJob>>,
     recycle: Option<Sender<Vec<u8>>>,
+    maps: Option<Sender<Vec<f32>>>,
 }
 
 impl Scheduler {
@@ -157,6 +158,7 @@ impl Scheduler {
             stats: RejectStats::default(),
             archive: None,
             recycle: None,
+            maps: None,
         }
     }
 
@@ -169,6 +171,12 @@ impl Scheduler {
     /// Where frame buffers go back to the source.
     pub fn with_recycle(mut self, tx: Sender<Vec<u8>>) -> Self {
         self.recycle = Some(tx);
+        self
+    }
+
+    /// Where anomaly-map buffers go back to the inspector.
+    pub fn with_map_recycle(mut self, tx: Sender<Vec<f32>>) -> Self {
+        self.maps = Some(tx);
         self
     }
 
@@ -233,7 +241,7 @@ impl Scheduler {
                 .saturating_record(now.saturating_sub(trigger_ns).max(1));
         }
         let Some(info) = self.ledger.remove(&part) else {
-            self.verdict_for_no_part(part, &result, frame);
+            self.verdict_for_no_part(part, result, frame);
             return;
         };
         let decided = match &result {
@@ -279,7 +287,7 @@ impl Scheduler {
     fn verdict_for_no_part(
         &mut self,
         part: u64,
-        result: &Result<Inspection, String>,
+        result: Result<Inspection, String>,
         frame: Option<Frame>,
     ) {
         self.counters.late_verdicts += 1;
@@ -298,6 +306,7 @@ impl Scheduler {
             true,
         ));
         self.publish();
+        self.give_back_map(result.ok());
         self.give_back(frame);
     }
 
@@ -353,10 +362,15 @@ impl Scheduler {
                     threshold: self.policy.threshold,
                 }) {
                     self.stats.archive_dropped += 1;
-                    self.give_back(Some(err.into_inner().frame));
+                    let job = err.into_inner();
+                    self.give_back_map(job.inspection);
+                    self.give_back(Some(job.frame));
                 }
             }
-            (_, frame, _) => self.give_back(frame),
+            (_, frame, _) => {
+                self.give_back_map(e.inspection);
+                self.give_back(frame);
+            }
         }
         self.publish();
     }
@@ -405,6 +419,12 @@ impl Scheduler {
     fn give_back(&mut self, frame: Option<Frame>) {
         if let (Some(f), Some(tx)) = (frame, &self.recycle) {
             let _ = tx.try_send(f.data);
+        }
+    }
+
+    fn give_back_map(&self, inspection: Option<Inspection>) {
+        if let (Some(i), Some(tx)) = (inspection, &self.maps) {
+            let _ = tx.try_send(i.map);
         }
     }
 

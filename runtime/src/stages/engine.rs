@@ -1,7 +1,10 @@
 //! The ONNX Runtime session that runs the one-step DiffusionAD graph.
 //!
 //! One session per engine, one `run` per batch. The input buffer is allocated once at load and
-//! filled in place by `preprocess`, so the steady state allocates only ORT's outputs.
+//! filled in place by `preprocess`; `run_visit` hands out views of ORT's outputs, which the
+//! inspector copies into map buffers the line gives back. What a frame still costs in
+//! allocations is ORT's own output tensors and a few small descriptors per call
+//! (`tests/hot_path.rs` counts them).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -132,7 +132,12 @@ pub trait Inspector: Send {
     fn model_id(&self) -> String {
         String::new()
     }
+    /// A map buffer the line is done with, to fill again instead of allocating one per frame.
+    fn recycle_map(&mut self, _map: Vec<f32>) {}
 }
+
+/// Map buffers kept for reuse: enough for the batches in flight, not the whole run.
+const SPARE_MAPS: usize = 64;
 
 /// The threshold in force: the line's (or `--threshold`) override when given, else the model's
 /// calibrated one. The one place the override is resolved.
@@ -161,6 +166,11 @@ pub struct EngineInspector {
     pre: crate::stages::preprocess::Preprocessor,
     threshold: f32,
     roi: Option<crate::frame::Roi>,
+    /// Map buffers handed back by the line (`recycle_map`), filled again by `inspect`.
+    spare: Vec<Vec<f32>>,
+    /// Per-batch scratch: each slot's preprocessing result, then its score and map.
+    slots: Vec<Result<(), InspectError>>,
+    outs: Vec<(f32, Vec<f32>)>,
 }
 
 impl EngineInspector {
@@ -178,6 +188,9 @@ impl EngineInspector {
             pre,
             threshold,
             roi,
+            spare: Vec::new(),
+            slots: Vec::new(),
+            outs: Vec::new(),
         })
     }
 
@@ -215,44 +228,69 @@ impl Inspector for EngineInspector {
     fn inspect(&mut self, frames: &[&Frame]) -> Vec<Result<Inspection, InspectError>> {
         let mut results = Vec::with_capacity(frames.len());
         for chunk in frames.chunks(self.batch_size()) {
-            let len = self.engine.image_len();
-            let mut ok = Vec::with_capacity(chunk.len());
-            for (slot, frame) in chunk.iter().enumerate() {
-                let out = &mut self.engine.input_mut()[slot * len..(slot + 1) * len];
-                match self.pre.run(frame, out) {
-                    Ok(()) => ok.push(Ok(())),
-                    Err(e) => {
-                        // The slot still goes through the graph with the batch; its result is dropped.
-                        out.fill(0.0);
-                        ok.push(Err(InspectError(e.to_string())));
-                    }
-                }
-            }
+            self.fill_inputs(chunk);
             let (mw, mh) = (
                 self.engine.manifest().input.width as u32,
                 self.engine.manifest().input.height as u32,
             );
             let range = self.engine.manifest().score_range();
-            match self.engine.run(chunk.len()) {
-                Ok(outputs) => {
-                    for ((pre, out), frame) in ok.into_iter().zip(outputs).zip(chunk) {
-                        results.push(pre.and_then(|()| {
-                            check_output(out.score, &out.map, mw as usize, range)
-                                .map_err(|e| output_error(&self.engine, &frame.origin, e))?;
-                            Ok(Inspection {
-                                score: out.score,
-                                map: out.map,
-                                map_width: mw,
-                                map_height: mh,
-                                map_roi: self.roi,
-                            })
-                        }));
-                    }
-                }
-                Err(e) => results.extend(chunk.iter().map(|_| Err(InspectError(e.to_string())))),
+            let (spare, outs) = (&mut self.spare, &mut self.outs);
+            let ran = self.engine.run_visit(chunk.len(), |_, score, map| {
+                // A buffer the line handed back, refilled: no allocation per frame.
+                let mut m = spare.pop().unwrap_or_default();
+                m.clear();
+                m.extend_from_slice(map);
+                outs.push((score, m));
+            });
+            if let Err(e) = ran {
+                self.outs.clear();
+                self.slots.clear();
+                results.extend(chunk.iter().map(|_| Err(InspectError(e.to_string()))));
+                continue;
+            }
+            for ((pre, (score, map)), frame) in
+                self.slots.drain(..).zip(self.outs.drain(..)).zip(chunk)
+            {
+                results.push(pre.and_then(|()| {
+                    check_output(score, &map, mw as usize, range)
+                        .map_err(|e| output_error(&self.engine, &frame.origin, e))?;
+                    Ok(Inspection {
+                        score,
+                        map,
+                        map_width: mw,
+                        map_height: mh,
+                        map_roi: self.roi,
+                    })
+                }));
             }
         }
         results
+    }
+
+    fn recycle_map(&mut self, map: Vec<f32>) {
+        if self.spare.len() < SPARE_MAPS {
+            self.spare.push(map);
+        }
+    }
+}
+
+impl EngineInspector {
+    /// Preprocess each frame of the batch into its slot of the engine's input buffer; a frame
+    /// that cannot be preprocessed leaves a zeroed slot and its error in `self.slots`.
+    fn fill_inputs(&mut self, chunk: &[&Frame]) {
+        let len = self.engine.image_len();
+        self.slots.clear();
+        for (slot, frame) in chunk.iter().enumerate() {
+            let out = &mut self.engine.input_mut()[slot * len..(slot + 1) * len];
+            match self.pre.run(frame, out) {
+                Ok(()) => self.slots.push(Ok(())),
+                Err(e) => {
+                    // The slot still goes through the graph with the batch; its result is dropped.
+                    out.fill(0.0);
+                    self.slots.push(Err(InspectError(e.to_string())));
+                }
+            }
+        }
     }
 }
 
