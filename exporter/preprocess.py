@@ -7,7 +7,7 @@ value = lo + (hi - lo) * p / 255.
 
 The official DiffusionAD loader resizes with cv2 on uint8, so its resized pixels ARE rounded to
 8 bit: up to 0.5 / 255 apart from ours per pixel (plus cv2's 11-bit fixed-point weights). The
-runtime (runtime/src/preprocess.rs) keeps the float convention, so the exporter does too;
+runtime (runtime/src/stages/preprocess.rs) keeps the float convention, so the exporter does too;
 `resize_uint8` reproduces the official rounding where it is wanted (`verify --official-code
 --images` reports its effect on a model's map and score).
 """
