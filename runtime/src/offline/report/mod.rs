@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::offline::eval::{EvalReport, Scored};
 
+mod index;
 mod kinds;
 mod roc;
 mod scores;
@@ -25,6 +26,7 @@ pub use kinds::{GRID_COLS, KIND_SIZE};
 pub use roc::{area, roc_points};
 pub use scores::histogram;
 
+use index::index_md;
 use kinds::{draw_kind, pick};
 use roc::{draw_roc, thin};
 use scores::{draw_scores, score_range};
@@ -146,10 +148,6 @@ fn pct(v: f64) -> String {
     } else {
         format!("{:.1} %", 100.0 * v)
     }
-}
-
-fn opt(v: Option<f64>) -> String {
-    v.map_or("n/a".into(), |v| format!("{v:.4}"))
 }
 
 /// A file-name-safe version of a defect kind's folder name.
@@ -366,58 +364,6 @@ pub fn write(dir: &Path, model: &Path, report: &EvalReport, scored: &[Scored]) -
         figures,
         skipped,
     })
-}
-
-fn index_md(model: &Path, r: &EvalReport, figures: &[Figure], skipped: &[String]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let _ = writeln!(s, "# Evaluation report\n");
-    let _ = writeln!(
-        s,
-        "Model `{}` on `{}`: {} images scored ({} unreadable), threshold {:.5}. \
-         Written by `diffad eval --report`; the numbers behind the figures are in \
-         [figures.json](figures.json).\n",
-        model.display(),
-        r.dataset,
-        r.images,
-        r.failed,
-        r.threshold
-    );
-    let _ = writeln!(
-        s,
-        "| image AUROC | pixel AUROC | PRO (FPR ≤ 30 %) | false rejects | escapes |"
-    );
-    let _ = writeln!(s, "| --- | --- | --- | --- | --- |");
-    let _ = writeln!(
-        s,
-        "| {} | {} | {} | {} | {} |\n",
-        opt(r.image_auroc),
-        opt(r.pixel_auroc),
-        opt(r.pro),
-        pct(r.false_reject_rate),
-        pct(r.escape_rate)
-    );
-    let _ = writeln!(s, "| kind | images | mean score | rejected |");
-    let _ = writeln!(s, "| --- | --- | --- | --- |");
-    for k in &r.kinds {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {:.4} | {} |",
-            k.kind,
-            k.n,
-            k.mean_score,
-            pct(k.rejected)
-        );
-    }
-    let _ = writeln!(s, "\n## Figures\n");
-    for f in figures {
-        let _ = writeln!(s, "![{}]({})\n", f.file, f.file);
-        let _ = writeln!(s, "[`{}`]({}): {}\n", f.file, f.file, f.caption);
-    }
-    for why in skipped {
-        let _ = writeln!(s, "- {why}");
-    }
-    s
 }
 
 #[cfg(test)]
