@@ -166,6 +166,56 @@ pub fn file_stem(kind: &str) -> String {
 /// Write the figures, `figures.json` (the numbers they were drawn from) and `index.md` into
 /// `dir` ([`prepare`]d), from `eval`'s own results.
 pub fn write(dir: &Path, model: &Path, report: &EvalReport, scored: &[Scored]) -> Result<Written> {
+    check_finite(report, scored)?;
+    let n_good = scored.iter().filter(|s| !s.defective).count();
+    let counts = (n_good, scored.len() - n_good);
+    let scores: Vec<f32> = scored.iter().map(|s| s.score).collect();
+    let (roc, image_auroc) = image_roc(report, scored, &scores, counts)?;
+    load_fonts()?;
+    let mut figures = Vec::new();
+    let mut skipped = Vec::new();
+    let name = Path::new(&report.dataset)
+        .file_name()
+        .map_or(report.dataset.clone(), |n| n.to_string_lossy().to_string());
+
+    figures.push(image_roc_figure(
+        dir,
+        &name,
+        report,
+        (&roc, image_auroc),
+        counts,
+    )?);
+    let pixel_json = pixel_roc_figure(dir, &name, report, scored, &mut figures, &mut skipped)?;
+    let (figure, histogram_json) = scores_figure(dir, &name, report, scored, &scores, counts)?;
+    figures.push(figure);
+    let kinds_json = kind_figures(dir, report, scored, &mut figures)?;
+
+    // The numbers behind the figures, and the index.
+    let figures_json = json!({
+        "threshold": report.threshold,
+        "image_auroc": image_auroc,
+        "pixel_auroc": report.pixel_auroc,
+        "image_roc": {"auroc_trapezoid": area(&roc), "points": roc},
+        "pixel_roc": pixel_json,
+        "histogram": histogram_json,
+        "scores": scored.iter().map(|s| json!({"image": s.image, "kind": s.kind, "score": s.score})).collect::<Vec<_>>(),
+        "kinds": kinds_json,
+    });
+    let dest = dir.join("figures.json");
+    std::fs::write(&dest, serde_json::to_string_pretty(&figures_json)?)
+        .with_context(|| format!("writing {}", dest.display()))?;
+    let dest = dir.join("index.md");
+    std::fs::write(&dest, index_md(model, report, &figures, &skipped))
+        .with_context(|| format!("writing {}", dest.display()))?;
+    Ok(Written {
+        dir: dir.to_path_buf(),
+        figures,
+        skipped,
+    })
+}
+
+/// Refuse a non-finite threshold, score or map value before anything is drawn.
+fn check_finite(report: &EvalReport, scored: &[Scored]) -> Result<()> {
     let thr = report.threshold;
     if !thr.is_finite() {
         bail!("threshold {thr} is not a finite number: no figures drawn");
@@ -185,11 +235,19 @@ pub fn write(dir: &Path, model: &Path, report: &EvalReport, scored: &[Scored]) -
             );
         }
     }
-    let n_good = scored.iter().filter(|s| !s.defective).count();
-    let n_def = scored.len() - n_good;
-    let scores: Vec<f32> = scored.iter().map(|s| s.score).collect();
+    Ok(())
+}
+
+/// The image-level ROC curve and eval's AUROC, which its area must equal; an error when a class
+/// is missing.
+fn image_roc(
+    report: &EvalReport,
+    scored: &[Scored],
+    scores: &[f32],
+    (n_good, n_def): (usize, usize),
+) -> Result<(Vec<(f64, f64)>, f64)> {
     let labels: Vec<bool> = scored.iter().map(|s| s.defective).collect();
-    let (Some(roc), Some(image_auroc)) = (roc_points(&scores, &labels), report.image_auroc) else {
+    let (Some(roc), Some(image_auroc)) = (roc_points(scores, &labels), report.image_auroc) else {
         bail!(
             "{}: the report needs good and defective images, found {n_good} good and {n_def} \
              defective (test/good/ and test/<defect kind>/)",
@@ -202,19 +260,23 @@ pub fn write(dir: &Path, model: &Path, report: &EvalReport, scored: &[Scored]) -
             area(&roc)
         );
     }
-    load_fonts()?;
-    let mut figures = Vec::new();
-    let mut skipped = Vec::new();
-    let name = Path::new(&report.dataset)
-        .file_name()
-        .map_or(report.dataset.clone(), |n| n.to_string_lossy().to_string());
+    Ok((roc, image_auroc))
+}
 
-    // 1. ROC curves.
+/// `roc_image.png`, with the threshold's operating point.
+fn image_roc_figure(
+    dir: &Path,
+    name: &str,
+    report: &EvalReport,
+    (roc, image_auroc): (&[(f64, f64)], f64),
+    (n_good, n_def): (usize, usize),
+) -> Result<Figure> {
+    let thr = report.threshold;
     let op = (report.false_reject_rate, 1.0 - report.escape_rate);
     draw_roc(
         &dir.join("roc_image.png"),
         &format!("Image-level ROC: {name}"),
-        &roc,
+        roc,
         &format!("image ROC, AUROC {image_auroc:.4} ({n_good} good, {n_def} defective)"),
         Some((op, thr)),
         (
@@ -222,7 +284,7 @@ pub fn write(dir: &Path, model: &Path, report: &EvalReport, scored: &[Scored]) -
             "true positive rate (defective images caught)",
         ),
     )?;
-    figures.push(Figure {
+    Ok(Figure {
         file: "roc_image.png".into(),
         caption: format!(
             "Image-level ROC over {n_good} good and {n_def} defective images, AUROC {image_auroc:.4}; \
@@ -230,83 +292,110 @@ pub fn write(dir: &Path, model: &Path, report: &EvalReport, scored: &[Scored]) -
             pct(report.false_reject_rate),
             pct(report.escape_rate)
         ),
-    });
-    let flat_scores: Vec<f32> = scored.iter().flat_map(|s| s.map.iter().copied()).collect();
-    let flat_labels: Vec<bool> = scored.iter().flat_map(|s| s.mask.iter().copied()).collect();
-    let pixel = roc_points(&flat_scores, &flat_labels).zip(report.pixel_auroc);
-    let mut pixel_json = serde_json::Value::Null;
-    drop(flat_scores);
-    drop(flat_labels);
-    match pixel {
-        Some((curve, pixel_auroc)) => {
-            let full_area = area(&curve);
-            if (full_area - pixel_auroc).abs() > 1e-6 {
-                bail!("internal error: the pixel ROC curve's area {full_area} disagrees with eval's pixel AUROC {pixel_auroc}");
-            }
-            let pts = thin(&curve, 1e-3);
-            let n_pix = curve.len();
-            draw_roc(
-                &dir.join("roc_pixel.png"),
-                &format!("Pixel-level ROC: {name}"),
-                &pts,
-                &format!("pixel ROC, AUROC {pixel_auroc:.4}"),
-                None,
-                (
-                    "false positive rate (defect-free pixels flagged)",
-                    "true positive rate (defect pixels flagged)",
-                ),
-            )?;
-            figures.push(Figure {
-                file: "roc_pixel.png".into(),
-                caption: format!(
-                    "Pixel-level ROC over every map pixel of the {} scored images against the ground-truth masks, AUROC {pixel_auroc:.4}.",
-                    scored.len()
-                ),
-            });
-            pixel_json =
-                json!({"auroc_trapezoid": full_area, "distinct_scores": n_pix - 1, "points": pts});
-        }
-        None => {
-            let why =
-                "roc_pixel.png not drawn: no ground-truth mask marks a defect pixel".to_string();
-            log::warn!("{why}");
-            skipped.push(why);
-        }
-    }
+    })
+}
 
-    // 2. Score histograms.
-    let (lo, hi) = score_range(&scores, thr);
+/// `roc_pixel.png` over every map pixel, or a note in `skipped` when no mask marks a defect;
+/// returns its numbers for `figures.json`.
+fn pixel_roc_figure(
+    dir: &Path,
+    name: &str,
+    report: &EvalReport,
+    scored: &[Scored],
+    figures: &mut Vec<Figure>,
+    skipped: &mut Vec<String>,
+) -> Result<serde_json::Value> {
+    // The flattened maps can be large: they go before the figure is drawn.
+    let pixel = {
+        let flat_scores: Vec<f32> = scored.iter().flat_map(|s| s.map.iter().copied()).collect();
+        let flat_labels: Vec<bool> = scored.iter().flat_map(|s| s.mask.iter().copied()).collect();
+        roc_points(&flat_scores, &flat_labels).zip(report.pixel_auroc)
+    };
+    let Some((curve, pixel_auroc)) = pixel else {
+        let why = "roc_pixel.png not drawn: no ground-truth mask marks a defect pixel".to_string();
+        log::warn!("{why}");
+        skipped.push(why);
+        return Ok(serde_json::Value::Null);
+    };
+    let full_area = area(&curve);
+    if (full_area - pixel_auroc).abs() > 1e-6 {
+        bail!("internal error: the pixel ROC curve's area {full_area} disagrees with eval's pixel AUROC {pixel_auroc}");
+    }
+    let pts = thin(&curve, 1e-3);
+    let n_pix = curve.len();
+    draw_roc(
+        &dir.join("roc_pixel.png"),
+        &format!("Pixel-level ROC: {name}"),
+        &pts,
+        &format!("pixel ROC, AUROC {pixel_auroc:.4}"),
+        None,
+        (
+            "false positive rate (defect-free pixels flagged)",
+            "true positive rate (defect pixels flagged)",
+        ),
+    )?;
+    figures.push(Figure {
+        file: "roc_pixel.png".into(),
+        caption: format!(
+            "Pixel-level ROC over every map pixel of the {} scored images against the ground-truth masks, AUROC {pixel_auroc:.4}.",
+            scored.len()
+        ),
+    });
+    Ok(json!({"auroc_trapezoid": full_area, "distinct_scores": n_pix - 1, "points": pts}))
+}
+
+/// `scores.png`; returns its histograms for `figures.json`.
+fn scores_figure(
+    dir: &Path,
+    name: &str,
+    report: &EvalReport,
+    scored: &[Scored],
+    scores: &[f32],
+    (n_good, n_def): (usize, usize),
+) -> Result<(Figure, serde_json::Value)> {
+    let thr = report.threshold;
+    let (lo, hi) = score_range(scores, thr);
     let bins = 30;
-    let good: Vec<f32> = scored
-        .iter()
-        .filter(|s| !s.defective)
-        .map(|s| s.score)
-        .collect();
-    let defective: Vec<f32> = scored
-        .iter()
-        .filter(|s| s.defective)
-        .map(|s| s.score)
-        .collect();
+    let of_class = |defective: bool| -> Vec<f32> {
+        scored
+            .iter()
+            .filter(|s| s.defective == defective)
+            .map(|s| s.score)
+            .collect()
+    };
     let (hg, hd) = (
-        histogram(&good, lo, hi, bins),
-        histogram(&defective, lo, hi, bins),
+        histogram(&of_class(false), lo, hi, bins),
+        histogram(&of_class(true), lo, hi, bins),
     );
     draw_scores(
         &dir.join("scores.png"),
-        &name,
+        name,
         report,
         scored,
         (lo, hi),
         (&hg, &hd),
     )?;
-    figures.push(Figure {
+    let figure = Figure {
         file: "scores.png".into(),
         caption: format!(
             "Image scores of good (blue, n = {n_good}) and defective (red, n = {n_def}) images with the threshold {thr:.4}; below, every image's score by defect kind."
         ),
-    });
+    };
+    Ok((
+        figure,
+        json!({"lo": lo, "hi": hi, "bins": bins, "good": hg, "defective": hd}),
+    ))
+}
 
-    // 3. Per defect kind: best caught and worst missed.
+/// One `kind_<name>.png` per defect kind, each under a distinct file name; returns their tiles
+/// for `figures.json`.
+fn kind_figures(
+    dir: &Path,
+    report: &EvalReport,
+    scored: &[Scored],
+    figures: &mut Vec<Figure>,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let thr = report.threshold;
     let mut kinds_json = serde_json::Map::new();
     let mut used = std::collections::HashSet::new();
     for k in report.kinds.iter().filter(|k| k.kind != "good") {
@@ -341,29 +430,7 @@ pub fn write(dir: &Path, model: &Path, report: &EvalReport, scored: &[Scored]) -
             ),
         });
     }
-
-    // The numbers behind the figures, and the index.
-    let figures_json = json!({
-        "threshold": thr,
-        "image_auroc": image_auroc,
-        "pixel_auroc": report.pixel_auroc,
-        "image_roc": {"auroc_trapezoid": area(&roc), "points": roc},
-        "pixel_roc": pixel_json,
-        "histogram": {"lo": lo, "hi": hi, "bins": bins, "good": hg, "defective": hd},
-        "scores": scored.iter().map(|s| json!({"image": s.image, "kind": s.kind, "score": s.score})).collect::<Vec<_>>(),
-        "kinds": kinds_json,
-    });
-    let dest = dir.join("figures.json");
-    std::fs::write(&dest, serde_json::to_string_pretty(&figures_json)?)
-        .with_context(|| format!("writing {}", dest.display()))?;
-    let dest = dir.join("index.md");
-    std::fs::write(&dest, index_md(model, report, &figures, &skipped))
-        .with_context(|| format!("writing {}", dest.display()))?;
-    Ok(Written {
-        dir: dir.to_path_buf(),
-        figures,
-        skipped,
-    })
+    Ok(kinds_json)
 }
 
 #[cfg(test)]
