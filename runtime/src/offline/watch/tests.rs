@@ -1,4 +1,7 @@
+use super::table::draw;
 use super::*;
+use serde_json::json;
+use std::time::Instant;
 
 #[test]
 fn the_view_counts_parts_alarms_and_restarts() {
