@@ -1,0 +1,178 @@
+use super::*;
+
+fn fake_root() -> (tempfile::TempDir, Root) {
+    let d = tempfile::tempdir().unwrap();
+    let r = Root::new(d.path());
+    (d, r)
+}
+
+fn touch(p: &Path, text: &str) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+#[test]
+fn root_reroots_absolute_paths_only() {
+    let r = Root::new("/tmp/x");
+    assert_eq!(r.path("/dev/video0"), Path::new("/tmp/x/dev/video0"));
+    assert_eq!(r.path("rel"), Path::new("rel"));
+    assert!(Root::new("/").is_real());
+    assert!(!r.is_real());
+}
+
+#[test]
+fn chips_are_found_by_label_from_either_sysfs_place() {
+    let (_d, r) = fake_root();
+    assert!(gpio_chips(&r).is_empty());
+    touch(&r.path("/dev/gpiochip0"), "");
+    touch(&r.path("/dev/gpiochip1"), "");
+    touch(
+        &r.path("/sys/bus/gpio/devices/gpiochip0/label"),
+        "tegra234-gpio\n",
+    );
+    touch(
+        &r.path("/sys/class/gpio/gpiochip316/label"),
+        "tegra234-gpio-aon\n",
+    );
+    std::fs::create_dir_all(r.path("/sys/class/gpio/gpiochip316/device/gpiochip1")).unwrap();
+    let chips = gpio_chips(&r);
+    assert_eq!(chips.len(), 2);
+    assert_eq!(
+        find_chip(&chips, "tegra234-gpio").unwrap().name,
+        "gpiochip0"
+    );
+    assert_eq!(
+        find_chip(&chips, "tegra234-gpio-aon").unwrap().name,
+        "gpiochip1"
+    );
+    assert_eq!(find_chip(&chips, "gpiochip1").unwrap().name, "gpiochip1");
+    assert!(find_chip(&chips, "pinctrl").is_none());
+}
+
+#[test]
+fn gpio_check_names_what_is_missing() {
+    let (_d, r) = fake_root();
+    let mut cfg = GpioConfig {
+        sim: false,
+        chip: "tegra234-gpio".into(),
+        ..GpioConfig::default()
+    };
+    let c = check_gpio(&cfg, &r);
+    assert_eq!(c[0].status, Status::Fail);
+    assert!(c[0].detail.contains("found: none"), "{}", c[0].detail);
+    touch(&r.path("/dev/gpiochip0"), "");
+    touch(
+        &r.path("/sys/bus/gpio/devices/gpiochip0/label"),
+        "tegra234-gpio",
+    );
+    let c = check_gpio(&cfg, &r);
+    assert_eq!(c[0].status, Status::Pass, "{}", c[0]);
+    cfg.sim = true;
+    assert_eq!(check_gpio(&cfg, &r)[0].status, Status::Skip);
+}
+
+#[test]
+fn unit_needs_a_watchdog() {
+    assert_eq!(
+        watchdog_sec("[Service]\nWatchdogSec=10\n").as_deref(),
+        Some("10")
+    );
+    assert_eq!(watchdog_sec("[Service]\nWatchdogSec=0\n"), None);
+    assert_eq!(watchdog_sec("[Service]\nType=notify\n"), None);
+    let (_d, r) = fake_root();
+    assert_eq!(check_unit(&r).status, Status::Fail);
+    touch(
+        &r.path("/etc/systemd/system/diffad.service"),
+        "[Service]\nType=notify\n",
+    );
+    let c = check_unit(&r);
+    assert!(c.status == Status::Fail && c.detail.contains("no WatchdogSec"));
+    touch(
+        &r.path("/etc/systemd/system/diffad.service"),
+        "[Service]\nWatchdogSec=10s\n",
+    );
+    let c = check_unit(&r);
+    assert!(
+        c.status == Status::Fail && c.detail.contains("as root"),
+        "{c:?}"
+    );
+    touch(
+        &r.path("/etc/systemd/system/diffad.service"),
+        "[Service]\nWatchdogSec=10s\nUser=diffad\n",
+    );
+    let c = check_unit(&r);
+    assert!(
+        c.status == Status::Pass && c.detail.contains("as user diffad"),
+        "{c:?}"
+    );
+    assert_eq!(unit_user("[Service]\nUser=root\n").as_deref(), Some("root"));
+}
+
+#[test]
+fn clock_flag_under_a_fake_root() {
+    let (_d, r) = fake_root();
+    assert_eq!(check_clock(&r).status, Status::Fail);
+    touch(&r.path("/run/systemd/timesync/synchronized"), "");
+    assert_eq!(check_clock(&r).status, Status::Pass);
+}
+
+#[test]
+fn disk_and_dirs() {
+    assert_eq!(disk_check(100.0, 64.0).status, Status::Pass);
+    assert_eq!(disk_check(10.0, 64.0).status, Status::Fail);
+    let d = tempfile::tempdir().unwrap();
+    assert!(free_mb(d.path()).unwrap() > 0.0);
+    assert_eq!(check_writable_dir("x", d.path(), "k").status, Status::Pass);
+    let missing = d.path().join("nope/deeper");
+    let c = check_writable_dir("x", &missing, "archive.dir");
+    assert!(
+        c.status == Status::Pass && c.detail.contains("created at start"),
+        "{c}"
+    );
+    std::fs::write(d.path().join("file"), "").unwrap();
+    let c = check_writable_dir("x", &d.path().join("file"), "archive.dir");
+    assert!(c.status == Status::Fail && c.fix.unwrap().contains("archive.dir"));
+}
+
+#[test]
+fn bind_and_connect() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    assert_eq!(check_bind(&addr).status, Status::Fail);
+    assert_eq!(check_bind("127.0.0.1:0").status, Status::Pass);
+    assert_eq!(check_bind("").status, Status::Skip);
+    let mqtt = |url: String| MqttConfig {
+        url,
+        ..MqttConfig::default()
+    };
+    assert_eq!(
+        check_mqtt(Some(&mqtt(format!("mqtt://{addr}")))).status,
+        Status::Pass
+    );
+    drop(held);
+    assert_eq!(
+        check_mqtt(Some(&mqtt(format!("mqtt://{addr}")))).status,
+        Status::Fail
+    );
+    assert_eq!(check_mqtt(None).status, Status::Skip);
+}
+
+#[test]
+fn a_panicking_check_is_a_failure() {
+    let c = guarded("boom", || panic!("on purpose"));
+    assert_eq!(c[0].status, Status::Fail);
+    assert!(c[0].detail.contains("on purpose"));
+}
+
+#[test]
+fn advisory_failures_do_not_fail_the_run() {
+    let r = Report {
+        checks: vec![
+            Check::pass("a", ""),
+            Check::fail("b", "", "").needed(false),
+            Check::skip("c", ""),
+        ],
+    };
+    assert_eq!(r.failures(), 0);
+    assert!(r.to_string().contains("– b"));
+}
