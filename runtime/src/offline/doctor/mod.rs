@@ -5,7 +5,6 @@
 //! and the camera's device node) are looked up under `--root`, so tests can hand a fake root
 //! made of plain files; the board file's own paths (model, caches, archive) are taken as given.
 
-use std::fmt;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -20,129 +19,12 @@ use crate::sources::camera::config::CameraConfig;
 use crate::sources::camera::config::SourceKind;
 use crate::stages::engine::{Engine, EngineConfig};
 
+mod checklist;
+
+pub use checklist::{Check, Report, Status};
+
 /// How long the MQTT broker gets to accept a TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The outcome of one check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// Works.
-    Pass,
-    /// Broken: the fix says what to do.
-    Fail,
-    /// Not applicable here, or cannot be checked.
-    Skip,
-}
-
-/// One line of the checklist.
-#[derive(Debug, Clone)]
-pub struct Check {
-    /// What was checked, e.g. `gpio chip`.
-    pub name: String,
-    /// The outcome.
-    pub status: Status,
-    /// What was found.
-    pub detail: String,
-    /// What to do when it failed.
-    pub fix: Option<String>,
-    /// Whether a failure fails the whole run (false: advisory, e.g. systemd on a desktop).
-    pub needed: bool,
-}
-
-impl Check {
-    /// A passing check.
-    pub fn pass(name: &str, detail: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            status: Status::Pass,
-            detail: detail.into(),
-            fix: None,
-            needed: true,
-        }
-    }
-
-    /// A failing check with its fix.
-    pub fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            status: Status::Fail,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-            needed: true,
-        }
-    }
-
-    /// A check that does not apply or cannot be made here.
-    pub fn skip(name: &str, detail: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            status: Status::Skip,
-            detail: detail.into(),
-            fix: None,
-            needed: true,
-        }
-    }
-
-    fn needed(mut self, needed: bool) -> Self {
-        self.needed = needed;
-        self
-    }
-
-    /// Whether this check makes `doctor` exit non-zero.
-    pub fn fails_run(&self) -> bool {
-        self.status == Status::Fail && self.needed
-    }
-}
-
-impl fmt::Display for Check {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mark = match (self.status, self.needed) {
-            (Status::Pass, _) => "✓",
-            (Status::Fail, true) => "✗",
-            // A failure the board does not need is shown, but does not look like a broken unit.
-            (Status::Fail, false) | (Status::Skip, _) => "–",
-        };
-        write!(f, "{mark} {:<18} {}", self.name, self.detail)?;
-        if self.status == Status::Fail && !self.needed {
-            write!(f, " (advisory: needed on a unit with real pins)")?;
-        }
-        if let Some(fix) = &self.fix {
-            write!(f, "\n      fix: {fix}")?;
-        }
-        Ok(())
-    }
-}
-
-/// The whole checklist.
-#[derive(Debug, Clone, Default)]
-pub struct Report {
-    /// Every check, in the order they ran.
-    pub checks: Vec<Check>,
-}
-
-impl Report {
-    /// Number of checks the board file needs that failed.
-    pub fn failures(&self) -> usize {
-        self.checks.iter().filter(|c| c.fails_run()).count()
-    }
-
-    /// The check named `name`, if it ran.
-    pub fn get(&self, name: &str) -> Option<&Check> {
-        self.checks.iter().find(|c| c.name == name)
-    }
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in &self.checks {
-            writeln!(f, "{c}")?;
-        }
-        match self.failures() {
-            0 => writeln!(f, "all checks passed"),
-            n => writeln!(f, "{n} check(s) failed"),
-        }
-    }
-}
 
 /// Where system paths are looked up: `/` on a real unit, a fake tree in tests.
 #[derive(Debug, Clone)]
