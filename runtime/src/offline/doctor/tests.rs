@@ -1,4 +1,7 @@
 use super::*;
+use crate::gpio::GpioConfig;
+use crate::sinks::mqtt::MqttConfig;
+use std::net::TcpListener;
 
 fn fake_root() -> (tempfile::TempDir, Root) {
     let d = tempfile::tempdir().unwrap();
