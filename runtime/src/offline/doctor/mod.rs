@@ -74,107 +74,108 @@ fn guarded(name: &str, f: impl FnOnce() -> Vec<Check>) -> Vec<Check> {
 /// Check the host, and with `config` everything the board file needs; print each line as it
 /// is known so a slow check (the self-test) shows what came before it.
 pub fn run(config: Option<&Path>, root: &Root, out: &mut dyn Write) -> Report {
-    let mut report = Report::default();
-    let mut add = |checks: Vec<Check>, report: &mut Report| {
-        for c in checks {
-            let _ = writeln!(out, "{c}");
-            report.checks.push(c);
-        }
-        let _ = out.flush();
+    let mut list = Printed {
+        out,
+        report: Report::default(),
     };
-    let board = match config {
-        None => None,
-        Some(path) => {
-            let loaded = catch_unwind(|| BoardConfig::load(path));
-            match loaded {
-                Ok(Ok(b)) => {
-                    add(
-                        vec![Check::pass(
-                            "board file",
-                            format!("{} ({})", b.board.name, path.display()),
-                        )],
-                        &mut report,
-                    );
-                    Some(b)
-                }
-                Ok(Err(e)) => {
-                    add(
-                        vec![Check::fail(
-                            "board file",
-                            e.to_string(),
-                            "correct the key named (`diffad check-config --keys-only FILE`)",
-                        )],
-                        &mut report,
-                    );
-                    None
-                }
-                Err(_) => {
-                    add(
-                        vec![Check::fail(
-                            "board file",
-                            "reading it crashed",
-                            "report this as a diffad bug",
-                        )],
-                        &mut report,
-                    );
-                    None
-                }
-            }
-        }
-    };
+    let board = config.and_then(|path| load_board(path, &mut list));
     let engine = board.as_ref().map(|b| &b.engine);
-    add(guarded("onnxruntime", || check_ort(engine)), &mut report);
+    list.add(guarded("onnxruntime", || check_ort(engine)));
     // A simulated board is a desktop: the host's service and clock are nice to have there.
     let deployed = board.as_ref().is_some_and(|b| !b.setup.gpio.sim);
     if let Some(b) = &board {
-        let ort_ok = report
-            .get("onnxruntime")
-            .is_some_and(|c| c.status == Status::Pass);
-        add(guarded("model", || check_model(b, ort_ok)), &mut report);
-        if b.engine.providers.iter().any(|p| p == "tensorrt") {
-            add(
-                guarded("tensorrt cache", || {
-                    vec![check_writable_dir(
-                        "tensorrt cache",
-                        &b.engine.tensorrt.cache_dir,
-                        "engine.tensorrt.cache_dir",
-                    )]
-                }),
-                &mut report,
-            );
-        }
-        add(
-            guarded("gpio", || check_gpio(&b.setup.gpio, root)),
-            &mut report,
-        );
-        add(
-            guarded("camera", || vec![check_camera(&b.setup.camera, root)]),
-            &mut report,
-        );
-        add(
-            guarded("supervisor", || {
-                vec![check_bind(&b.setup.supervisor.listen)]
-            }),
-            &mut report,
-        );
-        add(
-            guarded("mqtt", || vec![check_mqtt(b.setup.mqtt.as_ref())]),
-            &mut report,
-        );
-        add(
-            guarded("archive", || check_archive(b.setup.archive.as_ref())),
-            &mut report,
-        );
+        board_checks(b, root, &mut list);
     }
-    add(
-        guarded("systemd unit", || vec![check_unit(root).needed(deployed)]),
-        &mut report,
-    );
-    add(
-        guarded("clock", || vec![check_clock(root).needed(deployed)]),
-        &mut report,
-    );
-    report
+    host_checks(root, deployed, &mut list);
+    list.report
+}
+
+/// The report so far, each check printed as it is added.
+struct Printed<'a> {
+    out: &'a mut dyn Write,
+    report: Report,
+}
+
+impl Printed<'_> {
+    /// Print `checks` and add them to the report.
+    fn add(&mut self, checks: Vec<Check>) {
+        for c in checks {
+            let _ = writeln!(self.out, "{c}");
+            self.report.checks.push(c);
+        }
+        let _ = self.out.flush();
+    }
+}
+
+/// The board file at `path`, its check added either way.
+fn load_board(path: &Path, list: &mut Printed) -> Option<BoardConfig> {
+    let loaded = catch_unwind(|| BoardConfig::load(path));
+    match loaded {
+        Ok(Ok(b)) => {
+            list.add(vec![Check::pass(
+                "board file",
+                format!("{} ({})", b.board.name, path.display()),
+            )]);
+            Some(b)
+        }
+        Ok(Err(e)) => {
+            list.add(vec![Check::fail(
+                "board file",
+                e.to_string(),
+                "correct the key named (`diffad check-config --keys-only FILE`)",
+            )]);
+            None
+        }
+        Err(_) => {
+            list.add(vec![Check::fail(
+                "board file",
+                "reading it crashed",
+                "report this as a diffad bug",
+            )]);
+            None
+        }
+    }
+}
+
+/// What the board file needs: the model (when ONNX Runtime loaded), the TensorRT cache, the
+/// pins, the camera, the supervisor, MQTT and the archive.
+fn board_checks(b: &BoardConfig, root: &Root, list: &mut Printed) {
+    let ort_ok = list
+        .report
+        .get("onnxruntime")
+        .is_some_and(|c| c.status == Status::Pass);
+    list.add(guarded("model", || check_model(b, ort_ok)));
+    if b.engine.providers.iter().any(|p| p == "tensorrt") {
+        list.add(guarded("tensorrt cache", || {
+            vec![check_writable_dir(
+                "tensorrt cache",
+                &b.engine.tensorrt.cache_dir,
+                "engine.tensorrt.cache_dir",
+            )]
+        }));
+    }
+    list.add(guarded("gpio", || check_gpio(&b.setup.gpio, root)));
+    list.add(guarded("camera", || {
+        vec![check_camera(&b.setup.camera, root)]
+    }));
+    list.add(guarded("supervisor", || {
+        vec![check_bind(&b.setup.supervisor.listen)]
+    }));
+    list.add(guarded("mqtt", || vec![check_mqtt(b.setup.mqtt.as_ref())]));
+    list.add(guarded("archive", || {
+        check_archive(b.setup.archive.as_ref())
+    }));
+}
+
+/// The service unit and the clock; advisory unless the board is `deployed`.
+fn host_checks(root: &Root, deployed: bool, list: &mut Printed) {
+    list.add(guarded("systemd unit", || {
+        vec![check_unit(root).needed(deployed)]
+    }));
+    list.add(guarded(
+        "clock",
+        || vec![check_clock(root).needed(deployed)],
+    ));
 }
 
 #[cfg(test)]
