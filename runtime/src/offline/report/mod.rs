@@ -116,6 +116,7 @@ pub struct Written {
     pub skipped: Vec<String>,
 }
 
+/// Turns a plotters error into one naming the figure being drawn.
 fn draw_err<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> anyhow::Error + '_ {
     move |e| anyhow!("drawing {what}: {e}")
 }
@@ -135,6 +136,7 @@ fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
         .draw()
 }
 
+/// Write the figure's RGB buffer as the PNG `dest`.
 fn save(buf: Vec<u8>, (w, h): (u32, u32), dest: &Path) -> Result<()> {
     RgbImage::from_raw(w, h, buf)
         .expect("buffer of the figure's size")
@@ -142,6 +144,7 @@ fn save(buf: Vec<u8>, (w, h): (u32, u32), dest: &Path) -> Result<()> {
         .with_context(|| format!("writing {}", dest.display()))
 }
 
+/// A rate as a percentage, or `n/a` when it could not be computed.
 fn pct(v: f64) -> String {
     if v.is_nan() {
         "n/a".into()
