@@ -1,0 +1,123 @@
+//! `[engine]`: the model, the execution providers in order, and their options.
+
+use super::*;
+use serde::Deserialize;
+
+/// `[engine]`: which model, and which execution providers in order of preference.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Path of the exported `.onnx` model (relative paths are relative to the config file).
+    pub model: PathBuf,
+    /// Execution providers to try, in order: `tensorrt`, `cuda`, `cpu`.
+    #[serde(default = "default_providers")]
+    pub providers: Vec<String>,
+    /// Carry on with the next provider when a listed GPU provider cannot be registered.
+    #[serde(default)]
+    pub allow_fallback: bool,
+    /// TensorRT options.
+    #[serde(default)]
+    pub tensorrt: TensorRtConfig,
+    /// CUDA options.
+    #[serde(default)]
+    pub cuda: CudaConfig,
+    /// CPU options.
+    #[serde(default)]
+    pub cpu: CpuConfig,
+    /// The golden-case check at every start.
+    #[serde(default)]
+    pub self_test: SelfTestConfig,
+}
+
+fn default_providers() -> Vec<String> {
+    vec!["cpu".into()]
+}
+
+/// `[engine.tensorrt]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TensorRtConfig {
+    /// GPU index.
+    pub device_id: i32,
+    /// Build fp16 engines (norms stay fp32 in the graph).
+    pub fp16: bool,
+    /// Where built engines and the timing cache are kept.
+    pub cache_dir: PathBuf,
+    /// Builder workspace in MiB.
+    pub workspace_mb: usize,
+}
+
+impl Default for TensorRtConfig {
+    fn default() -> Self {
+        Self {
+            device_id: 0,
+            fp16: true,
+            cache_dir: PathBuf::from("/var/cache/diffad/tensorrt"),
+            workspace_mb: 1024,
+        }
+    }
+}
+
+/// `[engine.cuda]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CudaConfig {
+    /// GPU index.
+    pub device_id: i32,
+    /// Arena limit in MiB (0 = ORT's default).
+    pub memory_limit_mb: usize,
+}
+
+/// `[engine.cpu]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CpuConfig {
+    /// Intra-op threads (0 = one per core).
+    pub threads: usize,
+}
+
+/// Provider names the config accepts.
+pub const PROVIDERS: &[&str] = &["tensorrt", "cuda", "cpu"];
+
+impl EngineConfig {
+    /// A CPU-only config for `model`, as the CLI uses when no board config is given.
+    pub fn cpu(model: impl Into<PathBuf>) -> Self {
+        Self {
+            model: model.into(),
+            providers: default_providers(),
+            allow_fallback: false,
+            tensorrt: TensorRtConfig::default(),
+            cuda: CudaConfig::default(),
+            cpu: CpuConfig::default(),
+            self_test: SelfTestConfig::default(),
+        }
+    }
+
+    /// Check values that serde cannot.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.providers.is_empty() {
+            return Err(Invalid::new(
+                "engine.providers",
+                "empty; list at least one of \"tensorrt\", \"cuda\", \"cpu\"",
+            ));
+        }
+        for (i, p) in self.providers.iter().enumerate() {
+            if !PROVIDERS.contains(&p.as_str()) {
+                return Err(Invalid::new(
+                    format!("engine.providers[{i}]"),
+                    format!("unknown provider \"{p}\"; allowed: \"tensorrt\", \"cuda\", \"cpu\""),
+                ));
+            }
+            if self.providers[..i].contains(p) {
+                return Err(Invalid::new(
+                    format!("engine.providers[{i}]"),
+                    format!("\"{p}\" is listed twice"),
+                ));
+            }
+        }
+        if self.tensorrt.workspace_mb == 0 {
+            return Err(Invalid::new("engine.tensorrt.workspace_mb", "must be > 0"));
+        }
+        self.self_test.validate()
+    }
+}
