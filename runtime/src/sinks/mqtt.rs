@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Messages handed to the client and not yet acknowledged.
 const WINDOW: usize = 64;
+/// How long the oldest handed message may wait for its acknowledgement before everything
+/// unacknowledged is sent again.
+const RESEND_AFTER: Duration = Duration::from_secs(1);
+
 /// Largest message either way; part events with long reasons stay far below it.
 const MAX_PACKET: usize = 1 << 20;
 
@@ -50,6 +54,8 @@ struct Message {
     payload: Arc<[u8]>,
     retain: bool,
     state: State,
+    /// When it was last handed to the client.
+    handed_at: Option<Instant>,
 }
 
 /// Messages not yet acknowledged, oldest first.
@@ -239,6 +245,7 @@ impl Publisher {
                 payload,
                 retain,
                 state: State::Unsent,
+                handed_at: None,
             });
         }
         let _ = self.wake.try_send(());
@@ -386,6 +393,7 @@ impl InFlight {
             ) {
                 Ok(()) => {
                     m.state = State::Handed;
+                    m.handed_at = Some(Instant::now());
                     self.awaiting_id.push_back(self.retired + i as u64);
                     room -= 1;
                 }
@@ -413,6 +421,17 @@ impl InFlight {
             q.pop_front();
             self.retired += 1;
         }
+    }
+
+    /// The oldest message was handed `RESEND_AFTER` ago and is still not acknowledged: its
+    /// acknowledgement was lost or went to another message. Packet ids are matched to messages
+    /// by the order rumqttc reports sends, and a reconnect can replay requests rumqttc still
+    /// held, which shifts that order; sending everything unacknowledged again (QoS 1 allows
+    /// repeats) is what gets the outbox moving again, where waiting would hold it forever.
+    fn stalled(&self, outbox: &Outbox) -> bool {
+        outbox.lock().front().is_some_and(|m| {
+            m.state == State::Handed && m.handed_at.is_some_and(|t| t.elapsed() > RESEND_AFTER)
+        })
     }
 
     /// The connection dropped: rumqttc drops what it had in flight with a clean session, so
@@ -445,6 +464,10 @@ fn publish_loop(
     let mut outage_warned = false;
     while !stop.load(Ordering::Relaxed) {
         if connected {
+            if flight.stalled(&outbox) {
+                log::warn!("mqtt {endpoint}: no acknowledgement for {RESEND_AFTER:?}: sending the unacknowledged messages again");
+                flight.lost(&outbox);
+            }
             flight.hand_out(&client, &outbox);
         }
         crossbeam_channel::select! {
