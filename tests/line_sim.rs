@@ -259,6 +259,41 @@ fn below_capacity_nothing_is_skipped_or_failed_safe() {
     assert_eq!(s.inspected_in_time, 600);
 }
 
+#[test]
+fn a_hiccup_near_capacity_is_caught_up_oldest_first() {
+    // 0.9x of capacity, but every 100th frame the engine takes 250 ms longer: a few frames
+    // queue up, and the spare 10 % takes seconds to drain them. Served newest first, the
+    // oldest of them waited past their deadline and failed safe; served oldest first while
+    // every queued part can still make it, none does.
+    let mut setup = sim_setup(600);
+    setup.line.part_rate_hz = 11.25;
+    let run = run_line(
+        &setup,
+        |c| {
+            let mut i = TruthInspector::new(c);
+            i.batch = 1;
+            i.delay_ns = 80 * MS;
+            i.slow_every = Some((100, 250 * MS));
+            Box::new(i)
+        },
+        None,
+        None,
+    );
+    let s = &run.summary;
+    println!("{s}");
+    assert!(s.invariant_ok, "{s}");
+    assert_eq!(
+        (
+            s.counters.fault_rejects,
+            s.counters.skipped,
+            s.counters.late_verdicts
+        ),
+        (0, 0, 0),
+        "{s}"
+    );
+    assert_eq!(s.inspected_in_time, 600);
+}
+
 /// A camera that delivers some frames, then nothing for a while, then ends.
 struct Stalling {
     inner: Box<dyn diffad::sources::camera::Source>,

@@ -33,12 +33,12 @@ pub(super) fn inspect_loop(
             }
         }
         let now = clock.now_ns();
-        let taken = triage.take(now, batch, |n| service.estimate(n));
+        let taken = triage.take(now, batch, |n| service.typical(n), |n| service.estimate(n));
         for job in taken.skipped {
             let reason = format!(
                 "verdict due in {:.1} ms, the engine needs {:.1} ms",
                 job.due_ns.saturating_sub(now) as f64 / 1e6,
-                service.estimate(1) as f64 / 1e6
+                service.typical(1) as f64 / 1e6
             );
             let _ = sched.try_send(SchedMsg::Skipped {
                 part: job.part,

@@ -7,9 +7,12 @@
 //! measured as it runs, and each batch is chosen so that it can still finish in time:
 //! - a job that can no longer make its deadline, even alone, is skipped at once (its part fails
 //!   safe now, and no engine time is spent on it);
-//! - of the rest, the newest go first: they have the most slack, so a slow batch costs the
-//!   fewest deadlines, and in steady overload the engine's whole capacity goes to parts that
-//!   make it;
+//! - while the queue can be served oldest first with every job in time, it is (earliest
+//!   deadline first: optimal for a feasible load, and no frame starves behind newer ones near
+//!   capacity);
+//! - otherwise the line is overloaded and the newest go first: they have the most slack, so a
+//!   slow batch costs the fewest deadlines, and in steady overload the engine's whole capacity
+//!   goes to parts that make it;
 //! - a full queue evicts its oldest job (the one with the least slack) to admit a new frame.
 
 use crate::clock::Clock;
@@ -101,12 +104,22 @@ impl Triage {
         }
     }
 
-    /// Choose the next batch of at most `max` jobs, given `service`, the estimated time to
-    /// inspect a batch of n frames.
-    pub fn take(&self, now_ns: u64, max: usize, service: impl Fn(usize) -> u64) -> Taken {
+    /// Choose the next batch of at most `max` jobs, given the time to inspect a batch of n
+    /// frames: `typical` (what it usually takes) and `planned` (with headroom for noise).
+    ///
+    /// Giving up on a part cannot be undone, so a job is skipped only when it cannot make its
+    /// deadline even at the typical speed, and the queue is served oldest first while every
+    /// job could make it at that speed; batches are sized with the headroom.
+    pub fn take(
+        &self,
+        now_ns: u64,
+        max: usize,
+        typical: impl Fn(usize) -> u64,
+        planned: impl Fn(usize) -> u64,
+    ) -> Taken {
         let mut q = self.lock();
         let mut out = Taken::default();
-        let alone = now_ns + service(1);
+        let alone = now_ns + typical(1);
         let mut keep = VecDeque::with_capacity(q.len());
         for job in q.drain(..) {
             if job.due_ns < alone {
@@ -115,14 +128,28 @@ impl Triage {
                 keep.push_back(job);
             }
         }
-        // The k newest finish together at now + service(k): the oldest of them binds.
-        let mut k = keep.len().min(max.max(1));
-        while k > 1 && keep[keep.len() - k].due_ns < now_ns + service(k) {
-            k -= 1;
-        }
-        for _ in 0..k {
-            if let Some(j) = keep.pop_back() {
-                out.batch.push(j);
+        let max = max.max(1);
+        if fifo_feasible(&keep, now_ns, &typical) {
+            // Every queued job makes its deadline served oldest first: earliest deadline first
+            // is optimal while the load is feasible, and keeps the oldest from starving behind
+            // a steady stream of newer frames near capacity. The batch is as large as the
+            // oldest allows.
+            let mut k = keep.len().min(max);
+            while k > 1 && keep[0].due_ns < now_ns + planned(k) {
+                k -= 1;
+            }
+            out.batch.extend(keep.drain(..k));
+        } else {
+            // Overloaded: the k newest finish together at now + service(k), the oldest of them
+            // binds; the engine's time goes to parts that can still make it.
+            let mut k = keep.len().min(max);
+            while k > 1 && keep[keep.len() - k].due_ns < now_ns + planned(k) {
+                k -= 1;
+            }
+            for _ in 0..k {
+                if let Some(j) = keep.pop_back() {
+                    out.batch.push(j);
+                }
             }
         }
         *q = keep;
@@ -154,6 +181,14 @@ impl Triage {
     }
 }
 
+/// Whether serving `jobs` (in due order) oldest first lets each one make its deadline: the
+/// i-th can finish no earlier than the work of the i + 1 oldest.
+fn fifo_feasible(jobs: &VecDeque<Job>, now_ns: u64, service: &impl Fn(usize) -> u64) -> bool {
+    jobs.iter()
+        .enumerate()
+        .all(|(i, j)| j.due_ns >= now_ns + service(i + 1))
+}
+
 /// The engine's measured time per batch: a mean and mean deviation per frame (as TCP estimates
 /// round trips), so a noisy engine is planned with headroom.
 #[derive(Debug, Clone, Default)]
@@ -172,14 +207,23 @@ impl ServiceTime {
             self.dev_ns = x / 4.0;
         } else {
             self.dev_ns += 0.25 * ((x - self.per_frame_ns).abs() - self.dev_ns);
-            self.per_frame_ns += 0.125 * (x - self.per_frame_ns);
+            // One slow batch (a page fault, another process) widens the headroom but barely
+            // moves the typical time; a lasting slowdown still moves it within a few dozen.
+            let bounded = x.clamp(0.5 * self.per_frame_ns, 1.5 * self.per_frame_ns);
+            self.per_frame_ns += 0.125 * (bounded - self.per_frame_ns);
         }
         self.samples += 1;
     }
 
-    /// Planned time for a batch of `n` frames (0 before the first measurement).
+    /// Planned time for a batch of `n` frames, with headroom for noise (0 before the first
+    /// measurement).
     pub fn estimate(&self, n: usize) -> u64 {
         (n as f64 * (self.per_frame_ns + 2.0 * self.dev_ns)) as u64
+    }
+
+    /// What a batch of `n` frames usually takes (0 before the first measurement).
+    pub fn typical(&self, n: usize) -> u64 {
+        (n as f64 * self.per_frame_ns) as u64
     }
 }
 
@@ -207,6 +251,10 @@ mod tests {
         }
     }
 
+    fn per100(n: usize) -> u64 {
+        n as u64 * 100 * MS
+    }
+
     fn parts(v: &[Job]) -> Vec<u64> {
         v.iter().map(|j| j.part).collect()
     }
@@ -215,30 +263,54 @@ mod tests {
     fn newest_first_and_hopeless_jobs_skipped() {
         let clock = SimClock::new(SimMode::Manual, 0);
         let t = Triage::new(8);
-        for (p, due) in [(1, 50), (2, 150), (3, 300), (4, 400)] {
+        for (p, due) in [(1, 50), (2, 150), (3, 250), (4, 290)] {
             assert!(matches!(t.push(job(p, due * MS), &clock), Pushed::Queued));
         }
-        // 100 ms per frame at t = 0: part 1 (due at 50) cannot make it; batch of 2 ends at 200,
-        // which parts 3 and 4 (newest) both make.
-        let got = t.take(0, 2, |n| n as u64 * 100 * MS);
+        // 100 ms per frame at t = 0: part 1 (due at 50) cannot make it. Served oldest first
+        // part 4 would end at 300, past its 290: overloaded, so the newest go first; a batch of
+        // 2 ends at 200, which parts 3 and 4 both make.
+        let got = t.take(0, 2, per100, per100);
         assert_eq!(parts(&got.skipped), vec![1]);
         assert_eq!(parts(&got.batch), vec![4, 3]);
         assert_eq!(t.len(), 1);
         // At 100 ms part 2 (due 150) cannot finish even alone (100 + 100 > 150).
-        let got = t.take(100 * MS, 2, |n| n as u64 * 100 * MS);
+        let got = t.take(100 * MS, 2, per100, per100);
         assert_eq!(parts(&got.skipped), vec![2]);
         assert!(got.batch.is_empty() && t.is_empty());
+    }
+
+    #[test]
+    fn oldest_first_while_every_job_can_make_it() {
+        let clock = SimClock::new(SimMode::Manual, 0);
+        let t = Triage::new(8);
+        for (p, due) in [(1, 250), (2, 350), (3, 400), (4, 500)] {
+            t.push(job(p, due * MS), &clock);
+        }
+        // 100 ms per frame: served oldest first, two at a time, all make it (1 and 2 end at 200,
+        // 3 and 4 at 400); newest first would have left parts 1 and 2 to the end (400 > 250).
+        let got = t.take(0, 2, per100, per100);
+        assert!(got.skipped.is_empty());
+        assert_eq!(parts(&got.batch), vec![1, 2]);
+        let got = t.take(200 * MS, 2, per100, per100);
+        assert_eq!(parts(&got.batch), vec![3, 4]);
+        // At 100 ms the third would end at 400, past its 390: overloaded, newest first again.
+        for (p, due) in [(5, 300), (6, 350), (7, 390)] {
+            t.push(job(p, due * MS), &clock);
+        }
+        let got = t.take(100 * MS, 1, per100, per100);
+        assert_eq!(parts(&got.batch), vec![7]);
     }
 
     #[test]
     fn batch_shrinks_until_its_oldest_member_makes_it() {
         let clock = SimClock::new(SimMode::Manual, 0);
         let t = Triage::new(8);
-        for (p, due) in [(1, 150), (2, 250), (3, 900)] {
+        for (p, due) in [(1, 150), (2, 250), (3, 260)] {
             t.push(job(p, due * MS), &clock);
         }
-        // Three together end at 300 ms (part 2 would miss), two end at 200 (part 2 makes it).
-        let got = t.take(0, 3, |n| n as u64 * 100 * MS);
+        // Overloaded (oldest first, part 3 would end at 300, past its 260), so newest first:
+        // three together end at 300 ms (part 2 would miss), two end at 200 (part 2 makes it).
+        let got = t.take(0, 3, per100, per100);
         assert!(got.skipped.is_empty());
         assert_eq!(parts(&got.batch), vec![3, 2]);
         assert_eq!(t.len(), 1);
@@ -265,5 +337,16 @@ mod tests {
         let one = s.estimate(1);
         assert!(one > 100 * MS && one < 200 * MS, "{one}");
         assert!(s.estimate(2).abs_diff(2 * one) <= 1);
+    }
+
+    #[test]
+    fn one_slow_batch_widens_the_headroom_not_the_typical_time() {
+        let mut s = ServiceTime::default();
+        for _ in 0..5 {
+            s.record(1, 80 * MS);
+        }
+        s.record(1, 330 * MS);
+        assert!(s.typical(1) < 90 * MS, "{}", s.typical(1));
+        assert!(s.estimate(1) > 150 * MS, "{}", s.estimate(1));
     }
 }
