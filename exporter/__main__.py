@@ -67,6 +67,12 @@ def _add_arch(p: argparse.ArgumentParser) -> None:
                   help="edge UNet: timestep embedding channels")
     e.add_argument("--no-diff-input", action="store_true",
                    help="seg head sees (x0, x0_hat) only, not also |x0 - x0_hat|")
+    e.add_argument("--seg-dilations", type=_ints, default=(),
+                   help="seg head context stack: one residual 3x3 conv per dilation, "
+                        "comma-separated (e.g. 1,2,4,8); empty: none")
+    e.add_argument("--seg-context-level", type=int, default=1,
+                   help="seg encoder level of the --seg-dilations stack (0: stem resolution, "
+                        "each level halves it)")
 
 
 def _unet_cfg(a: argparse.Namespace):
@@ -98,7 +104,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     opts = TrainOptions(
         data=a.data, out=a.out, unet=_unet_cfg(a),
         seg_width=a.seg_width or (16 if a.arch == "edge" else 8),
-        seg_diff_input=not a.no_diff_input, steps=a.steps,
+        seg_diff_input=not a.no_diff_input, seg_dilations=a.seg_dilations,
+        seg_context_level=a.seg_context_level, steps=a.steps,
         batch=a.batch, lr_unet=a.lr_unet, lr_seg=a.lr_seg, seed=a.seed, threads=a.threads,
         crop=a.crop, augment=not a.no_augment, anomaly_source=a.anomaly_source,
         checkpoint_every=a.checkpoint_every, keep_every=a.keep_every,

@@ -76,21 +76,40 @@ class EdgeUNetConfig:
 @dataclass
 class EdgeSegConfig:
     """Edge seg head. `in_channels` counts the image channels C; it sees x0, x0_hat and
-    |x0 - x0_hat| when `diff_input` (3C channels), else x0 and x0_hat (2C)."""
+    |x0 - x0_hat| when `diff_input` (3C channels), else x0 and x0_hat (2C).
+
+    `dilations` (empty: none, the original head) adds a context stack at encoder level
+    `context_level` (resolution image/(stem*2^level)): one residual conv-BN-ReLU per entry, a 3x3
+    convolution with that dilation, so the head's receptive field grows by
+    2 * sum(dilations) * stem * 2^level pixels without another downsampling step. Configs saved
+    before these fields existed load as the original head."""
 
     in_channels: int = 1
     widths: tuple[int, ...] = (16, 32, 64, 64)
     stem: int = 2
     diff_input: bool = True
+    dilations: tuple[int, ...] = ()
+    context_level: int = 1
     arch: str = field(default=ARCH)
 
     def __post_init__(self) -> None:
         self.widths = _tuple(self.widths)
+        self.dilations = _tuple(self.dilations)
+        if any(d < 1 for d in self.dilations):
+            raise ValueError(f"edge seg: dilations must be >= 1, got {list(self.dilations)}")
+        if self.dilations and not 0 <= self.context_level < len(self.widths):
+            raise ValueError(f"edge seg: context_level must be in 0..{len(self.widths) - 1}, "
+                             f"got {self.context_level}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["widths"] = list(d["widths"])
+        d["dilations"] = list(d["dilations"])
         return d
+
+    def context_gain(self) -> int:
+        """Pixels (at input resolution) the context stack adds to the receptive field."""
+        return 2 * sum(self.dilations) * self.stem * 2 ** self.context_level
 
     @classmethod
     def from_dict(cls, d: dict) -> EdgeSegConfig:
@@ -239,8 +258,26 @@ class ConvBNReLU(nn.Module):
             self.bn = nn.Identity()
 
 
+class DilatedContext(nn.Module):
+    """h + relu(bn(conv3x3_dilated(h))) per dilation: more context at one resolution, same shape.
+    Each BN folds into its (dilated) convolution at export like any other ConvBNReLU."""
+
+    def __init__(self, ch: int, dilations: tuple[int, ...]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            ConvBNReLU(ch, ch, conv=nn.Conv2d(ch, ch, 3, padding=d, dilation=d))
+            for d in dilations
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks:
+            x = x + b(x)
+        return x
+
+
 class EdgeSeg(nn.Module):
-    """Small UNet on (x0, x0_hat[, |x0 - x0_hat|]) at stem resolution; sigmoid map at full size."""
+    """Small UNet on (x0, x0_hat[, |x0 - x0_hat|]) at stem resolution; sigmoid map at full size;
+    optionally a dilated context stack at one encoder level (`EdgeSegConfig.dilations`)."""
 
     def __init__(self, cfg: EdgeSegConfig) -> None:
         super().__init__()
@@ -256,6 +293,9 @@ class EdgeSeg(nn.Module):
         self.up = nn.ModuleList(Upsample(w[i + 1], w[i]) for i in range(len(w) - 1))
         self.dec = nn.ModuleList(ConvBNReLU(w[i], w[i]) for i in range(len(w) - 1))
         self.out = _conv(w[0], cfg.stem * cfg.stem)
+        # only built when asked for: the original head keeps its exact state-dict keys
+        self.context = (DilatedContext(w[cfg.context_level], cfg.dilations)
+                        if cfg.dilations else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.diff_input:
@@ -263,8 +303,10 @@ class EdgeSeg(nn.Module):
             x = torch.cat([x, (x[:, :c] - x[:, c:]).abs()], 1)
         h = self.stem(x)
         skips = []
-        for m in self.enc:
+        for i, m in enumerate(self.enc):
             h = m(h)
+            if self.context is not None and i == self.cfg.context_level:
+                h = self.context(h)
             skips.append(h)
         skips.pop()
         for i in reversed(range(len(self.up))):

@@ -59,6 +59,8 @@ class TrainOptions:
     unet: UNetCfg
     seg_width: int = 8
     seg_diff_input: bool = True
+    seg_dilations: tuple[int, ...] = ()
+    seg_context_level: int = 1
     steps: int = 1000
     batch: int = 8
     lr_unet: float = 2e-4
@@ -344,7 +346,14 @@ def train(opts: TrainOptions) -> Path:
     pool = TexturePool(crop, cfg.in_channels, opts.anomaly_source, opts.seed)
     seg_cfg = default_seg_config(cfg, opts.seg_width)
     if isinstance(seg_cfg, EdgeSegConfig):
-        seg_cfg.diff_input = opts.seg_diff_input
+        try:
+            seg_cfg = EdgeSegConfig(**{**seg_cfg.to_dict(), "diff_input": opts.seg_diff_input,
+                                       "dilations": opts.seg_dilations,
+                                       "context_level": opts.seg_context_level})
+        except ValueError as e:
+            raise ExporterError(str(e)) from None
+    elif opts.seg_dilations:
+        raise ExporterError("--seg-dilations needs --arch edge")
     unet, seg = build_unet(cfg), build_seg(seg_cfg)
     opt_u = torch.optim.Adam(unet.parameters(), lr=opts.lr_unet)
     opt_s = torch.optim.Adam(seg.parameters(), lr=opts.lr_seg)

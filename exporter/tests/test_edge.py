@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from exporter.__main__ import main
-from exporter.arch import build_seg, build_unet, prepare_for_export
+from exporter.arch import build_seg, build_unet, prepare_for_export, seg_config_from_dict
 from exporter.diffusion import DiffusionConfig
 from exporter.edge import ConvBNReLU, EdgeSeg, EdgeSegConfig, EdgeUNet, EdgeUNetConfig
 from exporter.errors import ExporterError
@@ -246,3 +246,105 @@ def test_score_blur_matches_scipy(tmp_path: Path) -> None:
         with pytest.raises(ExporterError, match="score-sigma"):
             export_model(unet, seg, {}, tmp_path / "bad.onnx",
                          ExportOptions(name="b", diff=DiffusionConfig(score_sigma=bad)))
+
+
+def _receptive_field(seg: EdgeSeg, size: int) -> int:
+    """Width in pixels of the input region that reaches the centre output pixel (float64, so no
+    contribution underflows to zero)."""
+    seg = seg.double().eval()
+    c = seg.cfg.in_channels * 2
+    x = torch.rand(1, c, size, size, dtype=torch.float64, requires_grad=True)
+    y = seg(x)
+    assert y.shape == (1, 1, size, size)
+    y[0, 0, size // 2, size // 2].backward()
+    cols = torch.nonzero(x.grad.abs().sum((0, 1, 2))).flatten()
+    return int(cols.max() - cols.min() + 1)
+
+
+@pytest.mark.parametrize("dilations,level", [((1, 2), 0), ((1, 2, 4, 8), 1), ((3,), 2)])
+def test_seg_dilations_widen_the_receptive_field_by_their_gain(dilations, level) -> None:
+    base = dict(widths=(16, 16, 32), diff_input=False)
+    plain = randomized(EdgeSeg(EdgeSegConfig(**base)), 1)
+    cfg = EdgeSegConfig(**base, dilations=dilations, context_level=level)
+    ctx = randomized(EdgeSeg(cfg), 1)
+    assert cfg.context_gain() == 2 * sum(dilations) * 2 * 2 ** level
+    # large enough that neither field reaches the border: the gain is exact
+    size = 256
+    assert _receptive_field(ctx, size) == _receptive_field(plain, size) + cfg.context_gain()
+    # same output contract as the plain head: [B, 1, H, W] in [0, 1] at any multiple of 32,
+    # also with the difference input
+    for s, diff in ((32, False), (64, True)):
+        seg = randomized(EdgeSeg(EdgeSegConfig(**{**base, "diff_input": diff},
+                                               dilations=dilations, context_level=level)), 2)
+        with torch.no_grad():
+            m = seg(torch.rand(2, 2, s, s))
+        assert m.shape == (2, 1, s, s) and 0.0 <= float(m.min()) <= float(m.max()) <= 1.0
+    # the dilated convolutions fold and export like the rest of the head
+    n = sum(1 for m in ctx.modules() if isinstance(m, ConvBNReLU))
+    x = torch.rand(1, 2, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        before = ctx(x)
+        assert prepare_for_export(torch.nn.Identity(), ctx) == n
+        assert float((before - ctx(x)).abs().max()) < 1e-9
+
+
+def test_seg_config_without_context_fields_loads_as_the_original_head() -> None:
+    # the seg entry of a checkpoint or manifest written before `dilations` existed (the
+    # committed brick/gravel models carry this one, 202116 parameters once BN is folded)
+    old = {"in_channels": 1, "widths": [16, 32, 64, 64], "stem": 2, "diff_input": True,
+           "arch": "edge"}
+    cfg = seg_config_from_dict(old)
+    assert isinstance(cfg, EdgeSegConfig) and cfg.dilations == ()
+    seg = build_seg(cfg)
+    assert seg.context is None
+    assert not any(k.startswith("context") for k in seg.state_dict())
+    # an old state dict loads strictly, and the new fields round-trip through the dict
+    EdgeSeg(seg_config_from_dict(dict(old))).load_state_dict(seg.state_dict())
+    prepare_for_export(torch.nn.Identity(), seg)
+    assert sum(p.numel() for p in seg.parameters()) == 202116
+    new = EdgeSegConfig(dilations=(1, 2, 4, 8))
+    assert seg_config_from_dict(new.to_dict()) == new
+    assert new.to_dict()["dilations"] == [1, 2, 4, 8]
+    with pytest.raises(ExporterError, match="dilations"):
+        seg_config_from_dict({**old, "dilations": [0]})
+    with pytest.raises(ExporterError, match="context_level"):
+        seg_config_from_dict({**old, "dilations": [2], "context_level": 4})
+
+
+def test_seg_dilations_train_resume_and_export_via_cli(tmp_path: Path) -> None:
+    data = tmp_path / "good"
+    write_images(data, 4)
+    args = ["--arch", "edge", "--image-size", "32", "--widths", "16,32,32",
+            "--enc-blocks", "1,1,1", "--dec-blocks", "1,1", "--seg-width", "16", "--batch", "2",
+            "--threads", "1", "--seed", "1", "--keep-every", "1", "--no-diff-input"]
+    out = tmp_path / "ck"
+    ctx = ["--seg-dilations", "1,2", "--seg-context-level", "1"]
+    assert main(["train", "--data", str(data), "--out", str(out), "--steps", "1", *args,
+                 *ctx]) == 0
+    meta = torch.load(out / "last.pt", weights_only=False)["exporter"]
+    assert meta["seg"]["dilations"] == [1, 2] and meta["seg"]["context_level"] == 1
+    state = torch.load(out / "last.pt", weights_only=False)["seg_model_state_dict"]
+    assert any(k.startswith("context.") for k in state)
+    # resuming without the context stack (or with another one) is refused, not mixed
+    assert main(["train", "--data", str(data), "--out", str(out), "--steps", "2", *args]) == 2
+    assert main(["train", "--data", str(data), "--out", str(out), "--steps", "2", *args,
+                 "--seg-dilations", "1,4"]) == 2
+    assert main(["train", "--data", str(data), "--out", str(out), "--steps", "2", *args,
+                 *ctx]) == 0
+    # bad values are a usage error naming the problem, not a traceback
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "bad"), "--steps", "1",
+                 *args, "--seg-dilations", "0"]) == 2
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(out / "step-000002.pt"), "--out",
+                 str(onnx_path), "--threads", "1"]) == 0
+    model = onnx.load(str(onnx_path))
+    manifest = json.loads(next(p.value for p in model.metadata_props
+                               if p.key == "diffad.manifest"))
+    assert manifest["architecture"]["seg"]["dilations"] == [1, 2]
+    dilated = [n for n in model.graph.node if n.op_type == "Conv"
+               and any(a.name == "dilations" and list(a.ints) != [1, 1] for a in n.attribute)]
+    assert len(dilated) == 1  # the dilation-1 block is an ordinary 3x3 conv
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    res = sess.run(None, {sess.get_inputs()[0].name: np.random.rand(1, 1, 32, 32)
+                          .astype(np.float32)})
+    assert res[0].shape == (1, 1, 32, 32)
