@@ -46,6 +46,11 @@ def select(folder: Path, dataset: Path, every: int = 0, threads: int = 2,
     if not (dataset / "test").is_dir():
         raise ExporterError(f"{dataset} is not a validation dataset (no test/ folder); "
                             "make one with `python -m exporter make-tiles`")
+    if (dataset / "validation").is_dir():
+        # The root of a make-tiles tree: its test/ is the evaluation set, which stopping points
+        # must never be chosen on.
+        raise ExporterError(f"{dataset} holds the evaluation set (test/) beside its validation "
+                            f"split: select on {dataset / 'validation'}")
     diff = diff or DiffusionConfig()
     # rows already evaluated with the same settings are kept beside the snapshots, so select
     # can run while training goes on and only new snapshots cost time

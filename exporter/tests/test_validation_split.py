@@ -189,3 +189,13 @@ def test_evaluate_runs_on_the_validation_root(tiles: Path, exported: Path, capsy
     assert r["n_good"] == VAL_TEST_GOOD
     assert r["n_defective"] == len(VAL_DEFECTS) * VAL_PER_DEFECT
     assert set(r["per_kind"]) == {"good", *VAL_DEFECTS}
+
+
+def test_select_refuses_the_root_whose_test_is_the_evaluation_set(tiles: Path,
+                                                                  tmp_path: Path) -> None:
+    from exporter.errors import ExporterError
+    from exporter.select import select
+
+    texture = next(p for p in sorted(tiles.iterdir()) if (p / "validation").is_dir())
+    with pytest.raises(ExporterError, match="evaluation set"):
+        select(tmp_path, texture)
