@@ -505,3 +505,43 @@ fn publish_loop(
         let _ = client.try_disconnect();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handed(ago: Duration) -> Message {
+        Message {
+            topic: "plant/l1/parts".into(),
+            payload: Arc::from(&b"{}"[..]),
+            retain: false,
+            state: State::Handed,
+            handed_at: Some(Instant::now() - ago),
+        }
+    }
+
+    #[test]
+    fn an_oldest_message_left_unacknowledged_is_sent_again() {
+        let outbox = Outbox {
+            queue: Mutex::new(VecDeque::from([
+                handed(Duration::ZERO),
+                handed(Duration::ZERO),
+            ])),
+            cap: 8,
+        };
+        let mut flight = InFlight::default();
+        assert!(!flight.stalled(&outbox), "just handed");
+        outbox.lock()[0].handed_at =
+            Some(Instant::now() - RESEND_AFTER - Duration::from_millis(50));
+        assert!(flight.stalled(&outbox), "waited past RESEND_AFTER");
+        // A packet id matched to the wrong message by a replayed send:
+        flight.by_pkid.insert(7, 1);
+        flight.lost(&outbox);
+        assert!(outbox.lock().iter().all(|m| m.state == State::Unsent));
+        assert!(flight.by_pkid.is_empty() && flight.awaiting_id.is_empty());
+        // Its late ack retires nothing: the messages go out again and wait for their own.
+        flight.acked(7, &outbox);
+        assert_eq!(outbox.lock().len(), 2);
+        assert!(!flight.stalled(&outbox));
+    }
+}
