@@ -129,7 +129,7 @@ fn arm_by_frame(ctx: &Ctx<'_>, sched: &chan::Tx<SchedMsg>, frame: &Frame) -> (u6
     let info = PartInfo {
         part,
         trigger_ns: frame.timestamp_ns,
-        deadline_ns: frame.timestamp_ns + ctx.setup.line.delay_ns(),
+        deadline_ns: frame.timestamp_ns + ctx.delay_ns,
         frame: FrameFacts::of(frame),
     };
     let _ = sched.try_send(SchedMsg::Arm(info));
@@ -179,7 +179,7 @@ fn queue(
     let job = Job {
         part,
         trigger_ns,
-        due_ns: (trigger_ns + line.delay_ns()).saturating_sub(line.margin_ns()),
+        due_ns: (trigger_ns + ctx.delay_ns).saturating_sub(ctx.margin_ns),
         frame,
     };
     match triage.push(job, ctx.clock) {

@@ -27,6 +27,8 @@ pub(super) struct Health<'a> {
     awaiting: &'a Awaiting,
     notifier: Option<&'a Notifier>,
     pins: Pins,
+    /// A camera without a frame for this long has stalled (`camera.stall_ms`).
+    stall: u64,
     /// A stage that has not looped for this long is wedged.
     liveness: u64,
     active: Vec<String>,
@@ -59,6 +61,7 @@ impl<'a> Health<'a> {
             awaiting,
             notifier,
             pins,
+            stall,
             // The source may block up to `stall`.
             liveness: (2 * stall).max(10 * tick).max(3 * period),
             active: Vec::new(),
@@ -150,8 +153,7 @@ impl<'a> Health<'a> {
 
     /// The faults that drop `ready` now, and whether every running stage is alive.
     fn faults(&self, now: u64, counters: &Counters) -> (Vec<String>, bool) {
-        let shared = self.shared;
-        let stall = self.setup.camera.stall_ms * MS;
+        let (shared, stall) = (self.shared, self.stall);
         let mut faults: Vec<String> = Vec::new();
         // Free-running: frames must keep coming. Photo-eye: a camera triggered by the parts is
         // quiet while the belt is empty; it has stalled when a triggered part waits for its frame.

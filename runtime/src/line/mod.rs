@@ -183,6 +183,10 @@ struct Ctx<'a> {
     next_part: &'a AtomicU64,
     /// The longest a stage sleeps between checks of its stop conditions.
     tick: u64,
+    /// Trigger to ejector (`line.delay_ns()`), worked out once rather than per part.
+    delay_ns: u64,
+    /// How long before the ejector a verdict must arrive (`line.margin_ns()`).
+    margin_ns: u64,
 }
 
 /// Run the line until the source ends, `line.parts` is reached or `shutdown` is requested;
@@ -220,6 +224,8 @@ pub fn run(
         awaiting: &Awaiting::default(),
         next_part: &AtomicU64::new(0),
         tick: (line.heartbeat_ms * MS / 2).clamp(5 * MS, 250 * MS),
+        delay_ns: line.delay_ns(),
+        margin_ns: line.margin_ns(),
     };
     let threads = Threads {
         ctx: &ctx,

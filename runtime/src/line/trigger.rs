@@ -85,7 +85,7 @@ fn arm_edge(ctx: &Ctx<'_>, sched: &chan::Tx<SchedMsg>, edge: TriggerEdge) {
     let info = PartInfo {
         part,
         trigger_ns: edge.t_ns,
-        deadline_ns: edge.t_ns + ctx.setup.line.delay_ns(),
+        deadline_ns: edge.t_ns + ctx.delay_ns,
         frame: FrameFacts {
             origin: "photo-eye".into(),
             ..FrameFacts::default()
