@@ -528,6 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--force", action="store_true",
                   help="overwrite an existing output")
     m.set_defaults(fn=cmd_make_tiles)
+
+    from .recipes.cli import add_commands
+
+    add_commands(sub, _command, _ints)
     return p
 
 

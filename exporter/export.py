@@ -123,6 +123,74 @@ def manifest_for(
     }
 
 
+def golden_inputs(folder: Path, size: int, ch: int, value_range: tuple[float, float],
+                  golden_from: Path | None) -> tuple[list[Path], np.ndarray]:
+    """The golden PNGs written into `folder`, and every parity input [N, C, H, W]: the golden
+    images first, then two seeded random ones."""
+    lo, hi = value_range
+    gpix = golden_pixels(size, ch)
+    if golden_from is not None:
+        for p in list_images(golden_from)[:2]:
+            t = preprocess_file(p, ch, size, size)  # [C, H, W] in [0, 1]
+            gpix.append(np.clip(np.rint(t * 255), 0, 255).astype(np.uint8).transpose(1, 2, 0))
+    gfiles = []
+    for i, g in enumerate(gpix):
+        p = folder / f"{i:02d}.png"
+        Image.fromarray(g[:, :, 0] if ch == 1 else g).save(p)
+        gfiles.append(p)
+    gin = np.stack([preprocess_file(p, ch, size, size, (lo, hi)) for p in gfiles])
+    rng = np.random.default_rng(7)
+    rin = (lo + (hi - lo) * rng.random((2, ch, size, size))).astype(np.float32)
+    return gfiles, np.concatenate([gin, rin])
+
+
+def run_torch(det: nn.Module, images: np.ndarray, batch: int, **kw) -> tuple[np.ndarray, ...]:
+    """(maps, scores) of a PyTorch detector over [N, C, H, W], padding the last batch."""
+    tm, ts = [], []
+    for i in range(0, len(images), batch):
+        chunk = images[i : i + batch]
+        n = len(chunk)
+        if n < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, 0)])
+        m, s = det(torch.from_numpy(chunk), **kw)
+        tm.append(m[:n].numpy())
+        ts.append(s[:n].numpy())
+    return np.concatenate(tm), np.concatenate(ts)
+
+
+def golden_cases(out: Path, gfiles: list[Path], maps: np.ndarray, scores: np.ndarray
+                 ) -> list[dict]:
+    """One case per golden image of the model `out`: its expected score and map statistics."""
+    gdir = golden_paths(out)[1].name
+    return [{"image": f"{gdir}/{p.name}", "score": float(scores[i]),
+             "map_sum": float(maps[i].astype(np.float64).sum()), "map_max": float(maps[i].max()),
+             "map_mean": float(maps[i].astype(np.float64).mean())}
+            for i, p in enumerate(gfiles)]
+
+
+def write_model_and_goldens(model: onnx.ModelProto, out: Path, images: Path,
+                            golden: dict[str, Any]) -> None:
+    """Writes the golden images, then the model, then the golden JSON, each atomically, so a
+    crash never leaves goldens that name another graph beside the model."""
+    gjson, gdir = golden_paths(out)
+    text = json.dumps(golden, indent=2) + "\n"
+    tmp_gdir = gdir.with_name(f".{gdir.name}.tmp")
+    if tmp_gdir.exists():
+        shutil.rmtree(tmp_gdir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copytree(images, tmp_gdir)
+        tmp_gdir.chmod(0o755)
+        save_model_atomic(model, out)
+        if gdir.exists():
+            shutil.rmtree(gdir)
+        tmp_gdir.rename(gdir)
+        write_text_atomic(gjson, text)
+    finally:
+        if tmp_gdir.exists():
+            shutil.rmtree(tmp_gdir)
+
+
 def _torch_export(det: OneStepDetector, example: torch.Tensor, opset: int) -> onnx.ModelProto:
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -182,66 +250,22 @@ def export_model(
 
     sess = ort_session(model.SerializeToString())
     # parity: golden patterns plus seeded random inputs, ORT vs PyTorch
-    lo, hi = opts.value_range
-    gpix = golden_pixels(size, ch)
-    if opts.golden_from is not None:
-        for p in list_images(opts.golden_from)[:2]:
-            t = preprocess_file(p, ch, size, size)  # [C, H, W] in [0, 1]
-            gpix.append(np.clip(np.rint(t * 255), 0, 255).astype(np.uint8).transpose(1, 2, 0))
     with tempfile.TemporaryDirectory() as td:
-        tmpd = Path(td)
-        gfiles = []
-        for i, g in enumerate(gpix):
-            p = tmpd / f"{i:02d}.png"
-            Image.fromarray(g[:, :, 0] if ch == 1 else g).save(p)
-            gfiles.append(p)
-        gin = np.stack([preprocess_file(p, ch, size, size, (lo, hi)) for p in gfiles])
-        rng = np.random.default_rng(7)
-        rin = (lo + (hi - lo) * rng.random((2, ch, size, size))).astype(np.float32)
-        allin = np.concatenate([gin, rin])
+        gfiles, allin = golden_inputs(Path(td), size, ch, opts.value_range, opts.golden_from)
         ort_map, ort_score = run_batched(sess, allin, opts.batch)
         with torch.no_grad():
-            tm, ts = [], []
-            for i in range(0, len(allin), opts.batch):
-                chunk = allin[i : i + opts.batch]
-                n = len(chunk)
-                if n < opts.batch:
-                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], opts.batch - n, 0)])
-                m, s = det(torch.from_numpy(chunk))
-                tm.append(m[:n].numpy())
-                ts.append(s[:n].numpy())
-        map_err = float(np.abs(np.concatenate(tm) - ort_map).max())
-        score_err = float(np.abs(np.concatenate(ts) - ort_score).max())
+            tm, ts = run_torch(det, allin, opts.batch)
+        map_err = float(np.abs(tm - ort_map).max())
+        score_err = float(np.abs(ts - ort_score).max())
         tol = PARITY_TOL_FP16 if opts.fp16 else PARITY_TOL_FP32
         if map_err > tol:
             raise ExporterError(
                 f"parity failed: max |map ORT - PyTorch| = {map_err:.3g} > {tol:g}"
             )
         sha = graph_sha256(model)
-        golden = {"model_sha256": sha, "cases": []}
-        for i in range(len(gfiles)):
-            m = ort_map[i]
-            golden["cases"].append({
-                "image": f"{gdir.name}/{i:02d}.png", "score": float(ort_score[i]),
-                "map_sum": float(m.astype(np.float64).sum()), "map_max": float(m.max()),
-                "map_mean": float(m.astype(np.float64).mean()),
-            })
-        # write: goldens first into temp names, then model, then renames
-        tmp_gdir = gdir.with_name(f".{gdir.name}.tmp")
-        if tmp_gdir.exists():
-            shutil.rmtree(tmp_gdir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            shutil.copytree(tmpd, tmp_gdir)
-            tmp_gdir.chmod(0o755)
-            save_model_atomic(model, out)
-            if gdir.exists():
-                shutil.rmtree(gdir)
-            tmp_gdir.rename(gdir)
-            write_text_atomic(gjson, json.dumps(golden, indent=2) + "\n")
-        finally:
-            if tmp_gdir.exists():
-                shutil.rmtree(tmp_gdir)
+        golden = {"model_sha256": sha,
+                  "cases": golden_cases(out, gfiles, ort_map, ort_score)}
+        write_model_and_goldens(model, out, Path(td), golden)
     return {"map_max_abs_err": map_err, "score_max_abs_err": score_err,
             "flops_per_frame": manifest["flops_per_frame"], "model_sha256": sha,
             "size_bytes": out.stat().st_size, "manifest": manifest}

@@ -188,15 +188,25 @@ def ort_session(path_or_bytes: Path | bytes, threads: int = 0, spin: bool = Fals
         raise ExporterError(f"onnxruntime cannot load the model: {e}") from None
 
 
-def run_batched(sess: Any, images: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Runs [N, C, H, W] through a static-batch session, padding the last batch."""
+def run_batched(sess: Any, images: np.ndarray, batch: int, steps: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Runs [N, C, H, W] through a static-batch session, padding the last batch. A model whose
+    manifest has a `sampler` (AnoDDPM) runs the reference sampler around its eps-network, at
+    `steps` or the manifest's step count."""
+    meta = sess.get_modelmeta().custom_metadata_map
+    manifest = json.loads(meta[MANIFEST_KEY]) if MANIFEST_KEY in meta else {}
     maps, scores = [], []
     for i in range(0, len(images), batch):
         chunk = images[i : i + batch]
         n = len(chunk)
         if n < batch:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, 0)])
-        m, s = sess.run(["anomaly_map", "score"], {"image": chunk.astype(np.float32)})
+        if "sampler" in manifest:
+            from .recipes.runner import run_sampler
+
+            m, s = run_sampler(sess, manifest, chunk, steps)
+        else:
+            m, s = sess.run(["anomaly_map", "score"], {"image": chunk.astype(np.float32)})
         maps.append(m[:n])
         scores.append(s[:n])
     return np.concatenate(maps), np.concatenate(scores)

@@ -37,6 +37,10 @@ struct ModelArgs {
     /// refusing them.
     #[arg(long)]
     allow_upscale: bool,
+    /// Sampler steps per image for multi-step recipes (anoddpm); default: the board's
+    /// engine.steps, else the model's.
+    #[arg(long)]
+    steps: Option<usize>,
 }
 
 impl ModelArgs {
@@ -48,9 +52,14 @@ impl ModelArgs {
                 let board = diffad::line::board::BoardConfig::load(path)?;
                 let mut engine = board.engine;
                 engine.model = self.model.clone();
+                engine.steps = self.steps.or(engine.steps);
                 (engine, Some(board.setup.camera))
             }
-            None => (EngineConfig::cpu(&self.model), None),
+            None => {
+                let mut engine = EngineConfig::cpu(&self.model);
+                engine.steps = self.steps;
+                (engine, None)
+            }
         })
     }
 
@@ -119,6 +128,9 @@ enum Command {
         /// Write the summary as JSON to this file.
         #[arg(long)]
         summary_json: Option<PathBuf>,
+        /// Sampler steps per image (overrides engine.steps; multi-step recipes only).
+        #[arg(long)]
+        steps: Option<usize>,
     },
     /// Parse and validate a board config and check the files, devices and model it names;
     /// errors name the file and the key.
@@ -191,6 +203,9 @@ enum Command {
         /// Write the report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Sampler steps per image for multi-step recipes (default: the model's).
+        #[arg(long)]
+        steps: Option<usize>,
     },
 }
 
@@ -236,12 +251,14 @@ fn run(args: Args) -> Result<ExitCode> {
             part_rate,
             quiet,
             summary_json,
+            steps,
         } => {
             let opts = line::launch::RunOptions {
                 parts,
                 part_rate_hz: part_rate,
                 quiet,
                 summary_json,
+                steps,
             };
             let summary = line::launch::run_line(&config, opts)?;
             println!("{summary}");
@@ -275,13 +292,17 @@ fn run(args: Args) -> Result<ExitCode> {
             threads,
             provider,
             json,
+            steps,
         } => bench(
-            model,
+            BenchArgs {
+                model,
+                iterations,
+                warmup,
+                threads,
+                provider,
+                steps,
+            },
             &images,
-            iterations,
-            warmup,
-            threads,
-            provider,
             json.as_deref(),
         ),
     }
@@ -376,21 +397,24 @@ fn eval(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `diffad bench`: the report printed, and written as JSON when asked.
-fn bench(
+/// What `diffad bench` runs.
+struct BenchArgs {
     model: PathBuf,
-    images: &[PathBuf],
     iterations: usize,
     warmup: usize,
     threads: usize,
     provider: String,
-    json: Option<&std::path::Path>,
-) -> Result<ExitCode> {
-    let mut config = EngineConfig::cpu(model);
-    config.cpu.threads = threads;
-    config.providers = vec![provider];
+    steps: Option<usize>,
+}
+
+/// `diffad bench`: the report printed, and written as JSON when asked.
+fn bench(a: BenchArgs, images: &[PathBuf], json: Option<&std::path::Path>) -> Result<ExitCode> {
+    let mut config = EngineConfig::cpu(a.model);
+    config.cpu.threads = a.threads;
+    config.providers = vec![a.provider];
+    config.steps = a.steps;
     config.validate()?;
-    let report = offline::bench::bench(&config, images, iterations.max(1), warmup)?;
+    let report = offline::bench::bench(&config, images, a.iterations.max(1), a.warmup)?;
     print!("{report}");
     if let Some(path) = json {
         if let Some(dir) = path.parent() {

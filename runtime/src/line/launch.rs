@@ -21,6 +21,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Write the summary as JSON here.
     pub summary_json: Option<PathBuf>,
+    /// Sampler steps per image (overrides `engine.steps`; multi-step recipes only).
+    pub steps: Option<usize>,
 }
 
 /// `diffad run`: the line, until the source ends, `line.parts` is reached or a signal arrives.
@@ -76,6 +78,9 @@ fn load_board(path: &Path, opts: &RunOptions) -> Result<BoardConfig> {
     }
     if let Some(r) = opts.part_rate_hz {
         board.setup.line.part_rate_hz = r;
+    }
+    if opts.steps.is_some() {
+        board.engine.steps = opts.steps;
     }
     board
         .setup

@@ -7,8 +7,12 @@ use serde::{Deserialize, Serialize};
 pub const METADATA_KEY: &str = "diffad.manifest";
 /// The manifest schema this runtime understands.
 pub const SCHEMA_VERSION: u32 = 1;
-/// Methods this runtime can run.
-pub const METHODS: &[&str] = &["diffusionad"];
+/// Methods this runtime can run: DiffusionAD and the survey recipes (ARCHITECTURE §9). All but
+/// `anoddpm` are one graph image → (map, score); `anoddpm` is an eps-network the engine's
+/// sampler runs (`sampler`).
+pub const METHODS: &[&str] = &["diffusionad", "advrad", "dte", "anoddpm"];
+/// Methods whose graph is an eps-network run by the engine's sampler.
+pub const SAMPLER_METHODS: &[&str] = &["anoddpm"];
 /// Range of the score and of every anomaly-map value when the manifest declares no
 /// `score.range`: the DiffusionAD graph's map is a sigmoid and its score a top-k mean of it
 /// (ARCHITECTURE.md §5), so manifests written before the key existed mean exactly this.
@@ -56,6 +60,12 @@ pub struct Manifest {
     /// Exporter version that wrote the file.
     #[serde(default)]
     pub exporter_version: String,
+    /// The recipe's own parameters (survey recipes).
+    #[serde(default)]
+    pub recipe: serde_json::Value,
+    /// The sampler's schedule, step rule and noise (sampler methods only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<serde_json::Value>,
     /// Optional self-test settings, e.g. `{"tolerance": 1e-3}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub self_test: Option<serde_json::Value>,
@@ -212,6 +222,30 @@ impl Manifest {
                     ))
                 }
             }
+        }
+        match (
+            SAMPLER_METHODS.contains(&self.method.as_str()),
+            &self.sampler,
+        ) {
+            (true, None) => {
+                return Err(ManifestError::Field(
+                    "sampler",
+                    format!(
+                        "missing: method `{}` needs the sampler's settings",
+                        self.method
+                    ),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(ManifestError::Field(
+                    "sampler",
+                    format!(
+                        "method `{}` runs one graph and takes no sampler",
+                        self.method
+                    ),
+                ))
+            }
+            _ => {}
         }
         if let Some(t) = &self.threshold {
             if !t.value.is_finite() {

@@ -73,6 +73,22 @@ pub struct Goldens {
     pub model_sha256: String,
     /// The cases.
     pub cases: Vec<GoldenCase>,
+    /// Sampler methods: the step count the cases were computed at (the PyTorch reference
+    /// sampler's outputs).
+    #[serde(default)]
+    pub sampler_steps: Option<usize>,
+    /// Sampler methods: the same images at other step counts.
+    #[serde(default)]
+    pub more_steps: Vec<StepGoldens>,
+}
+
+/// Golden cases of a sampler method at one more step count.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StepGoldens {
+    /// Sampler steps.
+    pub steps: usize,
+    /// The cases, images as in [`Goldens::cases`].
+    pub cases: Vec<GoldenCase>,
 }
 
 /// The outputs compared, in report order.

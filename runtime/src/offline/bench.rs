@@ -60,8 +60,10 @@ pub struct BenchReport {
     pub pipeline: Timing,
     /// pipeline FPS ÷ session FPS.
     pub ratio: f64,
-    /// FLOPs per frame from the manifest.
+    /// FLOPs per frame: the manifest's per network call × network calls per image.
     pub flops_per_frame: f64,
+    /// Network calls per image (the sampler's steps for multi-step recipes, else 1).
+    pub network_calls: usize,
     /// Achieved GFLOP/s in the bare session loop.
     pub session_gflops: f64,
     /// Peak resident memory of the process, MiB.
@@ -125,7 +127,9 @@ pub fn bench(
     let engine = insp.engine();
     let session = Timing::of(&bare);
     let pipeline = Timing::of(&pipe);
-    let flops = engine.manifest().flops_per_frame * engine.batch_size() as f64;
+    let calls = engine.calls_per_batch();
+    let per_frame = engine.manifest().flops_per_frame * calls as f64;
+    let flops = per_frame * engine.batch_size() as f64;
     Ok(BenchReport {
         model: config.model.display().to_string(),
         providers: engine.providers().to_vec(),
@@ -133,7 +137,8 @@ pub fn bench(
         iterations: pipe.len(),
         ratio: pipeline.fps / session.fps,
         session_gflops: flops * session.fps / 1e9,
-        flops_per_frame: engine.manifest().flops_per_frame,
+        flops_per_frame: per_frame,
+        network_calls: calls,
         session,
         pipeline,
         peak_rss_mib: peak_rss_mib(),
@@ -169,7 +174,8 @@ impl std::fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "FLOPs per frame {:.3} G, session {:.1} GFLOP/s, peak RSS {:.0} MiB",
+            "network calls per image {}, FLOPs per frame {:.3} G, session {:.1} GFLOP/s, peak RSS {:.0} MiB",
+            self.network_calls,
             self.flops_per_frame / 1e9,
             self.session_gflops,
             self.peak_rss_mib

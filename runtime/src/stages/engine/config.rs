@@ -27,6 +27,10 @@ pub struct EngineConfig {
     /// The golden-case check at every start.
     #[serde(default)]
     pub self_test: SelfTestConfig,
+    /// Sampler steps per image for multi-step recipes (`anoddpm`): fewer is faster, more
+    /// reconstructs more faithfully. Absent: the model's own. Refused for one-call models.
+    #[serde(default)]
+    pub steps: Option<usize>,
 }
 
 fn default_providers() -> Vec<String> {
@@ -90,6 +94,7 @@ impl EngineConfig {
             cuda: CudaConfig::default(),
             cpu: CpuConfig::default(),
             self_test: SelfTestConfig::default(),
+            steps: None,
         }
     }
 
@@ -114,6 +119,9 @@ impl EngineConfig {
                     format!("\"{p}\" is listed twice"),
                 ));
             }
+        }
+        if self.steps == Some(0) {
+            return Err(Invalid::new("engine.steps", "must be at least 1"));
         }
         if self.tensorrt.workspace_mb == 0 {
             return Err(Invalid::new("engine.tensorrt.workspace_mb", "must be > 0"));

@@ -22,13 +22,16 @@ use crate::model::selftest::{
     self, Deviation, GoldenCase, Goldens, SelfTestConfig, SelfTestReport, FP16_TOLERANCE,
     FP32_TOLERANCE,
 };
+use sampler::{Sampler, SamplerSpec, ScoreSpec};
 
 mod config;
+pub mod sampler;
 mod self_test;
 mod session;
+pub mod simplex;
 
 pub use config::{CpuConfig, CudaConfig, EngineConfig, TensorRtConfig, PROVIDERS};
-use session::{check_io, open_session};
+use session::{check_io, check_sampler_io, open_session};
 pub use session::{tensorrt_cache, tensorrt_cache_dir, tensorrt_version};
 
 /// Why the engine could not load or run.
@@ -77,6 +80,14 @@ pub enum EngineError {
     Provider {
         /// Provider name from the config.
         name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The step count cannot be used with this model.
+    #[error("model {path}: engine.steps: {reason}")]
+    Steps {
+        /// Model path.
+        path: String,
         /// Why.
         reason: String,
     },
@@ -152,6 +163,8 @@ pub struct Engine {
     graph_sha256: Option<String>,
     calls: u64,
     self_test: Option<SelfTestReport>,
+    /// The sampler around the eps-network (sampler methods), else one call per batch.
+    sampler: Option<Sampler>,
 }
 
 impl Engine {
@@ -197,11 +210,7 @@ impl Engine {
             path: shown.clone(),
             source,
         })?;
-        check_io(&session, &manifest).map_err(|reason| EngineError::Mismatch {
-            path: shown.clone(),
-            reason,
-        })?;
-
+        let sampler = build_sampler(&session, &manifest, config.steps, &shown)?;
         let i = &manifest.input;
         let input = vec![0.0; i.batch * i.channels * i.height * i.width];
         log::info!(
@@ -225,7 +234,32 @@ impl Engine {
             graph_sha256,
             calls: 0,
             self_test: None,
+            sampler,
         })
+    }
+
+    /// Network calls per image batch: the sampler's step count, else 1.
+    pub fn calls_per_batch(&self) -> usize {
+        self.sampler.as_ref().map_or(1, Sampler::calls)
+    }
+
+    /// The sampler's step count in use (sampler methods only).
+    pub fn sampler_steps(&self) -> Option<usize> {
+        self.sampler.as_ref().map(Sampler::steps)
+    }
+
+    /// Re-plan the sampler for `steps` (the noises are drawn now, not per frame).
+    pub fn set_sampler_steps(&mut self, steps: usize) -> Result<(), EngineError> {
+        let path = self.path.display().to_string();
+        match self.sampler.as_mut() {
+            Some(s) => s
+                .set_steps(steps)
+                .map_err(|reason| EngineError::Steps { path, reason }),
+            None => Err(EngineError::Steps {
+                path,
+                reason: no_sampler(&self.manifest.method),
+            }),
+        }
     }
     /// The self-test's result, when it ran at load.
     pub fn self_test(&self) -> Option<&SelfTestReport> {
@@ -316,6 +350,10 @@ impl Engine {
             self.manifest.outputs.map.as_str(),
             self.manifest.outputs.score.as_str(),
         );
+        if let Some(s) = self.sampler.as_mut() {
+            self.calls += s.run(&mut self.session, &self.input, n, visit)?;
+            return Ok(());
+        }
         let tensor = TensorRef::from_array_view((shape, self.input.as_slice()))
             .map_err(|e| EngineError::Run(e.to_string()))?;
         self.calls += 1;
@@ -354,6 +392,70 @@ impl Engine {
         }
         Ok(times)
     }
+}
+
+fn no_sampler(method: &str) -> String {
+    format!(
+        "method `{method}` runs one network call per image and has no sampler steps; remove engine.steps (or --steps)"
+    )
+}
+
+/// The sampler a sampler method needs, planned for `steps` (None: the manifest's), with the
+/// eps-network's I/O checked; a one-graph model gets its I/O checked and no sampler.
+fn build_sampler(
+    session: &Session,
+    manifest: &Manifest,
+    steps: Option<usize>,
+    shown: &str,
+) -> Result<Option<Sampler>, EngineError> {
+    let mismatch = |reason| EngineError::Mismatch {
+        path: shown.to_string(),
+        reason,
+    };
+    let Some(v) = &manifest.sampler else {
+        if steps.is_some() {
+            return Err(EngineError::Steps {
+                path: shown.to_string(),
+                reason: no_sampler(&manifest.method),
+            });
+        }
+        check_io(session, manifest).map_err(mismatch)?;
+        return Ok(None);
+    };
+    let field = |key, reason| EngineError::Manifest {
+        path: shown.to_string(),
+        source: ManifestError::Field(key, reason),
+    };
+    let spec = SamplerSpec::parse(v).map_err(|(key, reason)| field(key, reason))?;
+    check_sampler_io(session, manifest, &spec.network).map_err(mismatch)?;
+    let top_k = manifest
+        .score
+        .get("top_k")
+        .and_then(|k| k.as_u64())
+        .ok_or_else(|| {
+            field(
+                "score.top_k",
+                "missing; the sampler scores the top-k mean".into(),
+            )
+        })?;
+    let sigma = match manifest.score.get("blur_sigma") {
+        None => 0.0,
+        Some(v) => v
+            .as_f64()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| field("score.blur_sigma", format!("{v} (must be a number >= 0)")))?,
+    };
+    let i = &manifest.input;
+    let score = ScoreSpec {
+        top_k: top_k as usize,
+        sigma,
+    };
+    Sampler::new(spec, score, [i.batch, i.channels, i.height, i.width], steps)
+        .map(Some)
+        .map_err(|reason| EngineError::Steps {
+            path: shown.to_string(),
+            reason,
+        })
 }
 
 #[cfg(test)]

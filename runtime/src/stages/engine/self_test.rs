@@ -98,10 +98,74 @@ impl Engine {
     }
 
     /// Run the model's golden cases (`NAME.golden.json` + `NAME.golden/*.png`) through this
-    /// session and compare score, map max, map mean and map sum with the tolerance.
+    /// session and compare score, map max, map mean and map sum with the tolerance. A sampler
+    /// model runs them at the goldens' step count, then goes back to its own.
     pub fn run_self_test(&mut self) -> Result<SelfTestReport, EngineError> {
-        let model = self.path.display().to_string();
         let (gpath, goldens, frames) = self.golden_cases()?;
+        let cases: Vec<&GoldenCase> = goldens.cases.iter().collect();
+        let devs = self.check_at(goldens.sampler_steps, &cases, &frames)?;
+        let (tolerance, from) = self.tolerance();
+        Ok(SelfTestReport {
+            golden: gpath,
+            cases: goldens.cases.len(),
+            max_deviation: devs,
+            tolerance,
+            tolerance_from: from,
+            providers: self.providers.clone(),
+        })
+    }
+
+    /// A sampler model's goldens at their other step counts (`more_steps`): the largest
+    /// deviations per step count, or the self-test error of the first out of tolerance.
+    pub fn check_more_steps(&mut self) -> Result<Vec<(usize, [f64; 4])>, EngineError> {
+        let (_, goldens, frames) = self.golden_cases()?;
+        let mut out = Vec::new();
+        for more in &goldens.more_steps {
+            let cases: Vec<&GoldenCase> = more.cases.iter().collect();
+            if cases.len() != frames.len() {
+                return Err(EngineError::GoldenMissing {
+                    model: self.path.display().to_string(),
+                    golden: selftest::golden_json(&self.path).display().to_string(),
+                    reason: format!(
+                        "more_steps {} lists {} cases for {} images",
+                        more.steps,
+                        cases.len(),
+                        frames.len()
+                    ),
+                });
+            }
+            out.push((
+                more.steps,
+                self.check_at(Some(more.steps), &cases, &frames)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The cases at `steps` (sampler models; the step count in use is restored after).
+    fn check_at(
+        &mut self,
+        steps: Option<usize>,
+        cases: &[&GoldenCase],
+        frames: &[crate::frame::Frame],
+    ) -> Result<[f64; 4], EngineError> {
+        let before = self.sampler_steps();
+        if let (Some(k), Some(_)) = (steps, before) {
+            self.set_sampler_steps(k)?;
+        }
+        let result = self.compare_cases(cases, frames);
+        if let Some(k) = before {
+            self.set_sampler_steps(k)?;
+        }
+        result
+    }
+
+    fn compare_cases(
+        &mut self,
+        cases: &[&GoldenCase],
+        frames: &[crate::frame::Frame],
+    ) -> Result<[f64; 4], EngineError> {
+        let model = self.path.display().to_string();
         let missing = |golden: &str, reason: String| EngineError::GoldenMissing {
             model: model.clone(),
             golden: golden.to_string(),
@@ -112,7 +176,6 @@ impl Engine {
         let (batch, len) = (self.batch_size(), self.image_len());
         let mut devs = [0.0f64; 4];
         let mut first: Option<Deviation> = None;
-        let cases: Vec<&GoldenCase> = goldens.cases.iter().collect();
         for (chunk, fchunk) in cases.chunks(batch).zip(frames.chunks(batch)) {
             for (slot, frame) in fchunk.iter().enumerate() {
                 let out = &mut self.input[slot * len..(slot + 1) * len];
@@ -145,14 +208,7 @@ impl Engine {
                 hint: hint.into(),
             });
         }
-        Ok(SelfTestReport {
-            golden: gpath,
-            cases: goldens.cases.len(),
-            max_deviation: devs,
-            tolerance,
-            tolerance_from: from,
-            providers: self.providers.clone(),
-        })
+        Ok(devs)
     }
 
     /// The self-test tolerance and where it came from: the board file, else the manifest's

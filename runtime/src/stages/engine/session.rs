@@ -63,6 +63,43 @@ pub(super) fn check_io(session: &Session, m: &Manifest) -> Result<(), String> {
     Ok(())
 }
 
+/// A sampler method's graph: inputs x_t `[B, C, H, W]` and t `[B]`, output eps like x_t.
+pub(super) fn check_sampler_io(
+    session: &Session,
+    m: &Manifest,
+    names: &super::sampler::NetworkNames,
+) -> Result<(), String> {
+    let i = &m.input;
+    let image = [
+        i.batch as i64,
+        i.channels as i64,
+        i.height as i64,
+        i.width as i64,
+    ];
+    let inputs = session.inputs();
+    if inputs.len() != 2 {
+        return Err(format!(
+            "graph has {} inputs, the sampler feeds 2 (`{}`, `{}`)",
+            inputs.len(),
+            names.x_t,
+            names.t
+        ));
+    }
+    for (name, want) in [(&names.x_t, &image[..]), (&names.t, &image[..1])] {
+        let inp = inputs
+            .iter()
+            .find(|o| o.name() == name.as_str())
+            .ok_or_else(|| format!("input `{name}` is missing"))?;
+        check_tensor(inp.name(), inp.dtype(), name, want)?;
+    }
+    let out = session
+        .outputs()
+        .iter()
+        .find(|o| o.name() == names.eps.as_str())
+        .ok_or_else(|| format!("output `{}` is missing", names.eps))?;
+    check_tensor(out.name(), out.dtype(), &names.eps, &image)
+}
+
 pub(super) fn check_tensor(
     name: &str,
     ty: &ValueType,

@@ -1,0 +1,111 @@
+"""The survey recipes: simplex noise pinned to the runtime's fixtures, the reference sampler,
+and train -> export -> evaluate through the CLI for each recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from exporter import simplex
+from exporter.__main__ import main
+from exporter.evaluate import evaluate
+from exporter.onnxio import get_manifest, load_model, ort_session, run_batched
+from exporter.recipes.detect import SamplerSpec, sample, timesteps
+from exporter.recipes.nets import DTEConfig, DTENet
+from exporter.recipes.train import ANODDPM_SIMPLEX
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "simplex"
+
+
+def test_simplex_fields_are_the_bytes_the_runtime_is_tested_against(tmp_path: Path) -> None:
+    cases = simplex.write_fixtures(tmp_path)
+    committed = json.loads((FIXTURES / "cases.json").read_text())
+    assert cases == committed
+    for c in cases:
+        assert (tmp_path / c["file"]).read_bytes() == (FIXTURES / c["file"]).read_bytes(), c
+    # and the fields are noise: different per draw and seed, spread about 1 at unit scale
+    a = simplex.field(1, 0, 64, 64, ANODDPM_SIMPLEX)
+    assert not np.array_equal(a, simplex.field(1, 1, 64, 64, ANODDPM_SIMPLEX))
+    assert not np.array_equal(a, simplex.field(2, 0, 64, 64, ANODDPM_SIMPLEX))
+    assert 0.6 < a.std() < 1.6
+
+
+def test_the_anoddpm_noise_scale_is_the_unit_scale() -> None:
+    raw = simplex.SimplexConfig(ANODDPM_SIMPLEX.octaves, ANODDPM_SIMPLEX.persistence,
+                                ANODDPM_SIMPLEX.period, 1.0)
+    assert simplex.unit_scale(raw) == ANODDPM_SIMPLEX.scale
+
+
+def test_timesteps_and_a_perfect_denoiser_reconstruct_the_image() -> None:
+    assert timesteps(250, 10) == [250, 225, 200, 175, 150, 125, 100, 75, 50, 25]
+    assert timesteps(7, 3) == [7, 4, 2]
+    with pytest.raises(ValueError):
+        timesteps(10, 11)
+    x0 = torch.rand(2, 1, 32, 32) * 2 - 1
+    for kind in ("ddpm", "ddim"):
+        spec = SamplerSpec(t_start=100, steps=5, kind=kind, noise=ANODDPM_SIMPLEX)
+        ab = torch.tensor(spec.abar(), dtype=torch.float32)
+
+        def oracle(x: torch.Tensor, t: int, ab: torch.Tensor = ab) -> torch.Tensor:
+            # the eps that makes x0_hat exactly x0
+            return (x - ab[t].sqrt() * x0) / (1 - ab[t]).sqrt()
+
+        assert torch.allclose(sample(oracle, x0, spec, 5), x0, atol=1e-4), kind
+
+
+def test_dte_expected_time_lies_in_0_1_per_cell() -> None:
+    net = DTENet(DTEConfig(image_size=64, widths=(16, 16, 16, 16), bins=10, t_max=100))
+    e = net.expected_time(torch.rand(2, 1, 64, 64))
+    assert e.shape == (2, 1, 4, 4)
+    assert float(e.detach().min()) > 0 and float(e.detach().max()) < 1
+
+
+def small_dataset(src: Path, dst: Path, n: int = 3) -> Path:
+    """n good and n defective images (one kind) of a make-tiles validation split, with masks."""
+    import shutil
+
+    kind = sorted(d.name for d in (src / "test").iterdir() if d.name != "good")[0]
+    for k in ("good", kind):
+        (dst / "test" / k).mkdir(parents=True)
+        for p in sorted((src / "test" / k).glob("*.png"))[:n]:
+            shutil.copy(p, dst / "test" / k / p.name)
+            if k != "good":
+                (dst / "ground_truth" / k).mkdir(parents=True, exist_ok=True)
+                mask = src / "ground_truth" / k / f"{p.stem}_mask.png"
+                shutil.copy(mask, dst / "ground_truth" / k / mask.name)
+    return dst
+
+
+@pytest.mark.parametrize("recipe", ["advrad", "dte", "anoddpm"])
+def test_train_resume_export_evaluate(recipe: str, tiles: Path, tmp_path: Path) -> None:
+    data = tiles / "brick"
+    ck = tmp_path / "ck"
+    args = ["recipe-train", "--recipe", recipe, "--data", str(data), "--out", str(ck),
+            "--steps", "2", "--batch", "2", "--crop", "32", "--widths", "16,16,16,16",
+            "--keep-every", "1"]
+    assert main(args) == 0
+    assert main([*args[:-4], "--steps", "3", "--widths", "16,16,16,16"]) == 0  # resumes
+    assert sorted(p.name for p in ck.glob("step-*.pt")) == ["step-000001.pt", "step-000002.pt"]
+    assert len((ck / "loss.csv").read_text().splitlines()) == 3
+    out = tmp_path / "m.onnx"
+    extra = ["--steps", "3", "--t-start", "30", "--parity-steps", "2"] if recipe == "anoddpm" \
+        else []
+    assert main(["recipe-export", "--checkpoint", str(ck / "last.pt"), "--out", str(out),
+                 *extra]) == 0
+    m = get_manifest(load_model(out))
+    assert m["method"] == recipe and m["input"]["range"] == [-1.0, 1.0]
+    assert ("sampler" in m) == (recipe == "anoddpm")
+    golden = json.loads(out.with_name("m.golden.json").read_text())
+    if recipe == "anoddpm":
+        assert golden["sampler_steps"] == 3 and [g["steps"] for g in golden["more_steps"]] == [2]
+        maps, scores = run_batched(ort_session(out), np.zeros((2, 1, 128, 128), np.float32), 1,
+                                   steps=2)
+        assert maps.shape == (2, 1, 128, 128) and np.isfinite(scores).all()
+    r = evaluate(out, small_dataset(data / "validation", tmp_path / "val"))
+    assert 0.0 <= r["image_auroc"] <= 1.0 and r["n_defective"] > 0
+    assert main(["recipe-export", "--checkpoint", str(ck / "last.pt"), "--out", str(out)]) == 2
