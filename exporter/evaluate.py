@@ -57,13 +57,10 @@ def _load_mask(path: Path, h: int, w: int) -> np.ndarray:
         return np.asarray(m) > 127
 
 
-def evaluate(model_path: Path, dataset: Path, threads: int = 2, threshold: float | None = None,
-             sweep: bool = False) -> dict[str, Any]:
-    """Metrics on dataset/test; at `threshold` instead of the manifest's when given; with
-    `sweep`, also the false-reject / escape operating points (`sweep.py`) under "sweep"."""
-    manifest = get_manifest(load_model(model_path))
-    inp = manifest["input"]
-    h, w, c = inp["height"], inp["width"], inp["channels"]
+def load_dataset(dataset: Path, h: int, w: int
+                 ) -> tuple[list[Path], np.ndarray, list[str], np.ndarray]:
+    """(image files, labels 0 good / 1 defective, kind per image, masks [N, h, w]) of
+    dataset/test and its ground_truth."""
     test = dataset / "test"
     if not test.is_dir():
         raise ExporterError(f"no test/ folder in {dataset}")
@@ -83,19 +80,34 @@ def evaluate(model_path: Path, dataset: Path, threads: int = 2, threshold: float
                 if not mp.is_file():
                     raise ExporterError(f"missing mask {mp}")
                 gts.append(_load_mask(mp, h, w))
-    imgs = np.stack([preprocess_file(p, c, h, w, tuple(inp["range"])) for p in files])
-    sess = ort_session(model_path, threads)
-    maps, scores = run_batched(sess, imgs, inp["batch"])
-    maps = maps[:, 0]
-    y = np.array(labels)
-    gt = np.stack(gts)
-    res: dict[str, Any] = {
-        "model": str(model_path), "dataset": str(dataset), "n_good": int((y == 0).sum()),
+    return files, np.array(labels), kind_of, np.stack(gts)
+
+
+def metrics(dataset: Path, maps: np.ndarray, scores: np.ndarray, y: np.ndarray,
+            gt: np.ndarray) -> dict[str, Any]:
+    """Image AUROC, pixel AUROC and PRO of maps [N, H, W] and scores [N] against labels y and
+    masks gt."""
+    return {
+        "dataset": str(dataset), "n_good": int((y == 0).sum()),
         "n_defective": int((y == 1).sum()),
         "image_auroc": float(roc_auc_score(y, scores)),
         "pixel_auroc": float(roc_auc_score(gt.ravel(), maps.ravel())),
         "pro_30": pro_auc(maps, gt),
     }
+
+
+def evaluate(model_path: Path, dataset: Path, threads: int = 2, threshold: float | None = None,
+             sweep: bool = False) -> dict[str, Any]:
+    """Metrics on dataset/test; at `threshold` instead of the manifest's when given; with
+    `sweep`, also the false-reject / escape operating points (`sweep.py`) under "sweep"."""
+    manifest = get_manifest(load_model(model_path))
+    inp = manifest["input"]
+    h, w, c = inp["height"], inp["width"], inp["channels"]
+    files, y, kind_of, gt = load_dataset(dataset, h, w)
+    imgs = np.stack([preprocess_file(p, c, h, w, tuple(inp["range"])) for p in files])
+    sess = ort_session(model_path, threads)
+    maps, scores = run_batched(sess, imgs, inp["batch"])
+    res = {"model": str(model_path), **metrics(dataset, maps[:, 0], scores, y, gt)}
     thr = (manifest.get("threshold") or {}).get("value")
     res["threshold_source"] = "manifest" if thr is not None else None
     if threshold is not None:
@@ -104,7 +116,7 @@ def evaluate(model_path: Path, dataset: Path, threads: int = 2, threshold: float
     res["threshold"] = thr
     per_kind: dict[str, Any] = {}
     kind_arr = np.array(kind_of)
-    for k in kinds:
+    for k in sorted(set(kind_of)):
         sel = kind_arr == k
         entry: dict[str, Any] = {"n": int(sel.sum()), "mean_score": float(scores[sel].mean())}
         if k != "good":

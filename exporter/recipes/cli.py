@@ -21,20 +21,54 @@ def cmd_recipe_train(a: argparse.Namespace) -> None:
 
 
 def cmd_recipe_export(a: argparse.Namespace) -> None:
-    from .. import simplex
-    from .detect import SamplerSpec, ScoreSpec
-    from .export import RecipeExportOptions, export_recipe
-    from .train import ANODDPM_SIMPLEX
+    from .export import export_recipe
 
-    spec = SamplerSpec(t_start=a.t_start, steps=a.steps, kind=a.kind, seed=a.noise_seed,
-                       noise=simplex.SimplexConfig(**ANODDPM_SIMPLEX.to_dict()))
-    o = RecipeExportOptions(name=a.name or a.out.stem, score=ScoreSpec(a.top_k, a.score_sigma),
-                            t=a.t, noise_seed=a.noise_seed, sampler=spec,
-                            parity_steps=a.parity_steps, batch=a.batch, force=a.force)
+    o = export_options(a)
+    o.name = a.name or a.out.stem
     r = export_recipe(a.checkpoint, a.out, o)
     print(f"wrote {a.out} ({r['manifest']['method']}, {r['size_bytes'] / 1e6:.2f} MB, "
           f"{r['flops_per_frame'] / 1e9:.3f} GFLOP per network call, model id "
           f"{r['model_sha256'][:12]}); max |map ORT - PyTorch| {r['map_max_abs_err']:.2g}")
+
+
+def export_options(a: argparse.Namespace):
+    from .. import simplex
+    from .detect import SamplerSpec, ScoreSpec
+    from .export import RecipeExportOptions
+    from .train import ANODDPM_SIMPLEX
+
+    spec = SamplerSpec(t_start=a.t_start, steps=a.steps, kind=a.kind, seed=a.noise_seed,
+                       noise=simplex.SimplexConfig(**ANODDPM_SIMPLEX.to_dict()))
+    return RecipeExportOptions(name=getattr(a, "name", "") or "", score=ScoreSpec(
+        a.top_k, a.score_sigma), t=a.t, noise_seed=a.noise_seed, sampler=spec,
+        parity_steps=getattr(a, "parity_steps", ()), batch=getattr(a, "batch", 1),
+        force=getattr(a, "force", False))
+
+
+def cmd_recipe_select(a: argparse.Namespace) -> None:
+    from .select import select_recipe, write_selection
+
+    r = select_recipe(a.checkpoints, a.dataset, export_options(a), every=a.every,
+                      threads=a.threads)
+    c = r["chosen"]
+    print(f"chosen: step {c['step']} {c['setting']} (image AUROC {c['image_auroc']:.4f}, "
+          f"pixel AUROC {c['pixel_auroc']:.4f}) of {len(r['rows'])} candidates")
+    if a.out:
+        write_selection(r, a.out)
+
+
+def _settings(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--top-k", type=int, default=50, help="score = mean of the top-k map values")
+    p.add_argument("--score-sigma", type=float, default=2.0,
+                   help="Gaussian blur (sigma, px) of the reconstruction-error map")
+    p.add_argument("--t", type=int, default=100, help="advrad: noise level of the one step")
+    p.add_argument("--noise-seed", type=int, default=0,
+                   help="advrad: seed of the fixed Gaussian noise; anoddpm: of the simplex noise")
+    p.add_argument("--t-start", type=int, default=250,
+                   help="anoddpm: noise to this t (of T = 1000), then denoise")
+    p.add_argument("--steps", type=int, default=10,
+                   help="anoddpm: sampler steps by default (the runtime's knob overrides it)")
+    p.add_argument("--kind", choices=("ddpm", "ddim"), default="ddpm", help="anoddpm: step rule")
 
 
 def add_commands(sub, command: Callable[..., argparse.ArgumentParser], ints) -> None:
@@ -67,19 +101,21 @@ def add_commands(sub, command: Callable[..., argparse.ArgumentParser], ints) -> 
                    help="last.pt or a step-NNNNNN.pt of recipe-train")
     e.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     e.add_argument("--name", default="", help="model name (default: the file name)")
-    e.add_argument("--top-k", type=int, default=50, help="score = mean of the top-k map values")
-    e.add_argument("--score-sigma", type=float, default=2.0,
-                   help="Gaussian blur (sigma, px) of the reconstruction-error map")
-    e.add_argument("--t", type=int, default=100, help="advrad: noise level of the one step")
-    e.add_argument("--noise-seed", type=int, default=0,
-                   help="advrad: seed of the fixed Gaussian noise; anoddpm: of the simplex noise")
-    e.add_argument("--t-start", type=int, default=250,
-                   help="anoddpm: noise to this t (of T = 1000), then denoise")
-    e.add_argument("--steps", type=int, default=10,
-                   help="anoddpm: sampler steps by default (the runtime's knob overrides it)")
-    e.add_argument("--kind", choices=("ddpm", "ddim"), default="ddpm", help="anoddpm: step rule")
+    _settings(e)
     e.add_argument("--parity-steps", type=ints, default=(5, 25),
                    help="anoddpm: more step counts with PyTorch goldens for the parity tests")
     e.add_argument("--batch", type=int, default=1, help="batch size of the static graph")
     e.add_argument("--force", action="store_true", help="overwrite existing outputs")
     e.set_defaults(fn=cmd_recipe_export)
+
+    se = command(sub, "recipe-select",
+                 "choose a recipe's stopping point and setting on the validation split")
+    se.add_argument("--checkpoints", type=Path, required=True,
+                    help="recipe-train dir with step-NNNNNN.pt snapshots")
+    se.add_argument("--dataset", type=Path, required=True,
+                    help="validation dataset (TILES/<texture>/validation), never the test set")
+    se.add_argument("--every", type=int, default=0, help="only snapshots at multiples of N")
+    _settings(se)
+    se.add_argument("--out", type=Path, default=None, help="write the table as JSON")
+    se.add_argument("--threads", type=int, default=1, help="CPU threads for PyTorch")
+    se.set_defaults(fn=cmd_recipe_select)

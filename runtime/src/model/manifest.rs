@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 pub const METADATA_KEY: &str = "diffad.manifest";
 /// The manifest schema this runtime understands.
 pub const SCHEMA_VERSION: u32 = 1;
-/// Methods this runtime can run: DiffusionAD and the survey recipes (ARCHITECTURE §9). All but
+/// Methods this runtime can run: DiffusionAD and the survey recipes (ARCHITECTURE §8). All but
 /// `anoddpm` are one graph image → (map, score); `anoddpm` is an eps-network the engine's
 /// sampler runs (`sampler`).
 pub const METHODS: &[&str] = &["diffusionad", "advrad", "dte", "anoddpm"];

@@ -1,5 +1,5 @@
 //! AnoDDPM's partial diffusion, run by the runtime around the model's eps-network
-//! (ARCHITECTURE §9): noise the image to `t_start` with simplex noise, take `steps` DDPM or
+//! (ARCHITECTURE §8): noise the image to `t_start` with simplex noise, take `steps` DDPM or
 //! DDIM steps down to x0_hat, and score the blurred reconstruction error.
 //!
 //! The schedule, the step rule and the noise come from the manifest's `sampler`; the step count

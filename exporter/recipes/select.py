@@ -1,0 +1,96 @@
+"""Choosing a recipe's stopping point and settings on the validation split, never on the
+evaluation set: every kept snapshot, at every setting of a small grid, is scored in PyTorch
+on `TILES/<texture>/validation`; the best by image AUROC, then pixel AUROC, then the earlier
+step, wins. The table is what the README's comparison quotes for "how it was chosen"."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from ..errors import ExporterError
+from ..evaluate import load_dataset, metrics
+from ..onnxio import write_text_atomic
+from ..preprocess import preprocess_file
+from ..select import snapshots
+from .export import RANGE, RecipeExportOptions, detector
+from .train import load_recipe_checkpoint
+
+# The settings tried per recipe (beside the snapshot): AdvRAD's noise level, DTE's pooling,
+# AnoDDPM's noise level (the paper's is a quarter of T).
+GRIDS: dict[str, list[dict[str, Any]]] = {
+    "advrad": [{"t": 50}, {"t": 100}, {"t": 200}],
+    "dte": [{"top_k": 50}, {"top_k": 1000}],
+    "anoddpm": [{"t_start": 150}, {"t_start": 250}],
+}
+
+
+def apply(o: RecipeExportOptions, setting: dict[str, Any]) -> RecipeExportOptions:
+    if "t" in setting:
+        o = replace(o, t=setting["t"])
+    if "top_k" in setting:
+        o = replace(o, score=replace(o.score, top_k=setting["top_k"]))
+    if "t_start" in setting:
+        o = replace(o, sampler=replace(o.sampler, t_start=setting["t_start"]))
+    return o
+
+
+def score_images(det: torch.nn.Module, images: np.ndarray, batch: int = 16):
+    maps, scores = [], []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            m, s = det(torch.from_numpy(images[i : i + batch]))
+            maps.append(m[:, 0].numpy())
+            scores.append(s.numpy())
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def per_kind_auroc(scores: np.ndarray, y: np.ndarray, kinds: list[str]) -> dict[str, float]:
+    """Image AUROC of each defect kind against all good images."""
+    k_arr, good = np.array(kinds), scores[y == 0]
+    return {k: float(roc_auc_score(np.r_[np.zeros(len(good)), np.ones((k_arr == k).sum())],
+                                   np.r_[good, scores[k_arr == k]]))
+            for k in sorted(set(kinds) - {"good"})}
+
+
+def select_recipe(folder: Path, dataset: Path, base: RecipeExportOptions, every: int = 0,
+                  threads: int = 1) -> dict[str, Any]:
+    if not (dataset / "test").is_dir() or (dataset / "validation").is_dir():
+        raise ExporterError(f"{dataset} is not a validation split: select on "
+                            "TILES/<texture>/validation (never on the evaluation set)")
+    torch.set_num_threads(threads)
+    rows = []
+    images = None
+    for step, path in snapshots(folder, every):
+        record, net = load_recipe_checkpoint(path)
+        n = record["network"]
+        if images is None:
+            size, ch = n["image_size"], n["in_channels"]
+            files, y, kinds, gt = load_dataset(dataset, size, size)
+            images = np.stack([preprocess_file(p, ch, size, size, RANGE) for p in files])
+        for setting in GRIDS[record["recipe"]]:
+            o = apply(base, setting)
+            maps, scores = score_images(detector(record, net, replace(o, batch=16)), images)
+            m = metrics(dataset, maps, scores, y, gt)
+            per_kind = per_kind_auroc(scores, y, kinds)
+            row = {"step": step, "checkpoint": str(path), "setting": setting,
+                   "image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
+                   "pro_30": m["pro_30"], "per_kind_auroc": per_kind}
+            print(f"step {step} {setting}: image AUROC {row['image_auroc']:.4f}, pixel AUROC "
+                  f"{row['pixel_auroc']:.4f}, PRO@30% {row['pro_30']:.4f}", flush=True)
+            rows.append(row)
+    best = max(rows, key=lambda r: (r["image_auroc"], r["pixel_auroc"], -r["step"]))
+    return {"dataset": str(dataset), "recipe": record["recipe"],
+            "criterion": "image AUROC, then pixel AUROC, then earlier", "rows": rows,
+            "chosen": best}
+
+
+def write_selection(r: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, json.dumps(r, indent=2) + "\n")
