@@ -57,6 +57,26 @@ def cmd_recipe_select(a: argparse.Namespace) -> None:
         write_selection(r, a.out)
 
 
+def cmd_robustness(a: argparse.Namespace) -> None:
+    import json
+
+    import torch
+
+    from .robust import attack
+
+    torch.set_num_threads(a.threads)
+    results = []
+    for model, checkpoint in a.pair:
+        r = attack(Path(model), Path(checkpoint), a.dataset, tuple(a.eps), a.steps)
+        results.append(r)
+        for row in r["rows"]:
+            print(f"{r['method']} ({model}): eps {row['eps_px']:g}/255: "
+                  f"{row['turned']} of {row['caught_before']} caught defective tiles turned "
+                  f"into passes (mean score drop {row['mean_score_drop']:.4f})", flush=True)
+    if a.out:
+        a.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def _settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=50, help="score = mean of the top-k map values")
     p.add_argument("--score-sigma", type=float, default=2.0,
@@ -119,3 +139,18 @@ def add_commands(sub, command: Callable[..., argparse.ArgumentParser], ints) -> 
     se.add_argument("--out", type=Path, default=None, help="write the table as JSON")
     se.add_argument("--threads", type=int, default=1, help="CPU threads for PyTorch")
     se.set_defaults(fn=cmd_recipe_select)
+
+    r = command(sub, "robustness",
+                "L-inf PGD on models' PyTorch twins: defective tiles turned into passes")
+    r.add_argument("--pair", nargs=2, action="append", required=True,
+                   metavar=("MODEL", "CHECKPOINT"),
+                   help="an exported one-graph model and the checkpoint it came from; "
+                        "repeatable")
+    r.add_argument("--dataset", type=Path, required=True,
+                   help="MVTec-style dataset whose defective test tiles are attacked")
+    r.add_argument("--eps", type=float, nargs="+", default=[2.0, 4.0],
+                   help="attack budgets in 8-bit grey levels (x/255 of the input range)")
+    r.add_argument("--steps", type=int, default=10, help="PGD steps (step size eps/4)")
+    r.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    r.add_argument("--threads", type=int, default=1, help="CPU threads for PyTorch")
+    r.set_defaults(fn=cmd_robustness)
