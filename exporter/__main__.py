@@ -196,7 +196,7 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
     from .sweep import format_sweep
 
     r = calibrate(a.model, a.good, a.target_frr, threads=a.threads, check_good=a.check_good,
-                  defects=a.defects, max_escapes=a.max_escapes)
+                  defects=a.defects, max_escapes=a.max_escapes, steps=a.steps)
     out = {k: r[k] for k in ("threshold", "normal_scores", "calibration", "defects", "check",
                              "sweep") if k in r}
     print(json.dumps(out, indent=2))
@@ -439,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --defects: the threshold lets at most this fraction of them "
                         "escape, at the fewest false rejects (instead of the --target-frr "
                         "quantile)")
+    c.add_argument("--steps", type=int, default=None,
+                   help="sampler models (anoddpm): calibrate at this step count, which becomes "
+                        "the model's default (default: the model's)")
     c.add_argument("--plot", type=Path, default=None,
                    help="PNG of false-reject and escape rate against threshold (default: "
                         "MODEL.calibration.png beside the model)")

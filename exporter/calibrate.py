@@ -40,12 +40,13 @@ from .preprocess import list_images, preprocess_file
 MIN_IMAGES = 20
 
 
-def score_folder(model_path: Path, folder: Path, threads: int = 2) -> tuple[np.ndarray, list[Path]]:
-    return score_files(model_path, list_images(folder), threads)
+def score_folder(model_path: Path, folder: Path, threads: int = 2, steps: int | None = None
+                 ) -> tuple[np.ndarray, list[Path]]:
+    return score_files(model_path, list_images(folder), threads, steps)
 
 
-def score_files(model_path: Path, files: list[Path],
-                threads: int = 2) -> tuple[np.ndarray, list[Path]]:
+def score_files(model_path: Path, files: list[Path], threads: int = 2,
+                steps: int | None = None) -> tuple[np.ndarray, list[Path]]:
     manifest = get_manifest(load_model(model_path))
     inp = manifest["input"]
     imgs = np.stack([
@@ -55,7 +56,7 @@ def score_files(model_path: Path, files: list[Path],
     if not files:
         return np.zeros(0, np.float32), files
     sess = ort_session(model_path, threads)
-    _, scores = run_batched(sess, imgs, inp["batch"])
+    _, scores = run_batched(sess, imgs, inp["batch"], steps=steps)
     return scores, files
 
 
@@ -143,7 +144,7 @@ def manifest_threshold(x: float, below: float | None) -> float:
 
 def calibrate(model_path: Path, good: Path, target_frr: float, threads: int = 2,
               check_good: Path | None = None, defects: Path | None = None,
-              max_escapes: float | None = None) -> dict[str, Any]:
+              max_escapes: float | None = None, steps: int | None = None) -> dict[str, Any]:
     """Set the manifest threshold from `good` (and `defects` with `max_escapes`); with
     `check_good`, also return the false-reject rate of that threshold on those other good
     images and how their scores differ under "check"; with `defects`, the trade-off table
@@ -156,6 +157,14 @@ def calibrate(model_path: Path, good: Path, target_frr: float, threads: int = 2,
         raise ExporterError(f"--max-escapes must be in [0, 1), got {max_escapes}")
     model = load_model(model_path)
     manifest = get_manifest(model)
+    if steps is not None:
+        # a sampler's scores move with its step count: the threshold is for this one, which
+        # becomes the model's default
+        if "sampler" not in manifest:
+            raise ExporterError(f"--steps: {model_path} ({manifest['method']}) has no sampler")
+        if not 1 <= steps <= manifest["sampler"]["t_start"]:
+            raise ExporterError(f"--steps {steps} must lie in [1, t_start = "
+                                f"{manifest['sampler']['t_start']}]")
     good = good_folder(good, CALIBRATION_SUBDIRS)
     files = list_images(good)
     if len(files) < MIN_IMAGES:
@@ -168,8 +177,9 @@ def calibrate(model_path: Path, good: Path, target_frr: float, threads: int = 2,
         if check_good.resolve() == good.resolve():
             raise ExporterError(f"--check-good {check_good} is the calibration folder itself")
     bad_files, bad_root = defect_files(defects) if defects is not None else ([], None)
-    scores, _ = score_folder(model_path, good, threads)
-    bad = score_files(model_path, bad_files, threads)[0] if bad_files else np.zeros(0, np.float32)
+    scores, _ = score_folder(model_path, good, threads, steps)
+    bad = (score_files(model_path, bad_files, threads, steps)[0] if bad_files
+           else np.zeros(0, np.float32))
     from .sweep import escape_point, sweep
 
     extra: dict[str, Any] = {"good_scores": scores, "defect_scores": bad}
@@ -194,12 +204,16 @@ def calibrate(model_path: Path, good: Path, target_frr: float, threads: int = 2,
     extra["calibration"] = {"false_rejects": int((scores >= thr).sum()),
                             "false_reject_rate": float((scores >= thr).mean())}
     if check_good is not None:
-        cs, _ = score_folder(model_path, check_good, threads)
+        cs, _ = score_folder(model_path, check_good, threads, steps)
         rejected = int((cs >= thr).sum())  # the runtime rejects at score >= threshold
         extra["check"] = {"data": str(check_good), "n_images": int(len(cs)),
                           "rejected": rejected, "false_reject_rate": rejected / len(cs),
                           "max_score": float(cs.max()), "drift": drift(scores, cs)}
     manifest["normal_scores"] = normal_stats(scores)
+    if "sampler" in manifest:
+        if steps is not None:
+            manifest["sampler"]["steps"] = steps
+        manifest["threshold"]["sampler_steps"] = manifest["sampler"]["steps"]
     set_manifest(model, manifest)
     save_model_atomic(model, model_path)
     return {**manifest, **extra}

@@ -87,3 +87,73 @@ fn three_hundred_parts_through_the_real_model() {
         mean(false)
     );
 }
+
+/// Every survey recipe shipped under models/ (brick-*) runs through the unchanged line: one
+/// outcome per part, none failed safe; the sampler recipe at a board-set step count.
+#[test]
+fn every_recipe_model_runs_the_line() {
+    let photo = root().join("target/tiles/photos/brick.png");
+    assert!(
+        photo.exists(),
+        "{} missing: run scripts/texture-photos",
+        photo.display()
+    );
+    let mut models: Vec<_> = std::fs::read_dir(root().join("models"))
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join("model.onnx"))
+        .filter(|m| m.exists())
+        .collect();
+    models.sort();
+    let mut methods = Vec::new();
+    for model in models {
+        let mut config = EngineConfig::cpu(&model);
+        let manifest = Engine::load_unchecked(&config).unwrap().manifest().clone();
+        if manifest.method == "diffusionad" {
+            continue;
+        }
+        if manifest.sampler.is_some() {
+            config.steps = Some(3);
+        }
+        let mut setup = sim_setup(40);
+        setup.camera.sim.photo = Some(photo.clone());
+        let engine = Engine::load(&config).unwrap();
+        let threshold = engine.manifest().threshold.as_ref().map(|t| t.value);
+        assert!(threshold.is_some(), "{}: not calibrated", model.display());
+        let run = run_line(
+            &setup,
+            move |_| Box::new(EngineInspector::new(engine, None, None).unwrap()),
+            None,
+            None,
+        );
+        let s = &run.summary;
+        let parts = run.parts();
+        let mut seen: HashMap<u64, usize> = HashMap::new();
+        for p in &parts {
+            *seen.entry(p.part).or_default() += 1;
+        }
+        assert_eq!(seen.len(), 40, "{}: {s}", model.display());
+        assert!(seen.values().all(|&n| n == 1), "{}", model.display());
+        assert!(s.invariant_ok, "{}: {s}", model.display());
+        assert_eq!(
+            s.counters.passes + s.counters.rejects,
+            40,
+            "{}: {s}",
+            model.display()
+        );
+        assert_eq!(
+            s.counters.fault_rejects + s.counters.inspect_errors,
+            0,
+            "{}: {s}",
+            model.display()
+        );
+        methods.push(manifest.method);
+    }
+    methods.sort();
+    methods.dedup();
+    assert_eq!(
+        methods,
+        ["advrad", "anoddpm", "dte"],
+        "recipes shipped under models/"
+    );
+}

@@ -167,3 +167,26 @@ fn infer_and_bench_take_the_step_count() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("network calls per image 2"), "{out}");
 }
+
+#[test]
+fn a_threshold_holds_only_at_the_step_count_it_was_calibrated_at() {
+    use diffad::stages::inspect::EngineInspector;
+    let at = |steps: Option<usize>, threshold: Option<f32>| {
+        EngineInspector::new(
+            Engine::load(&config("anoddpm-cal.onnx", steps)).unwrap(),
+            None,
+            threshold,
+        )
+    };
+    assert!(at(None, None).is_ok());
+    assert!(at(Some(4), None).is_ok());
+    let err = at(Some(2), None).err().unwrap().to_string();
+    assert!(
+        err.contains("calibrated at 4 sampler steps but runs 2") && err.contains("--steps 2"),
+        "{err}"
+    );
+    assert!(
+        at(Some(2), Some(0.4)).is_ok(),
+        "an explicit threshold is the user's call"
+    );
+}

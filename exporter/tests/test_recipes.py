@@ -109,3 +109,32 @@ def test_train_resume_export_evaluate(recipe: str, tiles: Path, tmp_path: Path) 
     r = evaluate(out, small_dataset(data / "validation", tmp_path / "val"))
     assert 0.0 <= r["image_auroc"] <= 1.0 and r["n_defective"] > 0
     assert main(["recipe-export", "--checkpoint", str(ck / "last.pt"), "--out", str(out)]) == 2
+
+
+def test_calibrate_at_a_step_count_makes_it_the_models_default(tmp_path: Path) -> None:
+    import shutil
+
+    from PIL import Image
+
+    from exporter.calibrate import calibrate
+    from exporter.errors import ExporterError
+
+    fixtures = ROOT / "tests" / "fixtures"
+    model = tmp_path / "m.onnx"
+    shutil.copy(fixtures / "anoddpm-ddpm.onnx", model)
+    good = tmp_path / "good"
+    good.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        Image.fromarray(rng.integers(90, 160, (32, 32), dtype=np.uint8)).save(good / f"{i}.png")
+    r2 = calibrate(model, good, 0.05, threads=1, steps=2)
+    m = get_manifest(load_model(model))
+    assert m["sampler"]["steps"] == 2 and m["threshold"]["sampler_steps"] == 2
+    r8 = calibrate(model, good, 0.05, threads=1, steps=8)
+    assert get_manifest(load_model(model))["threshold"]["sampler_steps"] == 8
+    assert r2["threshold"]["value"] != r8["threshold"]["value"]
+    with pytest.raises(ExporterError, match="t_start"):
+        calibrate(model, good, 0.05, threads=1, steps=41)
+    shutil.copy(fixtures / "sigmoid.onnx", model)
+    with pytest.raises(ExporterError, match="no sampler"):
+        calibrate(model, good, 0.05, threads=1, steps=2)

@@ -121,6 +121,9 @@ pub struct Threshold {
     /// Which data.
     #[serde(default)]
     pub data: Option<String>,
+    /// Sampler methods: the step count the scores were calibrated at.
+    #[serde(default)]
+    pub sampler_steps: Option<usize>,
 }
 
 /// Why a manifest was refused.
@@ -279,6 +282,21 @@ impl Manifest {
         } else {
             Err(OutOfRange { value, lo, hi })
         }
+    }
+
+    /// Sampler methods: the step count the calibrated threshold holds for (the threshold's
+    /// own record, else the manifest's default step count, which calibration sets).
+    pub fn calibrated_steps(&self) -> Option<usize> {
+        let default = self
+            .sampler
+            .as_ref()
+            .and_then(|s| s.get("steps"))
+            .and_then(|s| s.as_u64())
+            .map(|s| s as usize);
+        self.threshold
+            .as_ref()
+            .and_then(|t| t.sampler_steps)
+            .or(default)
     }
 
     /// Read the manifest from an ONNX file's bytes without ONNX Runtime (`check-config` runs
