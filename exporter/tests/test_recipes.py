@@ -120,8 +120,10 @@ def test_calibrate_at_a_step_count_makes_it_the_models_default(tmp_path: Path) -
     from exporter.errors import ExporterError
 
     fixtures = ROOT / "tests" / "fixtures"
-    model = tmp_path / "m.onnx"
+    model = tmp_path / "anoddpm-ddpm.onnx"
     shutil.copy(fixtures / "anoddpm-ddpm.onnx", model)
+    shutil.copy(fixtures / "anoddpm-ddpm.golden.json", tmp_path)
+    shutil.copytree(fixtures / "anoddpm-ddpm.golden", tmp_path / "anoddpm-ddpm.golden")
     good = tmp_path / "good"
     good.mkdir()
     rng = np.random.default_rng(0)
@@ -133,6 +135,9 @@ def test_calibrate_at_a_step_count_makes_it_the_models_default(tmp_path: Path) -
     r8 = calibrate(model, good, 0.05, threads=1, steps=8)
     assert get_manifest(load_model(model))["threshold"]["sampler_steps"] == 8
     assert r2["threshold"]["value"] != r8["threshold"]["value"]
+    from exporter.verify import verify_model
+
+    assert verify_model(model)["max_err"] <= 1e-4  # goldens at their own step count
     with pytest.raises(ExporterError, match="t_start"):
         calibrate(model, good, 0.05, threads=1, steps=41)
     shutil.copy(fixtures / "sigmoid.onnx", model)
