@@ -1,5 +1,6 @@
 """The recipe comparison table (README "Survey recipes"): every brick model under models/,
-each sampler model at several step counts, evaluated once on the brick evaluation set with
+each sampler model at several step counts (calibrated on the validation split at each, as
+the shipped model was at its own), evaluated once on the brick evaluation set with
 `diffad eval` and timed with `diffad bench`, all in one run.
 
     scripts/compare-recipes [--iterations N] [--threads T] [--steps 5,10,25]
@@ -34,8 +35,26 @@ def run_json(args: list[str]) -> dict:
     return json.loads(p.stdout)
 
 
+def calibrated_copy(model: Path, steps: int, a: argparse.Namespace) -> Path:
+    """The model and its goldens copied, calibrated at `steps` the way the shipped one was at
+    its own (a threshold holds only at the step count it was calibrated at)."""
+    import shutil
+
+    out = ROOT / "target" / "bench" / "recipes" / f"{model.parent.name}-{steps}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for p in model.parent.glob("model.*"):
+        (shutil.copytree if p.is_dir() else shutil.copy)(p, out / p.name)
+    subprocess.run([sys.executable, "-m", "exporter", "calibrate", str(out / "model.onnx"),
+                    "--good", str(a.dataset), "--steps", str(steps), "--plot",
+                    str(out / "calibration.png")], check=True, capture_output=True, cwd=ROOT)
+    return out / "model.onnx"
+
+
 def row(name: str, model: Path, steps: int | None, a: argparse.Namespace) -> dict:
-    extra = ["--steps", str(steps)] if steps else []
+    if steps is not None and steps != manifest(model)["sampler"]["steps"]:
+        model = calibrated_copy(model, steps, a)
+    extra: list[str] = []
     ev = run_json(["eval", "--model", str(model), "--dataset", str(a.dataset), "--json", *extra])
     out = ROOT / "target" / "bench" / f"recipe-{name}-{steps or 0}.json"
     subprocess.run([str(DIFFAD), "bench", "--model", str(model), "--iterations",
