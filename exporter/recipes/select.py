@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from ..errors import ExporterError
 from ..evaluate import load_dataset, metrics
+from ..export import run_torch
 from ..onnxio import write_text_atomic
 from ..preprocess import preprocess_file
 from ..select import snapshots
@@ -42,13 +43,10 @@ def apply(o: RecipeExportOptions, setting: dict[str, Any]) -> RecipeExportOption
 
 
 def score_images(det: torch.nn.Module, images: np.ndarray, batch: int = 16):
-    maps, scores = [], []
+    """(maps [N, H, W], scores [N]); the last batch is padded (AdvRAD bakes the batch size)."""
     with torch.no_grad():
-        for i in range(0, len(images), batch):
-            m, s = det(torch.from_numpy(images[i : i + batch]))
-            maps.append(m[:, 0].numpy())
-            scores.append(s.numpy())
-    return np.concatenate(maps), np.concatenate(scores)
+        maps, scores = run_torch(det, images, batch)
+    return maps[:, 0], scores
 
 
 def per_kind_auroc(scores: np.ndarray, y: np.ndarray, kinds: list[str]) -> dict[str, float]:

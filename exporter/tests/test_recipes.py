@@ -106,9 +106,17 @@ def test_train_resume_export_evaluate(recipe: str, tiles: Path, tmp_path: Path) 
         maps, scores = run_batched(ort_session(out), np.zeros((2, 1, 128, 128), np.float32), 1,
                                    steps=2)
         assert maps.shape == (2, 1, 128, 128) and np.isfinite(scores).all()
-    r = evaluate(out, small_dataset(data / "validation", tmp_path / "val"))
+    val = small_dataset(data / "validation", tmp_path / "val")
+    r = evaluate(out, val)
     assert 0.0 <= r["image_auroc"] <= 1.0 and r["n_defective"] > 0
     assert main(["recipe-export", "--checkpoint", str(ck / "last.pt"), "--out", str(out)]) == 2
+    if recipe != "anoddpm":  # the sampler's selection is the same code, only slower
+        sel = tmp_path / "selection.json"
+        assert main(["recipe-select", "--checkpoints", str(ck), "--dataset", str(val),
+                     "--out", str(sel)]) == 0
+        rows = json.loads(sel.read_text())["rows"]
+        assert {r["step"] for r in rows} == {1, 2} and len(rows) % 2 == 0
+        assert main(["recipe-select", "--checkpoints", str(ck), "--dataset", str(data)]) == 2
 
 
 def test_calibrate_at_a_step_count_makes_it_the_models_default(tmp_path: Path) -> None:
