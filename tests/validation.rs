@@ -353,3 +353,31 @@ fn run_fail_safe_rejects_parts_whose_score_is_nan_or_out_of_range() {
     assert_eq!(s["passes"], 1, "d.png: 0.52 < 0.6: {s}");
     assert_eq!(s["rejects"], 1, "b.png: 0.62 ≥ 0.6: {s}");
 }
+
+#[test]
+fn check_config_refuses_step_counts_the_model_cannot_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("models/tiles-brick/model.onnx", "5", "has no sampler steps"),
+        ("tests/fixtures/anoddpm-cal.onnx", "41", "at most 40"),
+        (
+            "tests/fixtures/anoddpm-cal.onnx",
+            "2",
+            "was calibrated at 4",
+        ),
+    ];
+    for (model, steps, want) in cases {
+        let path = board(dir.path(), &root().join(model), "");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("[gpio]", &format!("steps = {steps}\n[gpio]"));
+        std::fs::write(&path, text).unwrap();
+        let out = diffad(&["check-config"], &[&path]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{model} {steps}: {err}");
+        assert!(
+            err.contains("`engine.steps`") && err.contains(want),
+            "{model} {steps}: {err}"
+        );
+    }
+}

@@ -294,6 +294,40 @@ impl BoardConfig {
         if let Err(e) = crate::stages::tiling::check_model(&self.setup.camera, &m.input) {
             problems.push(e);
         }
+        problems.extend(self.check_steps(&m));
         problems
+    }
+
+    /// `engine.steps` against the model: only a sampler takes it, within [1, t_start], and a
+    /// calibrated threshold holds only at the step count it was calibrated at.
+    fn check_steps(&self, m: &crate::model::manifest::Manifest) -> Option<Invalid> {
+        let steps = self.engine.steps?;
+        let model = self.engine.model.display();
+        let Some(sampler) = &m.sampler else {
+            return Some(Invalid::new(
+                "engine.steps",
+                format!(
+                    "model {model} ({}) runs one network call per part and has no sampler steps; remove engine.steps",
+                    m.method
+                ),
+            ));
+        };
+        let t_start = sampler.get("t_start").and_then(|t| t.as_u64()).unwrap_or(0) as usize;
+        if steps > t_start {
+            return Some(Invalid::new(
+                "engine.steps",
+                format!("{steps} steps: model {model} samples from t_start = {t_start}, so at most {t_start}"),
+            ));
+        }
+        match (self.setup.line.threshold, m.calibrated_steps()) {
+            (None, Some(at)) if at != steps && m.threshold.is_some() => Some(Invalid::new(
+                "engine.steps",
+                format!(
+                    "{steps} steps, but model {model} was calibrated at {at}: recalibrate with \
+                     `python -m exporter calibrate MODEL --steps {steps} --good ...`, or set line.threshold"
+                ),
+            )),
+            _ => None,
+        }
     }
 }
