@@ -166,6 +166,15 @@ fn infer_and_bench_take_the_step_count() {
     ]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("network calls per image 2"), "{out}");
+
+    let (code, out, err) = run(&["inspect", model]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("sampler:      4 steps by default")
+            && out.contains("at 2 steps")
+            && out.contains("8 steps"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -94,15 +94,27 @@ pub fn inspect(model: &Path) -> Result<()> {
     println!("manifest:\n{}", serde_json::to_string_pretty(m)?);
     // Last, so that a model failing it still shows what it is.
     match engine.run_self_test() {
-        Ok(r) => {
-            println!("self-test:    {r}");
-            Ok(())
-        }
+        Ok(r) => println!("self-test:    {r}"),
         Err(e) => {
             println!("self-test:    FAILED");
-            Err(e.into())
+            return Err(e.into());
         }
     }
+    if let Some(steps) = engine.sampler_steps() {
+        // The sampler's parity with the exporter's at the goldens' other step counts.
+        let more = engine.check_more_steps().inspect_err(|_| {
+            println!("sampler:      {steps} steps by default; parity at other step counts FAILED")
+        })?;
+        let at: Vec<String> = more
+            .iter()
+            .map(|(s, d)| format!("{s} steps {:.2e}", d.iter().copied().fold(0.0, f64::max)))
+            .collect();
+        println!(
+            "sampler:      {steps} steps by default; largest deviation from the PyTorch sampler at {}",
+            if at.is_empty() { "no other step count".into() } else { at.join(", ") }
+        );
+    }
+    Ok(())
 }
 
 /// Expand folders into their image files; files are kept as given.
