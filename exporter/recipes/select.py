@@ -23,12 +23,20 @@ from ..select import snapshots
 from .export import RANGE, RecipeExportOptions, detector
 from .train import load_recipe_checkpoint
 
+# top-k that averages the whole 128x128 map: the mean reconstruction error, AnoDDPM's own score
+MEAN = 128 * 128
 # The settings tried per recipe (beside the snapshot): AdvRAD's noise level, DTE's pooling,
-# AnoDDPM's noise level (the paper's is a quarter of T; textures keep their detail at less).
+# AnoDDPM's noise level (the paper's is a quarter of T; textures keep their detail at less), step
+# rule and pooling.
 GRIDS: dict[str, list[dict[str, Any]]] = {
     "advrad": [{"t": 50}, {"t": 100}, {"t": 200}],
     "dte": [{"top_k": 50}, {"top_k": 1000}],
-    "anoddpm": [{"t_start": 50}, {"t_start": 100}, {"t_start": 150}, {"t_start": 250}],
+    "anoddpm": [{"t_start": 250, "kind": "ddpm", "top_k": 50},
+                {"t_start": 50, "kind": "ddpm", "top_k": 50},
+                {"t_start": 50, "kind": "ddim", "top_k": 50},
+                {"t_start": 50, "kind": "ddpm", "top_k": MEAN},
+                {"t_start": 50, "kind": "ddim", "top_k": MEAN},
+                {"t_start": 100, "kind": "ddim", "top_k": MEAN}],
 }
 
 
@@ -39,6 +47,8 @@ def apply(o: RecipeExportOptions, setting: dict[str, Any]) -> RecipeExportOption
         o = replace(o, score=replace(o.score, top_k=setting["top_k"]))
     if "t_start" in setting:
         o = replace(o, sampler=replace(o.sampler, t_start=setting["t_start"]))
+    if "kind" in setting:
+        o = replace(o, sampler=replace(o.sampler, kind=setting["kind"]))
     return o
 
 
