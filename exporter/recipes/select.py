@@ -30,7 +30,7 @@ MEAN = 128 * 128
 # rule and pooling.
 GRIDS: dict[str, list[dict[str, Any]]] = {
     "advrad": [{"t": 50}, {"t": 100}, {"t": 200}],
-    "dte": [{"top_k": 50}, {"top_k": 1000}],
+    "dte": [{"top_k": 50}, {"top_k": 1000}, {"top_k": MEAN}],
     "anoddpm": [{"t_start": 250, "kind": "ddpm", "top_k": 50},
                 {"t_start": 50, "kind": "ddpm", "top_k": 50},
                 {"t_start": 50, "kind": "ddim", "top_k": 50},
