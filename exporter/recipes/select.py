@@ -29,7 +29,8 @@ MEAN = 128 * 128
 # AnoDDPM's noise level (the paper's is a quarter of T; textures keep their detail at less), step
 # rule and pooling.
 GRIDS: dict[str, list[dict[str, Any]]] = {
-    "advrad": [{"t": 50}, {"t": 100}, {"t": 200}],
+    "advrad": [{"t": 50}, {"t": 100}, {"t": 200}, {"t": 50, "top_k": MEAN},
+               {"t": 100, "top_k": MEAN}],
     "dte": [{"top_k": 50}, {"top_k": 1000}, {"top_k": MEAN}],
     "anoddpm": [{"t_start": 250, "kind": "ddpm", "top_k": 50},
                 {"t_start": 50, "kind": "ddpm", "top_k": 50},
