@@ -89,7 +89,7 @@ fn three_hundred_parts_through_the_real_model() {
 }
 
 /// Every survey recipe shipped under models/ (brick-*) runs through the unchanged line: one
-/// outcome per part, none failed safe; the sampler recipe at a board-set step count.
+/// outcome per part, none failed safe; the sampler recipe at the step count it was calibrated at.
 #[test]
 fn every_recipe_model_runs_the_line() {
     let photo = root().join("target/tiles/photos/brick.png");
@@ -112,9 +112,7 @@ fn every_recipe_model_runs_the_line() {
         if manifest.method == "diffusionad" {
             continue;
         }
-        if manifest.sampler.is_some() {
-            config.steps = Some(3);
-        }
+        config.steps = manifest.calibrated_steps();
         let mut setup = sim_setup(40);
         setup.camera.sim.photo = Some(photo.clone());
         let engine = Engine::load(&config).unwrap();
