@@ -108,6 +108,14 @@ def test_train_resume_export_evaluate(recipe: str, tiles: Path, tmp_path: Path) 
         assert maps.shape == (2, 1, 128, 128) and np.isfinite(scores).all()
     val = small_dataset(data / "validation", tmp_path / "val")
     r = evaluate(out, val)
+    if recipe != "anoddpm":  # the twin the robustness attack runs on scores as the graph does
+        from exporter.recipes.robust import twin
+
+        det, _ = twin(out, ck / "last.pt")
+        x = np.random.default_rng(1).uniform(-1, 1, (1, 1, 128, 128)).astype(np.float32)
+        with torch.no_grad():
+            s_torch = float(det(torch.from_numpy(x))[1])
+        assert abs(s_torch - float(run_batched(ort_session(out), x, 1)[1][0])) < 1e-4
     assert 0.0 <= r["image_auroc"] <= 1.0 and r["n_defective"] > 0
     assert main(["recipe-export", "--checkpoint", str(ck / "last.pt"), "--out", str(out)]) == 2
     if recipe != "anoddpm":  # the sampler's selection is the same code, only slower
@@ -151,3 +159,19 @@ def test_calibrate_at_a_step_count_makes_it_the_models_default(tmp_path: Path) -
     shutil.copy(fixtures / "sigmoid.onnx", model)
     with pytest.raises(ExporterError, match="no sampler"):
         calibrate(model, good, 0.05, threads=1, steps=2)
+
+
+def test_pgd_lowers_the_score_within_eps_and_the_input_range() -> None:
+    from torch import nn
+
+    from exporter.recipes.robust import pgd
+
+    class Mean(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x, x.mean((1, 2, 3))
+
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    adv = pgd(Mean(), x, 0.1, 5, -1.0, 1.0)
+    assert float((adv - x).abs().max()) <= 0.1 + 1e-6
+    assert float(adv.min()) >= -1 and float(adv.max()) <= 1
+    assert bool((Mean()(adv)[1] < Mean()(x)[1] - 0.05).all())
