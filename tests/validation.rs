@@ -381,3 +381,43 @@ fn check_config_refuses_step_counts_the_model_cannot_take() {
         );
     }
 }
+
+#[test]
+fn run_takes_a_sampler_model_and_its_step_count_from_the_board_or_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    for (name, v) in [("a.png", 60), ("b.png", 128), ("c.png", 200)] {
+        grey(&images.join(name), 32, v);
+    }
+    let path = board(
+        dir.path(),
+        &fixture("anoddpm-cal.onnx"),
+        "[camera]\nsource = \"replay\"\n[camera.replay]\ndir = \"images\"\n[line]\nparts = 3\npart_rate_hz = 20\n",
+    );
+    let summary = dir.path().join("summary.json");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--quiet"];
+        args.extend_from_slice(extra);
+        args.push("--config");
+        diffad(&args, &[&path, Path::new("--summary-json"), &summary])
+    };
+    let out = run(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(s["parts"], 3, "{s}");
+    assert_eq!(
+        s["passes"].as_u64().unwrap() + s["rejects"].as_u64().unwrap(),
+        3,
+        "{s}"
+    );
+    assert_eq!(s["fault_rejects"], 0, "{s}");
+    // Another step count than the threshold's is refused before the line starts.
+    let out = run(&["--steps", "2"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("`engine.steps`") && stderr(&out).contains("was calibrated at 4"),
+        "{}",
+        stderr(&out)
+    );
+}
