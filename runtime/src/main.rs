@@ -235,13 +235,10 @@ fn run(args: Args) -> Result<ExitCode> {
             cert,
             key,
         } => {
-            let tls = match &ca {
-                Some(ca) => Some(
-                    diffad::sinks::tls::client(ca, cert.as_deref().zip(key.as_deref()))
-                        .map_err(anyhow::Error::msg)?,
-                ),
-                None => None,
-            };
+            let tls = ca
+                .map(|ca| diffad::sinks::tls::client(&ca, cert.as_deref().zip(key.as_deref())))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
             watch(&addrs, json, from_start, tls)
         }
         Command::Inspect { model } => offline::infer::inspect(&model).map(|()| ExitCode::SUCCESS),
