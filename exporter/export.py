@@ -33,6 +33,7 @@ from .onnxio import (
     count_flops,
     graph_sha256,
     ort_session,
+    padded_batches,
     run_batched,
     save_model_atomic,
     set_manifest,
@@ -147,11 +148,7 @@ def golden_inputs(folder: Path, size: int, ch: int, value_range: tuple[float, fl
 def run_torch(det: nn.Module, images: np.ndarray, batch: int, **kw) -> tuple[np.ndarray, ...]:
     """(maps, scores) of a PyTorch detector over [N, C, H, W], padding the last batch."""
     tm, ts = [], []
-    for i in range(0, len(images), batch):
-        chunk = images[i : i + batch]
-        n = len(chunk)
-        if n < batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, 0)])
+    for chunk, n in padded_batches(images, batch):
         m, s = det(torch.from_numpy(chunk), **kw)
         tm.append(m[:n].numpy())
         ts.append(s[:n].numpy())
@@ -189,6 +186,19 @@ def write_model_and_goldens(model: onnx.ModelProto, out: Path, images: Path,
     finally:
         if tmp_gdir.exists():
             shutil.rmtree(tmp_gdir)
+
+
+def seal(model: onnx.ModelProto, manifest: dict[str, Any], batch: int) -> None:
+    """Counts the graph's FLOPs per image into the manifest, stores the manifest and the
+    producer in the model, and runs `onnx.checker`."""
+    manifest["flops_per_frame"] = int(count_flops(model) // batch)
+    model.producer_name = "diffad-edge-exporter"
+    model.producer_version = __version__
+    set_manifest(model, manifest)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:  # noqa: BLE001
+        raise ExporterError(f"onnx.checker rejected the graph: {e}") from None
 
 
 def _torch_export(det: OneStepDetector, example: torch.Tensor, opset: int) -> onnx.ModelProto:
@@ -239,14 +249,7 @@ def export_model(
 
     manifest = manifest_for(opts, unet, seg, info)
     model = _torch_export(det, torch.zeros(opts.batch, ch, size, size), opts.opset)
-    manifest["flops_per_frame"] = int(count_flops(model) // opts.batch)
-    model.producer_name = "diffad-edge-exporter"
-    model.producer_version = __version__
-    set_manifest(model, manifest)
-    try:
-        onnx.checker.check_model(model)
-    except Exception as e:  # noqa: BLE001
-        raise ExporterError(f"onnx.checker rejected the graph: {e}") from None
+    seal(model, manifest, opts.batch)
 
     sess = ort_session(model.SerializeToString())
     # parity: golden patterns plus seeded random inputs, ORT vs PyTorch

@@ -188,6 +188,17 @@ def ort_session(path_or_bytes: Path | bytes, threads: int = 0, spin: bool = Fals
         raise ExporterError(f"onnxruntime cannot load the model: {e}") from None
 
 
+def padded_batches(images: np.ndarray, batch: int) -> Iterator[tuple[np.ndarray, int]]:
+    """[N, ...] in static batches of `batch`, the last one padded with copies of its last
+    image; with each, how many of its images are real."""
+    for i in range(0, len(images), batch):
+        chunk = images[i : i + batch]
+        n = len(chunk)
+        if n < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, 0)])
+        yield chunk, n
+
+
 def run_batched(sess: Any, images: np.ndarray, batch: int, steps: int | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Runs [N, C, H, W] through a static-batch session, padding the last batch. A model whose
@@ -196,11 +207,7 @@ def run_batched(sess: Any, images: np.ndarray, batch: int, steps: int | None = N
     meta = sess.get_modelmeta().custom_metadata_map
     manifest = json.loads(meta[MANIFEST_KEY]) if MANIFEST_KEY in meta else {}
     maps, scores = [], []
-    for i in range(0, len(images), batch):
-        chunk = images[i : i + batch]
-        n = len(chunk)
-        if n < batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, 0)])
+    for chunk, n in padded_batches(images, batch):
         if "sampler" in manifest:
             from .recipes.runner import run_sampler
 

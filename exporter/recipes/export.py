@@ -29,9 +29,10 @@ from ..export import (
     golden_inputs,
     golden_paths,
     run_torch,
+    seal,
     write_model_and_goldens,
 )
-from ..onnxio import count_flops, graph_sha256, ort_session, run_batched, set_manifest
+from ..onnxio import graph_sha256, ort_session, run_batched
 from .detect import (
     KINDS,
     OneShotDenoiser,
@@ -170,14 +171,7 @@ def export_recipe(checkpoint: Path, out: Path, o: RecipeExportOptions) -> dict[s
                       o.opset)
     else:
         model = _onnx(det, (x,), ["image"], ["anomaly_map", "score"], o.opset)
-    manifest["flops_per_frame"] = int(count_flops(model) // o.batch)
-    model.producer_name = "diffad-edge-exporter"
-    model.producer_version = __version__
-    set_manifest(model, manifest)
-    try:
-        onnx.checker.check_model(model)
-    except Exception as e:  # noqa: BLE001
-        raise ExporterError(f"onnx.checker rejected the graph: {e}") from None
+    seal(model, manifest, o.batch)
     sess = ort_session(model.SerializeToString())
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as td, torch.no_grad():
