@@ -261,6 +261,7 @@ impl Engine {
             }),
         }
     }
+
     /// The self-test's result, when it ran at load.
     pub fn self_test(&self) -> Option<&SelfTestReport> {
         self.self_test.as_ref()
