@@ -312,15 +312,26 @@ impl BoardConfig {
                 ),
             ));
         };
-        let t_start = sampler.get("t_start").and_then(|t| t.as_u64()).unwrap_or(0) as usize;
-        if steps > t_start {
+        let spec = match crate::stages::engine::sampler::SamplerSpec::parse(sampler) {
+            Ok(spec) => spec,
+            Err((key, reason)) => {
+                return Some(Invalid::new(
+                    "engine.model",
+                    format!("model {model}: manifest field `{key}` is invalid: {reason}"),
+                ))
+            }
+        };
+        if let Err(reason) = spec.check_steps(steps) {
             return Some(Invalid::new(
                 "engine.steps",
-                format!("{steps} steps: model {model} samples from t_start = {t_start}, so at most {t_start}"),
+                format!("model {model}: {reason}"),
             ));
         }
-        match (self.setup.line.threshold, m.calibrated_steps()) {
-            (None, Some(at)) if at != steps && m.threshold.is_some() => Some(Invalid::new(
+        match (
+            self.setup.line.threshold,
+            m.threshold_steps_other_than(steps),
+        ) {
+            (None, Some(at)) => Some(Invalid::new(
                 "engine.steps",
                 format!(
                     "{steps} steps, but model {model} was calibrated at {at}: recalibrate with \

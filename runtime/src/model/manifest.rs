@@ -299,6 +299,14 @@ impl Manifest {
             .or(default)
     }
 
+    /// Sampler methods with a calibrated threshold: the step count it was calibrated at, when
+    /// that is not `steps` (a sampler's scores move with its step count, so the threshold does
+    /// not hold there).
+    pub fn threshold_steps_other_than(&self, steps: usize) -> Option<usize> {
+        self.threshold.as_ref()?;
+        self.calibrated_steps().filter(|&at| at != steps)
+    }
+
     /// Read the manifest from an ONNX file's bytes without ONNX Runtime (`check-config` runs
     /// where the runtime library may be absent); the manifest is checked as at load.
     pub fn from_onnx(bytes: &[u8]) -> Result<Self, ManifestError> {

@@ -151,14 +151,8 @@ pub fn threshold_of(
     threshold: Option<f32>,
 ) -> Result<f32, InspectError> {
     let calibrated = engine.manifest().threshold.as_ref().map(|t| t.value);
-    if let (None, Some(_), Some(at), Some(now)) = (
-        threshold,
-        calibrated,
-        engine.manifest().calibrated_steps(),
-        engine.sampler_steps(),
-    ) {
-        // A sampler's scores move with its step count: the threshold holds only at its own.
-        if at != now {
+    if let (None, Some(now)) = (threshold, engine.sampler_steps()) {
+        if let Some(at) = engine.manifest().threshold_steps_other_than(now) {
             return Err(InspectError(format!(
                 "model {} was calibrated at {at} sampler steps but runs {now} (engine.steps / --steps): recalibrate at {now} with `python -m exporter calibrate MODEL --steps {now} --good ...`, or set line.threshold (--threshold)",
                 engine.path().display()

@@ -12,7 +12,7 @@ use std::time::Instant;
 use ort::ep::{self, ExecutionProvider};
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::value::{Outlet, TensorElementType, TensorRef, ValueType};
 
 use crate::config::Invalid;
 use crate::model::manifest::{Manifest, ManifestError, METADATA_KEY};
@@ -429,16 +429,12 @@ fn build_sampler(
     };
     let spec = SamplerSpec::parse(v).map_err(|(key, reason)| field(key, reason))?;
     check_sampler_io(session, manifest, &spec.network).map_err(mismatch)?;
-    let top_k = manifest
-        .score
-        .get("top_k")
-        .and_then(|k| k.as_u64())
-        .ok_or_else(|| {
-            field(
-                "score.top_k",
-                "missing; the sampler scores the top-k mean".into(),
-            )
-        })?;
+    let top_k = manifest.top_k().ok_or_else(|| {
+        field(
+            "score.top_k",
+            "missing; the sampler scores the top-k mean".into(),
+        )
+    })?;
     let sigma = match manifest.score.get("blur_sigma") {
         None => 0.0,
         Some(v) => v

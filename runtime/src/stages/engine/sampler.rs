@@ -107,7 +107,7 @@ impl SamplerSpec {
                 format!("{} must lie in [1, T = {})", s.t_start, s.total),
             ));
         }
-        check_steps(&s, s.steps).map_err(|m| ("sampler.steps", m))?;
+        s.check_steps(s.steps).map_err(|m| ("sampler.steps", m))?;
         if s.noise.kind != "simplex" {
             return Err((
                 "sampler.noise.kind",
@@ -126,6 +126,17 @@ impl SamplerSpec {
             ));
         }
         Ok(s)
+    }
+
+    /// Whether the sampler can take `steps` steps: from 1 to `t_start`.
+    pub fn check_steps(&self, steps: usize) -> Result<(), String> {
+        if steps == 0 || steps > self.t_start {
+            return Err(format!(
+                "{steps} steps: the model samples from t_start = {t}, so at least 1 and at most {t}",
+                t = self.t_start
+            ));
+        }
+        Ok(())
     }
 
     fn simplex(&self) -> SimplexConfig {
@@ -156,16 +167,6 @@ impl SamplerSpec {
             })
             .collect()
     }
-}
-
-fn check_steps(s: &SamplerSpec, steps: usize) -> Result<(), String> {
-    if steps == 0 || steps > s.t_start {
-        return Err(format!(
-            "{steps} steps: must lie in [1, t_start = {}]",
-            s.t_start
-        ));
-    }
-    Ok(())
 }
 
 /// The eps-network's timesteps, first to last: `t_start · i / steps` for i = steps..1.
@@ -266,7 +267,7 @@ impl Sampler {
 
     /// Re-plan for `steps`: timesteps, coefficients and every noise drawn now, not per frame.
     pub fn set_steps(&mut self, steps: usize) -> Result<(), String> {
-        check_steps(&self.spec, steps)?;
+        self.spec.check_steps(steps)?;
         if steps == self.steps {
             return Ok(());
         }

@@ -30,6 +30,27 @@ pub(super) fn open_session(
     Ok((session, providers))
 }
 
+/// `[B, C, H, W]` of the manifest's input.
+fn image_shape(m: &Manifest) -> [i64; 4] {
+    let i = &m.input;
+    [
+        i.batch as i64,
+        i.channels as i64,
+        i.height as i64,
+        i.width as i64,
+    ]
+}
+
+/// The tensor `name` among `outlets` (`what`: input or output), checked to be float32 of shape
+/// `want`.
+fn check_named(outlets: &[Outlet], what: &str, name: &str, want: &[i64]) -> Result<(), String> {
+    let o = outlets
+        .iter()
+        .find(|o| o.name() == name)
+        .ok_or_else(|| format!("{what} `{name}` is missing"))?;
+    check_tensor(o.name(), o.dtype(), name, want)
+}
+
 pub(super) fn check_io(session: &Session, m: &Manifest) -> Result<(), String> {
     let inputs = session.inputs();
     if inputs.len() != 1 {
@@ -39,28 +60,11 @@ pub(super) fn check_io(session: &Session, m: &Manifest) -> Result<(), String> {
             m.input.name
         ));
     }
-    let want = [
-        m.input.batch as i64,
-        m.input.channels as i64,
-        m.input.height as i64,
-        m.input.width as i64,
-    ];
-    check_tensor(inputs[0].name(), inputs[0].dtype(), &m.input.name, &want)?;
-    let hw = [
-        m.input.batch as i64,
-        1,
-        m.input.height as i64,
-        m.input.width as i64,
-    ];
-    for (name, want) in [(&m.outputs.map, &hw[..]), (&m.outputs.score, &hw[..1])] {
-        let out = session
-            .outputs()
-            .iter()
-            .find(|o| o.name() == name.as_str())
-            .ok_or_else(|| format!("output `{name}` is missing"))?;
-        check_tensor(out.name(), out.dtype(), name, want)?;
-    }
-    Ok(())
+    let image = image_shape(m);
+    check_tensor(inputs[0].name(), inputs[0].dtype(), &m.input.name, &image)?;
+    let hw = [image[0], 1, image[2], image[3]];
+    check_named(session.outputs(), "output", &m.outputs.map, &hw)?;
+    check_named(session.outputs(), "output", &m.outputs.score, &hw[..1])
 }
 
 /// A sampler method's graph: inputs x_t `[B, C, H, W]` and t `[B]`, output eps like x_t.
@@ -69,13 +73,7 @@ pub(super) fn check_sampler_io(
     m: &Manifest,
     names: &super::sampler::NetworkNames,
 ) -> Result<(), String> {
-    let i = &m.input;
-    let image = [
-        i.batch as i64,
-        i.channels as i64,
-        i.height as i64,
-        i.width as i64,
-    ];
+    let image = image_shape(m);
     let inputs = session.inputs();
     if inputs.len() != 2 {
         return Err(format!(
@@ -85,19 +83,9 @@ pub(super) fn check_sampler_io(
             names.t
         ));
     }
-    for (name, want) in [(&names.x_t, &image[..]), (&names.t, &image[..1])] {
-        let inp = inputs
-            .iter()
-            .find(|o| o.name() == name.as_str())
-            .ok_or_else(|| format!("input `{name}` is missing"))?;
-        check_tensor(inp.name(), inp.dtype(), name, want)?;
-    }
-    let out = session
-        .outputs()
-        .iter()
-        .find(|o| o.name() == names.eps.as_str())
-        .ok_or_else(|| format!("output `{}` is missing", names.eps))?;
-    check_tensor(out.name(), out.dtype(), &names.eps, &image)
+    check_named(inputs, "input", &names.x_t, &image)?;
+    check_named(inputs, "input", &names.t, &image[..1])?;
+    check_named(session.outputs(), "output", &names.eps, &image)
 }
 
 pub(super) fn check_tensor(
