@@ -96,6 +96,14 @@ def metrics(dataset: Path, maps: np.ndarray, scores: np.ndarray, y: np.ndarray,
     }
 
 
+def per_kind_auroc(scores: np.ndarray, y: np.ndarray, kinds: list[str]) -> dict[str, float]:
+    """Image AUROC of each defect kind against all good images."""
+    k_arr, good = np.array(kinds), scores[y == 0]
+    return {k: float(roc_auc_score(np.r_[np.zeros(len(good)), np.ones((k_arr == k).sum())],
+                                   np.r_[good, scores[k_arr == k]]))
+            for k in sorted(set(kinds) - {"good"})}
+
+
 def evaluate(model_path: Path, dataset: Path, threads: int = 2, threshold: float | None = None,
              sweep: bool = False) -> dict[str, Any]:
     """Metrics on dataset/test; at `threshold` instead of the manifest's when given; with
@@ -116,13 +124,12 @@ def evaluate(model_path: Path, dataset: Path, threads: int = 2, threshold: float
     res["threshold"] = thr
     per_kind: dict[str, Any] = {}
     kind_arr = np.array(kind_of)
+    kind_auroc = per_kind_auroc(scores, y, kind_of)
     for k in sorted(set(kind_of)):
         sel = kind_arr == k
         entry: dict[str, Any] = {"n": int(sel.sum()), "mean_score": float(scores[sel].mean())}
         if k != "good":
-            entry["image_auroc"] = float(roc_auc_score(
-                np.r_[np.zeros((y == 0).sum()), np.ones(sel.sum())],
-                np.r_[scores[y == 0], scores[sel]]))
+            entry["image_auroc"] = kind_auroc[k]
         if thr is not None:
             rejected = scores[sel] >= thr  # the runtime rejects at score >= threshold
             if k == "good":

@@ -36,21 +36,26 @@ def snapshots(folder: Path, every: int = 0) -> list[tuple[int, Path]]:
     return found
 
 
-def _key(row: dict[str, Any]) -> tuple[float, float, int]:
+def selection_key(row: dict[str, Any]) -> tuple[float, float, int]:
+    """Best first by image AUROC, then pixel AUROC, then the earlier step."""
     return (row["image_auroc"], row["pixel_auroc"], -row["step"])
+
+
+def check_validation_split(dataset: Path) -> None:
+    """Refuses a folder that is not a validation split: one without test/, or the root of a
+    make-tiles tree, whose test/ is the evaluation set that no choice may be made on."""
+    if not (dataset / "test").is_dir():
+        raise ExporterError(f"{dataset} is not a validation dataset (no test/ folder); "
+                            "make one with `python -m exporter make-tiles`")
+    if (dataset / "validation").is_dir():
+        raise ExporterError(f"{dataset} holds the evaluation set (test/) beside its validation "
+                            f"split: select on {dataset / 'validation'}")
 
 
 def select(folder: Path, dataset: Path, every: int = 0, threads: int = 2,
            diff: DiffusionConfig | None = None) -> dict[str, Any]:
     """Evaluates every snapshot on `dataset`; returns the rows and the chosen one."""
-    if not (dataset / "test").is_dir():
-        raise ExporterError(f"{dataset} is not a validation dataset (no test/ folder); "
-                            "make one with `python -m exporter make-tiles`")
-    if (dataset / "validation").is_dir():
-        # The root of a make-tiles tree: its test/ is the evaluation set, which stopping points
-        # must never be chosen on.
-        raise ExporterError(f"{dataset} holds the evaluation set (test/) beside its validation "
-                            f"split: select on {dataset / 'validation'}")
+    check_validation_split(dataset)
     diff = diff or DiffusionConfig()
     # rows already evaluated with the same settings are kept beside the snapshots, so select
     # can run while training goes on and only new snapshots cost time
@@ -89,7 +94,7 @@ def select(folder: Path, dataset: Path, every: int = 0, threads: int = 2,
             rows.append(row)
             cache[str(step)] = {"stamp": stamp, "row": row}
             _save_cache(cache_path, settings, cache)
-    best = max(rows, key=_key)
+    best = max(rows, key=selection_key)
     return {"dataset": str(dataset), "criterion": "image AUROC, then pixel AUROC, then earlier",
             "rows": rows, "chosen": best}
 
@@ -117,4 +122,4 @@ def format_selection(r: dict[str, Any]) -> str:
 
 def write_selection(r: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(r, indent=2) + "\n")

@@ -110,20 +110,27 @@ def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.rot90(x, int(rng.integers(4)), axes=(1, 2))
 
 
+def random_crop(images: np.ndarray, crop: int, augment: bool, rng: np.random.Generator
+                ) -> np.ndarray:
+    """One image [C, crop, crop] (float32, contiguous): a random image of `images`, a random
+    crop of it, flipped and turned when `augment`."""
+    x = images[rng.integers(len(images))]
+    size = images.shape[-1]
+    if crop < size:
+        y0, x0 = rng.integers(0, size - crop + 1, 2)
+        x = x[:, y0 : y0 + crop, x0 : x0 + crop]
+    if augment:
+        x = _augment(x, rng)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 def make_batch(
     images: np.ndarray, opts: TrainOptions, pool: TexturePool, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     xs, ms, labels = [], [], []
-    size = images.shape[-1]
-    crop = opts.crop or size
+    crop = opts.crop or images.shape[-1]
     for _ in range(opts.batch):
-        x = images[rng.integers(len(images))]
-        if crop < size:
-            y0, x0 = rng.integers(0, size - crop + 1, 2)
-            x = x[:, y0 : y0 + crop, x0 : x0 + crop]
-        if opts.augment:
-            x = _augment(x, rng)
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = random_crop(images, crop, opts.augment, rng)
         if rng.random() < opts.anomaly_prob:
             x, m = synthesize(x, pool, rng, opts.discolour, opts.self_texture)
             label = float(m.sum() > 0)

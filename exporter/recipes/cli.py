@@ -32,13 +32,12 @@ def cmd_recipe_export(a: argparse.Namespace) -> None:
 
 
 def export_options(a: argparse.Namespace):
-    from .. import simplex
     from .detect import SamplerSpec, ScoreSpec
     from .export import RecipeExportOptions
     from .train import ANODDPM_SIMPLEX
 
     spec = SamplerSpec(t_start=a.t_start, steps=a.steps, kind=a.kind, seed=a.noise_seed,
-                       noise=simplex.SimplexConfig(**ANODDPM_SIMPLEX.to_dict()))
+                       noise=ANODDPM_SIMPLEX)
     return RecipeExportOptions(name=getattr(a, "name", "") or "", score=ScoreSpec(
         a.top_k, a.score_sigma), t=a.t, noise_seed=a.noise_seed, sampler=spec,
         parity_steps=getattr(a, "parity_steps", ()), batch=getattr(a, "batch", 1),
@@ -46,7 +45,8 @@ def export_options(a: argparse.Namespace):
 
 
 def cmd_recipe_select(a: argparse.Namespace) -> None:
-    from .select import select_recipe, write_selection
+    from ..select import write_selection
+    from .select import select_recipe
 
     r = select_recipe(a.checkpoints, a.dataset, export_options(a), every=a.every,
                       threads=a.threads)

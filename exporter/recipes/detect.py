@@ -28,6 +28,13 @@ def error_map(x0: torch.Tensor, x0_hat: torch.Tensor, sigma: float) -> torch.Ten
     return gaussian_blur(err, sigma) if sigma > 0 else err
 
 
+def reconstruction_score(x0: torch.Tensor, x0_hat: torch.Tensor, score: ScoreSpec
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(map, score) of a reconstruction: the blurred error map and its top-k mean."""
+    amap = error_map(x0, x0_hat, score.sigma)
+    return amap, topk_mean(amap, score.top_k)
+
+
 @dataclass
 class ScoreSpec:
     """How a map becomes a score."""
@@ -37,6 +44,11 @@ class ScoreSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_manifest(cls, score: dict) -> ScoreSpec:
+        """From the manifest's `score` (`top_k`, `blur_sigma`)."""
+        return cls(top_k=score["top_k"], sigma=score.get("blur_sigma", 0.0))
 
 
 class OneShotDenoiser(nn.Module):
@@ -62,8 +74,7 @@ class OneShotDenoiser(nn.Module):
         xt = self.sa * image + self.sn * self.noise
         eps = self.unet.forward_emb(xt, self.emb)
         x0_hat = ((xt - self.sn * eps) / self.sa).clamp(-1, 1)
-        amap = error_map(image, x0_hat, self.score.sigma)
-        return amap, topk_mean(amap, self.score.top_k)
+        return reconstruction_score(image, x0_hat, self.score)
 
 
 class TimeEstimator(nn.Module):
@@ -101,6 +112,22 @@ class SamplerSpec:
 
     def abar(self) -> np.ndarray:
         return alphas_cumprod(self.T, self.beta_start, self.beta_end)
+
+    def manifest_section(self) -> dict:
+        """The manifest's `sampler`, which the runtime's sampler runs from."""
+        return {"network": {"x_t": "x_t", "t": "t", "eps": "eps"},
+                "T": self.T, "schedule": "linear", "beta_start": self.beta_start,
+                "beta_end": self.beta_end, "t_start": self.t_start, "steps": self.steps,
+                "kind": self.kind,
+                "noise": {"kind": "simplex", "seed": self.seed, **self.noise.to_dict()}}
+
+    @classmethod
+    def from_manifest(cls, s: dict) -> SamplerSpec:
+        """The spec a manifest's `sampler` describes (the inverse of `manifest_section`)."""
+        noise = {k: v for k, v in s["noise"].items() if k not in ("kind", "seed")}
+        return cls(T=s["T"], beta_start=s["beta_start"], beta_end=s["beta_end"],
+                   t_start=s["t_start"], steps=s["steps"], kind=s["kind"],
+                   seed=s["noise"]["seed"], noise=simplex.SimplexConfig(**noise))
 
 
 def timesteps(t_start: int, steps: int) -> list[int]:
@@ -163,5 +190,4 @@ class PartialDiffusion(nn.Module):
             return self.unet(x, torch.full((x.shape[0],), float(t)))
 
         x0_hat = sample(eps, image, self.spec, steps or self.spec.steps)
-        amap = error_map(image, x0_hat, self.score.sigma)
-        return amap, topk_mean(amap, self.score.top_k)
+        return reconstruction_score(image, x0_hat, self.score)

@@ -132,13 +132,7 @@ def manifest_for(record: dict[str, Any], net: nn.Module, o: RecipeExportOptions
         "exporter_version": __version__,
     }
     if record["recipe"] == "anoddpm":
-        s = o.sampler
-        m["sampler"] = {
-            "network": {"x_t": "x_t", "t": "t", "eps": "eps"},
-            "T": s.T, "schedule": "linear", "beta_start": s.beta_start, "beta_end": s.beta_end,
-            "t_start": s.t_start, "steps": s.steps, "kind": s.kind,
-            "noise": {"kind": "simplex", "seed": s.seed, **s.noise.to_dict()},
-        }
+        m["sampler"] = o.sampler.manifest_section()
     return m
 
 

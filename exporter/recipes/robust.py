@@ -49,7 +49,7 @@ def twin(model: Path, checkpoint: Path) -> tuple[nn.Module, dict[str, Any]]:
         r, s = m.get("recipe", {}), m["score"]
         o = RecipeExportOptions(name=m["name"], t=r.get("t", 100),
                                 noise_seed=r.get("noise_seed", 0),
-                                score=ScoreSpec(s["top_k"], s.get("blur_sigma", 0.0)))
+                                score=ScoreSpec.from_manifest(s))
         return detector(record, net, o).eval(), m
     raise ExporterError(f"{model}: method {m['method']!r} has no one-graph twin to attack")
 

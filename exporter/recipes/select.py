@@ -5,21 +5,17 @@ step, wins. The table is what the README's comparison quotes for "how it was cho
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
-from ..errors import ExporterError
-from ..evaluate import load_dataset, metrics
+from ..evaluate import load_dataset, metrics, per_kind_auroc
 from ..export import run_torch
-from ..onnxio import write_text_atomic
 from ..preprocess import preprocess_file
-from ..select import snapshots
+from ..select import check_validation_split, selection_key, snapshots
 from .export import RANGE, RecipeExportOptions, detector
 from .train import load_recipe_checkpoint
 
@@ -60,19 +56,9 @@ def score_images(det: torch.nn.Module, images: np.ndarray, batch: int = 16):
     return maps[:, 0], scores
 
 
-def per_kind_auroc(scores: np.ndarray, y: np.ndarray, kinds: list[str]) -> dict[str, float]:
-    """Image AUROC of each defect kind against all good images."""
-    k_arr, good = np.array(kinds), scores[y == 0]
-    return {k: float(roc_auc_score(np.r_[np.zeros(len(good)), np.ones((k_arr == k).sum())],
-                                   np.r_[good, scores[k_arr == k]]))
-            for k in sorted(set(kinds) - {"good"})}
-
-
 def select_recipe(folder: Path, dataset: Path, base: RecipeExportOptions, every: int = 0,
                   threads: int = 1) -> dict[str, Any]:
-    if not (dataset / "test").is_dir() or (dataset / "validation").is_dir():
-        raise ExporterError(f"{dataset} is not a validation split: select on "
-                            "TILES/<texture>/validation (never on the evaluation set)")
+    check_validation_split(dataset)
     torch.set_num_threads(threads)
     rows = []
     images = None
@@ -94,12 +80,7 @@ def select_recipe(folder: Path, dataset: Path, base: RecipeExportOptions, every:
             print(f"step {step} {setting}: image AUROC {row['image_auroc']:.4f}, pixel AUROC "
                   f"{row['pixel_auroc']:.4f}, PRO@30% {row['pro_30']:.4f}", flush=True)
             rows.append(row)
-    best = max(rows, key=lambda r: (r["image_auroc"], r["pixel_auroc"], -r["step"]))
+    best = max(rows, key=selection_key)
     return {"dataset": str(dataset), "recipe": record["recipe"],
             "criterion": "image AUROC, then pixel AUROC, then earlier", "rows": rows,
             "chosen": best}
-
-
-def write_selection(r: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, json.dumps(r, indent=2) + "\n")

@@ -27,8 +27,7 @@ from .. import simplex
 from ..diffusion import alphas_cumprod
 from ..edge import EdgeUNetConfig
 from ..errors import ExporterError
-from ..onnxio import atomic_path
-from ..train import StopSignals, _augment, load_good_images
+from ..train import StopSignals, _augment, _save, load_good_images, random_crop
 from . import RECIPES
 from .nets import DTEConfig, build_dte, build_eps
 
@@ -82,14 +81,8 @@ def simplex_pool(o: RecipeTrainOptions, rng: np.random.Generator) -> np.ndarray:
 
 
 def batch_images(images: np.ndarray, o: RecipeTrainOptions, rng: np.random.Generator):
-    out = []
-    size = images.shape[-1]
-    for _ in range(o.batch):
-        x = images[rng.integers(len(images))]
-        if o.crop < size:
-            y0, x0 = rng.integers(0, size - o.crop + 1, 2)
-            x = x[:, y0 : y0 + o.crop, x0 : x0 + o.crop]
-        out.append(np.ascontiguousarray(_augment(x, rng), dtype=np.float32))
+    """A batch of augmented random crops, scaled to [-1, 1]."""
+    out = [random_crop(images, o.crop, True, rng) for _ in range(o.batch)]
     return torch.from_numpy(np.stack(out)) * 2 - 1
 
 
@@ -117,11 +110,6 @@ def loss_step(o: RecipeTrainOptions, net, x0, abar, pool, rng, gen) -> torch.Ten
     n = batch_noise(x0.shape, pool, rng, gen)
     xt = a.sqrt() * x0 + (1 - a).sqrt() * n
     return F.mse_loss(net(xt, t.float()), n)
-
-
-def _save(path: Path, ck: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(ck, tmp)
 
 
 def record(o: RecipeTrainOptions, cfg: dict[str, Any], step: int, wall: float) -> dict[str, Any]:
