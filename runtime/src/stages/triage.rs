@@ -128,29 +128,19 @@ impl Triage {
                 keep.push_back(job);
             }
         }
-        let max = max.max(1);
+        let n = keep.len().min(max.max(1));
         if fifo_feasible(&keep, now_ns, &typical) {
             // Every queued job makes its deadline served oldest first: earliest deadline first
             // is optimal while the load is feasible, and keeps the oldest from starving behind
             // a steady stream of newer frames near capacity. The batch is as large as the
             // oldest allows.
-            let mut k = keep.len().min(max);
-            while k > 1 && keep[0].due_ns < now_ns + planned(k) {
-                k -= 1;
-            }
+            let k = batch_size(n, now_ns, |_| keep[0].due_ns, &planned);
             out.batch.extend(keep.drain(..k));
         } else {
             // Overloaded: the k newest finish together at now + service(k), the oldest of them
             // binds; the engine's time goes to parts that can still make it.
-            let mut k = keep.len().min(max);
-            while k > 1 && keep[keep.len() - k].due_ns < now_ns + planned(k) {
-                k -= 1;
-            }
-            for _ in 0..k {
-                if let Some(j) = keep.pop_back() {
-                    out.batch.push(j);
-                }
-            }
+            let k = batch_size(n, now_ns, |k| keep[keep.len() - k].due_ns, &planned);
+            out.batch.extend((0..k).filter_map(|_| keep.pop_back()));
         }
         *q = keep;
         self.len.store(q.len(), Ordering::SeqCst);
@@ -179,6 +169,21 @@ impl Triage {
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }
+}
+
+/// The largest batch of at most `n` (at least 1 when n is) that finishes at
+/// `now + planned(k)` by `due(k)`, the deadline of the job that binds a batch of k.
+fn batch_size(
+    n: usize,
+    now_ns: u64,
+    due: impl Fn(usize) -> u64,
+    planned: &impl Fn(usize) -> u64,
+) -> usize {
+    let mut k = n;
+    while k > 1 && due(k) < now_ns + planned(k) {
+        k -= 1;
+    }
+    k
 }
 
 /// Whether serving `jobs` (in due order) oldest first lets each one make its deadline: the
