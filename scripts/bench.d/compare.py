@@ -51,8 +51,9 @@ def calibrated_copy(model: Path, steps: int, a: argparse.Namespace) -> Path:
     return out / "model.onnx"
 
 
-def row(name: str, model: Path, steps: int | None, a: argparse.Namespace) -> dict:
-    if steps is not None and steps != manifest(model)["sampler"]["steps"]:
+def row(name: str, model: Path, m: dict, steps: int | None, a: argparse.Namespace) -> dict:
+    """One table row: `model` (manifest `m`) at `steps` (None: a one-call model)."""
+    if steps is not None and steps != m["sampler"]["steps"]:
         model = calibrated_copy(model, steps, a)
     extra: list[str] = []
     ev = run_json(["eval", "--model", str(model), "--dataset", str(a.dataset), "--json", *extra])
@@ -84,7 +85,7 @@ def main() -> int:
         m = manifest(model)
         counts = [int(s) for s in a.steps.split(",")] if "sampler" in m else [None]
         for steps in counts:
-            r = row(name, model, steps, a)
+            r = row(name, model, m, steps, a)
             r["method"] = m["method"]
             rows.append(r)
             print(f"{name} steps {steps}: {r}", file=sys.stderr, flush=True)
