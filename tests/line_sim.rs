@@ -823,3 +823,73 @@ fn photo_eye_edges_dropped_by_the_kernel_are_counted_and_alarmed() {
         alarms[0].message
     );
 }
+
+/// The system clock of a machine whose sleeping threads wake `late_ns` after their deadline (a
+/// kernel without PREEMPT_RT, a VM), on virtual time; a thread that spins is on time.
+struct LateWaker {
+    inner: std::sync::Arc<dyn Clock>,
+    late_ns: u64,
+}
+
+impl Clock for LateWaker {
+    fn now_ns(&self) -> u64 {
+        self.inner.now_ns()
+    }
+    fn wait_until(&self, deadline_ns: Option<u64>, ready: &diffad::clock::Ready<'_>) -> bool {
+        self.inner
+            .wait_until(deadline_ns.map(|d| d + self.late_ns), ready)
+    }
+    fn notify(&self) {
+        self.inner.notify()
+    }
+    fn hold(&self) {
+        self.inner.hold()
+    }
+    fn release(&self) {
+        self.inner.release()
+    }
+    fn spin_until(&self, t_ns: u64) {
+        self.inner.sleep_until(t_ns)
+    }
+}
+
+#[test]
+fn a_late_wake_up_does_not_delay_a_pulse_the_reject_thread_spins_for() {
+    let late_ns = 3 * MS;
+    let run_with = |spin_us: u64| {
+        let mut setup = sim_setup(100);
+        setup.line.reject_spin_us = spin_us;
+        let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(LateWaker {
+            inner: common::sim_clock(),
+            late_ns,
+        });
+        let run = common::run_line_on(
+            clock,
+            &setup,
+            |c| Box::new(TruthInspector::new(c)),
+            None,
+            None,
+        );
+        assert!(run.summary.invariant_ok, "{}", run.summary);
+        assert!(run.summary.counters.rejects > 5, "{}", run.summary);
+        run
+    };
+    // Sleeping to each pulse, every edge is as late as the wake-up.
+    let slept = run_with(0);
+    assert!(
+        slept.summary.max_reject_error_ms >= 2.9,
+        "{}",
+        slept.summary
+    );
+    // Awake for the last 4 ms, the thread is there when the pulse is due.
+    let spun = run_with(4_000);
+    assert_eq!(spun.summary.reject_spin_refused, 0);
+    for r in spun.rejects() {
+        assert_eq!(r.actual_ns, r.scheduled_ns, "{r:?}");
+    }
+    let scheduled: std::collections::HashSet<u64> =
+        spun.rejects().iter().map(|r| r.scheduled_ns).collect();
+    let pulses = spun.pins.reject.high_pulses();
+    assert_eq!(pulses.len() as u64, spun.summary.counters.rejects);
+    assert!(pulses.iter().all(|(start, _)| scheduled.contains(start)));
+}

@@ -156,7 +156,17 @@ pub fn run_line(
     source: Option<MakeSource>,
     notifier: Option<Notifier>,
 ) -> Run {
-    let clock = sim_clock();
+    run_line_on(sim_clock(), setup, inspector, source, notifier)
+}
+
+/// [`run_line`] on a clock the test chose.
+pub fn run_line_on(
+    clock: Arc<dyn Clock>,
+    setup: &LineSetup,
+    inspector: impl FnOnce(Arc<dyn Clock>) -> Box<dyn Inspector>,
+    source: Option<MakeSource>,
+    notifier: Option<Notifier>,
+) -> Run {
     let (pins, logs) = LinePins::sim(&setup.gpio, clock.clone());
     let source = match source {
         Some(f) => f(clock.clone()),

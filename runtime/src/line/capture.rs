@@ -1,10 +1,11 @@
 //! The capture thread: frames from the source, each armed as a part (free-running) or matched
 //! to its photo-eye edge, then queued for the engine by deadline.
 
+use super::inbox::Sender;
 use super::reject::SchedMsg;
 use super::shared::{CAPTURE, TRIGGER};
 use super::Ctx;
-use crate::clock::{chan, MS};
+use crate::clock::MS;
 use crate::events::{Event, FrameFacts};
 use crate::frame::Frame;
 use crate::line::setup::Trigger;
@@ -32,7 +33,7 @@ enum Next {
 pub(super) fn capture_loop(
     ctx: &Ctx<'_>,
     mut source: Box<dyn Source>,
-    sched: &chan::Tx<SchedMsg>,
+    sched: &mut Sender<SchedMsg>,
     triage: &Triage,
     recycle: crossbeam_channel::Receiver<Vec<u8>>,
 ) {
@@ -123,7 +124,7 @@ fn next_frame(ctx: &Ctx<'_>, source: &mut dyn Source, camera_failing: &mut bool)
 }
 
 /// Free-running: the frame is the part. Returns (part, trigger time).
-fn arm_by_frame(ctx: &Ctx<'_>, sched: &chan::Tx<SchedMsg>, frame: &Frame) -> (u64, u64) {
+fn arm_by_frame(ctx: &Ctx<'_>, sched: &mut Sender<SchedMsg>, frame: &Frame) -> (u64, u64) {
     let part = ctx.next_part.fetch_add(1, Ordering::SeqCst) + 1;
     ctx.shared.note_trigger(frame.timestamp_ns);
     let info = PartInfo {
@@ -132,14 +133,14 @@ fn arm_by_frame(ctx: &Ctx<'_>, sched: &chan::Tx<SchedMsg>, frame: &Frame) -> (u6
         deadline_ns: frame.timestamp_ns + ctx.delay_ns,
         frame: FrameFacts::of(frame),
     };
-    let _ = sched.try_send(SchedMsg::Arm(info));
+    let _ = sched.send(SchedMsg::Arm(info));
     (part, frame.timestamp_ns)
 }
 
 /// Photo-eye: the part whose edge this frame belongs to, or `None` (a stray frame, alarmed).
 fn match_to_trigger(
     ctx: &Ctx<'_>,
-    sched: &chan::Tx<SchedMsg>,
+    sched: &mut Sender<SchedMsg>,
     frame: &Frame,
 ) -> Option<(u64, u64)> {
     let shared = ctx.shared;
@@ -159,7 +160,7 @@ fn match_to_trigger(
         ));
         return None;
     };
-    let _ = sched.try_send(SchedMsg::Matched {
+    let _ = sched.send(SchedMsg::Matched {
         part,
         frame: FrameFacts::of(frame),
     });
@@ -169,7 +170,7 @@ fn match_to_trigger(
 /// Hand the frame to the engine queue; what it pushes out fails safe.
 fn queue(
     ctx: &Ctx<'_>,
-    sched: &chan::Tx<SchedMsg>,
+    sched: &mut Sender<SchedMsg>,
     triage: &Triage,
     part: u64,
     trigger_ns: u64,
@@ -185,7 +186,7 @@ fn queue(
     match triage.push(job, ctx.clock) {
         Pushed::Queued => {}
         Pushed::Evicted(old) => {
-            let _ = sched.try_send(SchedMsg::Skipped {
+            let _ = sched.send(SchedMsg::Skipped {
                 part: old.part,
                 reason: format!(
                     "engine queue full ({} frames): the oldest frame made room for a new one",
@@ -195,7 +196,7 @@ fn queue(
             });
         }
         Pushed::Closed(job) => {
-            let _ = sched.try_send(SchedMsg::NotQueued {
+            let _ = sched.send(SchedMsg::NotQueued {
                 part: job.part,
                 reason: "engine stopped".to_string(),
                 frame: Some(job.frame),

@@ -1,10 +1,11 @@
 //! The inspect thread: batches from the deadline queue through the inspector; parts that can
 //! no longer make their deadline are skipped (fail-safe) before they cost engine time.
 
+use super::inbox::Sender;
 use super::reject::SchedMsg;
 use super::shared::{Shared, CAPTURE, INSPECT};
 use super::Ctx;
-use crate::clock::{chan, Clock};
+use crate::clock::Clock;
 use crate::frame::Frame;
 use crate::stages::inspect::{Inspection, Inspector};
 use crate::stages::triage::{Job, ServiceTime, Triage};
@@ -15,7 +16,7 @@ pub(super) fn inspect_loop(
     mut inspector: Box<dyn Inspector>,
     ctx: &Ctx<'_>,
     triage: &Triage,
-    sched: &chan::Tx<SchedMsg>,
+    sched: &mut Sender<SchedMsg>,
     maps: &crossbeam_channel::Receiver<Vec<f32>>,
 ) {
     let (clock, shared, tick) = (ctx.clock, ctx.shared, ctx.tick);
@@ -40,7 +41,7 @@ pub(super) fn inspect_loop(
                 job.due_ns.saturating_sub(now) as f64 / 1e6,
                 service.typical(1) as f64 / 1e6
             );
-            let _ = sched.try_send(SchedMsg::Skipped {
+            let _ = sched.send(SchedMsg::Skipped {
                 part: job.part,
                 reason,
                 frame: job.frame,
@@ -61,7 +62,7 @@ pub(super) fn inspect_loop(
         }
     }
     for job in triage.close() {
-        let _ = sched.try_send(SchedMsg::NotQueued {
+        let _ = sched.send(SchedMsg::NotQueued {
             part: job.part,
             reason: "engine stopped".to_string(),
             frame: Some(job.frame),
@@ -77,7 +78,7 @@ fn run_batch(
     shared: &Shared,
     service: &mut ServiceTime,
     jobs: Vec<Job>,
-    sched: &chan::Tx<SchedMsg>,
+    sched: &mut Sender<SchedMsg>,
 ) {
     let refs: Vec<&Frame> = jobs.iter().map(|j| &j.frame).collect();
     let t0 = clock.now_ns();
@@ -104,7 +105,7 @@ fn run_batch(
         Err(_) => vec![Err("inspector panicked".to_string()); jobs.len()],
     };
     for (job, result) in jobs.into_iter().zip(results) {
-        let _ = sched.try_send(SchedMsg::Inspected {
+        let _ = sched.send(SchedMsg::Inspected {
             part: job.part,
             trigger_ns: job.trigger_ns,
             result,

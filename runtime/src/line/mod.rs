@@ -25,6 +25,7 @@
 pub mod board;
 mod capture;
 mod health;
+mod inbox;
 mod inspect;
 pub mod launch;
 mod reject;
@@ -36,7 +37,7 @@ pub mod watchdog;
 
 pub use summary::{percentile_ms, Summary};
 
-use crate::clock::{chan, Clock, Held, MS};
+use crate::clock::{Clock, Held, MS};
 use crate::config::Invalid;
 use crate::events::{Bus, Counters, Events, LiveLog, Sink};
 use crate::line::setup::{LineSetup, Trigger};
@@ -420,8 +421,16 @@ impl Threads<'_> {
         let ctx = self.ctx;
         let clock = self.clock;
         let triage = Triage::new(ctx.setup.line.queue);
-        // Unbounded on purpose: arming must never fail, and the reject stage drains it every wake.
-        let (sched_tx, sched_rx) = chan::channel::<SchedMsg>(clock, None);
+        // One ring per sending stage, in causal order: trigger (with a photo-eye), capture, inspect.
+        let with_trigger = self.hw.trigger.is_some();
+        let (senders, mut inbox) =
+            inbox::inbox::<SchedMsg>(clock, 2 + usize::from(with_trigger), inbox::RING_CAPACITY);
+        let mut senders = senders.into_iter();
+        let trigger_tx = with_trigger.then(|| senders.next().expect("a ring per stage"));
+        let (mut capture_tx, mut inspect_tx) = (
+            senders.next().expect("a ring per stage"),
+            senders.next().expect("a ring per stage"),
+        );
         let (recycle_tx, recycle_rx) = crossbeam_channel::bounded::<Vec<u8>>(64);
         let (maps_tx, maps_rx) = crossbeam_channel::bounded::<Vec<f32>>(64);
         let LinePins {
@@ -454,26 +463,29 @@ impl Threads<'_> {
         std::thread::scope(|scope| {
             let mut held = || held.next().expect("one guard per stage thread");
             let done = |stage| Some((ctx.shared, stage, ctx.clock));
-            let (tx, triage_ref) = (sched_tx.clone(), &triage);
+            let triage_ref = &triage;
             let capture = spawn_stage(scope, "capture", held(), done(CAPTURE), move || {
-                capture::capture_loop(ctx, source, &tx, triage_ref, recycle_rx)
+                capture::capture_loop(ctx, source, &mut capture_tx, triage_ref, recycle_rx)
             });
-            let tx = sched_tx.clone();
             let inspect = spawn_stage(scope, "inspect", held(), done(INSPECT), move || {
-                inspect::inspect_loop(inspector, ctx, triage_ref, &tx, &maps_rx)
+                inspect::inspect_loop(inspector, ctx, triage_ref, &mut inspect_tx, &maps_rx)
             });
-            let trigger = trigger.map(|mut input| {
-                let tx = sched_tx.clone();
+            let trigger = trigger.zip(trigger_tx).map(|(mut input, mut tx)| {
                 spawn_stage(scope, "trigger", held(), done(TRIGGER), move || {
-                    trigger::trigger_loop(ctx, &mut *input, &tx)
+                    trigger::trigger_loop(ctx, &mut *input, &mut tx)
                 })
             });
-            drop(sched_tx);
             let (stats_tx, stats_rx) = std::sync::mpsc::channel();
             let reject = spawn_stage(scope, "reject", held(), done(REJECT), move || {
                 set_realtime(ctx.setup.line.realtime_priority);
-                let stats =
-                    reject::reject_loop(&mut scheduler, ctx.clock, ctx.shared, &sched_rx, ctx.tick);
+                let stats = reject::reject_loop(
+                    &mut scheduler,
+                    ctx.clock,
+                    ctx.shared,
+                    &mut inbox,
+                    ctx.tick,
+                    ctx.setup.line.reject_spin_us * 1_000,
+                );
                 let _ = stats_tx.send((scheduler.counters(), stats));
             });
             let pins = Pins {

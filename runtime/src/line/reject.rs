@@ -1,8 +1,9 @@
 //! The reject thread: every message about a part reaches the reject scheduler, which fires
 //! the pulses on time; on SCHED_FIFO with its memory locked when `line.realtime_priority` is set.
 
+use super::inbox::Inbox;
 use super::shared::{Shared, CAPTURE, INSPECT, REJECT, TRIGGER};
-use crate::clock::{chan, Clock};
+use crate::clock::Clock;
 use crate::events::FrameFacts;
 use crate::frame::Frame;
 use crate::sinks::reject::{PartInfo, RejectStats, Scheduler};
@@ -34,19 +35,21 @@ pub(super) enum SchedMsg {
 }
 
 /// Deliver messages and fire pulses until every stage before it is done and every part has
-/// its outcome.
+/// its outcome; the last `spin_ns` before each pulse are spent awake (see [`SpinBudget`]).
 pub(super) fn reject_loop(
     s: &mut Scheduler,
     clock: &dyn Clock,
     shared: &Shared,
-    rx: &chan::Rx<SchedMsg>,
+    rx: &mut Inbox<SchedMsg>,
     tick: u64,
+    spin_ns: u64,
 ) -> RejectStats {
+    let mut budget = SpinBudget::new(spin_ns);
     loop {
         shared.stamp(REJECT, clock);
-        while let Some(msg) = rx.try_recv() {
-            deliver(s, msg);
-        }
+        // Edges that are due go out before a burst of messages is worked through.
+        s.poll();
+        rx.drain(|msg| deliver(s, msg));
         let next = s.poll();
         let upstream_done =
             shared.is_done(CAPTURE) && shared.is_done(INSPECT) && shared.is_done(TRIGGER);
@@ -54,11 +57,69 @@ pub(super) fn reject_loop(
             break;
         }
         let now = clock.now_ns();
-        let wake = next.map_or(now + tick, |n| n.min(now + tick));
-        clock.wait_until(Some(wake), &|| !rx.is_empty());
+        let mut wake = next.map_or(now + tick, |n| n.min(now + tick));
+        if let Some(pulse) = s.next_pulse_ns().filter(|_| spin_ns > 0) {
+            if pulse <= now + spin_ns {
+                if budget.take(now, pulse) {
+                    clock.spin_until(pulse);
+                    continue;
+                }
+            } else {
+                wake = wake.min(pulse - spin_ns);
+            }
+        }
+        clock.wait_until(Some(wake), &rx.has_mail());
     }
     s.release_pin();
-    s.stats().clone()
+    let mut stats = s.stats().clone();
+    stats.spin_refused = budget.refused;
+    stats
+}
+
+/// How much CPU the reject thread may spend spinning: at most half of every 100 ms.
+///
+/// Past the kernel's real-time share (`sched_rt_runtime_us`, 95 % of each second by default)
+/// a SCHED_FIFO thread is stopped for the rest of the second, tens of ms, far worse than any
+/// late wake-up; pulses closer together than the spin window would get there. Over budget,
+/// the thread sleeps towards the pulse as it would with no spin window.
+#[derive(Debug)]
+struct SpinBudget {
+    window_start: u64,
+    spent: u64,
+    refused: u64,
+    enabled: bool,
+}
+
+const SPIN_WINDOW_NS: u64 = 100 * crate::clock::MS;
+const SPIN_PER_WINDOW_NS: u64 = SPIN_WINDOW_NS / 2;
+
+impl SpinBudget {
+    fn new(spin_ns: u64) -> Self {
+        Self {
+            window_start: 0,
+            spent: 0,
+            refused: 0,
+            enabled: spin_ns > 0,
+        }
+    }
+
+    /// Whether spinning from `now` to `until` fits; if so, it is charged.
+    fn take(&mut self, now: u64, until: u64) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        if now.saturating_sub(self.window_start) >= SPIN_WINDOW_NS {
+            self.window_start = now;
+            self.spent = 0;
+        }
+        let cost = until.saturating_sub(now);
+        if self.spent + cost > SPIN_PER_WINDOW_NS {
+            self.refused += 1;
+            return false;
+        }
+        self.spent += cost;
+        true
+    }
 }
 
 fn deliver(s: &mut Scheduler, msg: SchedMsg) {
@@ -116,5 +177,29 @@ pub(super) fn set_realtime(prio: u8) {
             "reject thread: SCHED_FIFO {prio} refused ({}); pulses run at normal priority",
             std::io::Error::from_raw_os_error(rc)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::MS;
+
+    #[test]
+    fn the_spin_budget_is_half_of_each_window() {
+        let mut b = SpinBudget::new(2 * MS);
+        let t0 = 1_000 * MS;
+        // 25 spins of 2 ms fill the 50 ms a 100 ms window allows; the 26th sleeps.
+        for i in 0..25 {
+            assert!(
+                b.take(t0 + i * 3 * MS, t0 + i * 3 * MS + 2 * MS),
+                "spin {i}"
+            );
+        }
+        assert!(!b.take(t0 + 75 * MS, t0 + 77 * MS));
+        assert_eq!(b.refused, 1);
+        // A new window starts the count again.
+        assert!(b.take(t0 + 101 * MS, t0 + 103 * MS));
+        assert!(!SpinBudget::new(0).take(t0, t0 + MS), "spin 0 never spins");
     }
 }

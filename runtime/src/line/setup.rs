@@ -98,6 +98,12 @@ pub enum Trigger {
     Gpio,
 }
 
+/// Spin window before each pulse by default: above the wake-up delays of a kernel without
+/// PREEMPT_RT (up to a few ms, measured in `scripts/bench`), at most 2 ms of CPU per pulse.
+pub const DEFAULT_REJECT_SPIN_US: u64 = 2_000;
+/// Longest spin window accepted.
+pub const MAX_REJECT_SPIN_US: u64 = 20_000;
+
 /// `[line]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -133,6 +139,10 @@ pub struct LineConfig {
     /// SCHED_FIFO priority for the reject thread (1..=99; 0 = normal scheduling). Needs
     /// `LimitRTPRIO` (systemd) or CAP_SYS_NICE; refused priorities are logged, not fatal.
     pub realtime_priority: u8,
+    /// The reject thread stays awake (busy-waits) this long before each pulse instead of
+    /// sleeping to it, so that a late wake-up does not delay the edge; 0 = sleep only. Costs up
+    /// to this much CPU per pulse, and never more than half of one core.
+    pub reject_spin_us: u64,
 }
 
 impl Default for LineConfig {
@@ -152,6 +162,7 @@ impl Default for LineConfig {
             heartbeat_ms: 500,
             queue: 32,
             realtime_priority: 0,
+            reject_spin_us: DEFAULT_REJECT_SPIN_US,
         }
     }
 }
@@ -212,6 +223,12 @@ impl LineConfig {
             return Err(Invalid::new(
                 "line.realtime_priority",
                 "must be within 0..=99",
+            ));
+        }
+        if self.reject_spin_us > MAX_REJECT_SPIN_US {
+            return Err(Invalid::new(
+                "line.reject_spin_us",
+                format!("must be within 0..={MAX_REJECT_SPIN_US} (a few ms cover a late wake-up)"),
             ));
         }
         if !(1..=4096).contains(&self.queue) {

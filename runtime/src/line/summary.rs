@@ -43,6 +43,8 @@ pub struct Summary {
     pub reject_error_p99_ms: f64,
     /// Reject pulses whose timing was measured.
     pub reject_pulses_timed: u64,
+    /// Pulses slept towards instead of spun for (`line.reject_spin_us`), the spin budget spent.
+    pub reject_spin_refused: u64,
     /// Events delivered to the sinks.
     pub events_delivered: u64,
     /// Events dropped (bus full).
@@ -111,8 +113,11 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "reject timing error max {:.3} ms  p99 {:.3} ms over {} pulses",
-            self.max_reject_error_ms, self.reject_error_p99_ms, self.reject_pulses_timed
+            "reject timing error max {:.3} ms  p99 {:.3} ms over {} pulses  (slept, spin budget spent: {})",
+            self.max_reject_error_ms,
+            self.reject_error_p99_ms,
+            self.reject_pulses_timed,
+            self.reject_spin_refused
         )?;
         write!(
             f,
@@ -179,6 +184,7 @@ impl Summary {
                 / 1e9,
             reject_error_p99_ms: percentile_ms(&stats.timing_error_ns, 0.99).unwrap_or(0.0),
             reject_pulses_timed: stats.timing_error_ns.len(),
+            reject_spin_refused: stats.spin_refused,
             counters,
             with_truth: stats.with_truth,
             escapes: stats.escapes,

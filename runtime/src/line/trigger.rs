@@ -1,10 +1,11 @@
 //! The trigger thread: one part armed per photo-eye edge, with the edges the kernel dropped
 //! alarmed (those parts pass the ejector unarmed).
 
+use super::inbox::Sender;
 use super::reject::SchedMsg;
 use super::shared::{CAPTURE, TRIGGER};
 use super::Ctx;
-use crate::clock::{chan, MS};
+use crate::clock::MS;
 use crate::events::{Event, FrameFacts};
 use crate::sinks::reject::PartInfo;
 use crate::sources::trigger::{TriggerEdge, TriggerInput};
@@ -15,7 +16,7 @@ use std::sync::atomic::Ordering;
 pub(super) fn trigger_loop(
     ctx: &Ctx<'_>,
     input: &mut dyn TriggerInput,
-    sched: &chan::Tx<SchedMsg>,
+    sched: &mut Sender<SchedMsg>,
 ) {
     let (shared, clock) = (ctx.shared, ctx.clock);
     loop {
@@ -62,7 +63,7 @@ pub(super) fn trigger_loop(
 }
 
 /// One edge: a new part, armed with its deadline and left waiting for its frame.
-fn arm_edge(ctx: &Ctx<'_>, sched: &chan::Tx<SchedMsg>, edge: TriggerEdge) {
+fn arm_edge(ctx: &Ctx<'_>, sched: &mut Sender<SchedMsg>, edge: TriggerEdge) {
     let part = ctx.next_part.fetch_add(1, Ordering::SeqCst) + 1;
     ctx.shared.note_trigger(edge.t_ns);
     if edge.lost > 0 {
@@ -91,7 +92,7 @@ fn arm_edge(ctx: &Ctx<'_>, sched: &chan::Tx<SchedMsg>, edge: TriggerEdge) {
             ..FrameFacts::default()
         },
     };
-    let _ = sched.try_send(SchedMsg::Arm(info));
+    let _ = sched.send(SchedMsg::Arm(info));
     ctx.awaiting
         .lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -91,6 +91,8 @@ pub struct RejectStats {
     pub archive_dropped: u64,
     /// Pin writes that failed.
     pub pin_errors: u64,
+    /// Pulses the reject thread slept towards instead of spinning, its spin budget spent.
+    pub spin_refused: u64,
 }
 
 /// A histogram of nanoseconds, 1 µs to 1 h at three significant digits; values beyond saturate.
@@ -113,6 +115,7 @@ impl Default for RejectStats {
             with_truth: 0,
             archive_dropped: 0,
             pin_errors: 0,
+            spin_refused: 0,
         }
     }
 }
@@ -525,6 +528,11 @@ impl Scheduler {
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// When the next pulse starts, if one is scheduled.
+    pub fn next_pulse_ns(&self) -> Option<u64> {
+        self.pulses.front().map(|p| p.1)
     }
 
     /// Nothing armed, nothing scheduled, the line is off.

@@ -1,6 +1,7 @@
-//! The host checks: the systemd unit and the clock.
+//! The host checks: the systemd unit, the clock, and what the kernel allows the reject thread.
 
 use super::{Check, Root};
+use crate::line::setup::LineConfig;
 
 /// `WatchdogSec=` from a unit file's text, when set to something other than 0/off.
 pub fn watchdog_sec(unit: &str) -> Option<String> {
@@ -80,5 +81,53 @@ pub fn check_clock(root: &Root) -> Check {
         Check::pass("clock", "synchronised (kernel NTP state)")
     } else {
         Check::fail("clock", "not synchronised (kernel NTP state)", fix)
+    }
+}
+
+/// Whether the reject pulses can be on time: a PREEMPT_RT kernel wakes the reject thread on
+/// time; any other kernel (and a VM) can wake it milliseconds late, which the spin window
+/// (`line.reject_spin_us`) covers. Without SCHED_FIFO, ordinary threads delay it too.
+pub fn check_reject_timing(root: &Root, line: &LineConfig) -> Check {
+    const NAME: &str = "reject timing";
+    if line.realtime_priority == 0 {
+        return Check::fail(
+            NAME,
+            "line.realtime_priority = 0: the reject thread runs at normal priority, behind the engine",
+            "set line.realtime_priority = 50 (the unit's LimitRTPRIO allows it)",
+        );
+    }
+    let rt_flag = root.path("/sys/kernel/realtime");
+    let rt = std::fs::read_to_string(&rt_flag).is_ok_and(|s| s.trim() == "1");
+    if rt {
+        return Check::pass(
+            NAME,
+            format!("PREEMPT_RT kernel, SCHED_FIFO {}", line.realtime_priority),
+        );
+    }
+    const ENOUGH_US: u64 = 1_000;
+    if line.reject_spin_us >= ENOUGH_US {
+        Check::pass(
+            NAME,
+            format!(
+                "kernel without PREEMPT_RT ({} absent): wake-ups can come ms late; the reject \
+                 thread stays awake {} us before each pulse",
+                rt_flag.display(),
+                line.reject_spin_us
+            ),
+        )
+    } else {
+        Check::fail(
+            NAME,
+            format!(
+                "kernel without PREEMPT_RT ({} absent) and line.reject_spin_us = {}: a pulse is \
+                 as late as the reject thread's wake-up, milliseconds on such kernels",
+                rt_flag.display(),
+                line.reject_spin_us
+            ),
+            format!(
+                "set line.reject_spin_us = {} (the default) or boot a PREEMPT_RT kernel",
+                crate::line::setup::DEFAULT_REJECT_SPIN_US
+            ),
+        )
     }
 }

@@ -20,7 +20,7 @@ mod storage;
 
 pub use checklist::{Check, Report, Status};
 pub use devices::{find_chip, gpio_chips, ChipEntry};
-pub use host::{check_clock, check_unit, unit_user, watchdog_sec};
+pub use host::{check_clock, check_reject_timing, check_unit, unit_user, watchdog_sec};
 pub use network::{check_bind, check_mqtt};
 pub use storage::{access_rw, check_writable_dir, disk_check, free_mb};
 
@@ -138,7 +138,7 @@ fn load_board(path: &Path, list: &mut Printed) -> Option<BoardConfig> {
 }
 
 /// What the board file needs: the model (when ONNX Runtime loaded), the TensorRT cache, the
-/// pins, the camera, the supervisor, MQTT and the archive.
+/// pins, the camera, the supervisor, MQTT and the archive; and, advisory, the reject timing.
 fn board_checks(b: &BoardConfig, root: &Root, list: &mut Printed) {
     let ort_ok = list
         .report
@@ -164,6 +164,9 @@ fn board_checks(b: &BoardConfig, root: &Root, list: &mut Printed) {
     list.add(guarded("mqtt", || vec![check_mqtt(b.setup.mqtt.as_ref())]));
     list.add(guarded("archive", || {
         check_archive(b.setup.archive.as_ref())
+    }));
+    list.add(guarded("reject timing", || {
+        vec![check_reject_timing(root, &b.setup.line).needed(false)]
     }));
 }
 

@@ -179,3 +179,28 @@ fn advisory_failures_do_not_fail_the_run() {
     assert_eq!(r.failures(), 0);
     assert!(r.to_string().contains("– b"));
 }
+
+#[test]
+fn reject_timing_needs_fifo_and_a_spin_window_unless_the_kernel_is_preempt_rt() {
+    use crate::line::setup::LineConfig;
+    let (_d, r) = fake_root();
+    let line = |prio: u8, spin: u64| LineConfig {
+        realtime_priority: prio,
+        reject_spin_us: spin,
+        ..Default::default()
+    };
+    assert_eq!(
+        check_reject_timing(&r, &line(50, 2_000)).status,
+        Status::Pass
+    );
+    let c = check_reject_timing(&r, &line(50, 0));
+    assert_eq!(c.status, Status::Fail);
+    assert!(c.fix.unwrap().contains("line.reject_spin_us = 2000"));
+    let c = check_reject_timing(&r, &line(0, 2_000));
+    assert_eq!(c.status, Status::Fail);
+    assert!(c.detail.contains("line.realtime_priority"));
+    touch(&r.path("/sys/kernel/realtime"), "1\n");
+    let c = check_reject_timing(&r, &line(50, 0));
+    assert_eq!(c.status, Status::Pass, "{c}");
+    assert!(c.detail.contains("PREEMPT_RT"));
+}
