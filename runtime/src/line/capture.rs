@@ -35,7 +35,7 @@ pub(super) fn capture_loop(
     mut source: Box<dyn Source>,
     sched: &mut Sender<SchedMsg>,
     triage: &Triage,
-    recycle: crossbeam_channel::Receiver<Vec<u8>>,
+    recycle: &mut rtrb::Consumer<Vec<u8>>,
 ) {
     let mut camera_failing = false;
     log::info!("capture from {}", source.describe());
@@ -44,7 +44,7 @@ pub(super) fn capture_loop(
         if capture_done(ctx) {
             break;
         }
-        while let Ok(buf) = recycle.try_recv() {
+        while let Ok(buf) = recycle.pop() {
             source.recycle(buf);
         }
         let frame = match next_frame(ctx, &mut *source, &mut camera_failing) {

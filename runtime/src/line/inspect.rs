@@ -17,7 +17,7 @@ pub(super) fn inspect_loop(
     ctx: &Ctx<'_>,
     triage: &Triage,
     sched: &mut Sender<SchedMsg>,
-    maps: &crossbeam_channel::Receiver<Vec<f32>>,
+    maps: &mut rtrb::Consumer<Vec<f32>>,
 ) {
     let (clock, shared, tick) = (ctx.clock, ctx.shared, ctx.tick);
     let batch = inspector.batch_size().max(1);
@@ -47,7 +47,7 @@ pub(super) fn inspect_loop(
                 frame: job.frame,
             });
         }
-        while let Ok(map) = maps.try_recv() {
+        while let Ok(map) = maps.pop() {
             inspector.recycle_map(map);
         }
         if !taken.batch.is_empty() {

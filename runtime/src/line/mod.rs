@@ -431,8 +431,8 @@ impl Threads<'_> {
             senders.next().expect("a ring per stage"),
             senders.next().expect("a ring per stage"),
         );
-        let (recycle_tx, recycle_rx) = crossbeam_channel::bounded::<Vec<u8>>(64);
-        let (maps_tx, maps_rx) = crossbeam_channel::bounded::<Vec<f32>>(64);
+        let (recycle_tx, mut recycle_rx) = rtrb::RingBuffer::<Vec<u8>>::new(64);
+        let (maps_tx, mut maps_rx) = rtrb::RingBuffer::<Vec<f32>>::new(64);
         let LinePins {
             reject,
             ready,
@@ -465,10 +465,10 @@ impl Threads<'_> {
             let done = |stage| Some((ctx.shared, stage, ctx.clock));
             let triage_ref = &triage;
             let capture = spawn_stage(scope, "capture", held(), done(CAPTURE), move || {
-                capture::capture_loop(ctx, source, &mut capture_tx, triage_ref, recycle_rx)
+                capture::capture_loop(ctx, source, &mut capture_tx, triage_ref, &mut recycle_rx)
             });
             let inspect = spawn_stage(scope, "inspect", held(), done(INSPECT), move || {
-                inspect::inspect_loop(inspector, ctx, triage_ref, &mut inspect_tx, &maps_rx)
+                inspect::inspect_loop(inspector, ctx, triage_ref, &mut inspect_tx, &mut maps_rx)
             });
             let trigger = trigger.zip(trigger_tx).map(|(mut input, mut tx)| {
                 spawn_stage(scope, "trigger", held(), done(TRIGGER), move || {

@@ -134,8 +134,8 @@ pub struct Scheduler {
     shared: Arc<Tally>,
     stats: RejectStats,
     archive: Option<Sender<ArchiveJob>>,
-    recycle: Option<Sender<Vec<u8>>>,
-    maps: Option<Sender<Vec<f32>>>,
+    recycle: Option<rtrb::Producer<Vec<u8>>>,
+    maps: Option<rtrb::Producer<Vec<f32>>>,
 }
 
 impl Scheduler {
@@ -171,14 +171,15 @@ impl Scheduler {
         self
     }
 
-    /// Where frame buffers go back to the source.
-    pub fn with_recycle(mut self, tx: Sender<Vec<u8>>) -> Self {
+    /// Where frame buffers go back to the source (a wait-free ring: the reject thread never
+    /// waits for the stage that takes them; full = the buffer is freed).
+    pub fn with_recycle(mut self, tx: rtrb::Producer<Vec<u8>>) -> Self {
         self.recycle = Some(tx);
         self
     }
 
-    /// Where anomaly-map buffers go back to the inspector.
-    pub fn with_map_recycle(mut self, tx: Sender<Vec<f32>>) -> Self {
+    /// Where anomaly-map buffers go back to the inspector (a wait-free ring, as for frames).
+    pub fn with_map_recycle(mut self, tx: rtrb::Producer<Vec<f32>>) -> Self {
         self.maps = Some(tx);
         self
     }
@@ -420,14 +421,14 @@ impl Scheduler {
     }
 
     fn give_back(&mut self, frame: Option<Frame>) {
-        if let (Some(f), Some(tx)) = (frame, &self.recycle) {
-            let _ = tx.try_send(f.data);
+        if let (Some(f), Some(tx)) = (frame, &mut self.recycle) {
+            let _ = tx.push(f.data);
         }
     }
 
-    fn give_back_map(&self, inspection: Option<Inspection>) {
-        if let (Some(i), Some(tx)) = (inspection, &self.maps) {
-            let _ = tx.try_send(i.map);
+    fn give_back_map(&mut self, inspection: Option<Inspection>) {
+        if let (Some(i), Some(tx)) = (inspection, &mut self.maps) {
+            let _ = tx.push(i.map);
         }
     }
 
