@@ -1,4 +1,5 @@
-"""CLI: python -m exporter {train,export,calibrate,verify,evaluate,card,make-tiles}."""
+"""CLI: python -m exporter {train,export,calibrate,verify,evaluate,card,make-tiles,feature-probe,
+recipe-*}."""
 
 from __future__ import annotations
 
@@ -317,6 +318,27 @@ def cmd_make_tiles(a: argparse.Namespace) -> None:
     print(f"wrote tiles under {a.out} (layout and split manifest: <texture>/tiles.json)")
 
 
+def cmd_feature_probe(a: argparse.Namespace) -> None:
+    import torch
+
+    from .edge import EdgeUNet
+    from .probe import probe
+    from .recipes.train import load_recipe_checkpoint
+
+    torch.set_num_threads(a.threads)
+    record, net = load_recipe_checkpoint(a.checkpoint)
+    if not isinstance(net, EdgeUNet):
+        raise ExporterError(f"{a.checkpoint}: a {record['recipe']} checkpoint has no denoiser "
+                            "encoder; the probe takes an advrad or anoddpm checkpoint")
+    levels = [tuple(int(v) for v in s.split("+")) for s in a.levels.split(",")]
+    r = probe(net, a.train, a.dataset, levels, list(a.t), list(a.top_k))
+    b = r["best"]
+    print(f"best: levels {b['levels']} t {b['t']} top-{b['top_k']}: image AUROC "
+          f"{b['image_auroc']:.4f}, pixel AUROC {b['pixel_auroc']:.4f} of {len(r['rows'])}")
+    if a.out:
+        a.out.write_text(json.dumps(r, indent=2) + "\n")
+
+
 def _command(sub, name: str, text: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
 
@@ -531,6 +553,24 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--force", action="store_true",
                   help="overwrite an existing output")
     m.set_defaults(fn=cmd_make_tiles)
+
+    fp = _command(sub, "feature-probe", "how far a denoiser's encoder features alone separate "
+                  "the validation split (a Gaussian on the train tiles' features)")
+    fp.add_argument("--checkpoint", type=Path, required=True,
+                    help="advrad or anoddpm recipe checkpoint (last.pt or step-NNNNNN.pt)")
+    fp.add_argument("--train", type=Path, required=True,
+                    help="good images the Gaussian is fitted on (TILES/<texture>/train/good)")
+    fp.add_argument("--dataset", type=Path, required=True,
+                    help="validation dataset (TILES/<texture>/validation), never the test set")
+    fp.add_argument("--levels", default="1,2,1+2,0+1",
+                    help="encoder levels to read, comma-separated; '+' stacks levels")
+    fp.add_argument("--t", type=_ints, default=(0, 25, 100),
+                    help="noise levels the encoder sees (0: the clean image)")
+    fp.add_argument("--top-k", type=_ints, default=(50, 1000),
+                    help="score = mean of the top-k map values; each is tried")
+    fp.add_argument("--out", type=Path, default=None, help="write the table as JSON")
+    fp.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch")
+    fp.set_defaults(fn=cmd_feature_probe)
 
     from .recipes.cli import add_commands
 
