@@ -414,6 +414,30 @@ struct Threads<'a> {
     notifier: Option<Notifier>,
 }
 
+/// The reject stage's inbox and its senders: one ring per sending stage, in causal order
+/// (trigger with a photo-eye, capture, inspect).
+struct StageRings {
+    trigger: Option<inbox::Sender<SchedMsg>>,
+    capture: inbox::Sender<SchedMsg>,
+    inspect: inbox::Sender<SchedMsg>,
+    inbox: inbox::Inbox<SchedMsg>,
+}
+
+impl StageRings {
+    fn new(clock: &Arc<dyn Clock>, with_trigger: bool) -> Self {
+        let stages = 2 + usize::from(with_trigger);
+        let (senders, inbox) = inbox::inbox(clock, stages, inbox::RING_CAPACITY);
+        let mut senders = senders.into_iter();
+        let mut next = || senders.next().expect("a ring per stage");
+        Self {
+            trigger: with_trigger.then(&mut next),
+            capture: next(),
+            inspect: next(),
+            inbox,
+        }
+    }
+}
+
 impl Threads<'_> {
     /// Start capture, inspect, trigger (with a photo-eye), reject and health; wait for all of
     /// them; the reject stage's counters and figures, or the first thread that panicked.
@@ -421,16 +445,12 @@ impl Threads<'_> {
         let ctx = self.ctx;
         let clock = self.clock;
         let triage = Triage::new(ctx.setup.line.queue);
-        // One ring per sending stage, in causal order: trigger (with a photo-eye), capture, inspect.
-        let with_trigger = self.hw.trigger.is_some();
-        let (senders, mut inbox) =
-            inbox::inbox::<SchedMsg>(clock, 2 + usize::from(with_trigger), inbox::RING_CAPACITY);
-        let mut senders = senders.into_iter();
-        let trigger_tx = with_trigger.then(|| senders.next().expect("a ring per stage"));
-        let (mut capture_tx, mut inspect_tx) = (
-            senders.next().expect("a ring per stage"),
-            senders.next().expect("a ring per stage"),
-        );
+        let StageRings {
+            trigger: trigger_tx,
+            mut capture,
+            mut inspect,
+            mut inbox,
+        } = StageRings::new(clock, self.hw.trigger.is_some());
         let (recycle_tx, mut recycle_rx) = rtrb::RingBuffer::<Vec<u8>>::new(64);
         let (maps_tx, mut maps_rx) = rtrb::RingBuffer::<Vec<f32>>::new(64);
         let LinePins {
@@ -465,10 +485,10 @@ impl Threads<'_> {
             let done = |stage| Some((ctx.shared, stage, ctx.clock));
             let triage_ref = &triage;
             let capture = spawn_stage(scope, "capture", held(), done(CAPTURE), move || {
-                capture::capture_loop(ctx, source, &mut capture_tx, triage_ref, &mut recycle_rx)
+                capture::capture_loop(ctx, source, &mut capture, triage_ref, &mut recycle_rx)
             });
             let inspect = spawn_stage(scope, "inspect", held(), done(INSPECT), move || {
-                inspect::inspect_loop(inspector, ctx, triage_ref, &mut inspect_tx, &mut maps_rx)
+                inspect::inspect_loop(inspector, ctx, triage_ref, &mut inspect, &mut maps_rx)
             });
             let trigger = trigger.zip(trigger_tx).map(|(mut input, mut tx)| {
                 spawn_stage(scope, "trigger", held(), done(TRIGGER), move || {
@@ -478,14 +498,7 @@ impl Threads<'_> {
             let (stats_tx, stats_rx) = std::sync::mpsc::channel();
             let reject = spawn_stage(scope, "reject", held(), done(REJECT), move || {
                 set_realtime(ctx.setup.line.realtime_priority);
-                let stats = reject::reject_loop(
-                    &mut scheduler,
-                    ctx.clock,
-                    ctx.shared,
-                    &mut inbox,
-                    ctx.tick,
-                    ctx.setup.line.reject_spin_us * 1_000,
-                );
+                let stats = reject::reject_loop(&mut scheduler, ctx, &mut inbox);
                 let _ = stats_tx.send((scheduler.counters(), stats));
             });
             let pins = Pins {

@@ -2,8 +2,8 @@
 //! the pulses on time; on SCHED_FIFO with its memory locked when `line.realtime_priority` is set.
 
 use super::inbox::Inbox;
-use super::shared::{Shared, CAPTURE, INSPECT, REJECT, TRIGGER};
-use crate::clock::Clock;
+use super::shared::{CAPTURE, INSPECT, REJECT, TRIGGER};
+use super::Ctx;
 use crate::events::FrameFacts;
 use crate::frame::Frame;
 use crate::sinks::reject::{PartInfo, RejectStats, Scheduler};
@@ -38,12 +38,11 @@ pub(super) enum SchedMsg {
 /// its outcome; the last `spin_ns` before each pulse are spent awake (see [`SpinBudget`]).
 pub(super) fn reject_loop(
     s: &mut Scheduler,
-    clock: &dyn Clock,
-    shared: &Shared,
+    ctx: &Ctx<'_>,
     rx: &mut Inbox<SchedMsg>,
-    tick: u64,
-    spin_ns: u64,
 ) -> RejectStats {
+    let (clock, shared, tick) = (ctx.clock, ctx.shared, ctx.tick);
+    let spin_ns = ctx.setup.line.reject_spin_us * 1_000;
     let mut budget = SpinBudget::new(spin_ns);
     loop {
         shared.stamp(REJECT, clock);
