@@ -85,7 +85,9 @@ pub(super) fn reject_loop(
 struct SpinBudget {
     window_start: u64,
     spent: u64,
+    /// Pulses refused (each counted once, however often the thread asked for it).
     refused: u64,
+    last_refused: Option<u64>,
     enabled: bool,
 }
 
@@ -98,6 +100,7 @@ impl SpinBudget {
             window_start: 0,
             spent: 0,
             refused: 0,
+            last_refused: None,
             enabled: spin_ns > 0,
         }
     }
@@ -113,7 +116,10 @@ impl SpinBudget {
         }
         let cost = until.saturating_sub(now);
         if self.spent + cost > SPIN_PER_WINDOW_NS {
-            self.refused += 1;
+            if self.last_refused != Some(until) {
+                self.refused += 1;
+                self.last_refused = Some(until);
+            }
             return false;
         }
         self.spent += cost;
@@ -196,6 +202,10 @@ mod tests {
             );
         }
         assert!(!b.take(t0 + 75 * MS, t0 + 77 * MS));
+        assert!(
+            !b.take(t0 + 76 * MS, t0 + 77 * MS),
+            "the same pulse, asked again"
+        );
         assert_eq!(b.refused, 1);
         // A new window starts the count again.
         assert!(b.take(t0 + 101 * MS, t0 + 103 * MS));

@@ -113,7 +113,7 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "reject timing error max {:.3} ms  p99 {:.3} ms over {} pulses  (slept, spin budget spent: {})",
+            "reject timing error max {:.3} ms  p99 {:.3} ms over {} pulses, {} slept to (spin budget spent)",
             self.max_reject_error_ms,
             self.reject_error_p99_ms,
             self.reject_pulses_timed,
