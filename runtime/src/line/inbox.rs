@@ -40,6 +40,8 @@ pub struct Sender<T> {
 /// The receiving end: every stage's ring, in causal order.
 pub struct Inbox<T> {
     rings: Vec<rtrb::Consumer<T>>,
+    /// Each ring's count at the start of a drain; kept so a drain allocates nothing.
+    counts: Vec<usize>,
     common: Arc<Common>,
 }
 
@@ -54,7 +56,7 @@ pub fn inbox<T>(
         pending: AtomicUsize::new(0),
         closed: AtomicBool::new(false),
     });
-    let (senders, rings) = (0..stages)
+    let (senders, rings): (Vec<_>, Vec<_>) = (0..stages)
         .map(|_| {
             let (ring, rx) = rtrb::RingBuffer::new(capacity);
             let tx = Sender {
@@ -65,7 +67,12 @@ pub fn inbox<T>(
             (tx, rx)
         })
         .unzip();
-    (senders, Inbox { rings, common })
+    let inbox = Inbox {
+        counts: Vec::with_capacity(rings.len()),
+        rings,
+        common,
+    };
+    (senders, inbox)
 }
 
 impl<T> Sender<T> {
@@ -109,9 +116,11 @@ impl<T> Inbox<T> {
     pub fn drain(&mut self, mut f: impl FnMut(T)) -> usize {
         // Counted last stage first: whatever a counted message of a later stage depends on
         // was pushed before it, so it is in its ring's count too.
-        let counts: Vec<usize> = self.rings.iter().rev().map(|r| r.slots()).collect();
+        self.counts.clear();
+        self.counts
+            .extend(self.rings.iter().rev().map(|r| r.slots()));
         let mut taken = 0;
-        for (ring, n) in self.rings.iter_mut().zip(counts.into_iter().rev()) {
+        for (ring, &n) in self.rings.iter_mut().zip(self.counts.iter().rev()) {
             for _ in 0..n {
                 match ring.pop() {
                     Ok(msg) => {
