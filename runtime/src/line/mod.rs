@@ -25,7 +25,7 @@
 pub mod board;
 mod capture;
 mod health;
-mod inbox;
+pub(crate) mod inbox;
 mod inspect;
 pub mod launch;
 mod reject;

@@ -178,7 +178,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::{chan, Held, MS};
+    use crate::clock::{Held, MS};
+    use crate::line::inbox::inbox;
     use std::sync::Arc;
     use std::thread;
     use std::time::Duration;
@@ -203,7 +204,8 @@ mod tests {
     #[test]
     fn auto_clock_waits_for_undelivered_messages() {
         let clock: Arc<dyn Clock> = Arc::new(SimClock::new(SimMode::Auto, 0));
-        let (tx, rx) = chan::channel::<u64>(&clock, Some(4));
+        let (tx, mut rx) = inbox::<u64>(&clock, 1, 4);
+        let mut tx = tx.into_iter().next().expect("one ring");
         // Both threads count as running before either starts, or time could run ahead.
         let (held_c, held_p) = (Held::new(clock.clone()), Held::new(clock.clone()));
         let c = clock.clone();
@@ -211,8 +213,8 @@ mod tests {
         let consumer = thread::spawn(move || {
             let _h = held;
             let mut seen = Vec::new();
-            while let Some(v) = rx.recv_until(Some(1_000 * MS)) {
-                seen.push((v, c.now_ns()));
+            while c.wait_until(Some(1_000 * MS), &rx.has_mail()) {
+                rx.drain(|v| seen.push((v, c.now_ns())));
             }
             seen
         });
@@ -222,7 +224,7 @@ mod tests {
             let _h = held;
             for i in 1..=3 {
                 c.sleep_until(i * 100 * MS);
-                tx.try_send(i).unwrap();
+                tx.send(i).unwrap();
             }
         });
         producer.join().unwrap();
