@@ -205,19 +205,24 @@ class EdgeUNet(nn.Module):
     def embed(self, t: torch.Tensor) -> torch.Tensor:
         return self.time_embedding(timestep_embedding(t, self.cfg.widths[0]))
 
-    def forward_emb(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        if emb.dtype != x.dtype:
-            emb = emb.to(x.dtype)
+    def encode(self, x: torch.Tensor, emb: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's output at every level, finest first (the decoder's skips, then the
+        bottom)."""
         h = F.relu(self.stem(x))
-        skips = []
-        last = len(self.cfg.widths) - 1
+        levels = []
         for i, blocks in enumerate(self.enc):
             if i:
                 h = F.relu(self.down[i - 1](h))
             for b in blocks:
                 h = b(h, emb)
-            if i < last:
-                skips.append(h)
+            levels.append(h)
+        return levels
+
+    def forward_emb(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if emb.dtype != x.dtype:
+            emb = emb.to(x.dtype)
+        *skips, h = self.encode(x, emb)
+        last = len(self.cfg.widths) - 1
         if self.attn is not None:
             h = self.attn(h)
         for i in reversed(range(last)):

@@ -41,16 +41,8 @@ def encoder_features(net: EdgeUNet, x: torch.Tensor, t: int, levels: tuple[int, 
         a = float(alphas_cumprod(T)[t])
         g = torch.Generator().manual_seed(noise_seed)
         x = a**0.5 * x + (1 - a) ** 0.5 * torch.randn(x.shape, generator=g)
-    emb = net.embed(torch.full((x.shape[0],), float(t)))
-    h = F.relu(net.stem(x))
-    out = []
-    for i, blocks in enumerate(net.enc):
-        if i:
-            h = F.relu(net.down[i - 1](h))
-        for b in blocks:
-            h = b(h, emb)
-        if i in levels:
-            out.append(h)
+    levels_out = net.encode(x, net.embed(torch.full((x.shape[0],), float(t))))
+    out = [levels_out[i] for i in sorted(set(levels))]
     size = out[0].shape[-2:]
     return torch.cat([o if o.shape[-2:] == size else
                       F.interpolate(o, size=size, mode="bilinear", align_corners=False)
