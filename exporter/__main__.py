@@ -112,7 +112,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         checkpoint_every=a.checkpoint_every, keep_every=a.keep_every,
         max_minutes=a.max_minutes, resume=not a.no_resume,
         seg_extra=a.seg_extra, focal_gamma=a.focal_gamma, discolour=a.discolour,
-        self_texture=a.self_texture,
+        self_texture=a.self_texture, jitter=a.jitter, device=a.device, workers=a.workers,
     )
     train(opts)
 
@@ -390,6 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--self-texture", type=float, default=0.0,
                    help="share of synthetic anomalies that refill a region with the part's own "
                         "texture, displaced, turned and rescaled (for stochastic textures)")
+    t.add_argument("--jitter", type=float, default=0.0,
+                   help="share of training crops turned by any angle, rescaled by 0.85-1.15 "
+                        "and shifted in contrast and brightness (for stochastic textures)")
+    t.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="where the networks train (auto: cuda when PyTorch sees a GPU)")
+    t.add_argument("--workers", type=int, default=0,
+                   help="processes that draw the batches (0: this one, in the stream the shipped "
+                        "models were trained on; N: each batch seeded by seed, step and slot, "
+                        "so a GPU is not left waiting on the synthesis)")
     t.add_argument("--seg-extra", type=int, default=0,
                    help="extra seg-only updates per step (UNet under no_grad)")
     t.set_defaults(fn=cmd_train)

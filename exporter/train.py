@@ -46,10 +46,11 @@ from .arch import (
 from .diffusion import alphas_cumprod, guided_x0
 from .edge import EdgeSegConfig
 from .errors import ExporterError
+from .feed import BatchFeed, jitter_fits
 from .official import sha256_file
 from .onnxio import atomic_path
 from .preprocess import list_images, preprocess_file
-from .synth import TexturePool, synthesize
+from .synth import TexturePool
 
 
 @dataclass
@@ -79,6 +80,9 @@ class TrainOptions:
     focal_gamma: float = 4.0
     discolour: float = 0.0
     self_texture: float = 0.0
+    jitter: float = 0.0
+    device: str = "cpu"
+    workers: int = 0
     command: str = field(default_factory=lambda: "python -m exporter " + shlex.join(sys.argv[1:]))
 
 
@@ -102,46 +106,6 @@ def binary_focal(p: torch.Tensor, y: torch.Tensor, alpha: float = 0.5, gamma: fl
     return (alpha * (1 - pt) ** gamma * bce).mean()
 
 
-def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    if rng.random() < 0.5:
-        x = x[:, :, ::-1]
-    if rng.random() < 0.5:
-        x = x[:, ::-1, :]
-    return np.rot90(x, int(rng.integers(4)), axes=(1, 2))
-
-
-def random_crop(images: np.ndarray, crop: int, augment: bool, rng: np.random.Generator
-                ) -> np.ndarray:
-    """One image [C, crop, crop] (float32, contiguous): a random image of `images`, a random
-    crop of it, flipped and turned when `augment`."""
-    x = images[rng.integers(len(images))]
-    size = images.shape[-1]
-    if crop < size:
-        y0, x0 = rng.integers(0, size - crop + 1, 2)
-        x = x[:, y0 : y0 + crop, x0 : x0 + crop]
-    if augment:
-        x = _augment(x, rng)
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def make_batch(
-    images: np.ndarray, opts: TrainOptions, pool: TexturePool, rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    xs, ms, labels = [], [], []
-    crop = opts.crop or images.shape[-1]
-    for _ in range(opts.batch):
-        x = random_crop(images, crop, opts.augment, rng)
-        if rng.random() < opts.anomaly_prob:
-            x, m = synthesize(x, pool, rng, opts.discolour, opts.self_texture)
-            label = float(m.sum() > 0)
-        else:
-            m, label = np.zeros((1, crop, crop), np.float32), 0.0
-        xs.append(x)
-        ms.append(m)
-        labels.append(label)
-    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ms)), torch.tensor(labels)
-
-
 def seg_only_step(
     unet: nn.Module, seg: nn.Module, x0: torch.Tensor, mask: torch.Tensor,
     abar: torch.Tensor, gen: torch.Generator, gamma: float = 4.0,
@@ -149,11 +113,13 @@ def seg_only_step(
     """Mask loss with the reconstruction computed without gradient (UNet frozen)."""
     b = x0.shape[0]
     with torch.no_grad():
-        t_s = torch.randint(0, 300, (b,), generator=gen)
-        t_b = torch.randint(300, len(abar), (b,), generator=gen)
+        t_s = torch.randint(0, 300, (b,), generator=gen, device=x0.device)
+        t_b = torch.randint(300, len(abar), (b,), generator=gen, device=x0.device)
         a_s, a_b = abar[t_s].view(b, 1, 1, 1), abar[t_b].view(b, 1, 1, 1)
-        x_s = a_s.sqrt() * x0 + (1 - a_s).sqrt() * torch.randn(x0.shape, generator=gen)
-        x_b = a_b.sqrt() * x0 + (1 - a_b).sqrt() * torch.randn(x0.shape, generator=gen)
+        n_s = torch.randn(x0.shape, generator=gen, device=x0.device)
+        n_b = torch.randn(x0.shape, generator=gen, device=x0.device)
+        x_s = a_s.sqrt() * x0 + (1 - a_s).sqrt() * n_s
+        x_b = a_b.sqrt() * x0 + (1 - a_b).sqrt() * n_b
         e = unet(torch.cat([x_s, x_b]), torch.cat([t_s, t_b]).float())
         x0_hat = guided_x0(x_s, x_b, e[:b], e[b:], a_s, a_b, 1.0)
     pred = seg(torch.cat([x0, x0_hat], 1))
@@ -165,10 +131,10 @@ def train_step(
     label: torch.Tensor, abar: torch.Tensor, gen: torch.Generator, gamma: float = 4.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     b = x0.shape[0]
-    t_s = torch.randint(0, 300, (b,), generator=gen)
-    t_b = torch.randint(300, len(abar), (b,), generator=gen)
-    n_s = torch.randn(x0.shape, generator=gen)
-    n_b = torch.randn(x0.shape, generator=gen)
+    t_s = torch.randint(0, 300, (b,), generator=gen, device=x0.device)
+    t_b = torch.randint(300, len(abar), (b,), generator=gen, device=x0.device)
+    n_s = torch.randn(x0.shape, generator=gen, device=x0.device)
+    n_b = torch.randn(x0.shape, generator=gen, device=x0.device)
     a_s, a_b = abar[t_s].view(b, 1, 1, 1), abar[t_b].view(b, 1, 1, 1)
     x_s = a_s.sqrt() * x0 + (1 - a_s).sqrt() * n_s
     x_b = a_b.sqrt() * x0 + (1 - a_b).sqrt() * n_b
@@ -187,6 +153,7 @@ def train_step(
 
 def _rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any]:
     return {"numpy": rng.bit_generator.state, "torch_gen": gen.get_state(),
+            "torch_gen_device": str(gen.device),
             "torch": torch.get_rng_state(), "python": random.getstate()}
 
 
@@ -195,14 +162,19 @@ def _training_info(opts: TrainOptions, step: int, wall: float) -> dict[str, Any]
             "batch": opts.batch, "lr_unet": opts.lr_unet, "lr_seg": opts.lr_seg,
             "crop": opts.crop, "seg_extra": opts.seg_extra, "focal_gamma": opts.focal_gamma,
             "discolour": opts.discolour, "self_texture": opts.self_texture,
-            "wall_seconds": round(wall, 1)}
+            "jitter": opts.jitter, "device": opts.device, "wall_seconds": round(wall, 1)}
+
+
+def _on_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Saved weights load anywhere, whatever device trained them."""
+    return {k: v.detach().cpu() for k, v in state.items()}
 
 
 def _weights(unet, seg, step: int, opts: TrainOptions, wall: float) -> dict[str, Any]:
     """What every saved file holds: both state dicts, configs and training record."""
     return {
-        "unet_model_state_dict": unet.state_dict(),
-        "seg_model_state_dict": seg.state_dict(),
+        "unet_model_state_dict": _on_cpu(unet.state_dict()),
+        "seg_model_state_dict": _on_cpu(seg.state_dict()),
         "n_epoch": step,
         "exporter": {
             "unet": opts.unet.to_dict(), "seg": seg.cfg.to_dict(), "step": step,
@@ -327,7 +299,8 @@ def print_summary(opts: TrainOptions, images: np.ndarray, unet, seg, start: int)
         f"model: {type(unet).__name__} {n_u / 1e6:.3f} M + {type(seg).__name__} "
         f"{n_s / 1e6:.3f} M = {(n_u + n_s) / 1e6:.3f} M parameters; FLOPs per frame: "
         "counted on the graph by `export`",
-        f"device: cpu, {torch.get_num_threads()} thread(s)",
+        f"device: {opts.device}, {torch.get_num_threads()} thread(s)"
+        + (f", {opts.workers} batch worker(s)" if opts.workers else ""),
         f"steps: {start} -> {opts.steps} (batch {opts.batch}, seg extra {opts.seg_extra}"
         f"){limit}",
         f"checkpoints: {opts.out}/last.pt every {opts.checkpoint_every} steps"
@@ -337,18 +310,43 @@ def print_summary(opts: TrainOptions, images: np.ndarray, unet, seg, start: int)
     print("\n".join(lines), file=sys.stderr)
 
 
+def resolve_device(name: str) -> torch.device:
+    """cpu, cuda (an error naming the fix when PyTorch sees no GPU) or auto (cuda if seen)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ExporterError("--device cuda: this PyTorch sees no CUDA GPU "
+                            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); "
+                            "use --device cpu, or install a CUDA build of torch")
+    if name not in ("cpu", "cuda"):
+        raise ExporterError(f"--device {name}: give cpu, cuda or auto")
+    if name == "cuda":
+        # Convolutions of fixed shapes every step: let cuDNN pick its fastest kernels once.
+        torch.backends.cudnn.benchmark = True
+    return torch.device(name)
+
+
 def train(opts: TrainOptions) -> Path:
     torch.set_num_threads(max(1, opts.threads))
+    dev = resolve_device(opts.device)
+    opts.device = dev.type
     random.seed(opts.seed)
     np_rng = np.random.default_rng(opts.seed)
     torch.manual_seed(opts.seed)
-    gen = torch.Generator().manual_seed(opts.seed + 1)
+    gen = torch.Generator(device=dev).manual_seed(opts.seed + 1)
     cfg = opts.unet
     if cfg.in_channels not in (1, 3):
         raise ExporterError(f"channels must be 1 or 3, got {cfg.in_channels}")
     crop = opts.crop or cfg.image_size
     if crop % 32 or crop > cfg.image_size:
         raise ExporterError(f"crop/image size {crop} must be a multiple of 32, <= image size")
+    if opts.jitter > 0 and not jitter_fits(crop, cfg.image_size):
+        largest = max((c for c in range(32, crop, 32) if jitter_fits(c, cfg.image_size)),
+                      default=None)
+        raise ExporterError(f"--jitter: a {crop} px crop turned by any angle does not fit a "
+                            f"{cfg.image_size} px image; use "
+                            + (f"--crop {largest} or smaller" if largest else
+                               "a larger --image-size"))
     images = load_good_images(opts.data, cfg.in_channels, cfg.image_size)
     pool = TexturePool(crop, cfg.in_channels, opts.anomaly_source, opts.seed)
     seg_cfg = default_seg_config(cfg, opts.seg_width)
@@ -361,10 +359,10 @@ def train(opts: TrainOptions) -> Path:
             raise ExporterError(str(e)) from None
     elif opts.seg_dilations:
         raise ExporterError("--seg-dilations needs --arch edge")
-    unet, seg = build_unet(cfg), build_seg(seg_cfg)
+    unet, seg = build_unet(cfg).to(dev), build_seg(seg_cfg).to(dev)
     opt_u = torch.optim.Adam(unet.parameters(), lr=opts.lr_unet)
     opt_s = torch.optim.Adam(seg.parameters(), lr=opts.lr_seg)
-    abar = torch.tensor(alphas_cumprod(), dtype=torch.float32)
+    abar = torch.tensor(alphas_cumprod(), dtype=torch.float32, device=dev)
     opts.out.mkdir(parents=True, exist_ok=True)
     ck_path = opts.out / "last.pt"
     step, wall0 = 0, 0.0
@@ -382,7 +380,14 @@ def train(opts: TrainOptions) -> Path:
         opt_u.load_state_dict(meta["opt_unet"])
         opt_s.load_state_dict(meta["opt_seg"])
         np_rng.bit_generator.state = meta["rng"]["numpy"]
-        gen.set_state(meta["rng"]["torch_gen"])
+        if meta["rng"].get("torch_gen_device", "cpu") == str(gen.device):
+            gen.set_state(meta["rng"]["torch_gen"])
+        else:
+            # A CPU generator's state does not fit a CUDA one: the noise stream restarts from a
+            # seed of its own, the weights and batches carry on.
+            gen.manual_seed(opts.seed + 1 + int(meta["step"]))
+            print(f"{ck_path} was trained on {meta['rng'].get('torch_gen_device', 'cpu')}: "
+                  f"the noise stream restarts on {gen.device}", file=sys.stderr)
         torch.set_rng_state(meta["rng"]["torch"])
         random.setstate(meta["rng"]["python"])
         step, wall0 = int(meta["step"]), float(meta.get("wall_seconds", 0.0))
@@ -403,17 +408,17 @@ def train(opts: TrainOptions) -> Path:
         save_checkpoint(ck_path, unet, seg, opt_u, opt_s, step, opts, np_rng, gen, elapsed)
         plot_loss(loss_csv, opts.out / "loss.png")
 
-    with StopSignals() as stop, log_file:
+    with StopSignals() as stop, log_file, BatchFeed(images, opts, pool, np_rng) as feed:
         while step < opts.steps:
-            x0, mask, label = make_batch(images, opts, pool, np_rng)
+            (x0, mask, label), *extra = [tuple(t.to(dev, non_blocking=True) for t in b)
+                                         for b in feed.batches(step + 1)]
             loss, parts = train_step(unet, seg, x0, mask, label, abar, gen, opts.focal_gamma)
             opt_u.zero_grad(set_to_none=True)
             opt_s.zero_grad(set_to_none=True)
             loss.backward()
             opt_u.step()
             opt_s.step()
-            for _ in range(opts.seg_extra):
-                x0, mask, _ = make_batch(images, opts, pool, np_rng)
+            for x0, mask, _ in extra:
                 seg_loss = seg_only_step(unet, seg, x0, mask, abar, gen, opts.focal_gamma)
                 opt_s.zero_grad(set_to_none=True)
                 seg_loss.backward()

@@ -27,7 +27,8 @@ from .. import simplex
 from ..diffusion import alphas_cumprod
 from ..edge import EdgeUNetConfig
 from ..errors import ExporterError
-from ..train import StopSignals, _augment, _save, load_good_images, random_crop
+from ..feed import _augment, random_crop
+from ..train import StopSignals, _save, load_good_images
 from . import RECIPES
 from .nets import DTEConfig, build_dte, build_eps
 

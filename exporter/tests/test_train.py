@@ -206,3 +206,71 @@ def test_signal_writes_checkpoint(tmp_path: Path, sig: str) -> None:
     step = ck["exporter"]["step"]
     assert step >= 2 and "opt_unet" in ck["exporter"] and "rng" in ck["exporter"]
     assert (out / "loss.png").is_file()
+
+
+def _weights_equal(a: Path, b: Path) -> bool:
+    ca = torch.load(a / "last.pt", weights_only=False)
+    cb = torch.load(b / "last.pt", weights_only=False)
+    return all(torch.equal(v, cb[net][k]) for net in ("unet_model_state_dict",
+                                                        "seg_model_state_dict")
+               for k, v in ca[net].items())
+
+
+def test_worker_batches_depend_on_seed_and_step_alone(tmp_path: Path) -> None:
+    """One worker straight through, two workers with a resume in between: the same weights,
+    since each batch is seeded by (seed, step, slot) wherever it is drawn."""
+    data = tmp_path / "good"
+    write_images(data, 4)
+    a, b = tmp_path / "a", tmp_path / "b"
+    base = ["train", "--data", str(data), *ARGS, "--image-size", "64", "--crop", "32",
+            "--jitter", "0.5"]
+    assert main([*base, "--out", str(a), "--steps", "3", "--workers", "1"]) == 0
+    assert main([*base, "--out", str(b), "--steps", "2", "--workers", "2"]) == 0
+    assert main([*base, "--out", str(b), "--steps", "3", "--workers", "2"]) == 0
+    assert _weights_equal(a, b)
+    # and the in-process stream is another one: the workers really drew these batches
+    c = tmp_path / "c"
+    assert main([*base, "--out", str(c), "--steps", "3"]) == 0
+    assert not _weights_equal(a, c)
+
+
+def test_train_device_errors_name_the_fix(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "good"
+    write_images(data, 2)
+    base = ["train", "--data", str(data), "--out", str(tmp_path / "o"), "--steps", "1", *ARGS]
+    assert main([*base, "--workers", "-1"]) != 0
+    assert "--workers -1" in capsys.readouterr().err
+    assert main([*base, "--image-size", "64", "--crop", "64", "--jitter", "0.5"]) != 0
+    assert "use --crop 32 or smaller" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*base, "--device", "cuda"]) != 0
+        err = capsys.readouterr().err
+        assert "--device cuda" in err and "use --device cpu" in err
+    # auto falls back to the CPU and records where it trained
+    assert main([*base, "--device", "auto"]) == 0
+    ck = torch.load(tmp_path / "o" / "last.pt", weights_only=False)
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert ck["exporter"]["training"]["device"] == want
+
+
+def test_jittered_crops_never_sample_outside_the_image() -> None:
+    import numpy as np
+
+    from exporter.errors import ExporterError
+    from exporter.feed import jittered_crop
+
+    rng = np.random.default_rng(0)
+    flat = np.full((5, 1, 128, 128), 0.5, np.float32)
+    for _ in range(50):
+        c = jittered_crop(flat, 64, rng)
+        assert c.shape == (1, 64, 64) and c.dtype == np.float32
+        # padding (0) or a seam would break the flat field; contrast and brightness keep it flat
+        assert float(c.max() - c.min()) < 1e-5 and abs(float(c.mean()) - 0.5) <= 0.0501
+    ramp = np.tile(np.linspace(0, 1, 128, dtype=np.float32), (128, 1))[None, None]
+    turned = [jittered_crop(ramp, 64, rng)[0] for _ in range(20)]
+    # any angle: the ramp's gradient points in many directions, not only the four of rot90
+    angles = {round(float(np.degrees(np.arctan2(np.gradient(t)[0].mean(),
+                                                 np.gradient(t)[1].mean()))) / 10) for t in turned}
+    assert len(angles) > 8
+    with pytest.raises(ExporterError, match="smaller --crop"):
+        jittered_crop(flat, 128, rng)

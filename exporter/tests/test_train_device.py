@@ -1,0 +1,41 @@
+"""scripts/train-device, the prepared GPU run, end to end on the CPU with a tiny budget."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_train_device_leaves_a_chosen_snapshot_per_texture(tiles: Path, tmp_path: Path) -> None:
+    out, work = tmp_path / "out", tmp_path / "work"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train-device"), "--out", str(out), "--device",
+         "cpu", "--minutes", "0.05", "--textures", "brick", "--batch", "2", "--workers", "1",
+         "--keep-every", "2", "--max-selected", "1", "--tiles", str(tiles), "--work", str(work)],
+        capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["brick.tar", "train-device.log"]
+    with tarfile.open(out / "brick.tar") as tar:
+        assert sorted(tar.getnames()) == ["chosen.pt", "loss.csv", "selection.json", "train.log"]
+        tar.extractall(tmp_path / "x", filter="data")
+    sel = json.loads((tmp_path / "x" / "selection.json").read_text())
+    # chosen on the validation split, from the snapshots of this run only
+    assert sel["dataset"].endswith("brick/validation") and len(sel["rows"]) == 1
+    ck = torch.load(tmp_path / "x" / "chosen.pt", weights_only=False)
+    assert ck["exporter"]["step"] == sel["chosen"]["step"]
+    assert ck["exporter"]["training"]["device"] == "cpu"
+    assert 0.0 <= sel["chosen"]["image_auroc"] <= 1.0
+    assert "brick: chosen step" in (out / "train-device.log").read_text()
+
+
+def test_train_device_refuses_an_unknown_texture(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "train-device"), "--out",
+                        str(tmp_path), "--textures", "marble"], capture_output=True, text=True)
+    assert r.returncode != 0 and "no recipe for marble" in r.stderr
