@@ -170,8 +170,9 @@ def write_card(path: Path, dataset: Path, out: Path, threads: int = 2,
         *arch_lines(a),
         f"- {m['flops_per_frame'] / 1e9:.3f} GFLOP per frame (2 x MACs of Conv/ConvTranspose/"
         "MatMul/Gemm, counted from the graph's real shapes)",
-        f"- speed: {ms:.1f} ms/frame median, ONNX Runtime {ort_version()} CPU, {threads} threads "
-        "on this 2-core dev VM (shared; see `scripts/bench-model`)",
+        f"- speed: {ms:.1f} ms/frame median, ONNX Runtime {ort_version()} CPU, {threads} "
+        f"thread{'s' if threads != 1 else ''} on this 2-core dev VM (shared; see "
+        "`scripts/bench-model`)",
         "",
         *([] if texture is not None else data_lines(dataset)),
         "## Training",

@@ -23,7 +23,8 @@ def test_train_device_leaves_a_chosen_snapshot_per_texture(tiles: Path, tmp_path
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["brick.tar", "train-device.log"]
     with tarfile.open(out / "brick.tar") as tar:
-        assert sorted(tar.getnames()) == ["chosen.pt", "loss.csv", "selection.json", "train.log"]
+        assert sorted(tar.getnames()) == ["chosen.pt", "loss.csv", "newest.pt", "selection.json",
+                                          "train.log"]
         tar.extractall(tmp_path / "x", filter="data")
     sel = json.loads((tmp_path / "x" / "selection.json").read_text())
     # chosen on the validation split, from the snapshots of this run only
