@@ -11,6 +11,7 @@ numpy synthesis.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING
@@ -115,6 +116,10 @@ _WORKER: dict[str, object] = {}
 
 
 def _worker_init(images: np.ndarray, opts: TrainOptions) -> None:
+    # Ctrl-C reaches the whole process group, systemd's stop the whole unit: the trainer
+    # finishes its step, writes the checkpoint and then shuts the workers down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
     _WORKER.update(images=images, opts=opts,
                    pool=TexturePool(opts.crop or images.shape[-1], images.shape[1],

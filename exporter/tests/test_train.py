@@ -170,8 +170,10 @@ def test_time_left_shows_whichever_stops_first() -> None:
     assert time_left(10, 1.0, 3600.0) == "0:00:10 (steps)"
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_signal_writes_checkpoint(tmp_path: Path, sig: str) -> None:
+@pytest.mark.parametrize("sig,workers", [("SIGINT", "0"), ("SIGTERM", "0"), ("SIGINT", "2")])
+def test_signal_writes_checkpoint(tmp_path: Path, sig: str, workers: str) -> None:
+    """The signal goes to the whole process group, as Ctrl-C and systemd send it: batch
+    workers must not die before the trainer has written its checkpoint."""
     import os
     import signal
     import subprocess
@@ -184,9 +186,9 @@ def test_signal_writes_checkpoint(tmp_path: Path, sig: str) -> None:
     out = tmp_path / "ck"
     proc = subprocess.Popen(
         [sys.executable, "-m", "exporter", "train", "--data", str(data), "--out", str(out),
-         "--steps", "100000", "--checkpoint-every", "100000", *ARGS],
+         "--steps", "100000", "--checkpoint-every", "100000", *ARGS, "--workers", workers],
         cwd=root, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(root)})
+        env={**os.environ, "PYTHONPATH": str(root)}, start_new_session=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:  # wait for a few steps
@@ -195,13 +197,14 @@ def test_signal_writes_checkpoint(tmp_path: Path, sig: str) -> None:
                 break
             time.sleep(0.2)
         assert not (out / "last.pt").exists()  # no periodic checkpoint before the signal
-        proc.send_signal(getattr(signal, sig))
+        os.killpg(proc.pid, getattr(signal, sig))
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 128 + getattr(signal, sig), err
     assert f"{sig}: checkpoint written" in err
+    assert "Traceback" not in err and "BrokenProcessPool" not in err, err
     ck = torch.load(out / "last.pt", weights_only=False)
     step = ck["exporter"]["step"]
     assert step >= 2 and "opt_unet" in ck["exporter"] and "rng" in ck["exporter"]
