@@ -340,6 +340,8 @@ def train(opts: TrainOptions) -> Path:
     crop = opts.crop or cfg.image_size
     if crop % 32 or crop > cfg.image_size:
         raise ExporterError(f"crop/image size {crop} must be a multiple of 32, <= image size")
+    if not 0.0 <= opts.jitter <= 1.0:
+        raise ExporterError(f"--jitter {opts.jitter}: give a share of the crops, 0 to 1")
     if opts.jitter > 0 and not jitter_fits(crop, cfg.image_size):
         largest = max((c for c in range(32, crop, 32) if jitter_fits(c, cfg.image_size)),
                       default=None)

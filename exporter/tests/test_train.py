@@ -245,6 +245,8 @@ def test_train_device_errors_name_the_fix(tmp_path: Path, capsys) -> None:
     assert "--workers -1" in capsys.readouterr().err
     assert main([*base, "--image-size", "64", "--crop", "64", "--jitter", "0.5"]) != 0
     assert "use --crop 32 or smaller" in capsys.readouterr().err
+    assert main([*base, "--jitter", "1.5"]) != 0
+    assert "--jitter 1.5: give a share" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main([*base, "--device", "cuda"]) != 0
         err = capsys.readouterr().err
