@@ -69,14 +69,14 @@ def jittered_crop(images: np.ndarray, crop: int, rng: np.random.Generator) -> np
     so no padding or mirrored seam (which would look like a defect) enters it."""
     from scipy.ndimage import affine_transform
 
+    size = images.shape[-1]
+    if not jitter_fits(crop, size):
+        raise ExporterError(f"--jitter: a {crop} px crop turned by any angle does not fit a "
+                            f"{size} px image; use a smaller --crop")
     x = images[rng.integers(len(images))]
-    size = x.shape[-1]
     scale = rng.uniform(*JITTER_SCALE)
     theta = rng.uniform(0, 2 * np.pi)
     reach = crop / 2 * scale * np.sqrt(2)
-    if reach > size / 2:
-        raise ExporterError(f"--jitter: a {crop} px crop turned and scaled by {scale:.2f} does "
-                            f"not fit a {size} px image; use a smaller --crop")
     cy, cx = rng.uniform(reach, size - reach, 2)
     c, s = np.cos(theta) * scale, np.sin(theta) * scale
     m = np.array([[c, -s], [s, c]])
