@@ -162,7 +162,12 @@ class BatchFeed:
         if self.exec is None:
             return [make_batch(self.images, self.opts, self.pool, self.rng)
                     for _ in range(self.per_step)]
-        if self.next_step != step or not self.ahead:
+        if self.next_step != step:
+            # a jump (the first call, or a caller that skipped steps): the prefetched batches
+            # belong to other steps, so the ones not yet started are dropped unrun
+            for pending in self.ahead:
+                for f in pending:
+                    f.cancel()
             self.ahead.clear()
             self.next_step = step
         # Two steps' worth per worker in flight keeps every worker busy while the GPU steps.

@@ -276,3 +276,30 @@ def test_jittered_crops_never_sample_outside_the_image() -> None:
     assert len(angles) > 8
     with pytest.raises(ExporterError, match="smaller --crop"):
         jittered_crop(flat, 128, rng)
+
+
+def test_batch_feed_after_a_jump_draws_the_new_steps_batches(tmp_path: Path) -> None:
+    """A caller that skips steps gets the batches of the step it asks for, not the prefetched
+    ones of the steps it skipped."""
+    import numpy as np
+
+    from exporter.edge import EdgeUNetConfig
+    from exporter.feed import BatchFeed, make_batch
+    from exporter.synth import TexturePool
+    from exporter.train import TrainOptions
+
+    images = np.random.default_rng(0).random((3, 1, 48, 48), dtype=np.float32)
+    opts = TrainOptions(data=tmp_path, out=tmp_path, unet=EdgeUNetConfig(), batch=2, crop=32,
+                        seg_extra=1, workers=1)
+    pool = TexturePool(32, 1, None, opts.seed)
+
+    def expected(step: int) -> list:
+        return [make_batch(images, opts, pool, np.random.default_rng([opts.seed, step, slot]))
+                for slot in range(2)]
+
+    with BatchFeed(images, opts, pool, np.random.default_rng(0)) as feed:
+        feed.batches(1)  # leaves steps 2 and 3 prefetched
+        for step in (7, 8):
+            got = feed.batches(step)
+            for g, e in zip(got, expected(step), strict=True):
+                assert all(torch.equal(a, b) for a, b in zip(g, e, strict=True))
