@@ -111,6 +111,8 @@ def make_batch(
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ms)), torch.tensor(labels)
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
 # Worker processes keep what every batch needs here, sent once at start-up.
 _WORKER: dict[str, object] = {}
 
@@ -154,8 +156,16 @@ class BatchFeed:
 
     def _submit(self, step: int) -> None:
         assert self.exec is not None
-        self.ahead.append([self.exec.submit(_worker_batch, step, slot)
-                           for slot in range(self.per_step)])
+        # The pool starts its worker processes inside submit. A worker is born with this
+        # thread's signal mask, so with SIGINT / SIGTERM blocked here it cannot die of a Ctrl-C
+        # while it is still importing, before _worker_init ignores them; the trainer gets any
+        # signal that came meanwhile as soon as the mask is restored.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self.ahead.append([self.exec.submit(_worker_batch, step, slot)
+                               for slot in range(self.per_step)])
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def batches(self, step: int) -> list[Batch]:
         """Step `step`'s batches (steps counted from 1), in the order they are used."""

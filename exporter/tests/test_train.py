@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -303,3 +304,36 @@ def test_batch_feed_after_a_jump_draws_the_new_steps_batches(tmp_path: Path) -> 
             got = feed.batches(step)
             for g, e in zip(got, expected(step), strict=True):
                 assert all(torch.equal(a, b) for a, b in zip(g, e, strict=True))
+
+
+def test_batch_feed_workers_are_born_deaf_to_stop_signals(tmp_path: Path) -> None:
+    """A Ctrl-C reaches the whole process group; a worker still importing when it comes must not
+    die of it. Its SIGINT / SIGTERM are blocked from its first instruction on."""
+    import os
+
+    import numpy as np
+
+    from exporter.edge import EdgeUNetConfig
+    from exporter.feed import BatchFeed
+    from exporter.synth import TexturePool
+    from exporter.train import TrainOptions
+
+    images = np.random.default_rng(0).random((2, 1, 48, 48), dtype=np.float32)
+    opts = TrainOptions(data=tmp_path, out=tmp_path, unet=EdgeUNetConfig(), batch=2, crop=32,
+                        workers=2)
+    pool = TexturePool(32, 1, None, opts.seed)
+    with BatchFeed(images, opts, pool, np.random.default_rng(0)) as feed:
+        feed._submit(1)
+        feed._submit(2)
+        assert feed.exec is not None
+        pids = list(feed.exec._processes)  # started by the submits, still starting up
+        assert len(pids) == 2
+        for pid in pids:
+            status = Path(f"/proc/{pid}/status").read_text()
+            blocked = int(next(ln for ln in status.splitlines()
+                               if ln.startswith("SigBlk:")).split()[1], 16)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                assert blocked & (1 << (sig - 1)), f"worker {pid}: {sig.name} not blocked"
+        assert os.getpid() not in pids
+    # the trainer's own mask is left as it was
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
