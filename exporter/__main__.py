@@ -286,7 +286,7 @@ def cmd_select(a: argparse.Namespace) -> None:
 
     r = select(a.checkpoints, a.dataset, every=a.every, threads=a.threads,
                diff=DiffusionConfig(t_s=a.t_s, t_b=a.t_b, top_k=a.top_k,
-                                    score_sigma=a.score_sigma))
+                                    score_sigma=a.score_sigma), average_from=a.average_from)
     print(format_selection(r))
     print(f"chosen: {r['chosen']['checkpoint']}")
     if a.out:
@@ -531,6 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score = mean of the top-k anomaly-map values")
     se.add_argument("--score-sigma", type=float, default=0.0,
                    help="Gaussian blur (sigma, px) of the map before the top-k score")
+    se.add_argument("--average-from", type=int, default=None, metavar="STEP",
+                    help="also average the kept snapshots from STEP on, and ship the average "
+                         "if it holds up at least as well as the best single snapshot on "
+                         "held-out halves of the split")
     se.add_argument("--out", type=Path, default=None, help="write the table as JSON")
     se.add_argument("--threads", type=int, default=2,
                    help="CPU threads for PyTorch / ONNX Runtime")

@@ -89,6 +89,15 @@ def arch_lines(a: dict[str, Any]) -> list[str]:
     ]
 
 
+def averaged_lines(averaged: dict[str, Any] | None) -> list[str]:
+    """The weights' origin when they are the average of several snapshots (`average.py`)."""
+    if not averaged:
+        return []
+    steps = averaged["steps"]
+    return [f"- weights: the uniform average of {len(steps)} snapshots, steps "
+            f"{averaged['from']}-{averaged['to']} (`select --average-from {averaged['from']}`)"]
+
+
 def validation_lines(selection: dict[str, Any] | None, val: dict[str, Any] | None) -> list[str]:
     """How the stopping point was chosen (validation split only) and the chosen model there."""
     if selection is None and val is None:
@@ -180,6 +189,7 @@ def write_card(path: Path, dataset: Path, out: Path, threads: int = 2,
         f"- command: `{tr.get('command', '')}`",
         f"- seed {tr.get('seed')}, steps {tr.get('steps')}, batch {tr.get('batch')}, "
         f"crop {tr.get('crop') or 'none'}, lr UNet {tr.get('lr_unet')}, lr seg {tr.get('lr_seg')}",
+        *averaged_lines(tr.get("averaged")),
         f"- wall time: {tr.get('wall_seconds', 0) / 60:.1f} min on CPU",
         f"- checkpoint sha256 `{m.get('checkpoint_sha256', '')}`",
         "",

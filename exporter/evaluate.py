@@ -61,26 +61,35 @@ def load_dataset(dataset: Path, h: int, w: int
                  ) -> tuple[list[Path], np.ndarray, list[str], np.ndarray]:
     """(image files, labels 0 good / 1 defective, kind per image, masks [N, h, w]) of
     dataset/test and its ground_truth."""
+    files, labels, kind_of = list_dataset(dataset)
+    gts = []
+    for p, k in zip(files, kind_of, strict=True):
+        if k == "good":
+            gts.append(np.zeros((h, w), bool))
+        else:
+            mp = dataset / "ground_truth" / k / f"{p.stem}_mask.png"
+            if not mp.is_file():
+                raise ExporterError(f"missing mask {mp}")
+            gts.append(_load_mask(mp, h, w))
+    return files, labels, kind_of, np.stack(gts)
+
+
+def list_dataset(dataset: Path) -> tuple[list[Path], np.ndarray, list[str]]:
+    """(image files, labels 0 good / 1 defective, kind per image) of dataset/test, in the
+    order every evaluation scores them."""
     test = dataset / "test"
     if not test.is_dir():
         raise ExporterError(f"no test/ folder in {dataset}")
     kinds = sorted(d.name for d in test.iterdir() if d.is_dir())
     if "good" not in kinds or len(kinds) < 2:
         raise ExporterError(f"{test} needs good/ and at least one defect folder")
-    files, labels, kind_of, gts = [], [], [], []
+    files, labels, kind_of = [], [], []
     for k in kinds:
         for p in list_images(test / k):
             files.append(p)
             labels.append(0 if k == "good" else 1)
             kind_of.append(k)
-            if k == "good":
-                gts.append(np.zeros((h, w), bool))
-            else:
-                mp = dataset / "ground_truth" / k / f"{p.stem}_mask.png"
-                if not mp.is_file():
-                    raise ExporterError(f"missing mask {mp}")
-                gts.append(_load_mask(mp, h, w))
-    return files, np.array(labels), kind_of, np.stack(gts)
+    return files, np.array(labels), kind_of
 
 
 def metrics(dataset: Path, maps: np.ndarray, scores: np.ndarray, y: np.ndarray,
@@ -105,9 +114,10 @@ def per_kind_auroc(scores: np.ndarray, y: np.ndarray, kinds: list[str]) -> dict[
 
 
 def evaluate(model_path: Path, dataset: Path, threads: int = 2, threshold: float | None = None,
-             sweep: bool = False) -> dict[str, Any]:
+             sweep: bool = False, keep_scores: bool = False) -> dict[str, Any]:
     """Metrics on dataset/test; at `threshold` instead of the manifest's when given; with
-    `sweep`, also the false-reject / escape operating points (`sweep.py`) under "sweep"."""
+    `sweep`, also the false-reject / escape operating points (`sweep.py`) under "sweep";
+    with `keep_scores`, each image's score (in `list_dataset` order) under "scores"."""
     manifest = get_manifest(load_model(model_path))
     inp = manifest["input"]
     h, w, c = inp["height"], inp["width"], inp["channels"]
@@ -116,6 +126,8 @@ def evaluate(model_path: Path, dataset: Path, threads: int = 2, threshold: float
     sess = ort_session(model_path, threads)
     maps, scores = run_batched(sess, imgs, inp["batch"])
     res = {"model": str(model_path), **metrics(dataset, maps[:, 0], scores, y, gt)}
+    if keep_scores:
+        res["scores"] = [float(v) for v in scores]
     thr = (manifest.get("threshold") or {}).get("value")
     res["threshold_source"] = "manifest" if thr is not None else None
     if threshold is not None:

@@ -70,6 +70,23 @@ def write_images(folder: Path, n: int, size: int = 32, seed: int = 0, mode: str 
         Image.fromarray(a).save(folder / f"{i:03d}.png")
 
 
+def write_blot_validation(folder: Path, n: int) -> Path:
+    """A validation dataset of n good and n defective 32-px images: the defect is a bright
+    square that its mask marks."""
+    write_images(folder / "test" / "good", n, seed=1)
+    write_images(folder / "test" / "blot", n, seed=2)
+    (folder / "ground_truth" / "blot").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        p = folder / "test" / "blot" / f"{i:03d}.png"
+        a = np.asarray(Image.open(p)).copy()
+        a[8:16, 8:16] = 250
+        Image.fromarray(a).save(p)
+        m = np.zeros((32, 32), np.uint8)
+        m[8:16, 8:16] = 255
+        Image.fromarray(m).save(folder / "ground_truth" / "blot" / f"{i:03d}_mask.png")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny exported model (fp32, batch 1) shared by several tests."""

@@ -23,10 +23,13 @@ from exporter.onnxio import count_flops_by_op
 from exporter.seg import SegConfig
 from exporter.unet import UNetConfig
 
-from .conftest import randomized, write_images
+from .conftest import randomized, write_blot_validation, write_images
 
 TINY = dict(image_size=32, widths=(16, 32, 32), enc_blocks=(1, 1, 1), dec_blocks=(1, 1),
             emb_channels=32)
+# `train` arguments of a tiny edge model that trains in seconds
+TINY_TRAIN = ["--arch", "edge", "--image-size", "32", "--widths", "16,32,32", "--enc-blocks",
+              "1,1,1", "--dec-blocks", "1,1", "--batch", "2", "--threads", "1"]
 
 
 def tiny_edge(channels: int = 1, seed: int = 0) -> tuple[EdgeUNet, EdgeSeg]:
@@ -177,28 +180,14 @@ def test_edge_train_resume_and_export_via_cli(tmp_path: Path) -> None:
 
 
 def test_select_picks_the_best_snapshot_on_validation(tmp_path: Path) -> None:
-    from PIL import Image
-
     from exporter.select import select, snapshots
 
     data = tmp_path / "good"
     write_images(data, 4)
-    val = tmp_path / "val"
-    write_images(val / "test" / "good", 3, seed=1)
-    write_images(val / "test" / "blot", 3, seed=2)
-    for i in range(3):  # a bright square that the mask marks
-        p = val / "test" / "blot" / f"{i:03d}.png"
-        a = np.asarray(Image.open(p)).copy()
-        a[8:16, 8:16] = 250
-        Image.fromarray(a).save(p)
-        m = np.zeros((32, 32), np.uint8)
-        m[8:16, 8:16] = 255
-        (val / "ground_truth" / "blot").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(m).save(val / "ground_truth" / "blot" / f"{i:03d}_mask.png")
+    val = write_blot_validation(tmp_path / "val", 3)
     out = tmp_path / "ck"
-    assert main(["train", "--arch", "edge", "--image-size", "32", "--widths", "16,32,32",
-                 "--enc-blocks", "1,1,1", "--dec-blocks", "1,1", "--batch", "2", "--threads", "1",
-                 "--data", str(data), "--out", str(out), "--steps", "3", "--keep-every", "1"]) == 0
+    assert main(["train", *TINY_TRAIN, "--data", str(data), "--out", str(out), "--steps", "3",
+                 "--keep-every", "1"]) == 0
     assert [s for s, _ in snapshots(out, every=2)] == [2, 3]  # multiples of 2, and the last
     r = select(out, val, threads=1)
     assert [row["step"] for row in r["rows"]] == [1, 2, 3]
