@@ -110,6 +110,11 @@ def held_out_check(single: list[list[float]], average: list[float], labels: np.n
             idx = np.flatnonzero(k_arr == k)
             half[rng.permutation(idx)[: len(idx) // 2]] = True
         other = ~half
+        if any(len(set(y[h])) < 2 for h in (half, other)):
+            raise ExporterError(f"held-out check: {int((y == 0).sum())} good and "
+                                f"{int((y == 1).sum())} defective images cannot be halved so "
+                                "that each half holds both; the validation split needs two "
+                                "or more of each")
         on_half = [roc_auc_score(y[half], row[half]) for row in s]
         on_other = [roc_auc_score(y[other], row[other]) for row in s]
         best.append(on_other[int(np.argmax(on_half))])

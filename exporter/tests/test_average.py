@@ -84,6 +84,9 @@ def test_held_out_check_sees_through_a_lucky_snapshot() -> None:
     assert r["best_single"] == 1.0 > r["average"]
     with pytest.raises(ExporterError, match="do not match"):
         held_out_check(single.tolist(), average[:-1].tolist(), y, kinds)
+    with pytest.raises(ExporterError, match="two or more of each"):
+        held_out_check(single[:, 39:41].tolist(), average[39:41].tolist(), y[39:41],
+                       kinds[39:41])
     average[3] = np.nan
     with pytest.raises(ExporterError, match="NaN"):
         held_out_check(single.tolist(), average.tolist(), y, kinds)
