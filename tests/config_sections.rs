@@ -1,4 +1,4 @@
-//! Bad `[camera]`, `[gpio]`, `[line]`, `[supervisor]`, `[mqtt]`, `[archive]` values are refused
+//! Bad `[camera]`, `[gpio]`, `[line]`, `[drift]`, `[supervisor]`, `[mqtt]`, `[archive]` values are refused
 //! with the dotted key that is wrong.
 
 use diffad::line::setup::LineSetup;
@@ -29,6 +29,10 @@ fn bad_values_name_their_key() {
         ("[line]\nverdict_margin_ms = 600", "line.verdict_margin_ms"),
         ("[line]\ntrigger = \"gpio\"", "gpio.trigger"),
         ("[line]\nqueue = 0", "line.queue"),
+        ("[drift]\nwindow = 5", "drift.window"),
+        ("[drift]\nmax_shift_std = -1", "drift.max_shift_std"),
+        ("[drift]\nmax_reject_rate = 5", "drift.max_reject_rate"),
+        ("[drift]\nmedian = 1", "drift.median"),
         ("[supervisor]\nlisten = \"localhost\"", "supervisor.listen"),
         ("[supervisor]\nlog_level = \"loud\"", "supervisor.log_level"),
         ("[mqtt]\nurl = \"http://broker\"", "mqtt.url"),

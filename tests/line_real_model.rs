@@ -155,3 +155,106 @@ fn every_recipe_model_runs_the_line() {
         "recipes shipped under models/"
     );
 }
+
+/// One line of `parts` parts from `photo` under the shipped `tiles-MODEL`, with the drift watch
+/// over `window` parts and, if given, a reject-rate limit.
+fn drift_run(
+    model: &str,
+    photo: &str,
+    parts: u64,
+    window: usize,
+    rate: Option<f64>,
+) -> common::Run {
+    let photo = root().join(format!("target/tiles/photos/{photo}.png"));
+    assert!(
+        photo.exists(),
+        "{} missing: run scripts/texture-photos",
+        photo.display()
+    );
+    let mut setup = sim_setup(parts);
+    setup.camera.sim.photo = Some(photo);
+    setup.drift.window = window;
+    setup.drift.max_reject_rate = rate;
+    let model = root().join(format!("models/tiles-{model}/model.onnx"));
+    run_line(
+        &setup,
+        |_| {
+            let engine = Engine::load(&EngineConfig::cpu(&model)).unwrap();
+            Box::new(EngineInspector::new(engine, None, None).unwrap())
+        },
+        None,
+        None,
+    )
+}
+
+/// The drift watch with the shipped models: gravel parts under the brick model (another
+/// material) raise `score_drift` and `reject_rate` once each, at the part that fills the window,
+/// and keep them raised; grass parts, 20 % of them defective, under the grass model raise neither.
+#[test]
+fn the_drift_watch_sees_parts_unlike_the_calibration() {
+    let window = 100;
+    let wrong = drift_run("brick", "gravel", 160, window, Some(0.5));
+    let mut parts = wrong.parts();
+    parts.sort_by_key(|p| p.part);
+    let filled = parts[window - 1].part;
+    for code in ["score_drift", "reject_rate"] {
+        let a = wrong.alarms(code);
+        assert_eq!(a.len(), 1, "{code}: {a:?}");
+        assert!(a[0].active, "{a:?}");
+        assert_eq!(a[0].part, Some(filled), "{a:?}");
+    }
+    let drift = &wrong.alarms("score_drift")[0].message;
+    assert!(
+        drift.contains(&format!("median score of the last {window} parts"))
+            && drift.contains("std above the calibration's good median")
+            && drift.contains("recalibrate"),
+        "{drift}"
+    );
+    let rate = &wrong.alarms("reject_rate")[0].message;
+    assert!(
+        rate.contains("more than drift.max_reject_rate 50.0 %"),
+        "{rate}"
+    );
+    // The verdicts themselves are untouched by the watch.
+    assert_eq!(
+        wrong.summary.counters.passes + wrong.summary.counters.rejects,
+        160
+    );
+    // The last window's figures ride on the heartbeats and end in the summary.
+    let figures = wrong.summary.drift.expect("the window filled");
+    assert_eq!(figures.window, window);
+    assert!(figures.shift_std.unwrap() > 0.5, "{figures}");
+    assert!(figures.reject_rate > 0.5, "{figures}");
+    let beats: Vec<_> = wrong
+        .records
+        .iter()
+        .filter_map(|r| match &r.event {
+            diffad::events::Event::Heartbeat(h) => Some(h),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        beats.first().is_some_and(|h| h.drift.is_none()),
+        "not before the window is full"
+    );
+    assert_eq!(
+        beats.last().and_then(|h| h.drift.as_deref()),
+        Some(&figures)
+    );
+    assert!(wrong
+        .summary
+        .to_string()
+        .contains(&format!("drift: {figures}")));
+
+    let own = drift_run("grass", "grass", 160, window, Some(0.5));
+    assert!(own.summary.counters.triggers == 160 && own.summary.invariant_ok);
+    for code in ["score_drift", "reject_rate"] {
+        assert!(
+            own.alarms(code).is_empty(),
+            "{code}: {:?}",
+            own.alarms(code)
+        );
+    }
+    let figures = own.summary.drift.expect("the window filled");
+    assert!(figures.shift_std.unwrap().abs() < 0.5, "{figures}");
+}

@@ -167,6 +167,42 @@ pub struct HeartbeatEvent {
     pub faults: Vec<String>,
     /// Counters.
     pub counters: Counters,
+    /// The drift watch's window (`[drift]`), once it is full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Box<DriftFigures>>,
+}
+
+/// Where the drift watch's window stands (`stages::drift`): carried by every heartbeat once the
+/// window is full, and by the run's summary.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct DriftFigures {
+    /// Parts in the window.
+    pub window: usize,
+    /// Median score of the window.
+    pub median: f64,
+    /// The median's distance from the calibration's good median, in its standard deviations
+    /// (positive: above); absent without a calibration to compare with.
+    pub shift_std: Option<f64>,
+    /// Share of the window at or above the threshold.
+    pub reject_rate: f64,
+}
+
+impl std::fmt::Display for DriftFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "last {} parts: median score {:.4}",
+            self.window, self.median
+        )?;
+        if let Some(s) = self.shift_std {
+            write!(f, " ({s:+.2} std from the calibration's good median)")?;
+        }
+        write!(
+            f,
+            ", {:.1} % at or above the threshold",
+            100.0 * self.reject_rate
+        )
+    }
 }
 
 /// A log record forwarded to the stream.

@@ -114,6 +114,7 @@ impl<'a> Health<'a> {
             invariant_ok: counters.balanced(),
             faults,
             counters,
+            drift: self.shared.drift().map(Box::new),
         }));
     }
 
@@ -253,6 +254,7 @@ impl<'a> Health<'a> {
             invariant_ok: c.balanced(),
             faults: vec!["stopped".into()],
             counters: c,
+            drift: self.shared.drift().map(Box::new),
         }));
     }
 }

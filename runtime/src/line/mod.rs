@@ -252,6 +252,7 @@ pub fn run(
         first_trigger_ns: shared.first_trigger_ns.load(Ordering::Relaxed),
         last_trigger_ns: shared.last_trigger_ns.load(Ordering::Relaxed),
         pin_errors: shared.pin_errors.load(Ordering::Relaxed),
+        drift: shared.drift(),
     };
     let summary = Summary::collect(run_id, counters, &stats, times, sink_stats);
     log::info!(

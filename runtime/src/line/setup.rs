@@ -1,5 +1,5 @@
-//! The line's configuration sections: `[camera]`, `[gpio]`, `[line]`, `[supervisor]`, `[mqtt]`,
-//! `[archive]`. Each is deserialized strictly and validated before the line starts.
+//! The line's configuration sections: `[camera]`, `[gpio]`, `[line]`, `[drift]`, `[supervisor]`,
+//! `[mqtt]`, `[archive]`. Each is deserialized strictly and validated before the line starts.
 
 use crate::clock::MS;
 use crate::config::Invalid;
@@ -9,6 +9,7 @@ use crate::sinks::mqtt::MqttConfig;
 use crate::sinks::reject::FailSafe;
 use crate::sinks::supervisor::SupervisorConfig;
 use crate::sources::camera::config::CameraConfig;
+use crate::stages::drift::DriftConfig;
 use serde::Deserialize;
 
 /// Every section the line side reads, flattened into the board config next to `[board]`/`[engine]`.
@@ -24,6 +25,9 @@ pub struct LineSetup {
     /// Belt geometry, timing and policy.
     #[serde(default)]
     pub line: LineConfig,
+    /// The watch on the score distribution and the reject rate.
+    #[serde(default)]
+    pub drift: DriftConfig,
     /// The TCP event stream.
     #[serde(default)]
     pub supervisor: SupervisorConfig,
@@ -70,6 +74,7 @@ impl LineSetup {
         self.camera.validate()?;
         self.gpio.validate()?;
         self.line.validate()?;
+        self.drift.validate()?;
         self.supervisor.validate()?;
         if let Some(m) = &self.mqtt {
             m.validate()?;

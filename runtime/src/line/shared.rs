@@ -4,6 +4,7 @@
 use super::LineError;
 use crate::clock::Clock;
 use crate::events::Counters;
+use crate::events::DriftFigures;
 use crate::tally::Tally;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,8 @@ pub(super) struct Shared {
     /// The trigger thread waits for an edge with none queued.
     pub trigger_idle: AtomicBool,
     pub fatal: Mutex<Option<LineError>>,
+    /// The drift watch's figures after the last inspected part (the inspect thread writes).
+    pub drift: Mutex<Option<DriftFigures>>,
 }
 
 impl Shared {
@@ -66,6 +69,7 @@ impl Shared {
             trigger_edges_lost: AtomicU64::new(0),
             trigger_idle: AtomicBool::new(false),
             fatal: Mutex::new(None),
+            drift: Mutex::new(None),
         };
         for s in 0..STAGES.len() {
             shared.stamp(s, clock);
@@ -103,6 +107,11 @@ impl Shared {
     /// The fatal error, if a stage met one.
     pub fn take_fatal(&self) -> Option<LineError> {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// The drift watch's latest figures.
+    pub fn drift(&self) -> Option<DriftFigures> {
+        *self.drift.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The reject stage's counters completed with what the other stages count themselves.

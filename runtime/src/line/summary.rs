@@ -65,6 +65,8 @@ pub struct Summary {
     pub archive: ArchiveStats,
     /// Pin write failures.
     pub pin_errors: u64,
+    /// The drift watch's last window, when it filled.
+    pub drift: Option<crate::events::DriftFigures>,
 }
 
 impl fmt::Display for Summary {
@@ -111,6 +113,9 @@ impl fmt::Display for Summary {
             c.queue_full,
             c.inspect_errors
         )?;
+        if let Some(d) = &self.drift {
+            writeln!(f, "drift: {d}")?;
+        }
         writeln!(
             f,
             "reject timing error max {:.3} ms  p99 {:.3} ms over {} pulses, {} slept to (spin budget spent)",
@@ -163,6 +168,7 @@ pub(super) struct LineTimes {
     pub first_trigger_ns: u64,
     pub last_trigger_ns: u64,
     pub pin_errors: u64,
+    pub drift: Option<crate::events::DriftFigures>,
 }
 
 impl Summary {
@@ -204,6 +210,7 @@ impl Summary {
             archive_dropped: stats.archive_dropped,
             archive: sinks.archive,
             pin_errors: stats.pin_errors + times.pin_errors,
+            drift: times.drift,
         }
     }
 }

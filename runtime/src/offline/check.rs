@@ -141,6 +141,22 @@ fn print_io(s: &LineSetup) {
         s.line.fail_safe
     );
     println!(
+        "drift:      {}",
+        if s.drift.window == 0 {
+            "off".to_string()
+        } else {
+            format!(
+                "last {} parts: median score within {} std of the calibration's good median{}",
+                s.drift.window,
+                s.drift.max_shift_std,
+                s.drift.max_reject_rate.map_or(String::new(), |r| format!(
+                    ", reject rate at most {:.1} %",
+                    100.0 * r
+                ))
+            )
+        }
+    );
+    println!(
         "supervisor: {}",
         if s.supervisor.listen.is_empty() {
             "off".to_string()

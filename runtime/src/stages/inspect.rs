@@ -128,6 +128,11 @@ pub trait Inspector: Send {
     fn threshold(&self) -> f32;
     /// Inspect up to `batch_size()` frames; one result per frame, in order.
     fn inspect(&mut self, frames: &[&Frame]) -> Vec<Result<Inspection, InspectError>>;
+    /// The good-part scores the threshold was calibrated on, when they describe this
+    /// inspector's scores (not for tiled parts, whose score is the worst of several tiles).
+    fn good_scores(&self) -> Result<crate::stages::drift::Reference, String> {
+        Err("this inspector has no calibration statistics".into())
+    }
     /// The model's id (graph sha256, 12 hex digits), for archives and logs; empty when none.
     fn model_id(&self) -> String {
         String::new()
@@ -231,6 +236,17 @@ impl Inspector for EngineInspector {
 
     fn model_id(&self) -> String {
         self.engine.model_id().to_string()
+    }
+
+    fn good_scores(&self) -> Result<crate::stages::drift::Reference, String> {
+        let path = self.engine.path().display();
+        match &self.engine.manifest().normal_scores {
+            None => Err(format!(
+                "model {path} carries no good-score statistics (normal_scores): calibrate it with `python -m exporter calibrate`"
+            )),
+            Some(v) => crate::stages::drift::Reference::from_manifest(v)
+                .map_err(|e| format!("model {path}: {e}; recalibrate it with `python -m exporter calibrate`")),
+        }
     }
 
     fn inspect(&mut self, frames: &[&Frame]) -> Vec<Result<Inspection, InspectError>> {

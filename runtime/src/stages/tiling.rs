@@ -312,6 +312,10 @@ impl Inspector for TiledInspector {
         self.threshold
     }
 
+    fn good_scores(&self) -> Result<crate::stages::drift::Reference, String> {
+        Err("a tiled part scores the worst of its tiles, and the model's good-score statistics are of single tiles".into())
+    }
+
     fn inspect(&mut self, frames: &[&Frame]) -> Vec<Result<Inspection, InspectError>> {
         frames.iter().map(|f| self.inspect_one(f)).collect()
     }
