@@ -105,6 +105,15 @@ def test_edge_fp16_export_keeps_parity(tmp_path: Path) -> None:
     assert r["manifest"]["architecture"]["precision"] == "fp16"
 
 
+def _nchwc_lanes() -> int:
+    """Channels per block of ONNX Runtime's NCHWc layout on this CPU: 16 with AVX-512, else 8."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 8
+    return 16 if "avx512f" in flags else 8
+
+
 def _profiler_conv_flops(path: Path, blocked: bool, tmp: Path) -> float:
     """Conv work per call from the shapes ONNX Runtime's profiler sees (what ort_profile.py
     reports). With `blocked`, ORT's full optimiser runs: its NCHWc layout pads channels to the
@@ -146,8 +155,12 @@ def test_flop_count_matches_the_profiler(tmp_path: Path, which: str) -> None:
     if which == "official":
         # the old count (static shape inference) put this model at 0.651 GFLOP
         assert ours["Conv"] > 5e9
-        # its 8-wide seg head is padded to 16 channels in the blocked layout: > 5 % wasted
-        assert padded > 1.05 * ours["Conv"]
+        if _nchwc_lanes() == 16:
+            # its 8-wide seg head is padded to 16 channels in AVX-512's blocks: > 5 % wasted
+            assert padded > 1.05 * ours["Conv"], (ours, padded)
+        else:
+            # AVX2's blocks are 8 channels wide, which the 8-wide head fills
+            assert abs(ours["Conv"] - padded) <= 0.05 * padded, (ours, padded)
     else:
         # widths that fit the SIMD blocks: only the 4-channel heads are padded
         assert abs(ours["Conv"] - padded) <= 0.05 * padded, (ours, padded)
