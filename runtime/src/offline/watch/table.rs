@@ -90,6 +90,7 @@ pub(super) fn draw(f: &mut ratatui::Frame, view: &View) {
         "rejects",
         "fail-safe",
         "alarms",
+        "drift",
         "latency",
         "heartbeat",
         "restart/lost",
@@ -151,6 +152,7 @@ fn line_row(l: &LineView, now: Instant) -> ratatui::widgets::Row<'static> {
         n(&l.counters, "rejects"),
         n(&l.counters, "fault_rejects"),
         alarms,
+        l.drift_text(),
         l.latency_p50().map_or("-".into(), |v| format!("{v:.1} ms")),
         hb,
         format!("{}/{}", l.restarts, l.lost),
@@ -160,7 +162,7 @@ fn line_row(l: &LineView, now: Instant) -> ratatui::widgets::Row<'static> {
 }
 
 /// The table's columns, in the header's order.
-fn column_widths() -> [ratatui::layout::Constraint; 12] {
+fn column_widths() -> [ratatui::layout::Constraint; 13] {
     use ratatui::layout::Constraint;
     [
         Constraint::Min(18),
@@ -171,6 +173,7 @@ fn column_widths() -> [ratatui::layout::Constraint; 12] {
         Constraint::Length(8),
         Constraint::Length(10),
         Constraint::Min(10),
+        Constraint::Length(10),
         Constraint::Length(10),
         Constraint::Length(11),
         Constraint::Length(9),

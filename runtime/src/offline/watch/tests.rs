@@ -35,6 +35,11 @@ fn the_view_counts_parts_alarms_and_restarts() {
     );
     let l = &v.lines[0];
     assert_eq!((l.parts_per_s(), l.latency_p50()), (2.0, Some(10.0)));
+    assert_eq!(
+        l.drift_text(),
+        "-",
+        "no drift figures before the window is full"
+    );
     assert_eq!(l.alarms.len(), 1);
     assert_eq!(l.counters["triggers"], 20);
     v.apply(
@@ -61,7 +66,8 @@ fn the_table_shows_each_line_its_state_and_counts() {
         t,
     );
     let hb = json!({"type": "heartbeat", "line": "belt", "ready": true,
-                    "counters": {"triggers": 42, "passes": 40, "rejects": 1, "fault_rejects": 1}});
+                    "counters": {"triggers": 42, "passes": 40, "rejects": 1, "fault_rejects": 1},
+                    "drift": {"window": 40, "median": 0.61, "shift_std": 2.24, "reject_rate": 0.3}});
     v.apply(
         &Update::Event {
             source: "a:1".into(),
@@ -88,7 +94,32 @@ fn the_table_shows_each_line_its_state_and_counts() {
         "b:2",
         "DOWN",
         "connected, run r1",
+        "+2.24 std",
     ] {
         assert!(text.contains(want), "{want} missing from the table");
     }
+}
+
+#[test]
+fn the_drift_column_follows_the_last_heartbeat() {
+    let mut v = View::new(&["a:1".to_string()]);
+    let t = Instant::now();
+    let beat = |v: &mut View, drift: Value| {
+        let value = json!({"type": "heartbeat", "ready": true, "counters": {}, "drift": drift});
+        v.apply(
+            &Update::Event {
+                source: "a:1".into(),
+                raw: value.to_string(),
+                value,
+            },
+            t,
+        );
+        v.lines[0].drift_text()
+    };
+    let d = json!({"window": 200, "median": 0.3, "shift_std": -0.61, "reject_rate": 0.01});
+    assert_eq!(beat(&mut v, d), "-0.61 std");
+    // A tiled line has no calibration to compare with: its reject rate instead.
+    let d = json!({"window": 200, "median": 0.3, "shift_std": null, "reject_rate": 0.125});
+    assert_eq!(beat(&mut v, d), "12.5 % rej");
+    assert_eq!(beat(&mut v, Value::Null), "-");
 }

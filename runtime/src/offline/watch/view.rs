@@ -24,6 +24,8 @@ pub struct LineView {
     pub ready: Option<bool>,
     /// When the last heartbeat came.
     pub last_heartbeat: Option<Instant>,
+    /// The drift watch's figures of the last heartbeat (null until its window is full).
+    pub drift: Value,
     /// Part events in the last seconds, for parts/s.
     pub recent_parts: VecDeque<Instant>,
     /// Latencies of the last parts (ms).
@@ -73,6 +75,7 @@ impl LineView {
                     Some("heartbeat") => {
                         self.counters = value["counters"].clone();
                         self.ready = value["ready"].as_bool();
+                        self.drift = value["drift"].clone();
                         self.last_heartbeat = Some(now);
                     }
                     Some("alarm") => {
@@ -100,6 +103,17 @@ impl LineView {
     /// Parts per second over the last [`RATE_WINDOW`].
     pub fn parts_per_s(&self) -> f64 {
         self.recent_parts.len() as f64 / RATE_WINDOW.as_secs_f64()
+    }
+
+    /// The last heartbeat's drift: the median score's shift in calibration standard
+    /// deviations, else the share rejected of the window; `-` before the window is full.
+    pub fn drift_text(&self) -> String {
+        let d = &self.drift;
+        match (d["shift_std"].as_f64(), d["reject_rate"].as_f64()) {
+            (Some(s), _) => format!("{s:+.2} std"),
+            (None, Some(r)) => format!("{:.1} % rej", 100.0 * r),
+            (None, None) => "-".into(),
+        }
     }
 
     /// Median latency of the last parts.
