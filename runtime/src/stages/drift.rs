@@ -230,15 +230,7 @@ impl DriftWatch {
     }
 
     fn shift_alarm(&mut self, median: f64, shift: f64, r: Reference) -> Option<Alarm> {
-        let now = if self.shifted {
-            shift.abs() > CLEAR_AT * self.max_shift
-        } else {
-            shift.abs() > self.max_shift
-        };
-        if now == self.shifted {
-            return None;
-        }
-        self.shifted = now;
+        let now = crossed(&mut self.shifted, shift.abs(), self.max_shift)?;
         let what = format!(
             "median score of the last {} parts {median:.4} is {:.2} std {} the calibration's good median {:.4} (std {:.4}, {} good images)",
             self.window,
@@ -272,15 +264,7 @@ impl DriftWatch {
     fn rate_alarm(&mut self) -> Option<Alarm> {
         let max = self.max_rate?;
         let rate = self.rejects as f64 / self.window as f64;
-        let now = if self.rate_high {
-            rate > CLEAR_AT * max
-        } else {
-            rate > max
-        };
-        if now == self.rate_high {
-            return None;
-        }
-        self.rate_high = now;
+        let now = crossed(&mut self.rate_high, rate, max)?;
         let what = format!(
             "{} of the last {} parts ({:.1} %) scored at or above the threshold {}",
             self.rejects,
@@ -303,6 +287,17 @@ impl DriftWatch {
             active: now,
         })
     }
+}
+
+/// The alarm's new state when `figure` crossed its limit: raised above `limit`, cleared only
+/// below `CLEAR_AT * limit`; `None` while it stays as it was.
+fn crossed(raised: &mut bool, figure: f64, limit: f64) -> Option<bool> {
+    let now = figure > if *raised { CLEAR_AT * limit } else { limit };
+    if now == *raised {
+        return None;
+    }
+    *raised = now;
+    Some(now)
 }
 
 #[cfg(test)]
