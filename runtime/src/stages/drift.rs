@@ -192,11 +192,12 @@ impl DriftWatch {
         }
         let median = self.median();
         let shift = self.reference.map(|r| (median - r.median) / r.std);
+        let rate = self.rejects as f64 / self.window as f64;
         self.figures = Some(DriftFigures {
             window: self.window,
             median,
             shift_std: shift,
-            reject_rate: self.rejects as f64 / self.window as f64,
+            reject_rate: rate,
         });
         let mut alarms = Vec::new();
         if let (Some(r), Some(shift)) = (self.reference, shift) {
@@ -204,7 +205,7 @@ impl DriftWatch {
                 alarms.push(a);
             }
         }
-        if let Some(a) = self.rate_alarm() {
+        if let Some(a) = self.rate_alarm(rate) {
             alarms.push(a);
         }
         alarms
@@ -261,9 +262,8 @@ impl DriftWatch {
         })
     }
 
-    fn rate_alarm(&mut self) -> Option<Alarm> {
+    fn rate_alarm(&mut self, rate: f64) -> Option<Alarm> {
         let max = self.max_rate?;
-        let rate = self.rejects as f64 / self.window as f64;
         let now = crossed(&mut self.rate_high, rate, max)?;
         let what = format!(
             "{} of the last {} parts ({:.1} %) scored at or above the threshold {}",
