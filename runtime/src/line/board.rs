@@ -132,6 +132,18 @@ impl BoardConfig {
             fix(&mut t.key_file);
             fix(&mut t.client_ca_file);
         }
+        if let Some(w) = self.setup.web.as_mut() {
+            if let Some(t) = w.token_file.as_mut() {
+                fix(t);
+            }
+            if let Some(t) = w.tls.as_mut() {
+                fix(&mut t.cert_file);
+                fix(&mut t.key_file);
+                if let Some(ca) = t.client_ca_file.as_mut() {
+                    fix(ca);
+                }
+            }
+        }
     }
 }
 
@@ -235,6 +247,11 @@ impl BoardConfig {
                     Want::File,
                 ),
             ] {
+                path(key, p, want, &format!("create it or fix the path ({rel})"));
+            }
+        }
+        if let Some(w) = &self.setup.web {
+            for (key, p, want) in w.files() {
                 path(key, p, want, &format!("create it or fix the path ({rel})"));
             }
         }

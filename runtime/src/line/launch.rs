@@ -57,6 +57,11 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<Summary> {
     let options = line::Options {
         notifier: crate::line::watchdog::Notifier::from_env().context("NOTIFY_SOCKET")?,
         live_log: !opts.quiet,
+        board: line::BoardFacts {
+            name: board.board.name.clone(),
+            file: path.display().to_string(),
+            model_file: board.engine.model.clone(),
+        },
         ..Default::default()
     };
     let start = Instant::now();

@@ -44,9 +44,11 @@ use crate::line::setup::{LineSetup, Trigger};
 use crate::line::watchdog::Notifier;
 use crate::sinks::archive::Archive;
 use crate::sinks::mqtt::Publisher;
+use crate::sinks::netrt::NetRuntime;
 use crate::sinks::pins::LinePins;
 use crate::sinks::reject::{FailSafe, Policy, RejectStats, Scheduler};
 use crate::sinks::supervisor::Supervisor;
+use crate::sinks::web::{PageFacts, WebError, WebServer};
 use crate::sources::camera::{Source, SourceError};
 use crate::sources::trigger::TriggerInput;
 use crate::stages::inspect::Inspector;
@@ -98,6 +100,17 @@ impl Shutdown {
     }
 }
 
+/// What the board file says of itself, for the operator's page.
+#[derive(Debug, Clone, Default)]
+pub struct BoardFacts {
+    /// `[board] name`.
+    pub name: String,
+    /// The board file.
+    pub file: String,
+    /// `engine.model` (its card, `MODEL.md`, is read from beside it).
+    pub model_file: std::path::PathBuf,
+}
+
 /// Extras for [`run`]: additional sinks, the systemd notifier.
 pub struct Options {
     /// More sinks for every event (tests tap the stream here).
@@ -110,6 +123,10 @@ pub struct Options {
     pub bus_capacity: usize,
     /// Told the supervisor stream's bound address once it listens (useful with port 0).
     pub listening: Option<crossbeam_channel::Sender<std::net::SocketAddr>>,
+    /// Told the operator page's bound address once it listens.
+    pub web_listening: Option<crossbeam_channel::Sender<std::net::SocketAddr>>,
+    /// The board file's own facts, shown on the page.
+    pub board: BoardFacts,
 }
 
 impl Default for Options {
@@ -120,6 +137,8 @@ impl Default for Options {
             live_log: true,
             bus_capacity: 65_536,
             listening: None,
+            web_listening: None,
+            board: BoardFacts::default(),
         }
     }
 }
@@ -207,7 +226,8 @@ pub fn run(
     let threshold = inspector.threshold();
     // Sinks first, so the first event already reaches everyone.
     let run_id = crate::events::new_run_id();
-    let sinks = LineSinks::start(setup, &run_id, &inspector.model_id(), &clock, &mut opts)?;
+    let facts = page_facts(setup, &run_id, &*inspector, &hw, &opts.board);
+    let sinks = LineSinks::start(setup, &run_id, facts, &clock, &mut opts)?;
     let events = sinks.bus.events();
     crate::events::attach_log(events.clone(), setup.supervisor.level()?);
 
@@ -264,6 +284,34 @@ pub fn run(
     Ok(summary)
 }
 
+/// What the operator's page says of this run that does not change during it.
+fn page_facts(
+    setup: &LineSetup,
+    run_id: &str,
+    inspector: &dyn Inspector,
+    hw: &Hardware,
+    board: &BoardFacts,
+) -> PageFacts {
+    let good = inspector.good_scores().ok();
+    PageFacts {
+        run: run_id.to_string(),
+        line: setup.line.name.clone(),
+        board: board.name.clone(),
+        board_file: board.file.clone(),
+        camera: hw.source.describe(),
+        model_id: inspector.model_id(),
+        model_file: board.model_file.display().to_string(),
+        card: crate::sinks::web::card_figures(&board.model_file),
+        threshold: inspector.threshold(),
+        good_median: good.map(|g| g.median),
+        good_std: good.map(|g| g.std),
+        max_shift_std: setup.drift.max_shift_std,
+        heartbeat_ms: setup.line.heartbeat_ms,
+        archive: setup.archive.is_some(),
+        ..Default::default()
+    }
+}
+
 /// How the reject stage decides and fires, said once in the log.
 fn policy(setup: &LineSetup, threshold: f32) -> Policy {
     let line = &setup.line;
@@ -313,16 +361,19 @@ struct LineSinks {
     supervisor: Option<Supervisor>,
     mqtt: Option<Arc<Publisher>>,
     archive: Option<Archive>,
+    /// The operator's page and the async runtime it runs on.
+    web: Option<(WebServer, NetRuntime)>,
 }
 
 impl LineSinks {
     fn start(
         setup: &LineSetup,
         run_id: &str,
-        model_id: &str,
+        facts: PageFacts,
         clock: &Arc<dyn Clock>,
         opts: &mut Options,
     ) -> Result<Self, LineError> {
+        let model_id = facts.model_id.clone();
         let line = &setup.line;
         let supervisor = match setup.supervisor.listen.as_str() {
             "" => None,
@@ -337,8 +388,23 @@ impl LineSinks {
         };
         let archive = match &setup.archive {
             Some(a) => Some(
-                Archive::start(a, run_id, model_id).map_err(|e| LineError::Io("archive dir", e))?,
+                Archive::start(a, run_id, &model_id)
+                    .map_err(|e| LineError::Io("archive dir", e))?,
             ),
+            None => None,
+        };
+        let web = match &setup.web {
+            Some(w) => {
+                let net = NetRuntime::start().map_err(|e| LineError::Io("network runtime", e))?;
+                let archive_dir = setup.archive.as_ref().map(|a| a.dir.clone());
+                let server = WebServer::start(w, facts, archive_dir, &net.handle()).map_err(
+                    |e| match e {
+                        WebError::Config(i) => LineError::Config(i),
+                        WebError::Bind { source, .. } => LineError::Io("web.listen", source),
+                    },
+                )?;
+                Some((server, net))
+            }
             None => None,
         };
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
@@ -351,6 +417,12 @@ impl LineSinks {
         if let Some(m) = &mqtt {
             sinks.push(m.sink());
         }
+        if let Some((w, _)) = &web {
+            sinks.push(w.sink());
+            if let Some(tx) = &opts.web_listening {
+                let _ = tx.send(w.local_addr());
+            }
+        }
         if opts.live_log {
             sinks.push(Box::new(LiveLog));
         }
@@ -361,12 +433,20 @@ impl LineSinks {
             supervisor,
             mqtt,
             archive,
+            web,
         })
     }
 
     /// Flush the bus, stop the stream and the publisher, finish the archive; their figures.
     fn close(self) -> SinkStats {
         let bus_stats = self.bus.close();
+        // The page's viewers got `end` when the bus closed; give it a moment to reach them.
+        let web = self.web.map(|(mut server, mut net)| {
+            server.stop(Duration::from_millis(500));
+            let figures = server.figures();
+            net.stop(Duration::from_millis(500));
+            figures
+        });
         let mut supervisor = self.supervisor;
         if let Some(s) = supervisor.as_mut() {
             s.stop(Duration::from_millis(500));
@@ -400,6 +480,7 @@ impl LineSinks {
             mqtt_overflow,
             mqtt_undelivered,
             archive: self.archive.map(|a| a.finish()).unwrap_or_default(),
+            web,
         }
     }
 }

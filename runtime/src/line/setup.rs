@@ -1,5 +1,5 @@
 //! The line's configuration sections: `[camera]`, `[gpio]`, `[line]`, `[drift]`, `[supervisor]`,
-//! `[mqtt]`, `[archive]`. Each is deserialized strictly and validated before the line starts.
+//! `[mqtt]`, `[archive]`, `[web]`. Each is deserialized strictly and validated before the line starts.
 
 use crate::clock::MS;
 use crate::config::Invalid;
@@ -8,6 +8,7 @@ use crate::sinks::archive::ArchiveConfig;
 use crate::sinks::mqtt::MqttConfig;
 use crate::sinks::reject::FailSafe;
 use crate::sinks::supervisor::SupervisorConfig;
+use crate::sinks::web::WebConfig;
 use crate::sources::camera::config::CameraConfig;
 use crate::stages::drift::DriftConfig;
 use serde::Deserialize;
@@ -37,6 +38,9 @@ pub struct LineSetup {
     /// Reject archive, off when absent.
     #[serde(default)]
     pub archive: Option<ArchiveConfig>,
+    /// The operator's page, off when absent.
+    #[serde(default)]
+    pub web: Option<WebConfig>,
 }
 
 impl LineSetup {
@@ -81,6 +85,9 @@ impl LineSetup {
         }
         if let Some(a) = &self.archive {
             a.validate()?;
+        }
+        if let Some(w) = &self.web {
+            w.validate()?;
         }
         if self.line.trigger == Trigger::Gpio && self.gpio.trigger.is_none() {
             return Err(Invalid::new(

@@ -67,6 +67,8 @@ pub struct Summary {
     pub pin_errors: u64,
     /// The drift watch's last window, when it filled.
     pub drift: Option<crate::events::DriftFigures>,
+    /// The operator's page, when `[web]` served one.
+    pub web: Option<crate::sinks::web::WebFigures>,
 }
 
 impl fmt::Display for Summary {
@@ -139,7 +141,11 @@ impl fmt::Display for Summary {
             self.mqtt_overflow,
             self.mqtt_undelivered,
             self.archive_dropped
-        )
+        )?;
+        if let Some(w) = &self.web {
+            write!(f, "\npage: {w}")?;
+        }
+        Ok(())
     }
 }
 
@@ -159,6 +165,7 @@ pub(super) struct SinkStats {
     pub mqtt_overflow: u64,
     pub mqtt_undelivered: u64,
     pub archive: ArchiveStats,
+    pub web: Option<crate::sinks::web::WebFigures>,
 }
 
 /// What the engine and the trigger side counted.
@@ -211,6 +218,7 @@ impl Summary {
             archive: sinks.archive,
             pin_errors: stats.pin_errors + times.pin_errors,
             drift: times.drift,
+            web: sinks.web,
         }
     }
 }

@@ -188,4 +188,22 @@ fn print_io(s: &LineSetup) {
             a.max_mb
         ))
     );
+    println!(
+        "web:        {}",
+        s.web.as_ref().map_or("off".to_string(), |w| format!(
+            "operator's page on {}://{}/{}{}",
+            if w.tls.is_some() { "https" } else { "http" },
+            w.listen,
+            if w.token_file.is_some() {
+                ", token required"
+            } else {
+                ""
+            },
+            if w.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()) {
+                ", client certificates required"
+            } else {
+                ""
+            }
+        ))
+    );
 }

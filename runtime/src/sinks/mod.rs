@@ -1,9 +1,12 @@
-//! Where verdicts and events go: the reject pins, the supervisor stream, MQTT and the archive.
+//! Where verdicts and events go: the reject pins, the supervisor stream, MQTT, the archive and
+//! the operator's page (on the network sinks' async runtime).
 
 pub mod archive;
 pub mod heatmap;
 pub mod mqtt;
+pub mod netrt;
 pub mod pins;
 pub mod reject;
 pub mod supervisor;
 pub mod tls;
+pub mod web;
