@@ -45,6 +45,7 @@ fn part(seq: u64, outcome: Outcome) -> Arc<Record> {
             latency_ms: Some(1.0),
             reason: None,
             frame: FrameFacts::default(),
+            model: None,
         }),
         json: String::new(),
     };

@@ -81,6 +81,34 @@ pub struct PartEvent {
     /// Its frame and what the frame knows (flattened: the same keys as before on the wire).
     #[serde(flatten)]
     pub frame: FrameFacts,
+    /// The model whose verdict decided the part (its id); absent when no model judged it
+    /// (skipped, never queued, or the inspection failed before a verdict).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_opt_str"
+    )]
+    pub model: Option<Arc<str>>,
+}
+
+/// A staged candidate model's opinion of a part the live model judged (a shadow run): it
+/// decides nothing.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowEvent {
+    /// Part number (its `part` event has the live verdict).
+    pub part: u64,
+    /// The candidate's model id.
+    #[serde(serialize_with = "ser_str")]
+    pub model: Arc<str>,
+    /// The candidate's score.
+    pub score: f32,
+    /// The candidate's threshold.
+    pub threshold: f32,
+    /// Whether the candidate would have rejected it.
+    pub would_reject: bool,
+    /// The live model's score.
+    pub live_score: f32,
+    /// Whether the live model rejected it (by verdict).
+    pub live_rejects: bool,
 }
 
 /// A reject pulse that went out.
@@ -205,6 +233,42 @@ impl std::fmt::Display for DriftFigures {
     }
 }
 
+/// A shadow run's figures: how a staged candidate would have judged the parts the live model
+/// judged, on the same frames.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct ShadowReport {
+    /// The candidate's model id.
+    pub model: String,
+    /// The candidate's file.
+    pub file: String,
+    /// The live model's id.
+    pub live_model: String,
+    /// Parts both models scored.
+    pub compared: u64,
+    /// Inspected parts the candidate did not score (no engine headroom then).
+    pub not_compared: u64,
+    /// Compared parts on which both verdicts agree.
+    pub agree: u64,
+    /// Parts the candidate would have rejected that the live model passed (the first 200).
+    pub would_reject: Vec<u64>,
+    /// Parts the candidate would have passed that the live model rejected (the first 200).
+    pub would_pass: Vec<u64>,
+    /// How many parts the candidate would have rejected that the live model passed.
+    pub would_reject_count: u64,
+    /// How many parts the candidate would have passed that the live model rejected.
+    pub would_pass_count: u64,
+    /// The candidate's median score over the compared parts.
+    pub median: Option<f64>,
+    /// That median's distance from the candidate's calibrated good median, in its std.
+    pub shift_std: Option<f64>,
+    /// The live model's median score over the same parts.
+    pub live_median: Option<f64>,
+    /// That median's distance from the live model's calibrated good median, in its std.
+    pub live_shift_std: Option<f64>,
+    /// Whether the run is over (`--parts` compared, or the candidate promoted or replaced).
+    pub done: bool,
+}
+
 /// A log record forwarded to the stream.
 #[derive(Debug, Clone, Serialize)]
 pub struct LogEvent {
@@ -230,6 +294,10 @@ pub enum Event {
     Heartbeat(HeartbeatEvent),
     /// A log record.
     Log(LogEvent),
+    /// A candidate model's score of a part beside the live verdict (`diffad model shadow`).
+    Shadow(ShadowEvent),
+    /// Where a shadow run stands: parts compared, agreement, verdicts that would change.
+    ShadowReport(Box<ShadowReport>),
 }
 
 impl Event {
@@ -241,6 +309,8 @@ impl Event {
             Event::Alarm(_) => "alarm",
             Event::Heartbeat(_) => "heartbeat",
             Event::Log(_) => "log",
+            Event::Shadow(_) => "shadow",
+            Event::ShadowReport(_) => "shadow_report",
         }
     }
 
@@ -278,6 +348,13 @@ pub struct Record {
 
 fn ser_str<S: serde::Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(v)
+}
+
+fn ser_opt_str<S: serde::Serializer>(v: &Option<Arc<str>>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_str(v),
+        None => s.serialize_none(),
+    }
 }
 
 /// Something that receives every record; must not block (queue or drop and count).

@@ -180,6 +180,21 @@ enum Command {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
+    /// The running line's models through its control socket: status, stage a candidate,
+    /// shadow it, report, promote, roll back.
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+        /// The line's control socket (`[control] socket`).
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+        /// Read the socket's path from this board file's `[control]` section.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// Print the line's answer as JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Frames per second and latency: bare session call vs decode→preprocess→infer→decide.
     Bench {
         /// The exported .onnx model.
@@ -207,6 +222,34 @@ enum Command {
         #[arg(long)]
         steps: Option<usize>,
     },
+}
+
+#[derive(Subcommand)]
+enum ModelAction {
+    /// The live model, the staged candidate, the previous one, the shadow run.
+    Status,
+    /// Load FILE beside the live model, self-test it on the line's providers and check it
+    /// against the board file; the live line is untouched if it is refused.
+    Stage {
+        /// The candidate .onnx model.
+        file: PathBuf,
+    },
+    /// Score the parts the engine has time for with the candidate too; verdicts stay live.
+    Shadow {
+        /// Stop after this many parts compared (default: until promoted or replaced).
+        #[arg(long)]
+        parts: Option<u64>,
+    },
+    /// The shadow run's figures (also streamed as a `shadow_report` event).
+    Report {
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Make the candidate live at the next part boundary; the live one stays loaded.
+    Promote,
+    /// Make the previous model live again.
+    Rollback,
 }
 
 fn main() -> ExitCode {
@@ -240,6 +283,24 @@ fn run(args: Args) -> Result<ExitCode> {
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
             watch(&addrs, json, from_start, tls)
+        }
+        Command::Model {
+            action,
+            socket,
+            config,
+            json,
+        } => {
+            use offline::model::Action;
+            let action = match action {
+                ModelAction::Status => Action::Status,
+                ModelAction::Stage { file } => Action::Stage(file),
+                ModelAction::Shadow { parts } => Action::Shadow(parts),
+                ModelAction::Report { out } => Action::Report(out),
+                ModelAction::Promote => Action::Promote,
+                ModelAction::Rollback => Action::Rollback,
+            };
+            let socket = offline::model::socket(socket.as_deref(), config.as_deref())?;
+            offline::model::run(&socket, action, json).map(|()| ExitCode::SUCCESS)
         }
         Command::Inspect { model } => offline::infer::inspect(&model).map(|()| ExitCode::SUCCESS),
         Command::Run {

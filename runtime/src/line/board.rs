@@ -132,6 +132,9 @@ impl BoardConfig {
             fix(&mut t.key_file);
             fix(&mut t.client_ca_file);
         }
+        if let Some(c) = self.setup.control.as_mut() {
+            fix(&mut c.socket);
+        }
         if let Some(w) = self.setup.web.as_mut() {
             if let Some(t) = w.token_file.as_mut() {
                 fix(t);
@@ -248,6 +251,18 @@ impl BoardConfig {
                 ),
             ] {
                 path(key, p, want, &format!("create it or fix the path ({rel})"));
+            }
+        }
+        if let Some(c) = &self.setup.control {
+            // Created at start (mode 0700) when absent; something else in its place cannot be.
+            let dir = c.socket.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = dir.filter(|d| d.exists() && !d.is_dir()) {
+                path(
+                    "control.socket",
+                    dir,
+                    Want::Folder,
+                    "name a socket path in a folder (systemd's RuntimeDirectory=diffad gives /run/diffad)",
+                );
             }
         }
         if let Some(w) = &self.setup.web {

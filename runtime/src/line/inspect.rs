@@ -1,14 +1,18 @@
-//! The inspect thread: batches from the deadline queue through the inspector; parts that can
-//! no longer make their deadline are skipped (fail-safe) before they cost engine time. Every
-//! score also goes past the drift watch, which alarms when the scores as a whole move away
-//! from the calibration.
+//! The inspect thread: batches from the deadline queue through the live model's inspector;
+//! parts that can no longer make their deadline are skipped (fail-safe) before they cost engine
+//! time. Every score also goes past the drift watch, which alarms when the scores as a whole
+//! move away from the calibration. Between two batches it carries out the model commands of
+//! the control socket (`line::models`), and gives a shadowing candidate the frames it has time
+//! for after their live verdicts went out.
 
 use super::inbox::Sender;
+use super::models::{ModelCmd, Models};
 use super::reject::SchedMsg;
 use super::shared::{CAPTURE, INSPECT};
 use super::Ctx;
 use crate::events::{Event, Events};
 use crate::frame::Frame;
+use crate::sinks::reject::Judge;
 use crate::stages::drift::DriftWatch;
 use crate::stages::inspect::{Inspection, Inspector};
 use crate::stages::triage::{Job, ServiceTime, Triage};
@@ -16,18 +20,25 @@ use std::sync::atomic::Ordering;
 
 /// Inspect until capture has ended and the queue is empty; then fail safe what is left.
 pub(super) fn inspect_loop(
-    mut inspector: Box<dyn Inspector>,
+    mut models: Models,
+    cmds: Option<crossbeam_channel::Receiver<ModelCmd>>,
     ctx: &Ctx<'_>,
     triage: &Triage,
     sched: &mut Sender<SchedMsg>,
     maps: &mut rtrb::Consumer<Vec<f32>>,
 ) {
     let (clock, shared, tick) = (ctx.clock, ctx.shared, ctx.tick);
-    let batch = inspector.batch_size().max(1);
     let mut service = ServiceTime::default();
-    let mut watch = drift_watch(&*inspector, ctx);
+    let mut watch = drift_watch(&*models.live().inspector, ctx);
     loop {
         shared.stamp(INSPECT, clock);
+        // Model commands between batches: a switch lands on a part boundary.
+        while let Some(cmd) = cmds.as_ref().and_then(|c| c.try_recv().ok()) {
+            if models.handle(cmd, ctx.events) {
+                watch = drift_watch(&*models.live().inspector, ctx);
+                service = ServiceTime::default();
+            }
+        }
         if triage.is_empty() {
             clock.wait_until(Some(clock.now_ns() + tick), &|| !triage.is_empty());
             if triage.is_empty() {
@@ -37,6 +48,7 @@ pub(super) fn inspect_loop(
                 continue;
             }
         }
+        let batch = models.live().inspector.batch_size().max(1);
         let now = clock.now_ns();
         let taken = triage.take(now, batch, |n| service.typical(n), |n| service.estimate(n));
         for job in taken.skipped {
@@ -52,19 +64,47 @@ pub(super) fn inspect_loop(
             });
         }
         while let Ok(map) = maps.pop() {
-            inspector.recycle_map(map);
+            models.live().inspector.recycle_map(map);
         }
         if !taken.batch.is_empty() {
-            run_batch(
-                &mut *inspector,
+            let n = taken.batch.len();
+            let parts: Vec<u64> = taken.batch.iter().map(|j| j.part).collect();
+            let last_trigger = shared.last_trigger_ns.load(Ordering::Relaxed);
+            let copies = if models.shadow_wanted(
+                triage.is_empty(),
+                &service,
+                n,
+                clock.now_ns(),
+                last_trigger,
+            ) {
+                let frames: Vec<&Frame> = taken.batch.iter().map(|j| &j.frame).collect();
+                models.copy_for_shadow(&frames, parts.clone())
+            } else {
+                models.not_compared(n);
+                None
+            };
+            let judge = models.live().judge();
+            let live_scores = run_batch(
+                &mut *models.live().inspector,
+                judge,
                 ctx,
                 &mut service,
                 &mut watch,
                 taken.batch,
                 sched,
             );
+            models.judged(&parts);
+            if let Some(copies) = copies {
+                // Only when nothing arrived meanwhile: a live part never waits for the candidate.
+                if triage.is_empty() {
+                    models.shadow(copies, &live_scores, clock, ctx.events);
+                } else {
+                    models.not_compared(n);
+                }
+            }
         }
     }
+    models.finish(ctx.events);
     for job in triage.close() {
         let _ = sched.send(SchedMsg::NotQueued {
             part: job.part,
@@ -104,15 +144,16 @@ fn drift_watch(inspector: &dyn Inspector, ctx: &Ctx<'_>) -> DriftWatch {
 }
 
 /// One batch through the inspector, timed; a panic or a wrong result count fails every part
-/// of the batch safe instead of taking the thread down.
+/// of the batch safe instead of taking the thread down. The scores, in the batch's order.
 fn run_batch(
     inspector: &mut dyn Inspector,
+    judge: Judge,
     ctx: &Ctx<'_>,
     service: &mut ServiceTime,
     watch: &mut DriftWatch,
     jobs: Vec<Job>,
     sched: &mut Sender<SchedMsg>,
-) {
+) -> Vec<Option<f32>> {
     let (clock, shared) = (ctx.clock, ctx.shared);
     let refs: Vec<&Frame> = jobs.iter().map(|j| &j.frame).collect();
     let t0 = clock.now_ns();
@@ -138,7 +179,9 @@ fn run_batch(
         ],
         Err(_) => vec![Err("inspector panicked".to_string()); jobs.len()],
     };
+    let mut scores = Vec::with_capacity(jobs.len());
     for (job, result) in jobs.into_iter().zip(results) {
+        scores.push(result.as_ref().ok().map(|i| i.score));
         let alarms = match &result {
             Ok(i) => {
                 let alarms = watch.observe(i.score);
@@ -155,9 +198,11 @@ fn run_batch(
             trigger_ns: job.trigger_ns,
             result,
             frame: job.frame,
+            judge: judge.clone(),
         });
         emit(ctx.events, alarms, part);
     }
+    scores
 }
 
 fn emit(events: &Events, alarms: Vec<crate::stages::drift::Alarm>, part: u64) {

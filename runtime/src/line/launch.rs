@@ -62,6 +62,7 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<Summary> {
             file: path.display().to_string(),
             model_file: board.engine.model.clone(),
         },
+        board_config: Some(board.clone()),
         ..Default::default()
     };
     let start = Instant::now();

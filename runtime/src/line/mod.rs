@@ -24,10 +24,12 @@
 
 pub mod board;
 mod capture;
+pub mod control;
 mod health;
 pub(crate) mod inbox;
 mod inspect;
 pub mod launch;
+pub mod models;
 mod reject;
 pub mod setup;
 mod shared;
@@ -127,6 +129,8 @@ pub struct Options {
     pub web_listening: Option<crossbeam_channel::Sender<std::net::SocketAddr>>,
     /// The board file's own facts, shown on the page.
     pub board: BoardFacts,
+    /// The whole board file, which the control socket stages candidates against.
+    pub board_config: Option<board::BoardConfig>,
 }
 
 impl Default for Options {
@@ -139,6 +143,7 @@ impl Default for Options {
             listening: None,
             web_listening: None,
             board: BoardFacts::default(),
+            board_config: None,
         }
     }
 }
@@ -248,16 +253,39 @@ pub fn run(
         delay_ns: line.delay_ns(),
         margin_ns: line.margin_ns(),
     };
+    let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(8);
+    let mut control = match (&setup.control, &sinks.net) {
+        (Some(c), Some(net)) => Some(
+            crate::line::control::ControlServer::start(
+                c,
+                opts.board_config
+                    .take()
+                    .map(crate::line::control::Stager::new),
+                cmd_tx,
+                &net.handle(),
+            )
+            .map_err(LineError::Config)?,
+        ),
+        _ => None,
+    };
+    let models = models::Models::new(
+        models::Slot::new(inspector, opts.board.model_file.display().to_string()),
+        (1e9 / line.part_rate_hz) as u64,
+    );
     let threads = Threads {
         ctx: &ctx,
         clock: &clock,
-        inspector,
+        models,
+        cmds: control.is_some().then_some(cmd_rx),
         hw,
         policy,
         archive: sinks.archive.as_ref().map(Archive::sender),
         notifier: opts.notifier.take(),
     };
     let result = threads.run();
+    if let Some(c) = control.as_mut() {
+        c.stop();
+    }
 
     crate::events::detach_log();
     let sink_stats = sinks.close();
@@ -361,8 +389,10 @@ struct LineSinks {
     supervisor: Option<Supervisor>,
     mqtt: Option<Arc<Publisher>>,
     archive: Option<Archive>,
-    /// The operator's page and the async runtime it runs on.
-    web: Option<(WebServer, NetRuntime)>,
+    /// The operator's page.
+    web: Option<WebServer>,
+    /// The async runtime of the page and the control socket.
+    net: Option<NetRuntime>,
 }
 
 impl LineSinks {
@@ -393,9 +423,12 @@ impl LineSinks {
             ),
             None => None,
         };
-        let web = match &setup.web {
-            Some(w) => {
-                let net = NetRuntime::start().map_err(|e| LineError::Io("network runtime", e))?;
+        let net = match setup.web.is_some() || setup.control.is_some() {
+            true => Some(NetRuntime::start().map_err(|e| LineError::Io("network runtime", e))?),
+            false => None,
+        };
+        let web = match (&setup.web, &net) {
+            (Some(w), Some(net)) => {
                 let archive_dir = setup.archive.as_ref().map(|a| a.dir.clone());
                 let server = WebServer::start(w, facts, archive_dir, &net.handle()).map_err(
                     |e| match e {
@@ -403,9 +436,9 @@ impl LineSinks {
                         WebError::Bind { source, .. } => LineError::Io("web.listen", source),
                     },
                 )?;
-                Some((server, net))
+                Some(server)
             }
-            None => None,
+            _ => None,
         };
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         if let Some(s) = &supervisor {
@@ -417,7 +450,7 @@ impl LineSinks {
         if let Some(m) = &mqtt {
             sinks.push(m.sink());
         }
-        if let Some((w, _)) = &web {
+        if let Some(w) = &web {
             sinks.push(w.sink());
             if let Some(tx) = &opts.web_listening {
                 let _ = tx.send(w.local_addr());
@@ -434,6 +467,7 @@ impl LineSinks {
             mqtt,
             archive,
             web,
+            net,
         })
     }
 
@@ -441,12 +475,13 @@ impl LineSinks {
     fn close(self) -> SinkStats {
         let bus_stats = self.bus.close();
         // The page's viewers got `end` when the bus closed; give it a moment to reach them.
-        let web = self.web.map(|(mut server, mut net)| {
+        let web = self.web.map(|mut server| {
             server.stop(Duration::from_millis(500));
-            let figures = server.figures();
-            net.stop(Duration::from_millis(500));
-            figures
+            server.figures()
         });
+        if let Some(mut net) = self.net {
+            net.stop(Duration::from_millis(500));
+        }
         let mut supervisor = self.supervisor;
         if let Some(s) = supervisor.as_mut() {
             s.stop(Duration::from_millis(500));
@@ -489,7 +524,8 @@ impl LineSinks {
 struct Threads<'a> {
     ctx: &'a Ctx<'a>,
     clock: &'a Arc<dyn Clock>,
-    inspector: Box<dyn Inspector>,
+    models: models::Models,
+    cmds: Option<crossbeam_channel::Receiver<models::ModelCmd>>,
     hw: Hardware,
     policy: Policy,
     archive: Option<crossbeam_channel::Sender<crate::sinks::archive::ArchiveJob>>,
@@ -560,7 +596,8 @@ impl Threads<'_> {
             .map(|_| Held::new(clock.clone()))
             .collect();
         let mut held = held.into_iter();
-        let (source, trigger, inspector) = (self.hw.source, self.hw.trigger, self.inspector);
+        let (source, trigger, models, cmds) =
+            (self.hw.source, self.hw.trigger, self.models, self.cmds);
         let notifier = self.notifier;
         std::thread::scope(|scope| {
             let mut held = || held.next().expect("one guard per stage thread");
@@ -570,7 +607,7 @@ impl Threads<'_> {
                 capture::capture_loop(ctx, source, &mut capture, triage_ref, &mut recycle_rx)
             });
             let inspect = spawn_stage(scope, "inspect", held(), done(INSPECT), move || {
-                inspect::inspect_loop(inspector, ctx, triage_ref, &mut inspect, &mut maps_rx)
+                inspect::inspect_loop(models, cmds, ctx, triage_ref, &mut inspect, &mut maps_rx)
             });
             let trigger = trigger.zip(trigger_tx).map(|(mut input, mut tx)| {
                 spawn_stage(scope, "trigger", held(), done(TRIGGER), move || {

@@ -6,7 +6,7 @@ use super::shared::{CAPTURE, INSPECT, REJECT, TRIGGER};
 use super::Ctx;
 use crate::events::FrameFacts;
 use crate::frame::Frame;
-use crate::sinks::reject::{PartInfo, RejectStats, Scheduler};
+use crate::sinks::reject::{Judge, PartInfo, RejectStats, Scheduler};
 use crate::stages::inspect::Inspection;
 
 /// What the other stages tell the reject stage about a part.
@@ -21,6 +21,7 @@ pub(super) enum SchedMsg {
         trigger_ns: u64,
         result: Result<Inspection, String>,
         frame: Frame,
+        judge: Judge,
     },
     Skipped {
         part: u64,
@@ -136,7 +137,8 @@ fn deliver(s: &mut Scheduler, msg: SchedMsg) {
             trigger_ns,
             result,
             frame,
-        } => s.inspected(part, trigger_ns, result, Some(frame)),
+            judge,
+        } => s.inspected(part, trigger_ns, result, Some(frame), Some(judge)),
         SchedMsg::Skipped {
             part,
             reason,

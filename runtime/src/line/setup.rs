@@ -1,5 +1,5 @@
 //! The line's configuration sections: `[camera]`, `[gpio]`, `[line]`, `[drift]`, `[supervisor]`,
-//! `[mqtt]`, `[archive]`, `[web]`. Each is deserialized strictly and validated before the line starts.
+//! `[mqtt]`, `[archive]`, `[web]`, `[control]`. Each is deserialized strictly and validated before the line starts.
 
 use crate::clock::MS;
 use crate::config::Invalid;
@@ -41,6 +41,9 @@ pub struct LineSetup {
     /// The operator's page, off when absent.
     #[serde(default)]
     pub web: Option<WebConfig>,
+    /// The control socket (`diffad model`), off when absent.
+    #[serde(default)]
+    pub control: Option<crate::line::control::ControlConfig>,
 }
 
 impl LineSetup {
@@ -88,6 +91,9 @@ impl LineSetup {
         }
         if let Some(w) = &self.web {
             w.validate()?;
+        }
+        if let Some(c) = &self.control {
+            c.validate()?;
         }
         if self.line.trigger == Trigger::Gpio && self.gpio.trigger.is_none() {
             return Err(Invalid::new(

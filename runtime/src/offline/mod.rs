@@ -1,5 +1,5 @@
 //! Commands that run without a line (`inspect`, `infer`, `eval`, `bench`, `build-engine`,
-//! `check-config`, `doctor`, `watch`) and what they compute. Errors get their context here.
+//! `check-config`, `doctor`, `watch`, `model`) and what they compute. Errors get their context here.
 
 pub mod bench;
 pub mod check;
@@ -8,6 +8,7 @@ pub mod engine_cache;
 pub mod eval;
 pub mod infer;
 pub mod metrics;
+pub mod model;
 pub mod report;
 pub mod sweep;
 pub mod watch;

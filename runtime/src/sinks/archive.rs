@@ -27,6 +27,8 @@ pub struct ArchiveJob {
     pub inspection: Option<Inspection>,
     /// Threshold in force (drawn as the overlay's contour).
     pub threshold: f32,
+    /// The model that judged it, when one did (else the run's model is written).
+    pub model: Option<std::sync::Arc<str>>,
 }
 
 /// What the archive did.
@@ -209,7 +211,7 @@ impl Store {
             "origin": job.frame.origin,
             "score": job.inspection.as_ref().map(|i| i.score),
             "threshold": job.threshold,
-            "model_id": self.model,
+            "model_id": job.model.as_deref().unwrap_or(&self.model),
             "run": self.run,
             "frame_seq": job.frame.seq,
             "frame_timestamp_ns": job.frame.timestamp_ns,
@@ -369,6 +371,7 @@ mod tests {
                 origin: String::new(),
             },
             threshold: 0.5,
+            model: None,
             inspection: Some(Inspection {
                 score: 1.0,
                 map: vec![0.5; 16 * 16],

@@ -92,7 +92,7 @@ pub fn topic_kind(e: &Event) -> Option<&'static str> {
         Event::Reject(_) => Some("rejects"),
         Event::Alarm(_) => Some("alarms"),
         Event::Heartbeat(_) => Some("heartbeat"),
-        Event::Log(_) => None,
+        Event::Log(_) | Event::Shadow(_) | Event::ShadowReport(_) => None,
     }
 }
 

@@ -28,8 +28,20 @@ pub struct PartInfo {
     pub frame: FrameFacts,
 }
 
+/// Which model judged an inspection, and at what threshold: with a model swapped on the running
+/// line (`diffad model promote`) every verdict carries its own.
+#[derive(Debug, Clone)]
+pub struct Judge {
+    /// The model's id.
+    pub model: std::sync::Arc<str>,
+    /// Its threshold (the line's override applied).
+    pub threshold: f32,
+}
+
 /// How a part's outcome was fixed, and what goes with it to the sinks.
 struct Ending {
+    /// The model whose verdict fixed it, and its threshold.
+    judge: Option<Judge>,
     outcome: Outcome,
     score: Option<f32>,
     /// When the verdict reached this stage, if it did.
@@ -228,13 +240,15 @@ impl Scheduler {
         }
     }
 
-    /// An inspection result reached this stage (`trigger_ns`: when its part was triggered).
+    /// An inspection result reached this stage (`trigger_ns`: when its part was triggered),
+    /// judged by `judge` (else by the policy's threshold, the model's id unknown).
     pub fn inspected(
         &mut self,
         part: u64,
         trigger_ns: u64,
         result: Result<Inspection, String>,
         frame: Option<Frame>,
+        judge: Option<Judge>,
     ) {
         let now = self.clock.now_ns();
         if result.is_ok() {
@@ -248,8 +262,11 @@ impl Scheduler {
             self.verdict_for_no_part(part, result, frame);
             return;
         };
+        let threshold = judge
+            .as_ref()
+            .map_or(self.policy.threshold, |j| j.threshold);
         let decided = match &result {
-            Ok(insp) => decide(insp.score, self.policy.threshold).map_err(|e| e.to_string()),
+            Ok(insp) => decide(insp.score, threshold).map_err(|e| e.to_string()),
             Err(e) => Err(e.clone()),
         };
         if let Err(e) = &decided {
@@ -258,6 +275,7 @@ impl Scheduler {
                 .emit(Event::alarm("inspect_failed", e.clone(), Some(part), true));
         }
         let mut ending = Ending {
+            judge: None,
             outcome: self.fault(),
             score: result.as_ref().ok().map(|i| i.score),
             verdict_ns: Some(now),
@@ -279,8 +297,13 @@ impl Scheduler {
             ending.reason = Some(reason);
         } else {
             match decided {
-                Ok(Verdict::Pass) => ending.outcome = Outcome::Pass,
-                Ok(Verdict::Reject) => ending.outcome = Outcome::Reject,
+                Ok(v) => {
+                    ending.outcome = match v {
+                        Verdict::Pass => Outcome::Pass,
+                        Verdict::Reject => Outcome::Reject,
+                    };
+                    ending.judge = judge;
+                }
                 Err(e) => ending.reason = Some(format!("inspection failed: {e}")),
             }
         }
@@ -317,6 +340,7 @@ impl Scheduler {
     /// A fail-safe outcome without a verdict.
     fn fault_ending(&self, reason: String, frame: Option<Frame>) -> Ending {
         Ending {
+            judge: None,
             outcome: self.fault(),
             score: None,
             verdict_ns: None,
@@ -342,19 +366,25 @@ impl Scheduler {
             let pos = self.pulses.partition_point(|&(_, t)| t <= at);
             self.pulses.insert(pos, (info.part, at));
         }
+        let threshold = e
+            .judge
+            .as_ref()
+            .map_or(self.policy.threshold, |j| j.threshold);
+        let model = e.judge.map(|j| j.model);
         self.events.emit(Event::Part(PartEvent {
             part: info.part,
             trigger_ns: info.trigger_ns,
             deadline_ns: info.deadline_ns,
             verdict_ns: e.verdict_ns,
             score: e.score,
-            threshold: self.policy.threshold,
+            threshold,
             outcome: e.outcome,
             latency_ms: e
                 .verdict_ns
                 .map(|v| v.saturating_sub(info.trigger_ns) as f64 / 1e6),
             reason: e.reason,
             frame: info.frame,
+            model: model.clone(),
         }));
         match (e.outcome.rejects(), e.frame, &self.archive) {
             (true, Some(frame), Some(tx)) => {
@@ -363,7 +393,8 @@ impl Scheduler {
                     outcome: e.outcome,
                     frame,
                     inspection: e.inspection,
-                    threshold: self.policy.threshold,
+                    threshold,
+                    model,
                 }) {
                     self.stats.archive_dropped += 1;
                     let job = err.into_inner();

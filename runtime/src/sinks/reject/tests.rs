@@ -58,8 +58,8 @@ fn pass_cancels_reject_fires_and_missing_fails_safe() {
     s.arm(part(2, 10 * MS));
     s.arm(part(3, 20 * MS));
     clock.advance_to(30 * MS);
-    s.inspected(1, 0, insp(0.1), None);
-    s.inspected(2, 10 * MS, insp(0.9), None);
+    s.inspected(1, 0, insp(0.1), None, None);
+    s.inspected(2, 10 * MS, insp(0.9), None, None);
     // Part 3 never gets a verdict: at 115 ms (its deadline minus margin) it fails safe.
     let mut t = clock.now_ns();
     while let Some(next) = s.poll() {
@@ -98,8 +98,8 @@ fn late_verdict_is_a_fault_and_a_second_one_is_counted() {
     let (mut s, clock, log, _rx, _bus) = setup(FailSafe::Pass);
     s.arm(part(1, 0));
     clock.advance_to(97 * MS);
-    s.inspected(1, 0, insp(0.1), None);
-    s.inspected(1, 0, insp(0.1), None);
+    s.inspected(1, 0, insp(0.1), None, None);
+    s.inspected(1, 0, insp(0.1), None, None);
     while let Some(next) = s.poll() {
         clock.advance_to(next);
     }

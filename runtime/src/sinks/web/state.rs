@@ -279,7 +279,7 @@ impl Hub {
                 "heartbeat"
             }
             // Pulses and log records are the supervisor stream's; the page has no place for them.
-            Event::Reject(_) | Event::Log(_) => return,
+            Event::Reject(_) | Event::Log(_) | Event::Shadow(_) | Event::ShadowReport(_) => return,
         };
         // The record is serialized already: the frame only prefixes the bus time to it.
         let data = format!("{{\"bus_ms\":{bus_ms:.1},{}", &rec.json[1..]);
@@ -455,6 +455,7 @@ mod tests {
                 latency_ms: None,
                 reason: None,
                 frame: FrameFacts::default(),
+                model: None,
             }),
             json: String::new(),
         };
