@@ -253,6 +253,22 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
     _calibration_plot(a, r)
 
 
+def cmd_keygen(a: argparse.Namespace) -> None:
+    from .sign import keygen
+
+    pub, key = keygen(a.prefix, a.comment, a.force)
+    print(f"public key {pub} (give it to the line: engine.trusted_keys), secret key {key} "
+          "(mode 0600: keep it off the line's units)")
+
+
+def cmd_sign(a: argparse.Namespace) -> None:
+    from .sign import sign
+
+    for model in a.models:
+        out = sign(model, a.key, a.comment)
+        print(f"signed {model}: {out}")
+
+
 def cmd_verify(a: argparse.Namespace) -> None:
     from .verify import verify_model
 
@@ -499,6 +515,22 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=2,
                   help="CPU threads for PyTorch / ONNX Runtime")
     v.set_defaults(fn=cmd_verify)
+
+    kg = _command(sub, "keygen", "make a model-signing key pair (minisign format, unencrypted)")
+    kg.add_argument("prefix", type=Path, help="writes PREFIX.pub and PREFIX.key (mode 0600)")
+    kg.add_argument("--comment", default="", help="said in both files' untrusted comment")
+    kg.add_argument("--force", action="store_true", help="replace an existing key pair")
+    kg.set_defaults(fn=cmd_keygen)
+
+    sg = _command(sub, "sign", "sign models: MODEL.minisig beside each (minisign format, Ed25519), "
+                  "which `diffad model verify` and a line with engine.require_signature check")
+    sg.add_argument("models", type=Path, nargs="+", help="the ONNX models to sign")
+    sg.add_argument("--key", type=Path, required=True,
+                    help="unencrypted minisign secret key (`python -m exporter keygen`, "
+                         "`minisign -G -W`)")
+    sg.add_argument("--comment", default=None,
+                    help="trusted comment (default: timestamp, file name, its SHA-256)")
+    sg.set_defaults(fn=cmd_sign)
 
     ev = _command(sub, "evaluate", "AUROC / PRO / escapes on an MVTec-style dataset")
     ev.add_argument("model", type=Path,

@@ -70,12 +70,20 @@ fn healthy_root(dir: &Path) {
 fn desktop_sim_copy(dir: &Path) -> std::path::PathBuf {
     let text = std::fs::read_to_string(root().join("board-configs/desktop-sim.toml")).unwrap();
     let model = root().join("models/tiles-brick/model.onnx");
+    let key = root().join("models/demo-signing.pub");
     let text: String = text
         .lines()
         .filter(|l| !l.starts_with("photo ="))
         .map(|l| {
             if l.starts_with("model =") {
                 format!("model = {:?}", model.display().to_string())
+            } else if l.starts_with("trusted_keys =") {
+                format!("trusted_keys = [{:?}]", key.display().to_string())
+            } else if l.starts_with("socket =") {
+                format!(
+                    "socket = {:?}",
+                    dir.join("control.sock").display().to_string()
+                )
             } else if l.starts_with("dir =") {
                 format!("dir = {:?}", dir.join("archive").display().to_string())
             } else if l.starts_with("listen =") {
@@ -284,4 +292,28 @@ fn nodes_the_user_may_not_open_are_named_with_the_group_fix() {
         out.contains("usermod -aG video"),
         "the fix names the group:\n{out}"
     );
+}
+
+#[test]
+fn the_demo_key_trusted_on_a_board_with_real_pins_fails_the_signature_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root().join("board-configs/jetson-orin-nano.toml")).unwrap();
+    let model = root().join("models/tiles-brick/model.onnx");
+    let demo = root().join("models/demo-signing.pub");
+    let text = text
+        .replace(
+            "/opt/diffad/models/tiles-brick/model.onnx",
+            &model.display().to_string(),
+        )
+        .replace("/etc/diffad/keys/models.pub", &demo.display().to_string());
+    let board = dir.path().join("jetson.toml");
+    std::fs::write(&board, text).unwrap();
+    let (code, out) = doctor(&["--config", board.to_str().unwrap()], Some(dir.path()));
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(mark(&out, "signature"), "✗", "{out}");
+    assert!(line(&out, "signature").contains("DEMO key"), "{out}");
+    // The same key on the simulated desktop line is fine.
+    let sim = desktop_sim_copy(dir.path());
+    let (_, out) = doctor(&["--config", sim.to_str().unwrap()], Some(dir.path()));
+    assert_eq!(mark(&out, "signature"), "✓", "{out}");
 }

@@ -250,6 +250,15 @@ enum ModelAction {
     Promote,
     /// Make the previous model live again.
     Rollback,
+    /// Check FILE's signature (FILE.minisig) against trusted public keys; needs no line.
+    Verify {
+        /// The .onnx model.
+        file: PathBuf,
+        /// A trusted public key (minisign .pub); repeat for several. Default: the board's
+        /// engine.trusted_keys (--config).
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -291,7 +300,11 @@ fn run(args: Args) -> Result<ExitCode> {
             json,
         } => {
             use offline::model::Action;
+            if let ModelAction::Verify { file, keys } = &action {
+                return offline::model::verify(file, keys, config.as_deref()).map(exit_code);
+            }
             let action = match action {
+                ModelAction::Verify { .. } => unreachable!("answered above"),
                 ModelAction::Status => Action::Status,
                 ModelAction::Stage { file } => Action::Stage(file),
                 ModelAction::Shadow { parts } => Action::Shadow(parts),

@@ -119,6 +119,9 @@ impl BoardConfig {
             }
         };
         fix(&mut self.engine.model);
+        for k in &mut self.engine.trusted_keys {
+            fix(k);
+        }
         fix(&mut self.engine.tensorrt.cache_dir);
         fix(&mut self.setup.camera.replay.dir);
         if let Some(p) = self.setup.camera.sim.photo.as_mut() {
@@ -176,6 +179,14 @@ impl BoardConfig {
                 Want::File,
                 "the engine self-test needs the model's golden outputs: deploy NAME.golden.json and \
                  NAME.golden/ beside it, or set engine.self_test.enabled = false to start unchecked",
+            );
+        }
+        for (i, k) in self.engine.trusted_keys.iter().enumerate() {
+            path(
+                &format!("engine.trusted_keys[{i}]"),
+                k,
+                Want::File,
+                &format!("install the public key there (`scripts/deploy` copies it) or fix the path ({rel})"),
             );
         }
         problems.extend(self.camera_paths());

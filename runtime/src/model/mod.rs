@@ -4,3 +4,4 @@ pub mod manifest;
 pub mod onnxfile;
 pub mod ortlib;
 pub mod selftest;
+pub mod signature;

@@ -21,6 +21,39 @@ pub enum Action {
     Rollback,
 }
 
+/// `diffad model verify`: `file`'s signature against `keys`, else the board's trusted keys;
+/// true when it verifies.
+pub fn verify(file: &Path, keys: &[PathBuf], config: Option<&Path>) -> Result<bool> {
+    use crate::model::signature;
+    let keys = match (keys.is_empty(), config) {
+        (false, _) => keys.to_vec(),
+        (true, Some(cfg)) => crate::line::board::BoardConfig::load(cfg)?.engine.trusted_keys,
+        (true, None) => bail!("name the trusted public key(s): --key FILE.pub, or --config BOARD.toml with engine.trusted_keys"),
+    };
+    let trusted = signature::load_keys(&keys)?;
+    let bytes = std::fs::read(file).with_context(|| format!("model {}", file.display()))?;
+    match signature::verify(file, &bytes, &trusted) {
+        Ok(v) => {
+            println!(
+                "signature good: {} verified by {}{}\ntrusted comment: {}",
+                file.display(),
+                v.key.display(),
+                if v.demo {
+                    " (the DEMO key, public in the repository: this proves nothing about where the model came from)"
+                } else {
+                    ""
+                },
+                v.trusted_comment
+            );
+            Ok(true)
+        }
+        Err(e) => {
+            println!("signature BAD: {e}");
+            Ok(false)
+        }
+    }
+}
+
 /// The socket: `--socket`, else the `[control] socket` of `--config`.
 pub fn socket(socket: Option<&Path>, config: Option<&Path>) -> Result<PathBuf> {
     if let Some(s) = socket {

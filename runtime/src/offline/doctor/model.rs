@@ -78,6 +78,7 @@ pub(super) fn check_model(b: &BoardConfig, ort_ok: bool) -> Vec<Check> {
         "model",
         format!("{} ({})", manifest.name, model.display()),
     )];
+    checks.push(check_signature(b));
     checks.push(if !ort_ok {
         Check::skip("self-test", "needs ONNX Runtime")
     } else {
@@ -106,6 +107,67 @@ pub(super) fn check_model(b: &BoardConfig, ort_ok: bool) -> Vec<Check> {
         )
     });
     checks
+}
+
+/// The model's signature under the board's trusted keys; the repository's demo key among them
+/// fails on a board with real pins (a production line), where it would prove nothing.
+fn check_signature(b: &BoardConfig) -> Check {
+    use crate::model::signature;
+    let e = &b.engine;
+    if e.trusted_keys.is_empty() {
+        return Check::skip(
+            "signature",
+            "no engine.trusted_keys: models are not checked for a signature",
+        )
+        .needed(false);
+    }
+    let keys = match signature::load_keys(&e.trusted_keys) {
+        Ok(k) => k,
+        Err(err) => return Check::fail(
+            "signature",
+            err.to_string(),
+            "install your public key where engine.trusted_keys says (`scripts/deploy --model-key`)",
+        ),
+    };
+    let demo = keys.iter().find(|k| k.is_demo());
+    if let (Some(k), false) = (demo, b.setup.gpio.sim) {
+        return Check::fail(
+            "signature",
+            format!(
+                "{} is the DEMO key, public in the repository, trusted on a board with real pins: anyone can sign a model it accepts",
+                k.path.display()
+            ),
+            "make your own key (`python -m exporter keygen`), sign your models with it and install its .pub (`scripts/deploy --model-key`)",
+        );
+    }
+    let bytes = match std::fs::read(&e.model) {
+        Ok(b) => b,
+        Err(err) => {
+            return Check::fail(
+                "signature",
+                format!("{}: {err}", e.model.display()),
+                "fix engine.model",
+            )
+        }
+    };
+    match signature::verify(&e.model, &bytes, &keys) {
+        Ok(v) => Check::pass(
+            "signature",
+            format!(
+                "verified by {}{}",
+                v.key.display(),
+                if v.demo { " (the demo key: fine on a simulated line)" } else { "" }
+            ),
+        ),
+        Err(err) if !e.require_signature && matches!(err, signature::SignatureError::Missing { .. }) => {
+            Check::skip("signature", "the model is not signed (engine.require_signature is off)").needed(false)
+        }
+        Err(err) => Check::fail(
+            "signature",
+            err.to_string(),
+            "sign the model with your key (`python -m exporter sign MODEL --key KEY`), or deploy the one you signed",
+        ),
+    }
 }
 
 /// A session on the configured providers, and the golden self-test run in it.

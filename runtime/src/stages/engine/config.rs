@@ -31,6 +31,14 @@ pub struct EngineConfig {
     /// reconstructs more faithfully. Absent: the model's own. Refused for one-call models.
     #[serde(default)]
     pub steps: Option<usize>,
+    /// Refuse a model whose signature (`MODEL.minisig`) no key of `trusted_keys` verifies, at
+    /// start and when staged on a running line.
+    #[serde(default)]
+    pub require_signature: bool,
+    /// Public keys (minisign `.pub` files) whose signatures are trusted. With keys but without
+    /// `require_signature`, a model that is signed is still checked; an unsigned one is let in.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 fn default_providers() -> Vec<String> {
@@ -95,11 +103,19 @@ impl EngineConfig {
             cpu: CpuConfig::default(),
             self_test: SelfTestConfig::default(),
             steps: None,
+            require_signature: false,
+            trusted_keys: Vec::new(),
         }
     }
 
     /// Check values that serde cannot.
     pub fn validate(&self) -> Result<(), Invalid> {
+        if self.require_signature && self.trusted_keys.is_empty() {
+            return Err(Invalid::new(
+                "engine.trusted_keys",
+                "engine.require_signature = true needs at least one public key (minisign .pub) to check models against",
+            ));
+        }
         if self.providers.is_empty() {
             return Err(Invalid::new(
                 "engine.providers",

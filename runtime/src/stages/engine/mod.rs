@@ -64,6 +64,9 @@ pub enum EngineError {
         /// What is wrong.
         source: ManifestError,
     },
+    /// The model's signature does not let it in (`engine.require_signature`).
+    #[error(transparent)]
+    Signature(#[from] crate::model::signature::SignatureError),
     /// Graph and manifest disagree.
     #[error("model {path}: graph does not match its manifest: {reason}")]
     Mismatch {
@@ -194,6 +197,7 @@ impl Engine {
             path: shown.clone(),
             source,
         })?;
+        check_signature(config, &path, &bytes)?;
         let sha256 = onnxfile::file_sha256(&bytes);
         let graph_sha256 = onnxfile::graph_sha256(&bytes);
         let (session, providers) = open_session(config, &bytes, &sha256, lib, &shown)?;
@@ -453,6 +457,33 @@ fn build_sampler(
             path: shown.to_string(),
             reason,
         })
+}
+
+/// The signature check over the bytes about to be loaded: required, or done anyway when the
+/// model is signed and keys are configured.
+fn check_signature(config: &EngineConfig, path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+    use crate::model::signature;
+    let signed = signature::signature_path(path).exists();
+    let check = config.require_signature || (signed && !config.trusted_keys.is_empty());
+    if !check {
+        return Ok(());
+    }
+    let keys = signature::load_keys(&config.trusted_keys)?;
+    let v = signature::verify(path, bytes, &keys)?;
+    if v.demo {
+        log::warn!(
+            "model {}: signature verified with the DEMO key {} (public in the repository): it proves nothing about where the model came from; trust your own key on a production line",
+            path.display(),
+            v.key.display()
+        );
+    } else {
+        log::info!(
+            "model {}: signature verified with {}",
+            path.display(),
+            v.key.display()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
