@@ -45,11 +45,12 @@ CHROME_FLAGS = [
 
 
 def diffad() -> Path:
-    for profile in ("debug", "release"):
-        exe = ROOT / "target" / profile / "diffad"
-        if exe.exists():
-            return exe
-    pytest.fail("target/debug/diffad not built: run `cargo build` (scripts/test does) first")
+    """The newer of the debug and release builds (scripts/test builds both first)."""
+    built = [ROOT / "target" / p / "diffad" for p in ("debug", "release")]
+    built = [b for b in built if b.exists()]
+    if not built:
+        pytest.fail("target/debug/diffad not built: run `cargo build` (scripts/test does) first")
+    return max(built, key=lambda b: b.stat().st_mtime)
 
 
 def free_port() -> int:

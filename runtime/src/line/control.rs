@@ -34,6 +34,15 @@ pub struct ControlConfig {
     pub socket: PathBuf,
     /// A group whose members may use the socket too (mode 0660); else the owner only (0600).
     pub group: Option<String>,
+    /// While shadowing without engine headroom, the candidate still scores one batch in every
+    /// this many parts (a part arriving then may wait one candidate inference); 0: only with
+    /// headroom.
+    #[serde(default = "default_shadow_every")]
+    pub shadow_every: u64,
+}
+
+fn default_shadow_every() -> u64 {
+    20
 }
 
 impl ControlConfig {
@@ -111,6 +120,18 @@ impl Stager {
     /// Load `file` on the line's providers, run its self-test there, and check it against the
     /// board file; the candidate, or every reason it was refused.
     pub fn stage(&self, file: &Path) -> Result<Slot, String> {
+        let e = &self.board.engine;
+        if e.require_signature || !e.trusted_keys.is_empty() {
+            // Before anything of an untrusted file is read; the engine checks the bytes it
+            // loads again.
+            use crate::model::signature;
+            let signed = signature::signature_path(file).exists();
+            if e.require_signature || signed {
+                let keys = signature::load_keys(&e.trusted_keys).map_err(|e| e.to_string())?;
+                let bytes = std::fs::read(file).map_err(|err| format!("{}: {err}", file.display()))?;
+                signature::verify(file, &bytes, &keys).map_err(|e| e.to_string())?;
+            }
+        }
         let mut board = self.board.clone();
         board.engine.model = file.to_path_buf();
         let problems = board.check_deployment();
@@ -411,18 +432,20 @@ async fn answer(
                 .and_then(|r| r)
                 .map(|r| serde_json::json!({"ok": true, "report": r})),
         ),
-        Request::Promote => json(
-            ask(cmds, ModelCmd::Promote)
-                .await
-                .and_then(|r| r)
-                .map(|s| serde_json::json!({"ok": true, "switch": s})),
-        ),
-        Request::Rollback => json(
-            ask(cmds, ModelCmd::Rollback)
-                .await
-                .and_then(|r| r)
-                .map(|s| serde_json::json!({"ok": true, "switch": s})),
-        ),
+        Request::Promote | Request::Rollback => {
+            let promote = matches!(req, Request::Promote);
+            // From the request to the switch: the inspect thread finishes the batch it is on.
+            let t0 = std::time::Instant::now();
+            let r = if promote {
+                ask(cmds, ModelCmd::Promote).await
+            } else {
+                ask(cmds, ModelCmd::Rollback).await
+            };
+            let waited_ms = t0.elapsed().as_secs_f64() * 1e3;
+            json(r.and_then(|r| r).map(
+                |s| serde_json::json!({"ok": true, "switch": s, "waited_ms": waited_ms}),
+            ))
+        }
     }
 }
 
@@ -437,12 +460,17 @@ pub fn request(path: &Path, req: &serde_json::Value) -> Result<serde_json::Value
         .map_err(|e| e.to_string())?;
     let mut line = req.to_string();
     line.push('\n');
-    s.write_all(line.as_bytes())
-        .map_err(|e| format!("control socket {shown}: {e}"))?;
+    // A refused peer is answered before its request is read: what it says comes first.
+    let wrote = s.write_all(line.as_bytes());
     let mut answer = String::new();
-    std::io::BufReader::new(std::io::Read::take(s, 16 << 20))
-        .read_line(&mut answer)
-        .map_err(|e| format!("control socket {shown}: {e}"))?;
+    let read = std::io::BufReader::new(std::io::Read::take(s, 16 << 20)).read_line(&mut answer);
+    if answer.trim().is_empty() {
+        let e = wrote.err().map_or_else(
+            || read.err().map_or("no answer".to_string(), |e| e.to_string()),
+            |e| e.to_string(),
+        );
+        return Err(format!("control socket {shown}: {e}"));
+    }
     serde_json::from_str(&answer).map_err(|e| {
         format!(
             "control socket {shown}: answer is not JSON ({e}): {}",

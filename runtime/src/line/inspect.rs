@@ -34,7 +34,7 @@ pub(super) fn inspect_loop(
         shared.stamp(INSPECT, clock);
         // Model commands between batches: a switch lands on a part boundary.
         while let Some(cmd) = cmds.as_ref().and_then(|c| c.try_recv().ok()) {
-            if models.handle(cmd, ctx.events) {
+            if models.handle(cmd, ctx.events, clock.now_ns()) {
                 watch = drift_watch(&*models.live().inspector, ctx);
                 service = ServiceTime::default();
             }

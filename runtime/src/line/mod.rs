@@ -271,6 +271,7 @@ pub fn run(
     let models = models::Models::new(
         models::Slot::new(inspector, opts.board.model_file.display().to_string()),
         (1e9 / line.part_rate_hz) as u64,
+        setup.control.as_ref().map_or(0, |c| c.shadow_every),
     );
     let threads = Threads {
         ctx: &ctx,

@@ -95,6 +95,8 @@ pub struct Switch {
     pub to: SlotInfo,
     /// The last part judged by `from`: every later part is judged by `to`.
     pub after_part: u64,
+    /// When the switch took effect (the line's clock, as events' `t_ns` and `verdict_ns`).
+    pub at_ns: u64,
 }
 
 /// What the control socket asks of the inspect thread; each answers on its channel.
@@ -141,11 +143,15 @@ pub struct Models {
     last_part: u64,
     /// Expected time between parts (`line.part_rate_hz`), for the shadow's headroom.
     part_interval_ns: u64,
+    /// Without headroom, one batch in this many parts is shadowed all the same (0: never).
+    shadow_every: u64,
+    /// Parts inspected since the candidate last scored one.
+    since_shadow: u64,
 }
 
 impl Models {
-    /// The line starts with `live`.
-    pub fn new(live: Slot, part_interval_ns: u64) -> Self {
+    /// The line starts with `live`; see [`Models::shadow_wanted`] for the other two.
+    pub fn new(live: Slot, part_interval_ns: u64, shadow_every: u64) -> Self {
         Self {
             live,
             candidate: None,
@@ -155,6 +161,8 @@ impl Models {
             live_parts: 0,
             last_part: 0,
             part_interval_ns,
+            shadow_every,
+            since_shadow: 0,
         }
     }
 
@@ -172,7 +180,7 @@ impl Models {
     }
 
     /// Carry out one command; true when the live model changed (the drift watch starts again).
-    pub fn handle(&mut self, cmd: ModelCmd, events: &Events) -> bool {
+    pub fn handle(&mut self, cmd: ModelCmd, events: &Events, now_ns: u64) -> bool {
         match cmd {
             ModelCmd::Status(tx) => {
                 let _ = tx.send(ModelStatus {
@@ -258,7 +266,7 @@ impl Models {
                 Some(c) => {
                     self.end_shadow(events);
                     let old = std::mem::replace(&mut self.live, c);
-                    let switch = self.switched(&old, "promoted");
+                    let switch = self.switched(&old, "promoted", now_ns);
                     self.previous = Some(old);
                     let _ = tx.send(Ok(switch));
                     true
@@ -272,9 +280,10 @@ impl Models {
                 Some(p) => {
                     self.end_shadow(events);
                     let old = std::mem::replace(&mut self.live, p);
-                    let switch = self.switched(&old, "rolled back");
-                    // A second rollback undoes the first.
-                    self.previous = Some(old);
+                    let switch = self.switched(&old, "rolled back", now_ns);
+                    // Undoing the promote: the model rolled back from is the candidate again,
+                    // to be shadowed or promoted once more, or replaced by the next stage.
+                    self.candidate = Some(old);
                     let _ = tx.send(Ok(switch));
                     true
                 }
@@ -282,9 +291,9 @@ impl Models {
         }
     }
 
-    fn switched(&mut self, old: &Slot, how: &str) -> Switch {
+    fn switched(&mut self, old: &Slot, how: &str, at_ns: u64) -> Switch {
         log::warn!(
-            "model {how}: {} ({}) decides from the part after {}; {} ({}) stays loaded for a rollback",
+            "model {how}: {} ({}) decides from the part after {}; {} ({}) stays loaded",
             self.live.id,
             self.live.file,
             self.last_part,
@@ -296,6 +305,7 @@ impl Models {
             from: old.info(),
             to: self.live.info(),
             after_part: self.last_part,
+            at_ns,
         }
     }
 
@@ -312,11 +322,11 @@ impl Models {
         }
     }
 
-    /// Whether the candidate has time for this batch: nothing else waits, and the next part
-    /// is not expected before the candidate would be done (measured, or guessed as the live
-    /// model's time until measured).
+    /// Whether the candidate scores this batch: nothing else waits, and either the next part
+    /// is not expected before the candidate would be done (its time measured, or guessed as
+    /// the live model's until measured), or `shadow_every` parts went by without a shadow.
     pub fn shadow_wanted(
-        &self,
+        &mut self,
         queue_empty: bool,
         live: &ServiceTime,
         n: usize,
@@ -326,6 +336,7 @@ impl Models {
         let Some(s) = &self.shadow else {
             return false;
         };
+        self.since_shadow += n as u64;
         if !queue_empty {
             return false;
         }
@@ -335,7 +346,12 @@ impl Models {
         };
         // The live batch runs first: the candidate starts after it.
         let next_part = last_trigger.saturating_add(self.part_interval_ns);
-        now.saturating_add(live.typical(n)).saturating_add(need) <= next_part
+        let headroom = now.saturating_add(live.typical(n)).saturating_add(need) <= next_part;
+        let due = self.shadow_every > 0 && self.since_shadow >= self.shadow_every;
+        if headroom || due {
+            self.since_shadow = 0;
+        }
+        headroom || due
     }
 
     /// Copy the batch's frames for the candidate into reused buffers.

@@ -173,7 +173,7 @@ fn describe(action: &Action, a: &Value) -> String {
         ),
         Action::Report(_) => report(&a["report"]),
         Action::Promote | Action::Rollback => format!(
-            "{} is live: every part after part {} is judged by it; {} stays loaded for a rollback",
+            "{} is live: every part after part {} is judged by it; {} stays loaded (rollback / promote)",
             slot(&a["switch"]["to"]),
             a["switch"]["after_part"],
             a["switch"]["from"]["id"].as_str().unwrap_or("?")
