@@ -128,7 +128,8 @@ impl Stager {
             let signed = signature::signature_path(file).exists();
             if e.require_signature || signed {
                 let keys = signature::load_keys(&e.trusted_keys).map_err(|e| e.to_string())?;
-                let bytes = std::fs::read(file).map_err(|err| format!("{}: {err}", file.display()))?;
+                let bytes =
+                    std::fs::read(file).map_err(|err| format!("{}: {err}", file.display()))?;
                 signature::verify(file, &bytes, &keys).map_err(|e| e.to_string())?;
             }
         }
@@ -466,7 +467,10 @@ pub fn request(path: &Path, req: &serde_json::Value) -> Result<serde_json::Value
     let read = std::io::BufReader::new(std::io::Read::take(s, 16 << 20)).read_line(&mut answer);
     if answer.trim().is_empty() {
         let e = wrote.err().map_or_else(
-            || read.err().map_or("no answer".to_string(), |e| e.to_string()),
+            || {
+                read.err()
+                    .map_or("no answer".to_string(), |e| e.to_string())
+            },
             |e| e.to_string(),
         );
         return Err(format!("control socket {shown}: {e}"));
