@@ -212,7 +212,14 @@ impl ControlServer {
         let path = cfg.socket.clone();
         let shown = path.display().to_string();
         match std::fs::symlink_metadata(&path) {
+            // A socket someone answers on is another line's, not a stale one.
             Ok(m) if m.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                    return Err(Invalid::new(
+                        "control.socket",
+                        format!("{shown}: another process answers on it (another line with this board file?): give each line its own socket"),
+                    ));
+                }
                 let _ = std::fs::remove_file(&path);
             }
             Ok(_) => {
@@ -481,4 +488,39 @@ pub fn request(path: &Path, req: &serde_json::Value) -> Result<serde_json::Value
             answer.trim()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_in_use_is_refused_and_a_stale_one_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ControlConfig {
+            socket: dir.path().join("sub/c.sock"),
+            group: None,
+            shadow_every: 20,
+        };
+        let net = crate::sinks::netrt::NetRuntime::start().unwrap();
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let first = ControlServer::start(&cfg, None, tx.clone(), &net.handle()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cfg.socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let e = ControlServer::start(&cfg, None, tx.clone(), &net.handle())
+            .err()
+            .unwrap();
+        assert_eq!(e.key, "control.socket");
+        assert!(e.message.contains("another process answers"), "{e}");
+        // A socket file nobody answers on (a line that was killed) is taken over.
+        std::mem::forget(first);
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        let cfg2 = ControlConfig {
+            socket: stale,
+            ..cfg
+        };
+        ControlServer::start(&cfg2, None, tx, &net.handle()).unwrap();
+    }
 }
