@@ -312,4 +312,4 @@ def test_a_hundred_viewers_leave_the_line_as_it_was(tmp_path: Path) -> None:
     assert all(c >= parts - 20 for c in counted), sorted(counted)[:5]
     assert loaded["inspected_in_time"] == base["inspected_in_time"] == parts
     assert loaded["counters"]["late_verdicts"] == base["counters"]["late_verdicts"] == 0
-    assert loaded["reject_error_p99_ms"] <= base["reject_error_p99_ms"] + 1.0, (base, loaded)
+    assert loaded["reject_error_p99_ms"] <= base["reject_error_p99_ms"] + 2.0, (base, loaded)
