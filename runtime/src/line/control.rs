@@ -121,17 +121,13 @@ impl Stager {
     /// board file; the candidate, or every reason it was refused.
     pub fn stage(&self, file: &Path) -> Result<Slot, String> {
         let e = &self.board.engine;
-        if e.require_signature || !e.trusted_keys.is_empty() {
-            // Before anything of an untrusted file is read; the engine checks the bytes it
-            // loads again.
+        // Before anything else of an untrusted file is read; the engine checks the bytes it
+        // loads again.
+        if crate::stages::engine::signature_checked(e, file) {
             use crate::model::signature;
-            let signed = signature::signature_path(file).exists();
-            if e.require_signature || signed {
-                let keys = signature::load_keys(&e.trusted_keys).map_err(|e| e.to_string())?;
-                let bytes =
-                    std::fs::read(file).map_err(|err| format!("{}: {err}", file.display()))?;
-                signature::verify(file, &bytes, &keys).map_err(|e| e.to_string())?;
-            }
+            let keys = signature::load_keys(&e.trusted_keys).map_err(|e| e.to_string())?;
+            let bytes = std::fs::read(file).map_err(|err| format!("{}: {err}", file.display()))?;
+            signature::verify(file, &bytes, &keys).map_err(|e| e.to_string())?;
         }
         let mut board = self.board.clone();
         board.engine.model = file.to_path_buf();

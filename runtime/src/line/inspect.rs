@@ -30,6 +30,8 @@ pub(super) fn inspect_loop(
     let (clock, shared, tick) = (ctx.clock, ctx.shared, ctx.tick);
     let mut service = ServiceTime::default();
     let mut watch = drift_watch(&*models.live().inspector, ctx);
+    // The live scores of the batch just run, for a shadowing candidate (reused).
+    let mut live_scores = Vec::new();
     loop {
         shared.stamp(INSPECT, clock);
         // Model commands between batches: a switch lands on a part boundary.
@@ -68,7 +70,7 @@ pub(super) fn inspect_loop(
         }
         if !taken.batch.is_empty() {
             let n = taken.batch.len();
-            let parts: Vec<u64> = taken.batch.iter().map(|j| j.part).collect();
+            let last_part = taken.batch.iter().map(|j| j.part).max().unwrap_or(0);
             let last_trigger = shared.last_trigger_ns.load(Ordering::Relaxed);
             let copies = if models.shadow_wanted(
                 triage.is_empty(),
@@ -78,13 +80,14 @@ pub(super) fn inspect_loop(
                 last_trigger,
             ) {
                 let frames: Vec<&Frame> = taken.batch.iter().map(|j| &j.frame).collect();
-                models.copy_for_shadow(&frames, parts.clone())
+                let parts = taken.batch.iter().map(|j| j.part).collect();
+                models.copy_for_shadow(&frames, parts)
             } else {
                 models.not_compared(n);
                 None
             };
             let judge = models.live().judge();
-            let live_scores = run_batch(
+            run_batch(
                 &mut *models.live().inspector,
                 judge,
                 ctx,
@@ -92,8 +95,9 @@ pub(super) fn inspect_loop(
                 &mut watch,
                 taken.batch,
                 sched,
+                &mut live_scores,
             );
-            models.judged(&parts);
+            models.judged(n, last_part);
             if let Some(copies) = copies {
                 // Only when nothing arrived meanwhile: a live part never waits for the candidate.
                 if triage.is_empty() {
@@ -144,7 +148,9 @@ fn drift_watch(inspector: &dyn Inspector, ctx: &Ctx<'_>) -> DriftWatch {
 }
 
 /// One batch through the inspector, timed; a panic or a wrong result count fails every part
-/// of the batch safe instead of taking the thread down. The scores, in the batch's order.
+/// of the batch safe instead of taking the thread down. `scores` gets the scores, in the
+/// batch's order.
+#[allow(clippy::too_many_arguments)]
 fn run_batch(
     inspector: &mut dyn Inspector,
     judge: Judge,
@@ -153,7 +159,8 @@ fn run_batch(
     watch: &mut DriftWatch,
     jobs: Vec<Job>,
     sched: &mut Sender<SchedMsg>,
-) -> Vec<Option<f32>> {
+    scores: &mut Vec<Option<f32>>,
+) {
     let (clock, shared) = (ctx.clock, ctx.shared);
     let refs: Vec<&Frame> = jobs.iter().map(|j| &j.frame).collect();
     let t0 = clock.now_ns();
@@ -179,7 +186,7 @@ fn run_batch(
         ],
         Err(_) => vec![Err("inspector panicked".to_string()); jobs.len()],
     };
-    let mut scores = Vec::with_capacity(jobs.len());
+    scores.clear();
     for (job, result) in jobs.into_iter().zip(results) {
         scores.push(result.as_ref().ok().map(|i| i.score));
         let alarms = match &result {
@@ -202,7 +209,6 @@ fn run_batch(
         });
         emit(ctx.events, alarms, part);
     }
-    scores
 }
 
 fn emit(events: &Events, alarms: Vec<crate::stages::drift::Alarm>, part: u64) {

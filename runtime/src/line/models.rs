@@ -171,12 +171,10 @@ impl Models {
         &mut self.live
     }
 
-    /// Parts `part` and before were judged by the live model.
-    pub fn judged(&mut self, parts: &[u64]) {
-        self.live_parts += parts.len() as u64;
-        if let Some(&p) = parts.iter().max() {
-            self.last_part = self.last_part.max(p);
-        }
+    /// `n` more parts, up to part `last`, were judged by the live model.
+    pub fn judged(&mut self, n: usize, last: u64) {
+        self.live_parts += n as u64;
+        self.last_part = self.last_part.max(last);
     }
 
     /// Carry out one command; true when the live model changed (the drift watch starts again).

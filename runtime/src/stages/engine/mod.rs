@@ -459,13 +459,18 @@ fn build_sampler(
         })
 }
 
-/// The signature check over the bytes about to be loaded: required, or done anyway when the
-/// model is signed and keys are configured.
+/// Whether `path` must pass the signature check under `config`: always when
+/// `engine.require_signature`, else when it is signed and keys are configured.
+pub fn signature_checked(config: &EngineConfig, path: &Path) -> bool {
+    config.require_signature
+        || (!config.trusted_keys.is_empty()
+            && crate::model::signature::signature_path(path).exists())
+}
+
+/// The signature check over the bytes about to be loaded, when [`signature_checked`].
 fn check_signature(config: &EngineConfig, path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
     use crate::model::signature;
-    let signed = signature::signature_path(path).exists();
-    let check = config.require_signature || (signed && !config.trusted_keys.is_empty());
-    if !check {
+    if !signature_checked(config, path) {
         return Ok(());
     }
     let keys = signature::load_keys(&config.trusted_keys)?;
