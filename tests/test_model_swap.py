@@ -191,7 +191,7 @@ def model_id(path: Path) -> str:
 
 
 def test_stage_shadow_promote_rollback_on_a_running_line(tmp_path: Path) -> None:
-    parts, rate = 2000, 40.0
+    parts, rate = 2000, 30.0
     cfg, port, sock = board(tmp_path, "live", BRICK, parts, rate)
     brick, gravel = model_id(BRICK), model_id(GRAVEL)
     line = Line(cfg, port, sock)
