@@ -198,11 +198,13 @@ pub(super) fn answer(
         });
         after = 0;
     } else if after > upto {
+        // The error is the answer: a `resumed` for an empty range would name seqs this run
+        // never sent (to_seq below from_seq).
         put(&Notice::Error {
             run: &hub.run,
-            message: "resume seq is ahead of this run's last event: nothing to resend",
+            message: "resume seq is ahead of this run's last event: nothing to resend; live events follow",
         });
-        after = upto;
+        return;
     }
     let Backfill { records, lost } = hub.backfill(after, upto);
     if let Some((from, to)) = lost {
