@@ -244,3 +244,90 @@ fn a_line_whose_every_inspection_fails_stops_loudly_with_every_part_decided() {
         "the fault is alarmed: {t}"
     );
 }
+
+/// A TCP client with a 4 KB receive buffer that never reads: the kernel absorbs little, so the
+/// line's own bound on the client is what it meets.
+fn non_reader(port: u16) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain socket calls on a fresh descriptor with valid arguments; the descriptor is
+    // owned by the returned stream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 4096;
+        let set = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(set, 0);
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        std::net::TcpStream::from_raw_fd(fd)
+    }
+}
+
+#[test]
+fn a_stuck_stream_client_of_a_real_line_is_dropped_and_the_line_keeps_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let path = board(
+        dir.path(),
+        "stuck",
+        &fixture("sigmoid-b4.onnx"),
+        &format!(
+            "[line]\npart_rate_hz = 50.0\nparts = 400\n[supervisor]\nlisten = \"127.0.0.1:{port}\"\nclient_queue = 16\n"
+        ),
+    );
+    let t = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[supervisor]\nlisten = \"\"\n", "");
+    std::fs::write(&path, t).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_diffad"))
+        .args(["run", "--quiet", "--config", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _kill = common::KillOnPanic(child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stuck = loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break non_reader(port);
+        }
+        assert!(Instant::now() < deadline, "the line did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    drop(stuck);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("supervisor clients dropped 1 "), "{t}");
+    assert!(t.contains("[every part accounted for]"), "{t}");
+    let p99: f64 = t
+        .split("reject timing error max ")
+        .nth(1)
+        .and_then(|r| r.split(" p99 ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        p99 < 5.0,
+        "a stuck client moved the reject edges: p99 {p99} ms: {t}"
+    );
+}
