@@ -384,7 +384,9 @@ fn sweep_threshold_replayed_through_a_line_with_traceable_rejects() {
     let by_kind = s["by_kind"].as_object().unwrap();
     assert_eq!(by_kind.len(), DEFECT_KINDS.len() + 1, "{s}");
     let defective = (3 * DEFECT_KINDS.len()) as f64;
-    let escapes = s["escapes"].as_u64().unwrap() as f64;
+    // The sweep predicts verdicts: a defective part rejected by verdict whose pulse came too
+    // late (a loaded CI machine, no real-time priority) is the line's escape, not the sweep's.
+    let escapes = (s["escapes"].as_u64().unwrap() - s["late_escapes"].as_u64().unwrap()) as f64;
     assert!(
         escapes / defective <= point["escape"].as_f64().unwrap() + 1e-9,
         "the line escapes {escapes} of {defective}, the sweep said {point}"

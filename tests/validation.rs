@@ -421,3 +421,52 @@ fn run_takes_a_sampler_model_and_its_step_count_from_the_board_or_the_command_li
         stderr(&out)
     );
 }
+
+#[test]
+fn infer_scores_a_folder_of_folders_whole_and_refuses_one_with_no_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("defects-calib");
+    // Same file names in two kinds: each gets its own line and its own heatmap.
+    for kind in ["good", "scratch"] {
+        grey(&data.join(kind).join("000.png"), 128, 120);
+        grey(&data.join(kind).join("001.png"), 128, 130);
+    }
+    let maps = dir.path().join("maps");
+    let out = diffad(
+        &["infer", "--json", "--model"],
+        &[
+            &fixture("sigmoid-b4.onnx"),
+            &data,
+            Path::new("--heatmaps"),
+            &maps,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 4, "{}", stdout(&out));
+    let mut written: Vec<String> = std::fs::read_dir(&maps)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(
+        written,
+        [
+            "good_000_heatmap.png",
+            "good_001_heatmap.png",
+            "scratch_000_heatmap.png",
+            "scratch_001_heatmap.png"
+        ]
+    );
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(empty.join("sub")).unwrap();
+    let out = diffad(
+        &["infer", "--model"],
+        &[&fixture("sigmoid-b4.onnx"), &empty],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("holds no PNG or JPEG image"),
+        "{}",
+        stderr(&out)
+    );
+}

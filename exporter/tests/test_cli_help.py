@@ -45,3 +45,17 @@ def test_help_texts_of_named_options(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     assert "counted across resumes" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_exporter_runs_from_any_folder(tmp_path) -> None:
+    """`scripts/setup` puts the repository on the venv's path and writes `diffad-export`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    venv_bin = Path(sys.executable).parent
+    module = [sys.executable, "-m", "exporter", "--help"]
+    for cmd in (module, [str(venv_bin / "diffad-export"), "--help"]):
+        out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "calibrate" in out.stdout

@@ -117,19 +117,60 @@ pub fn inspect(model: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Expand folders into their image files; files are kept as given.
+/// Expand folders into their image files, subfolders included; files are kept as given. A
+/// folder without an image, or no input at all, is an error: scoring nothing is not a result.
 pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    Ok(expand_named(inputs)?.into_iter().map(|(p, _)| p).collect())
+}
+
+/// [`expand`], each image with a name unique in the run: its path below the folder given,
+/// `/` as `_` (`hole/000.png` → `hole_000`), for the files written per image.
+pub fn expand_named(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
     let mut out = Vec::new();
     for p in inputs {
         if p.is_dir() {
-            let files = dataset::sorted_dir(p)
-                .with_context(|| format!("reading folder {}", p.display()))?;
-            out.extend(files.into_iter().filter(|f| dataset::is_image(f)));
+            let before = out.len();
+            walk(p, p, &mut out)?;
+            if out.len() == before {
+                anyhow::bail!(
+                    "folder {} holds no PNG or JPEG image, in it or in its subfolders",
+                    p.display()
+                );
+            }
         } else {
-            out.push(p.clone());
+            let name = p
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            out.push((p.clone(), name));
         }
     }
+    if out.is_empty() {
+        anyhow::bail!("no images given");
+    }
     Ok(out)
+}
+
+/// The images below `dir`, in name order, subfolders in place (an MVTec `test/` with a folder
+/// per kind is scored whole).
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<()> {
+    let entries =
+        dataset::sorted_dir(dir).with_context(|| format!("reading folder {}", dir.display()))?;
+    for f in entries {
+        if f.is_dir() {
+            walk(root, &f, out)?;
+        } else if dataset::is_image(&f) {
+            let rel = f.strip_prefix(root).unwrap_or(&f).with_extension("");
+            let name = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("_");
+            out.push((f, name));
+        }
+    }
+    Ok(())
 }
 
 /// `diffad infer`: score and verdict per image; returns the number of images that failed.
@@ -150,7 +191,7 @@ pub fn infer(
     let mut failed = 0;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    for path in expand(images)? {
+    for (path, name) in expand_named(images)? {
         let result = imagefile::load(&path)
             .map_err(|e| e.to_string())
             .and_then(|frame| {
@@ -166,11 +207,6 @@ pub fn infer(
                 let verdict = if r.score >= thr { "reject" } else { "pass" };
                 let mut heat = None;
                 if let Some(dir) = heatmaps {
-                    let name = path
-                        .file_stem()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .to_string();
                     let dest = dir.join(format!("{name}_heatmap.png"));
                     heatmap::overlay_in(&frame, &r.map, r.map_width, r.map_height, r.map_roi, thr)
                         .map_err(anyhow::Error::msg)

@@ -145,6 +145,23 @@ pub struct ReplayConfig {
     pub color: ColorMode,
     /// Start again from the first image at the end.
     pub loop_forever: bool,
+    /// `"name"` (default) plays in name order; `"shuffle"` in an order drawn from `seed`, the
+    /// same every run, so that a rehearsal on a folder sorted by kind mixes good and defective
+    /// parts as a line does (a new order each pass when looping).
+    pub order: ReplayOrder,
+    /// Seed of the shuffled order.
+    pub seed: u64,
+}
+
+/// The order a replay plays its images in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayOrder {
+    /// Name order (kinds one after the other in an MVTec folder).
+    #[default]
+    Name,
+    /// A seeded shuffle.
+    Shuffle,
 }
 
 impl Default for ReplayConfig {
@@ -153,6 +170,8 @@ impl Default for ReplayConfig {
             dir: PathBuf::new(),
             color: ColorMode::Grey,
             loop_forever: false,
+            order: ReplayOrder::Name,
+            seed: 1,
         }
     }
 }

@@ -26,6 +26,16 @@ pub struct Replay {
     pacer: Pacer,
     seq: u64,
     dir: PathBuf,
+    /// The shuffle's generator, when `order = "shuffle"`.
+    shuffle: Option<super::sim::Rng>,
+}
+
+/// Fisher–Yates with the replay's own generator.
+fn shuffle(items: &mut [Item], rng: &mut super::sim::Rng) {
+    for i in (1..items.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
 }
 
 fn sorted_images(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
@@ -112,6 +122,12 @@ impl Replay {
                 cfg.dir.display()
             )));
         }
+        let mut items = items;
+        let mut rng = (cfg.order == super::config::ReplayOrder::Shuffle)
+            .then(|| super::sim::Rng::new(cfg.seed));
+        if let Some(rng) = rng.as_mut() {
+            shuffle(&mut items, rng);
+        }
         Ok(Self {
             items,
             next: 0,
@@ -120,6 +136,7 @@ impl Replay {
             pacer: Pacer::new(clock, rate_hz),
             seq: 0,
             dir: cfg.dir.clone(),
+            shuffle: rng,
         })
     }
 
@@ -139,6 +156,9 @@ impl Source for Replay {
         if self.next >= self.items.len() {
             if !self.looping {
                 return Ok(None);
+            }
+            if let Some(rng) = self.shuffle.as_mut() {
+                shuffle(&mut self.items, rng);
             }
             self.next = 0;
         }
@@ -192,6 +212,52 @@ impl Source for Replay {
 mod tests {
     use super::*;
     use crate::sim::clock::{SimClock, SimMode};
+
+    #[test]
+    fn shuffle_mixes_the_kinds_the_same_way_for_a_seed() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        for kind in ["good", "hole"] {
+            std::fs::create_dir_all(root.join("test").join(kind)).unwrap();
+            for i in 0..10 {
+                image::GrayImage::from_pixel(8, 8, image::Luma([i * 20]))
+                    .save(root.join("test").join(kind).join(format!("{i:03}.png")))
+                    .unwrap();
+            }
+        }
+        let clock: Arc<dyn Clock> = Arc::new(SimClock::new(SimMode::Auto, 0));
+        let _running = crate::clock::Held::new(clock.clone());
+        let play = |order, seed| {
+            let cfg = ReplayConfig {
+                dir: root.to_path_buf(),
+                order,
+                seed,
+                ..Default::default()
+            };
+            let mut r = Replay::new(&cfg, 1e3, clock.clone()).unwrap();
+            (0..20)
+                .map(|_| r.next_frame().unwrap().unwrap().origin)
+                .collect::<Vec<String>>()
+        };
+        let named = play(super::super::config::ReplayOrder::Name, 1);
+        assert!(named[..10].iter().all(|o| o.contains("good")), "{named:?}");
+        let shuffled = play(super::super::config::ReplayOrder::Shuffle, 7);
+        assert_eq!(
+            shuffled,
+            play(super::super::config::ReplayOrder::Shuffle, 7)
+        );
+        assert_ne!(
+            shuffled,
+            play(super::super::config::ReplayOrder::Shuffle, 8)
+        );
+        let goods_first_half = shuffled[..10].iter().filter(|o| o.contains("good")).count();
+        assert!((2..=8).contains(&goods_first_half), "{shuffled:?}");
+        let mut a = shuffled.clone();
+        let mut b = named.clone();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "every image once");
+    }
 
     #[test]
     fn mvtec_layout_keeps_truth_and_masks() {
