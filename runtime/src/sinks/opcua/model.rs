@@ -610,9 +610,11 @@ impl Event for FieldsEvent {
         index_range: &NumericRange,
         browse_path: &[QualifiedName],
     ) -> Variant {
-        // Clients name a field by the type that declares it; ours declare ours, the base type
-        // the rest (and some clients name the event's own type for inherited fields too).
-        if type_definition_id == &self.base.event_type {
+        // Clients name a field by the type that declares it, or (asyncua) by BaseEventType for
+        // every field; either finds ours by browse name, then the base type's.
+        if type_definition_id == &self.base.event_type
+            || type_definition_id == &ObjectTypeId::BaseEventType
+        {
             self.get_value(attribute_id, index_range, browse_path)
         } else {
             self.base
