@@ -8,7 +8,9 @@ mod common;
 /// Layers, bottom first: shared types, the model file, sources → stages → sinks, the line that
 /// wires them, and the commands that run without a line.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "config", "events", "frame", "gpio", "tally"],
+    &[
+        "clock", "config", "events", "files", "frame", "gpio", "tally",
+    ],
     &["model"],
     &["sources"],
     &["stages"],

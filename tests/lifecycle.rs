@@ -32,6 +32,7 @@ fn sigterm_drains_flushes_and_reports() {
         dir: dir.path().to_path_buf(),
         max_mb: 50.0,
         queue: 64,
+        min_free_mb: 0.0,
     });
     setup.validate().unwrap();
 

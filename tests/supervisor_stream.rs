@@ -487,3 +487,25 @@ fn a_thousand_connections_and_huge_request_lines_leave_the_line_bounded() {
     assert_eq!(s["run"].as_str(), Some(run.as_str()));
     assert!(s["supervisor_refused"].as_u64().unwrap() >= 1, "{s}");
 }
+
+#[test]
+fn a_resume_from_the_future_is_answered_by_one_error_and_the_live_stream() {
+    let (sup, bus) = start(1000, 1000);
+    emit(&bus, 1, 10);
+    delivered();
+    let (mut c, hello) = Client::connect(sup.local_addr());
+    assert_eq!(hello["seq"].as_u64(), Some(10));
+    c.send("resume run-a 500");
+    let answer = c.read();
+    assert_eq!(answer["type"], "error", "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("ahead"),
+        "{answer}"
+    );
+    emit(&bus, 11, 15);
+    // No `resumed` for an empty range: the next lines are the live events.
+    let (seqs, notices) = c.events(5);
+    assert_eq!(seqs, (11..=15).collect::<Vec<u64>>());
+    assert!(notices.is_empty(), "{notices:?}");
+    drop(bus);
+}

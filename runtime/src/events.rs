@@ -124,6 +124,10 @@ pub struct RejectEvent {
     pub error_us: i64,
     /// True when the pulse extended one still active for an earlier part.
     pub extended: bool,
+    /// Started later than the part could still be hit (`line.reject_late_ms`).
+    pub late: bool,
+    /// Whether the pin was driven for it (a late pulse is held unless `line.fire_late_pulses`).
+    pub fired: bool,
 }
 
 /// A condition someone should look at; `active: false` says it cleared.
@@ -174,6 +178,14 @@ pub struct Counters {
     pub pin_errors: u64,
     /// Photo-eye edges the kernel dropped (its event buffer was full): parts never armed.
     pub trigger_edges_lost: u64,
+    /// Reject pulses that started too late to hit their part (`line.reject_late_ms`), fired
+    /// or held: each of their parts is a possible escape.
+    pub late_ejections: u64,
+    /// Inspections failed in a row, now (0 after any inspection that succeeded).
+    pub inspect_failures_in_row: u64,
+    /// Rejected parts whose frame and map did not reach the archive (queue full, write
+    /// failed, disk full): evidence lost, counted.
+    pub archive_lost: u64,
 }
 
 impl Counters {

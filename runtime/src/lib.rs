@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod config;
 pub mod events;
+pub mod files;
 pub mod frame;
 pub mod gpio;
 pub mod line;

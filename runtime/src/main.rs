@@ -353,7 +353,7 @@ fn run(args: Args) -> Result<ExitCode> {
             };
             let summary = line::launch::run_line(&config, opts)?;
             println!("{summary}");
-            Ok(exit_code(summary.invariant_ok))
+            Ok(exit_code(summary.invariant_ok && summary.fault.is_none()))
         }
         Command::CheckConfig { config, keys_only } => {
             offline::check::check_config(&config, !keys_only).map(|_| ExitCode::SUCCESS)

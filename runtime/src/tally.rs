@@ -27,7 +27,10 @@ macro_rules! fields {
             camera_errors,
             events_dropped,
             pin_errors,
-            trigger_edges_lost
+            trigger_edges_lost,
+            late_ejections,
+            inspect_failures_in_row,
+            archive_lost
         )
     };
 }

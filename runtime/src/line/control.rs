@@ -126,7 +126,9 @@ impl Stager {
         if crate::stages::engine::signature_checked(e, file) {
             use crate::model::signature;
             let keys = signature::load_keys(&e.trusted_keys).map_err(|e| e.to_string())?;
-            let bytes = std::fs::read(file).map_err(|err| format!("{}: {err}", file.display()))?;
+            let bytes = e
+                .read_model(file)
+                .map_err(|err| format!("{}: {err}", file.display()))?;
             signature::verify(file, &bytes, &keys).map_err(|e| e.to_string())?;
         }
         let mut board = self.board.clone();

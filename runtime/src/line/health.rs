@@ -38,7 +38,22 @@ pub(super) struct Health<'a> {
     dropped_seen: u64,
     skipped_seen: u64,
     overloaded: bool,
+    /// Late ejections counted at the last beat, and the beats left to hold their fault.
+    late_seen: u64,
+    late_hold: u32,
+    /// A stall alarm is up.
+    stalled: bool,
+    /// Archive losses counted at the last beat, and whether their alarm is up.
+    lost_seen: u64,
+    losing: bool,
 }
+
+/// A thread that wakes this much past its deadline was stopped (SIGSTOP, a VM pause, swapping):
+/// far beyond any scheduling jitter of a working line, short enough to catch a 0.1 s stop.
+const STALL_NS: u64 = 75 * MS;
+/// Beats the `late_ejection` fault holds `ready` down after the last late pulse, so that a PLC
+/// polling `ready` sees it.
+const LATE_HOLD_BEATS: u32 = 4;
 
 impl<'a> Health<'a> {
     pub fn new(
@@ -71,6 +86,11 @@ impl<'a> Health<'a> {
             dropped_seen: 0,
             skipped_seen: 0,
             overloaded: false,
+            late_seen: 0,
+            late_hold: 0,
+            stalled: false,
+            lost_seen: 0,
+            losing: false,
         }
     }
 
@@ -93,7 +113,10 @@ impl<'a> Health<'a> {
             if shared.is_done(REJECT) {
                 break;
             }
-            next += period;
+            let now = self.clock.now_ns();
+            shared.note_wake(now.saturating_sub(next));
+            // After a stall the missed beats are not made up in a burst.
+            next = (next + period).max(now + period / 2);
             self.beat();
         }
         self.finish();
@@ -105,7 +128,16 @@ impl<'a> Health<'a> {
             .shared
             .complete(self.shared.counters.read(), self.events.dropped());
         self.counter_alarms(&counters);
-        let (faults, all_alive) = self.faults(now, &counters);
+        self.stall_alarm();
+        let (mut faults, all_alive) = self.faults(now, &counters);
+        if counters.late_ejections > self.late_seen {
+            self.late_seen = counters.late_ejections;
+            self.late_hold = LATE_HOLD_BEATS;
+        }
+        if self.late_hold > 0 {
+            self.late_hold -= 1;
+            faults.push("late_ejection".into());
+        }
         self.announce(&faults);
         let ready = faults.is_empty();
         self.drive(ready, all_alive);
@@ -150,6 +182,53 @@ impl<'a> Health<'a> {
             self.overloaded = skipping;
         }
         self.skipped_seen = counters.skipped;
+        // Lost evidence does not stop the line, but is said once when it starts and once when
+        // archive writes succeed again (a beat without a new loss).
+        let losing = counters.archive_lost > self.lost_seen;
+        if losing != self.losing {
+            let message = if losing {
+                format!(
+                    "rejected parts not archived: {} lost so far (disk full, unwritable or the writer behind)",
+                    counters.archive_lost
+                )
+            } else {
+                format!(
+                    "archive writing again: {} rejected parts lost in all",
+                    counters.archive_lost
+                )
+            };
+            self.events
+                .emit(Event::alarm("archive_lost", message, None, losing));
+            self.losing = losing;
+        }
+        self.lost_seen = counters.archive_lost;
+    }
+
+    /// A thread woke far past its deadline since the last beat: the process was stopped.
+    fn stall_alarm(&mut self) {
+        let late = self.shared.stall_ns.swap(0, Ordering::Relaxed);
+        let stalled = late > STALL_NS;
+        if stalled && !self.stalled {
+            self.events.emit(Event::alarm(
+                "process_stalled",
+                format!(
+                    "the line's threads were stopped for {:.0} ms (SIGSTOP, a VM pause, swapping): pulses due then are late",
+                    late as f64 / 1e6
+                ),
+                None,
+                true,
+            ));
+        } else if stalled {
+            log::warn!("line stalled again: {:.0} ms", late as f64 / 1e6);
+        } else if self.stalled {
+            self.events.emit(Event::alarm(
+                "process_stalled",
+                "running again on time",
+                None,
+                false,
+            ));
+        }
+        self.stalled = stalled;
     }
 
     /// The faults that drop `ready` now, and whether every running stage is alive.
@@ -183,6 +262,10 @@ impl<'a> Health<'a> {
         if !counters.balanced() {
             faults.push("invariant".into());
         }
+        let max_failed = u64::from(self.setup.line.max_failed_inspections);
+        if max_failed > 0 && counters.inspect_failures_in_row >= max_failed {
+            faults.push("inspection_failing".into());
+        }
         // A pin that failed once is not trusted again until a restart.
         if shared.pin_errors.load(Ordering::Relaxed) + counters.pin_errors > 0 {
             faults.push("pin_error".into());
@@ -190,23 +273,32 @@ impl<'a> Health<'a> {
         (faults, all_alive)
     }
 
-    /// An alarm for each fault that appeared and each that cleared.
+    /// An alarm for each fault code that appeared and each that cleared.
+    ///
+    /// Faults that share a code (`stage_stalled:capture`, `stage_stalled:inspect`) are one
+    /// alarm, raised when the first appears and cleared when the last goes: a consumer that
+    /// keeps alarm state by code (the operator's page does) never sees one cleared while
+    /// another of its kind is still up.
     fn announce(&mut self, faults: &[String]) {
-        for f in faults.iter().filter(|f| !self.active.contains(f)) {
+        let code = |f: &String| f.split(':').next().unwrap_or(f).to_string();
+        let now: std::collections::BTreeSet<String> = faults.iter().map(code).collect();
+        let before: std::collections::BTreeSet<String> = self.active.iter().map(code).collect();
+        for c in now.difference(&before) {
+            let which: Vec<&str> = faults
+                .iter()
+                .filter(|f| code(f) == *c)
+                .map(String::as_str)
+                .collect();
             self.events.emit(Event::alarm(
-                f.split(':').next().unwrap_or(f),
-                format!("{f}: ready dropped"),
+                c,
+                format!("{}: ready dropped", which.join(", ")),
                 None,
                 true,
             ));
         }
-        for f in self.active.iter().filter(|f| !faults.contains(f)) {
-            self.events.emit(Event::alarm(
-                f.split(':').next().unwrap_or(f),
-                format!("{f}: cleared"),
-                None,
-                false,
-            ));
+        for c in before.difference(&now) {
+            self.events
+                .emit(Event::alarm(c, format!("{c}: cleared"), None, false));
         }
         self.active = faults.to_vec();
     }

@@ -239,11 +239,13 @@ pub fn run(
     // Sinks first, so the first event already reaches everyone.
     let run_id = crate::events::new_run_id();
     let facts = page_facts(setup, &run_id, &*inspector, &hw, &opts.board);
-    let sinks = LineSinks::start(setup, &run_id, facts, &clock, &mut opts)?;
+    let archive_lost = Arc::new(AtomicU64::new(0));
+    let sinks = LineSinks::start(setup, &run_id, facts, &clock, &mut opts, &archive_lost)?;
     let events = sinks.bus.events();
     crate::events::attach_log(events.clone(), setup.supervisor.level()?);
 
-    let shared = Shared::new(&*clock, hw.trigger.is_some());
+    let mut shared = Shared::new(&*clock, hw.trigger.is_some());
+    shared.archive_errors = archive_lost;
     let policy = policy(setup, threshold);
     if line.realtime_priority > 0 {
         lock_memory();
@@ -309,6 +311,7 @@ pub fn run(
         last_trigger_ns: shared.last_trigger_ns.load(Ordering::Relaxed),
         pin_errors: shared.pin_errors.load(Ordering::Relaxed),
         drift: shared.drift(),
+        fault: shared.stop_fault(),
     };
     let summary = Summary::collect(run_id, counters, &stats, times, sink_stats);
     log::info!(
@@ -363,6 +366,8 @@ fn policy(setup: &LineSetup, threshold: f32) -> Policy {
         margin_ns: line.margin_ns(),
         pulse_ns: setup.gpio.pulse_ns(),
         threshold,
+        late_ns: line.late_limit_ns(setup.gpio.pulse_ns()),
+        fire_late: line.fire_late_pulses,
     }
 }
 
@@ -412,6 +417,7 @@ impl LineSinks {
         facts: PageFacts,
         clock: &Arc<dyn Clock>,
         opts: &mut Options,
+        archive_lost: &Arc<AtomicU64>,
     ) -> Result<Self, LineError> {
         let model_id = facts.model_id.clone();
         let opcua_facts = OpcuaFacts {
@@ -434,8 +440,8 @@ impl LineSinks {
         };
         let archive = match &setup.archive {
             Some(a) => Some(
-                Archive::start(a, run_id, &model_id)
-                    .map_err(|e| LineError::Io("archive dir", e))?,
+                Archive::start(a, run_id, &model_id, archive_lost.clone())
+                    .map_err(|e| LineError::Io("archive.dir", e))?,
             ),
             None => None,
         };

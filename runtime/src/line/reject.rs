@@ -45,12 +45,24 @@ pub(super) fn reject_loop(
     let (clock, shared, tick) = (ctx.clock, ctx.shared, ctx.tick);
     let spin_ns = ctx.setup.line.reject_spin_us * 1_000;
     let mut budget = SpinBudget::new(spin_ns);
+    let max_failed = u64::from(ctx.setup.line.max_failed_inspections);
     loop {
         shared.stamp(REJECT, clock);
         // Edges that are due go out before a burst of messages is worked through.
         s.poll();
         rx.drain(|msg| deliver(s, msg));
         let next = s.poll();
+        let failing = max_failed > 0 && s.failures_in_row() >= max_failed;
+        if failing && !ctx.setup.line.run_on_failures && !ctx.shutdown.is_requested() {
+            let why = format!(
+                "{} inspections failed in a row (line.max_failed_inspections = {max_failed}): \
+                 the line cannot judge parts; stopped after draining (line.run_on_failures = true keeps it running, every part fail-safe)",
+                s.failures_in_row()
+            );
+            log::error!("{why}");
+            shared.set_stop_fault(why);
+            ctx.shutdown.request();
+        }
         let upstream_done =
             shared.is_done(CAPTURE) && shared.is_done(INSPECT) && shared.is_done(TRIGGER);
         if upstream_done && rx.is_empty() && s.idle() {
@@ -69,6 +81,7 @@ pub(super) fn reject_loop(
             }
         }
         clock.wait_until(Some(wake), &rx.has_mail());
+        shared.note_wake(clock.now_ns().saturating_sub(wake));
     }
     s.release_pin();
     let mut stats = s.stats().clone();

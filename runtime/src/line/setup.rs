@@ -168,6 +168,18 @@ pub struct LineConfig {
     /// sleeping to it, so that a late wake-up does not delay the edge; 0 = sleep only. Costs up
     /// to this much CPU per pulse, and never more than half of one core.
     pub reject_spin_us: u64,
+    /// A reject pulse starting later than this after the part reached the ejector misses the
+    /// part (a late ejection: alarm, `ready` down, a possible escape). Default: half the pulse
+    /// width, so the jet is on for at least half its time while the part is at the nozzle.
+    pub reject_late_ms: Option<f64>,
+    /// Fire a pulse even when it is known to be too late (it is still counted as late); the
+    /// default holds it, so that a stalled line does not blow air at the wrong part.
+    pub fire_late_pulses: bool,
+    /// This many inspections failing in a row put the line in a fault state (0 = never).
+    pub max_failed_inspections: u32,
+    /// Keep running (fault state held, every part fail-safe) instead of draining and exiting
+    /// non-zero after `max_failed_inspections`.
+    pub run_on_failures: bool,
 }
 
 impl Default for LineConfig {
@@ -188,6 +200,10 @@ impl Default for LineConfig {
             queue: 32,
             realtime_priority: 0,
             reject_spin_us: DEFAULT_REJECT_SPIN_US,
+            reject_late_ms: None,
+            fire_late_pulses: false,
+            max_failed_inspections: 20,
+            run_on_failures: false,
         }
     }
 }
@@ -256,6 +272,14 @@ impl LineConfig {
                 format!("must be within 0..={MAX_REJECT_SPIN_US} (a few ms cover a late wake-up)"),
             ));
         }
+        if let Some(l) = self.reject_late_ms {
+            if !(l > 0.0 && l <= 10_000.0) {
+                return Err(Invalid::new(
+                    "line.reject_late_ms",
+                    "must be within (0, 10000] ms (how late a pulse may start and still hit the part)",
+                ));
+            }
+        }
         if !(1..=4096).contains(&self.queue) {
             return Err(Invalid::new("line.queue", "must be within 1..=4096"));
         }
@@ -273,6 +297,13 @@ impl LineConfig {
     /// Trigger-to-ejector delay in nanoseconds.
     pub fn delay_ns(&self) -> u64 {
         (self.travel_mm() / self.belt_speed_mm_s * 1e9) as u64
+    }
+
+    /// How late a pulse may start and still hit its part, for a pulse of `pulse_ns`.
+    pub fn late_limit_ns(&self, pulse_ns: u64) -> u64 {
+        self.reject_late_ms
+            .map_or(pulse_ns / 2, |l| (l * MS as f64) as u64)
+            .max(1)
     }
 
     /// Verdict margin in nanoseconds.

@@ -48,6 +48,13 @@ pub(super) struct Shared {
     pub fatal: Mutex<Option<LineError>>,
     /// The drift watch's figures after the last inspected part (the inspect thread writes).
     pub drift: Mutex<Option<DriftFigures>>,
+    /// The longest a stage thread woke past its deadline since the health thread last looked
+    /// (a process stopped, swapped out or starved shows here).
+    pub stall_ns: AtomicU64,
+    /// Why the line stopped itself (it then exits non-zero after draining).
+    pub stop_fault: Mutex<Option<String>>,
+    /// Rejected parts the archive writer could not write (its own thread counts them).
+    pub archive_errors: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -70,6 +77,9 @@ impl Shared {
             trigger_idle: AtomicBool::new(false),
             fatal: Mutex::new(None),
             drift: Mutex::new(None),
+            stall_ns: AtomicU64::new(0),
+            stop_fault: Mutex::new(None),
+            archive_errors: Arc::new(AtomicU64::new(0)),
         };
         for s in 0..STAGES.len() {
             shared.stamp(s, clock);
@@ -109,6 +119,27 @@ impl Shared {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
+    /// A thread woke `late_ns` after it meant to.
+    pub fn note_wake(&self, late_ns: u64) {
+        self.stall_ns.fetch_max(late_ns, Ordering::Relaxed);
+    }
+
+    /// The line stops itself for `why` (the first reason stands).
+    pub fn set_stop_fault(&self, why: String) {
+        let mut f = self.stop_fault.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(why);
+        }
+    }
+
+    /// Why the line stopped itself, if it did.
+    pub fn stop_fault(&self) -> Option<String> {
+        self.stop_fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The drift watch's latest figures.
     pub fn drift(&self) -> Option<DriftFigures> {
         *self.drift.lock().unwrap_or_else(|e| e.into_inner())
@@ -119,6 +150,7 @@ impl Shared {
         c.frames_dropped = self.frames_dropped.load(Ordering::Relaxed);
         c.camera_errors = self.camera_errors.load(Ordering::Relaxed);
         c.trigger_edges_lost = self.trigger_edges_lost.load(Ordering::Relaxed);
+        c.archive_lost += self.archive_errors.load(Ordering::Relaxed);
         c.events_dropped = events_dropped;
         c
     }

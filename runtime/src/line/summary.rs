@@ -61,6 +61,8 @@ pub struct Summary {
     pub mqtt_undelivered: u64,
     /// Rejected parts not archived (queue full).
     pub archive_dropped: u64,
+    /// Rejected parts handed to the archive writer (written or lost there).
+    pub archive_jobs: u64,
     /// Archive writer totals.
     pub archive: ArchiveStats,
     /// Pin write failures.
@@ -71,6 +73,16 @@ pub struct Summary {
     pub web: Option<crate::sinks::web::WebFigures>,
     /// The OPC UA server, when `[opcua]` ran one.
     pub opcua: Option<crate::sinks::opcua::OpcuaFigures>,
+    /// Reject pulses too late to hit their part (each a possible escape).
+    pub late_ejections: u64,
+    /// Of those, pulses held back as known too late.
+    pub late_held: u64,
+    /// Defective parts among them (in `escapes` too).
+    pub late_escapes: u64,
+    /// Rejected parts whose evidence (frame, map) did not reach the archive.
+    pub archive_lost: u64,
+    /// Why the line stopped itself, when it did (it exits non-zero).
+    pub fault: Option<String>,
 }
 
 impl fmt::Display for Summary {
@@ -92,11 +104,27 @@ impl fmt::Display for Summary {
                 "ACCOUNTING MISMATCH"
             }
         )?;
+        if let Some(why) = &self.fault {
+            writeln!(f, "LINE FAULT: {why}")?;
+        }
         writeln!(
             f,
-            "ground truth on {}: escapes {}  false rejects {} (+{} by fail-safe)",
-            self.with_truth, self.escapes, self.false_rejects, self.false_fault_rejects
+            "ground truth on {}: escapes {} ({} by late ejection)  false rejects {} (+{} by fail-safe)",
+            self.with_truth,
+            self.escapes,
+            self.late_escapes,
+            self.false_rejects,
+            self.false_fault_rejects
         )?;
+        if self.late_ejections > 0 {
+            writeln!(
+                f,
+                "LATE EJECTIONS {}: pulses too late to hit their part ({} held, {} fired late); each part is a possible escape",
+                self.late_ejections,
+                self.late_held,
+                self.late_ejections - self.late_held
+            )?;
+        }
         if !self.by_kind.is_empty() {
             let kinds: Vec<String> = self
                 .by_kind
@@ -130,7 +158,7 @@ impl fmt::Display for Summary {
         )?;
         write!(
             f,
-            "run {}  events delivered {}  dropped {}  frames dropped {}  camera errors {}  photo-eye edges lost {}  supervisor clients dropped {} refused {} tls-rejected {}  mqtt overflow {} undelivered {}  archive dropped {}",
+            "run {}  events delivered {}  dropped {}  frames dropped {}  camera errors {}  photo-eye edges lost {}  supervisor clients dropped {} refused {} tls-rejected {}  mqtt overflow {} undelivered {}  archive lost {} (queue full {}, write failed {})",
             self.run,
             self.events_delivered,
             self.events_dropped,
@@ -142,7 +170,9 @@ impl fmt::Display for Summary {
             self.supervisor_tls_rejected,
             self.mqtt_overflow,
             self.mqtt_undelivered,
-            self.archive_dropped
+            self.archive_lost,
+            self.archive_dropped,
+            self.archive.errors
         )?;
         if let Some(w) = &self.web {
             write!(f, "\npage: {w}")?;
@@ -186,6 +216,7 @@ pub(super) struct LineTimes {
     pub last_trigger_ns: u64,
     pub pin_errors: u64,
     pub drift: Option<crate::events::DriftFigures>,
+    pub fault: Option<String>,
 }
 
 impl Summary {
@@ -205,6 +236,7 @@ impl Summary {
             engine_busy_s: times.engine_busy_ns as f64 / 1e9,
             trigger_span_s: times.last_trigger_ns.saturating_sub(times.first_trigger_ns) as f64
                 / 1e9,
+            archive_lost: counters.archive_lost,
             reject_error_p99_ms: percentile_ms(&stats.timing_error_ns, 0.99).unwrap_or(0.0),
             reject_pulses_timed: stats.timing_error_ns.len(),
             reject_spin_refused: stats.spin_refused,
@@ -225,11 +257,16 @@ impl Summary {
             mqtt_overflow: sinks.mqtt_overflow,
             mqtt_undelivered: sinks.mqtt_undelivered,
             archive_dropped: stats.archive_dropped,
-            archive: sinks.archive,
+            archive_jobs: stats.archive_jobs,
+            archive: sinks.archive.clone(),
             pin_errors: stats.pin_errors + times.pin_errors,
             drift: times.drift,
             web: sinks.web,
             opcua: sinks.opcua,
+            late_ejections: stats.late_ejections,
+            late_held: stats.late_held,
+            late_escapes: stats.late_escapes,
+            fault: times.fault,
         }
     }
 }

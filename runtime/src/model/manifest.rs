@@ -316,7 +316,12 @@ impl Manifest {
 
     /// [`Manifest::from_onnx`] on a file.
     pub fn read(path: &std::path::Path) -> Result<Self, ManifestError> {
-        let bytes = std::fs::read(path).map_err(|e| ManifestError::Io(e.to_string()))?;
+        let bytes = crate::files::read_capped(
+            path,
+            crate::files::mb(crate::files::MODEL_CAP_MB),
+            "the model file",
+        )
+        .map_err(|e| ManifestError::Io(format!("{}: {e}", path.display())))?;
         Self::from_onnx(&bytes)
     }
 

@@ -91,7 +91,8 @@ pub fn bench(
         .map(|p| {
             Ok((
                 p.display().to_string(),
-                std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+                crate::files::read_capped(p, crate::files::IMAGE_CAP, "the image argument")
+                    .with_context(|| format!("reading {}", p.display()))?,
             ))
         })
         .collect::<Result<_>>()?;

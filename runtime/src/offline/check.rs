@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use crate::config::Invalid;
 use crate::line::board::BoardConfig;
 use crate::line::setup::LineSetup;
 
@@ -15,7 +16,11 @@ pub fn check_config(path: &Path, deployment: bool) -> Result<BoardConfig> {
     print_camera(&c);
     print_io(&c.setup);
     if deployment {
-        let problems = c.check_deployment();
+        let mut problems = c.check_deployment();
+        if problems.is_empty() {
+            problems.extend(archive_space(&c));
+            problems.extend(rehearse(&c));
+        }
         if !problems.is_empty() {
             return Err(crate::line::board::ConfigError::Unusable {
                 path: path.display().to_string(),
@@ -28,6 +33,144 @@ pub fn check_config(path: &Path, deployment: bool) -> Result<BoardConfig> {
     }
     println!("ok: {}", path.display());
     Ok(c)
+}
+
+/// Frames rehearsed: one to warm the engine, the rest timed.
+const REHEARSAL_FRAMES: usize = 6;
+
+/// The archive folder takes a file and has the free space `archive.min_free_mb` keeps.
+fn archive_space(c: &BoardConfig) -> Vec<Invalid> {
+    let Some(a) = &c.setup.archive else {
+        return Vec::new();
+    };
+    match crate::sinks::archive::check_writable(&a.dir) {
+        Err(e) => vec![Invalid::new(
+            "archive.dir",
+            format!("{e}: rejected parts could not be archived; name a writable folder"),
+        )],
+        Ok(free) if free < a.reserve_bytes() => vec![Invalid::new(
+            "archive.min_free_mb",
+            format!(
+                "{} has {:.1} MB free, under the {} MB it must leave: no rejected part would be archived; free space or lower archive.min_free_mb",
+                a.dir.display(),
+                free as f64 / 1048576.0,
+                a.min_free_mb
+            ),
+        )],
+        Ok(free) => {
+            println!(
+                "archive:    writable, {:.0} MB free",
+                free as f64 / 1048576.0
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// What `run` would do before its first part and with it, without the hardware: the model
+/// loaded and self-tested on the CPU, a few frames of a simulated or replayed camera through
+/// the line's own inspector (ROI, tiling, map shape, scores), the frame time against the belt.
+fn rehearse(c: &BoardConfig) -> Vec<Invalid> {
+    use crate::sources::camera::config::SourceKind;
+    let mut engine_cfg = c.engine.clone();
+    let on_cpu_only = engine_cfg.providers.iter().all(|p| p == "cpu");
+    engine_cfg.providers = vec!["cpu".into()];
+    engine_cfg.allow_fallback = false;
+    let problem = |key: &str, msg: String| vec![Invalid::new(key, msg)];
+    let engine = match crate::stages::engine::Engine::load(&engine_cfg) {
+        Ok(e) => e,
+        Err(e) => {
+            return problem(
+                "engine.model",
+                format!("loading it on the CPU (as `run` would, self-test included): {e}"),
+            )
+        }
+    };
+    println!(
+        "model:      loads on the CPU{}",
+        if engine_cfg.self_test.enabled {
+            ", self-test passed"
+        } else {
+            " (self-test off)"
+        }
+    );
+    let s = &c.setup;
+    let mut inspector = match crate::stages::tiling::inspector_for(
+        engine,
+        Some(&s.camera),
+        s.line.threshold,
+        s.camera.allow_upscale,
+    ) {
+        Ok(i) => i,
+        Err(e) => return problem("camera", e.to_string()),
+    };
+    if s.camera.source == SourceKind::V4l2 {
+        println!("frames:     not rehearsed (camera.source = \"v4l2\" needs the device: `diffad doctor`)");
+        return Vec::new();
+    }
+    let clock: std::sync::Arc<dyn crate::clock::Clock> =
+        std::sync::Arc::new(crate::clock::SystemClock::new());
+    let mut source = match crate::sources::camera::open(&s.camera, 1000.0, clock) {
+        Ok(src) => src,
+        Err(e) => return problem("camera", format!("{e}")),
+    };
+    let mut times = Vec::new();
+    let mut scores = Vec::new();
+    for i in 0..REHEARSAL_FRAMES {
+        let frame = match source.next_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) if i == 0 => {
+                return problem(
+                    "camera",
+                    "the source gave no frame at all: an empty replay folder? (`run` would stop at once)".into(),
+                )
+            }
+            Ok(None) => break,
+            Err(e) => return problem("camera", format!("frame {i}: {e}")),
+        };
+        let t = std::time::Instant::now();
+        let result = inspector.inspect(&[&frame]).pop();
+        let took = t.elapsed().as_secs_f64() * 1e3;
+        match result {
+            Some(Ok(insp)) => {
+                if i > 0 {
+                    times.push(took);
+                }
+                scores.push(insp.score);
+            }
+            Some(Err(e)) => {
+                return problem(
+                    "camera",
+                    format!(
+                        "frame {} ({}) cannot be inspected: {e}; `run` would fail every part safe",
+                        i, frame.origin
+                    ),
+                )
+            }
+            None => return problem("engine.model", "the inspector returned no result".into()),
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times.get(times.len() / 2).copied().unwrap_or(0.0);
+    let (lo, hi) = scores
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let budget = (s.line.delay_ns().saturating_sub(s.line.margin_ns())) as f64 / 1e6;
+    println!(
+        "frames:     {} rehearsed on the CPU: {median:.1} ms each (median), scores {lo:.3}..{hi:.3}; the belt leaves {budget:.1} ms before the verdict margin",
+        scores.len()
+    );
+    if on_cpu_only && median >= budget {
+        return problem(
+            "line.camera_to_ejector_mm",
+            format!(
+                "the ejector is {:.1} ms after the trigger and the verdict must come {:.1} ms before it, which leaves {budget:.1} ms; one frame takes {median:.1} ms on this CPU: every part would fail safe. Move the ejector further down the belt, slow the belt, or infer on a GPU",
+                s.line.delay_ns() as f64 / 1e6,
+                s.line.verdict_margin_ms
+            ),
+        );
+    }
+    Vec::new()
 }
 
 /// Board, engine, self-test.

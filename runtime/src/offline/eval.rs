@@ -308,12 +308,24 @@ impl std::fmt::Display for EvalReport {
         }
         writeln!(f, "PRO (FPR ≤ 0.3)  {}", opt(self.pro))?;
         writeln!(f, "threshold        {:.5}", self.threshold)?;
+        // A rate over no images is not 0 % and not NaN: say which images were missing.
+        let rate = |v: f64, none: &str| {
+            if v.is_finite() {
+                format!("{:.2} %", 100.0 * v)
+            } else {
+                format!("n/a ({none})")
+            }
+        };
         writeln!(
             f,
-            "false rejects    {:.2} %",
-            100.0 * self.false_reject_rate
+            "false rejects    {}",
+            rate(self.false_reject_rate, "no good images")
         )?;
-        writeln!(f, "escapes          {:.2} %", 100.0 * self.escape_rate)?;
+        writeln!(
+            f,
+            "escapes          {}",
+            rate(self.escape_rate, "no defective images")
+        )?;
         writeln!(f, "throughput       {:.1} images/s", self.images_per_s)?;
         writeln!(
             f,
@@ -331,5 +343,35 @@ impl std::fmt::Display for EvalReport {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_over_no_images_says_which_were_missing_not_nan() {
+        let report = EvalReport {
+            dataset: "/data/brick".into(),
+            threshold: 0.5,
+            images: 3,
+            failed: 0,
+            image_auroc: None,
+            pixel_auroc: None,
+            pro: None,
+            false_reject_rate: f64::NAN,
+            escape_rate: 1.0 / 3.0,
+            kinds: vec![],
+            images_per_s: 1.0,
+            sweep: None,
+        };
+        let text = report.to_string();
+        assert!(
+            text.contains("false rejects    n/a (no good images)"),
+            "{text}"
+        );
+        assert!(text.contains("escapes          33.33 %"), "{text}");
+        assert!(!text.contains("NaN"), "{text}");
     }
 }

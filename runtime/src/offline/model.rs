@@ -31,7 +31,12 @@ pub fn verify(file: &Path, keys: &[PathBuf], config: Option<&Path>) -> Result<bo
         (true, None) => bail!("name the trusted public key(s): --key FILE.pub, or --config BOARD.toml with engine.trusted_keys"),
     };
     let trusted = signature::load_keys(&keys)?;
-    let bytes = std::fs::read(file).with_context(|| format!("model {}", file.display()))?;
+    let bytes = crate::files::read_capped(
+        file,
+        crate::files::mb(crate::files::MODEL_CAP_MB),
+        "the model argument",
+    )
+    .with_context(|| format!("model {}", file.display()))?;
     match signature::verify(file, &bytes, &trusted) {
         Ok(v) => {
             println!(

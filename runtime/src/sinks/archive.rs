@@ -13,6 +13,8 @@ use crossbeam_channel::{Receiver, Sender};
 use std::collections::VecDeque;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// A rejected part's frame and map, for the archive.
@@ -48,16 +50,65 @@ pub struct Archive {
     handle: Option<JoinHandle<ArchiveStats>>,
 }
 
+/// Bytes free to an unprivileged writer on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Create the folder if needed and prove a file can be written there; the free space.
+///
+/// `run`, `check-config` and `doctor` all refuse an archive that cannot take a file: the
+/// board asked for evidence to be kept, and a folder that cannot hold it is a setup mistake
+/// better found before the first rejected part.
+pub fn check_writable(dir: &Path) -> Result<u64, String> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let probe = dir.join(format!(".diffad-probe-{}", std::process::id()));
+    let wrote = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .and_then(|mut f| f.write_all(b"probe").and_then(|()| f.sync_all()));
+    let _ = std::fs::remove_file(&probe);
+    wrote.map_err(|e| format!("cannot write into {}: {e}", dir.display()))?;
+    free_bytes(dir).map_err(|e| format!("cannot read the free space of {}: {e}", dir.display()))
+}
+
 impl Archive {
     /// Create the folder and start the writer; file names carry the run id
-    /// ([`crate::events::run_id`]).
-    pub fn start(cfg: &ArchiveConfig, run: &str, model_id: &str) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&cfg.dir)?;
+    /// ([`crate::events::run_id`]). `lost` counts each rejected part not written.
+    pub fn start(
+        cfg: &ArchiveConfig,
+        run: &str,
+        model_id: &str,
+        lost: Arc<AtomicU64>,
+    ) -> std::io::Result<Self> {
+        let free = check_writable(&cfg.dir).map_err(std::io::Error::other)?;
+        let reserve = cfg.reserve_bytes();
+        if free < reserve {
+            log::warn!(
+                "archive: {} has {:.1} MB free, under archive.min_free_mb = {}: rejected parts will not be archived until space is freed",
+                cfg.dir.display(),
+                free as f64 / 1048576.0,
+                cfg.min_free_mb
+            );
+        }
         let (tx, rx) = crossbeam_channel::bounded(cfg.queue);
         let run = run.to_string();
         log::info!("archive: run {run} into {}", cfg.dir.display());
         let mut store = Store::open(&cfg.dir, (cfg.max_mb * 1024.0 * 1024.0) as u64, run)?;
         store.model = model_id.to_string();
+        store.reserve = reserve;
+        store.lost = lost;
         let handle = std::thread::Builder::new()
             .name("archive".into())
             .spawn(move || store.run(rx))?;
@@ -100,6 +151,16 @@ struct Store {
     files: VecDeque<(PathBuf, u64)>,
     total: u64,
     stats: ArchiveStats,
+    /// Free space a write must leave on the file system.
+    reserve: u64,
+    /// Parts not written, shared with the line's counters.
+    lost: Arc<AtomicU64>,
+}
+
+/// Bytes a file takes on disk (its allocated blocks).
+fn on_disk(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    (m.blocks() * 512).max(m.len())
 }
 
 fn ours(p: &Path) -> bool {
@@ -118,7 +179,7 @@ impl Store {
                     (
                         m.modified().unwrap_or(std::time::UNIX_EPOCH),
                         e.path(),
-                        m.len(),
+                        on_disk(&m),
                     )
                 })
             })
@@ -133,6 +194,8 @@ impl Store {
             files: files.into_iter().map(|f| (f.1, f.2)).collect(),
             total,
             stats: ArchiveStats::default(),
+            reserve: 0,
+            lost: Arc::default(),
         };
         s.trim();
         Ok(s)
@@ -140,11 +203,16 @@ impl Store {
 
     fn run(&mut self, rx: Receiver<ArchiveJob>) -> ArchiveStats {
         while let Some(job) = crate::clock::poll_recv(&rx) {
+            let before = self.files.len();
             match self.write(&job) {
                 Ok(()) => self.stats.written += 1,
                 Err(e) => {
+                    // A part's evidence is whole or absent: the files of it already written
+                    // go, so that every sidecar in the folder stands for a complete part.
+                    self.unwrite(before);
                     self.stats.errors += 1;
-                    log::warn!("archive: part {}: {e}", job.part);
+                    self.lost.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("archive: part {} not archived: {e}", job.part);
                 }
             }
         }
@@ -164,10 +232,27 @@ impl Store {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        self.total += bytes.len() as u64;
-        self.files.push_back((path, bytes.len() as u64));
+        // The cap counts what the files take on disk: a small file takes a whole block (4 KB
+        // on ext4 and tmpfs), several times its length.
+        let used = file
+            .metadata()
+            .map_or(0, |m| on_disk(&m))
+            .max(bytes.len() as u64);
+        self.total += used;
+        self.files.push_back((path, used));
         self.trim();
         Ok(())
+    }
+
+    /// Remove the files written after the ledger held `keep` of them.
+    fn unwrite(&mut self, keep: usize) {
+        while self.files.len() > keep {
+            let Some((p, n)) = self.files.pop_back() else {
+                break;
+            };
+            self.total -= n;
+            let _ = std::fs::remove_file(&p);
+        }
     }
 
     fn trim(&mut self) {
@@ -189,6 +274,20 @@ impl Store {
         };
         let base = format!("{}_{:08}_{tag}", self.run, job.part);
         let (bytes, ext) = frame_file(&job.frame)?;
+        // The files of one part are about three times its frame file.
+        let need = self.reserve + 3 * bytes.len() as u64;
+        match free_bytes(&self.dir) {
+            Ok(free) if free < need => {
+                return Err(format!(
+                    "disk full: {:.1} MB free in {}, archive.min_free_mb = {}",
+                    free as f64 / 1048576.0,
+                    self.dir.display(),
+                    self.reserve as f64 / 1048576.0
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("free space of {}: {e}", self.dir.display())),
+        }
         // Same run id (a clock set back, a reused pid) or a stray file: take the next free stem.
         let mut stem = base.clone();
         for n in 1.. {
@@ -324,6 +423,9 @@ pub struct ArchiveConfig {
     pub max_mb: f64,
     /// Rejects waiting to be written before new ones are skipped (and counted).
     pub queue: usize,
+    /// Free space left to the rest of the system: a part is not archived (and is counted) when
+    /// writing it would leave less.
+    pub min_free_mb: f64,
 }
 
 impl Default for ArchiveConfig {
@@ -332,6 +434,7 @@ impl Default for ArchiveConfig {
             dir: PathBuf::from("archive"),
             max_mb: 512.0,
             queue: 32,
+            min_free_mb: 32.0,
         }
     }
 }
@@ -348,7 +451,15 @@ impl ArchiveConfig {
         if self.queue == 0 {
             return Err(Invalid::new("archive.queue", "must be > 0"));
         }
+        if !(self.min_free_mb >= 0.0 && self.min_free_mb.is_finite()) {
+            return Err(Invalid::new("archive.min_free_mb", "must be >= 0"));
+        }
         Ok(())
+    }
+
+    /// `min_free_mb` in bytes.
+    pub fn reserve_bytes(&self) -> u64 {
+        (self.min_free_mb * 1048576.0) as u64
     }
 }
 
@@ -389,8 +500,9 @@ mod tests {
             dir: d.path().to_path_buf(),
             max_mb: 0.05,
             queue: 64,
+            min_free_mb: 0.0,
         };
-        let a = Archive::start(&cfg, "20240101-000000-1", "abcdef012345").unwrap();
+        let a = Archive::start(&cfg, "20240101-000000-1", "abcdef012345", Arc::default()).unwrap();
         for p in 1..=20 {
             a.sender().send(job(p)).unwrap();
         }
@@ -404,9 +516,9 @@ mod tests {
         names.sort();
         let total: u64 = std::fs::read_dir(d.path())
             .unwrap()
-            .map(|e| e.unwrap().metadata().unwrap().len())
+            .map(|e| on_disk(&e.unwrap().metadata().unwrap()))
             .sum();
-        assert!(total <= (0.05 * 1024.0 * 1024.0) as u64, "{total}");
+        assert!(total <= (0.05 * 1024.0 * 1024.0) as u64, "{total} on disk");
         let has = |suffix: &str| names.iter().any(|n| n.ends_with(suffix));
         assert!(has("_00000020_reject.png"), "{names:?}");
         assert!(has("_00000020_reject_map.png"), "{names:?}");
@@ -442,7 +554,7 @@ mod tests {
         let mut total = 0;
         for e in std::fs::read_dir(dir).unwrap().flatten() {
             names.push(e.file_name().to_string_lossy().into_owned());
-            total += e.metadata().unwrap().len();
+            total += on_disk(&e.metadata().unwrap());
         }
         names.sort();
         (names, total)

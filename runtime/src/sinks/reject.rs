@@ -63,6 +63,10 @@ pub struct Policy {
     pub pulse_ns: u64,
     /// Threshold in force.
     pub threshold: f32,
+    /// A pulse starting later than this after its deadline misses its part.
+    pub late_ns: u64,
+    /// Fire such a pulse anyway (it is counted as late either way).
+    pub fire_late: bool,
 }
 
 /// Outcomes of the parts of one ground-truth kind.
@@ -78,6 +82,8 @@ pub struct KindTally {
     pub fault_rejects: u64,
     /// Passed by fail-safe.
     pub fault_passes: u64,
+    /// Rejected (by verdict or fail-safe) with a pulse too late to hit the part.
+    pub late_ejections: u64,
 }
 
 /// Totals of the stage, beyond the counters.
@@ -101,10 +107,18 @@ pub struct RejectStats {
     pub with_truth: u64,
     /// Rejects the archive had no room for.
     pub archive_dropped: u64,
+    /// Rejects handed to the archive writer (each is then written or counted lost there).
+    pub archive_jobs: u64,
     /// Pin writes that failed.
     pub pin_errors: u64,
     /// Pulses the reject thread slept towards instead of spinning, its spin budget spent.
     pub spin_refused: u64,
+    /// Pulses too late to hit their part (fired or held).
+    pub late_ejections: u64,
+    /// Of those, pulses held (not fired) as known to be too late.
+    pub late_held: u64,
+    /// Defective parts among the late ejections (counted in `escapes` too).
+    pub late_escapes: u64,
 }
 
 /// A histogram of nanoseconds, 1 µs to 1 h at three significant digits; values beyond saturate.
@@ -126,10 +140,25 @@ impl Default for RejectStats {
             false_fault_rejects: 0,
             with_truth: 0,
             archive_dropped: 0,
+            archive_jobs: 0,
             pin_errors: 0,
             spin_refused: 0,
+            late_ejections: 0,
+            late_held: 0,
+            late_escapes: 0,
         }
     }
+}
+
+/// A reject pulse waiting for its time, with what the part's ground truth says (to count it
+/// as a possible escape should the pulse come too late).
+#[derive(Debug, Clone, Copy)]
+struct Pulse {
+    part: u64,
+    at: u64,
+    defective: Option<bool>,
+    /// Index into the scheduler's kind names.
+    kind: Option<usize>,
 }
 
 /// The reject scheduler's state (driven by the reject thread, or directly by unit tests).
@@ -140,7 +169,9 @@ pub struct Scheduler {
     events: Events,
     ledger: BTreeMap<u64, PartInfo>,
     last_armed: u64,
-    pulses: VecDeque<(u64, u64)>,
+    pulses: VecDeque<Pulse>,
+    /// Ground-truth kinds seen, so a pulse names its part's kind without an allocation.
+    kinds: Vec<String>,
     active_until: Option<u64>,
     counters: Counters,
     shared: Arc<Tally>,
@@ -167,6 +198,7 @@ impl Scheduler {
             ledger: BTreeMap::new(),
             last_armed: 0,
             pulses: VecDeque::new(),
+            kinds: Vec::new(),
             active_until: None,
             counters: Counters::default(),
             shared,
@@ -269,10 +301,14 @@ impl Scheduler {
             Ok(insp) => decide(insp.score, threshold).map_err(|e| e.to_string()),
             Err(e) => Err(e.clone()),
         };
-        if let Err(e) = &decided {
-            self.counters.inspect_errors += 1;
-            self.events
-                .emit(Event::alarm("inspect_failed", e.clone(), Some(part), true));
+        match &decided {
+            Err(e) => {
+                self.counters.inspect_errors += 1;
+                self.counters.inspect_failures_in_row += 1;
+                self.events
+                    .emit(Event::alarm("inspect_failed", e.clone(), Some(part), true));
+            }
+            Ok(_) => self.counters.inspect_failures_in_row = 0,
         }
         let mut ending = Ending {
             judge: None,
@@ -359,12 +395,18 @@ impl Scheduler {
 
     /// Fix a part's outcome: count it, schedule its pulse, tell the sinks, archive a reject.
     fn finish(&mut self, info: PartInfo, e: Ending) {
-        self.count(&info, e.outcome);
+        let kind = self.count(&info, e.outcome);
         if e.outcome.rejects() {
             self.counters.pulses += 1;
             let at = info.deadline_ns;
-            let pos = self.pulses.partition_point(|&(_, t)| t <= at);
-            self.pulses.insert(pos, (info.part, at));
+            let pos = self.pulses.partition_point(|p| p.at <= at);
+            let pulse = Pulse {
+                part: info.part,
+                at,
+                defective: info.frame.defective,
+                kind,
+            };
+            self.pulses.insert(pos, pulse);
         }
         let threshold = e
             .judge
@@ -388,15 +430,20 @@ impl Scheduler {
         }));
         match (e.outcome.rejects(), e.frame, &self.archive) {
             (true, Some(frame), Some(tx)) => {
-                if let Err(err) = tx.try_send(ArchiveJob {
+                let sent = tx.try_send(ArchiveJob {
                     part: info.part,
                     outcome: e.outcome,
                     frame,
                     inspection: e.inspection,
                     threshold,
                     model,
-                }) {
+                });
+                if sent.is_ok() {
+                    self.stats.archive_jobs += 1;
+                }
+                if let Err(err) = sent {
                     self.stats.archive_dropped += 1;
+                    self.counters.archive_lost += 1;
                     let job = err.into_inner();
                     self.give_back_map(job.inspection);
                     self.give_back(Some(job.frame));
@@ -410,8 +457,9 @@ impl Scheduler {
         self.publish();
     }
 
-    /// The outcome in the counters, and against the ground truth when the part has one.
-    fn count(&mut self, info: &PartInfo, outcome: Outcome) {
+    /// The outcome in the counters, and against the ground truth when the part has one;
+    /// returns the index of the part's kind.
+    fn count(&mut self, info: &PartInfo, outcome: Outcome) -> Option<usize> {
         self.counters.pending -= 1;
         match outcome {
             Outcome::Pass => self.counters.passes += 1,
@@ -419,9 +467,7 @@ impl Scheduler {
             Outcome::FaultReject => self.counters.fault_rejects += 1,
             Outcome::FaultPass => self.counters.fault_passes += 1,
         }
-        let Some(defective) = info.frame.defective else {
-            return;
-        };
+        let defective = info.frame.defective?;
         self.stats.with_truth += 1;
         let kind =
             info.frame
@@ -433,7 +479,9 @@ impl Scheduler {
             self.stats
                 .by_kind
                 .insert(kind.to_string(), KindTally::default());
+            self.kinds.push(kind.to_string());
         }
+        let index = self.kinds.iter().position(|k| k == kind);
         if let Some(t) = self.stats.by_kind.get_mut(kind) {
             t.parts += 1;
             match outcome {
@@ -449,6 +497,29 @@ impl Scheduler {
             (false, Outcome::FaultReject) => self.stats.false_fault_rejects += 1,
             _ => {}
         }
+        index
+    }
+
+    /// A pulse that started (or would start) too late to hit its part: counted, and its part
+    /// a possible escape; a defective one counts as an escape.
+    fn late_ejection(&mut self, p: Pulse, fired: bool) {
+        self.counters.late_ejections += 1;
+        self.stats.late_ejections += 1;
+        if !fired {
+            self.stats.late_held += 1;
+        }
+        if p.defective == Some(true) {
+            self.stats.escapes += 1;
+            self.stats.late_escapes += 1;
+        }
+        if let Some(t) = p
+            .kind
+            .and_then(|k| self.kinds.get(k))
+            .and_then(|k| self.stats.by_kind.get_mut(k))
+        {
+            t.late_ejections += 1;
+        }
+        self.publish();
     }
 
     fn give_back(&mut self, frame: Option<Frame>) {
@@ -516,29 +587,61 @@ impl Scheduler {
             let ending = self.fault_ending(reason, None);
             self.finish(info, ending);
         }
-        while let Some(&(part, at)) = self.pulses.front() {
-            if at > now {
+        while let Some(&p) = self.pulses.front() {
+            if p.at > now {
                 break;
             }
             self.pulses.pop_front();
+            let at = p.at;
+            // Known too late before the edge: a stalled line must not blow air at whatever
+            // part is at the nozzle now; the part is counted as a possible escape instead.
+            let due_late = self.clock.now_ns().saturating_sub(at) > self.policy.late_ns;
+            if due_late && !self.policy.fire_late {
+                let actual = self.clock.now_ns();
+                self.late_ejection(p, false);
+                self.events.emit(Event::Reject(RejectEvent {
+                    part: p.part,
+                    scheduled_ns: at,
+                    actual_ns: actual,
+                    error_us: (actual as i64 - at as i64) / 1000,
+                    extended: false,
+                    late: true,
+                    fired: false,
+                }));
+                continue;
+            }
+            // A pulse that ended before this one was due (its end passed during a stall) is
+            // ended first: this one is not an extension of it.
+            if self.active_until.is_some_and(|u| u < at) {
+                self.set_pin(false);
+                self.active_until = None;
+            }
             let extended = self.active_until.is_some();
             if !extended {
                 self.set_pin(true);
             }
             let actual = self.clock.now_ns();
-            let end = at + self.policy.pulse_ns;
-            self.active_until = Some(self.active_until.map_or(end, |u| u.max(end)));
             let err = actual as i64 - at as i64;
+            let late = err > self.policy.late_ns as i64;
+            // On time, a pulse ends on schedule; one fired late (`fire_late_pulses`) still gets
+            // its full width, or it would be cut off at once.
+            let end = if late { actual } else { at } + self.policy.pulse_ns;
+            self.active_until = Some(self.active_until.map_or(end, |u| u.max(end)));
             self.stats.max_timing_error_ns = self.stats.max_timing_error_ns.max(err.unsigned_abs());
             self.stats
                 .timing_error_ns
                 .saturating_record(err.unsigned_abs().max(1));
+            if late {
+                self.late_ejection(p, true);
+            }
             self.events.emit(Event::Reject(RejectEvent {
-                part,
+                part: p.part,
                 scheduled_ns: at,
                 actual_ns: actual,
                 error_us: err / 1000,
                 extended,
+                late,
+                fired: true,
             }));
         }
         if let Some(end) = self.active_until {
@@ -554,7 +657,7 @@ impl Scheduler {
             .min();
         [
             next_decision,
-            self.pulses.front().map(|p| p.1),
+            self.pulses.front().map(|p| p.at),
             self.active_until,
         ]
         .into_iter()
@@ -564,7 +667,12 @@ impl Scheduler {
 
     /// When the next pulse starts, if one is scheduled.
     pub fn next_pulse_ns(&self) -> Option<u64> {
-        self.pulses.front().map(|p| p.1)
+        self.pulses.front().map(|p| p.at)
+    }
+
+    /// Inspections failed in a row now.
+    pub fn failures_in_row(&self) -> u64 {
+        self.counters.inspect_failures_in_row
     }
 
     /// Nothing armed, nothing scheduled, the line is off.

@@ -100,11 +100,14 @@ pub fn load_mask(
     roi: Option<crate::frame::Roi>,
     (w, h): (u32, u32),
 ) -> Result<Vec<bool>, MaskError> {
-    let mut img = image::open(path)
-        .map_err(|e| MaskError::Unreadable {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?
+    let unreadable = |reason: String| MaskError::Unreadable {
+        path: path.display().to_string(),
+        reason,
+    };
+    let bytes = crate::files::read_capped(path, crate::files::IMAGE_CAP, "a mask file")
+        .map_err(|e| unreadable(e.to_string()))?;
+    let mut img = image::load_from_memory(&bytes)
+        .map_err(|e| unreadable(e.to_string()))?
         .into_luma8();
     if img.dimensions() != image_size {
         return Err(MaskError::Size {

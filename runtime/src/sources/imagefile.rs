@@ -20,7 +20,8 @@ pub fn load(path: &Path) -> Result<Frame, ImageFileError> {
         path: path.display().to_string(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let bytes = crate::files::read_capped(path, crate::files::IMAGE_CAP, "an image file")
+        .map_err(|e| err(e.to_string()))?;
     decode(&bytes, &path.display().to_string()).map_err(err)
 }
 

@@ -140,7 +140,7 @@ fn check_signature(b: &BoardConfig) -> Check {
             "make your own key (`python -m exporter keygen`), sign your models with it and install its .pub (`scripts/deploy --model-key`)",
         );
     }
-    let bytes = match std::fs::read(&e.model) {
+    let bytes = match e.read_model(&e.model) {
         Ok(b) => b,
         Err(err) => {
             return Check::fail(

@@ -90,7 +90,8 @@ pub(super) fn check_archive(cfg: Option<&ArchiveConfig>) -> Vec<Check> {
         return checks;
     };
     checks.push(match free_mb(existing) {
-        Ok(free) => disk_check(free, a.max_mb),
+        // The archive fills to its cap and must still leave `min_free_mb` to the system.
+        Ok(free) => disk_check(free, a.max_mb + a.min_free_mb),
         Err(e) => Check::fail(
             "archive space",
             format!("cannot ask {} for free space: {e}", existing.display()),
@@ -105,26 +106,18 @@ pub fn disk_check(free_mb: f64, max_mb: f64) -> Check {
     if free_mb >= max_mb {
         Check::pass(
             "archive space",
-            format!("{free_mb:.0} MB free ≥ archive.max_mb {max_mb:.0}"),
+            format!("{free_mb:.0} MB free ≥ {max_mb:.0} MB (archive.max_mb + archive.min_free_mb)"),
         )
     } else {
         Check::fail(
             "archive space",
-            format!("{free_mb:.0} MB free < archive.max_mb {max_mb:.0}"),
-            "free disk space, or lower archive.max_mb below what is free",
+            format!("{free_mb:.0} MB free < {max_mb:.0} MB (archive.max_mb + archive.min_free_mb)"),
+            "free disk space, or lower archive.max_mb (or archive.min_free_mb) below what is free",
         )
     }
 }
 
 /// Megabytes an unprivileged user may still write on the file system holding `path`.
 pub fn free_mb(path: &Path) -> std::io::Result<f64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: zeroed statvfs is a valid out-parameter; `c` outlives the call.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(s.f_bavail as f64 * s.f_frsize as f64 / 1e6)
+    crate::sinks::archive::free_bytes(path).map(|b| b as f64 / 1e6)
 }

@@ -85,7 +85,8 @@ fn session(
 ) -> Result<(), String> {
     let mut reader = connect(source, tls)?;
     let mut line = String::new();
-    let Some(hello) = read_line(&mut reader, &mut line, stop)? else {
+    let hello_by = std::time::Instant::now() + HELLO_TIMEOUT;
+    let Some(hello) = read_line(&mut reader, &mut line, stop, Some(hello_by))? else {
         return Ok(());
     };
     let (run, live_after) = greeting(&hello)?;
@@ -184,7 +185,7 @@ fn relay(
         });
     };
     loop {
-        let Some(v) = read_line(reader, &mut line, stop)? else {
+        let Some(v) = read_line(reader, &mut line, stop, None)? else {
             return Ok(());
         };
         let (cur_run, last) = cursor.get_or_insert_with(|| (run.to_string(), 0));
@@ -225,23 +226,44 @@ fn relay(
     }
 }
 
-/// The next JSON line, `None` when the stream ended or `stop` was set.
+/// Longest line accepted from a line: events are a few KB; a peer sending more without a
+/// newline is not a diffad stream, and must not fill the supervisor's memory.
+pub(super) const MAX_LINE: usize = 1 << 20;
+/// A line greets within this time of the connection, or it is not answering as one.
+pub(super) const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The next JSON line, `None` when the stream ended or `stop` was set; an error past
+/// `deadline` (when given) or for a line over [`MAX_LINE`].
 fn read_line(
     reader: &mut BufReader<Box<dyn Conn>>,
     line: &mut String,
     stop: &AtomicBool,
+    deadline: Option<std::time::Instant>,
 ) -> Result<Option<Value>, String> {
     line.clear();
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        match reader.read_line(line) {
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Err(format!(
+                "no hello within {} s of connecting: not a diffad stream, or a line that does not answer",
+                HELLO_TIMEOUT.as_secs()
+            ));
+        }
+        let room = (MAX_LINE + 1).saturating_sub(line.len()) as u64;
+        match reader.by_ref().take(room).read_line(line) {
+            Ok(0) if line.len() > MAX_LINE => {
+                return Err(format!(
+                    "a line of over {} KB without a newline: not a diffad stream",
+                    MAX_LINE >> 10
+                ))
+            }
             Ok(0) => return Ok(None),
             Ok(_) if line.ends_with('\n') => {
                 return serde_json::from_str(line.trim_end())
                     .map(Some)
-                    .map_err(|e| format!("bad line from the line ({e}): {}", line.trim_end()));
+                    .map_err(|e| format!("bad line from the line ({e}): {}", preview(line)));
             }
             Ok(_) => {}
             Err(e)
@@ -251,6 +273,15 @@ fn read_line(
                 ) => {}
             Err(e) => return Err(e.to_string()),
         }
+    }
+}
+
+/// The start of a bad line, for an error message that stays short.
+fn preview(line: &str) -> String {
+    let t = line.trim_end();
+    match t.char_indices().nth(200) {
+        Some((i, _)) => format!("{}… ({} bytes)", &t[..i], t.len()),
+        None => t.to_string(),
     }
 }
 
@@ -269,4 +300,65 @@ pub fn start(
             .spawn(move || follow(&s, from_start, tls.as_ref(), &tx, &stop))?;
     }
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// The first reason `follow` gives for losing a peer that `serve` answers.
+    fn first_loss(serve: impl FnOnce(TcpStream) + Send + 'static) -> (String, Duration) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            serve(s);
+        });
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, st) = (addr.clone(), stop.clone());
+        let t0 = Instant::now();
+        let h = std::thread::spawn(move || follow(&a, false, None, &tx, &st));
+        let reason = loop {
+            match rx.recv_timeout(Duration::from_secs(20)).expect("an update") {
+                Update::Disconnected { source, reason } => {
+                    assert_eq!(source, addr);
+                    break reason;
+                }
+                _ => continue,
+            }
+        };
+        let took = t0.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap();
+        (reason, took)
+    }
+
+    #[test]
+    fn a_peer_sending_an_endless_line_is_cut_at_the_line_limit() {
+        let (reason, _) = first_loss(|mut s| {
+            let chunk = vec![b'x'; 64 << 10];
+            // 8 MB without a newline; the watcher stops reading after 1 MB.
+            for _ in 0..128 {
+                if s.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        });
+        assert!(reason.contains("without a newline"), "{reason}");
+    }
+
+    #[test]
+    fn a_peer_that_never_says_hello_is_reported() {
+        let (reason, took) = first_loss(|s| {
+            std::thread::sleep(HELLO_TIMEOUT * 2);
+            drop(s);
+        });
+        assert!(reason.contains("no hello within"), "{reason}");
+        assert!(
+            took >= HELLO_TIMEOUT && took < HELLO_TIMEOUT * 2,
+            "{took:?}"
+        );
+    }
 }

@@ -32,11 +32,34 @@ pub(super) fn handshake(
     Ok(tls)
 }
 
+/// Kernel send buffer per client: without a bound the kernel grows it to megabytes for a
+/// client that does not read, hiding a stuck client from its queue bound for minutes.
+const SEND_BUFFER: libc::c_int = 64 << 10;
+
+/// Cap what the kernel holds for one client at [`SEND_BUFFER`].
+fn bound_send_buffer(stream: &TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setsockopt on an open socket with a valid int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&SEND_BUFFER as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        log::debug!(target: "diffad::sinks::supervisor", "SO_SNDBUF: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// One client: hello, then live events, answering a `resume` whenever it comes.
 pub(super) fn serve(mut stream: TcpStream, peer: SocketAddr, hub: &Hub) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    bound_send_buffer(&stream);
     let Some(mut conn) = connect(&mut stream, peer, hub) else {
         return;
     };
@@ -198,11 +221,13 @@ pub(super) fn answer(
         });
         after = 0;
     } else if after > upto {
+        // The error is the answer: a `resumed` for an empty range would name seqs this run
+        // never sent (to_seq below from_seq).
         put(&Notice::Error {
             run: &hub.run,
-            message: "resume seq is ahead of this run's last event: nothing to resend",
+            message: "resume seq is ahead of this run's last event: nothing to resend; live events follow",
         });
-        after = upto;
+        return;
     }
     let Backfill { records, lost } = hub.backfill(after, upto);
     if let Some((from, to)) = lost {

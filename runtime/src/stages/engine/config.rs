@@ -39,6 +39,25 @@ pub struct EngineConfig {
     /// `require_signature`, a model that is signed is still checked; an unsigned one is let in.
     #[serde(default)]
     pub trusted_keys: Vec<PathBuf>,
+    /// Largest model file read (MB); a larger file, or one that is not a regular file, is
+    /// refused before it is read.
+    #[serde(default = "default_max_model_mb")]
+    pub max_model_mb: f64,
+}
+
+fn default_max_model_mb() -> f64 {
+    crate::files::MODEL_CAP_MB
+}
+
+impl EngineConfig {
+    /// Read the model file within `max_model_mb`.
+    pub fn read_model(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        crate::files::read_capped(
+            path,
+            crate::files::mb(self.max_model_mb),
+            "engine.model (cap: engine.max_model_mb)",
+        )
+    }
 }
 
 fn default_providers() -> Vec<String> {
@@ -105,11 +124,18 @@ impl EngineConfig {
             steps: None,
             require_signature: false,
             trusted_keys: Vec::new(),
+            max_model_mb: crate::files::MODEL_CAP_MB,
         }
     }
 
     /// Check values that serde cannot.
     pub fn validate(&self) -> Result<(), Invalid> {
+        if !(self.max_model_mb > 0.0 && self.max_model_mb <= 2048.0) {
+            return Err(Invalid::new(
+                "engine.max_model_mb",
+                "must be within (0, 2048] (ONNX files cannot exceed 2 GB)",
+            ));
+        }
         if self.require_signature && self.trusted_keys.is_empty() {
             return Err(Invalid::new(
                 "engine.trusted_keys",

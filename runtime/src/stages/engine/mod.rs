@@ -193,7 +193,7 @@ impl Engine {
         let lib = ortlib::load()?;
         let path = config.model.clone();
         let shown = path.display().to_string();
-        let bytes = std::fs::read(&path).map_err(|source| EngineError::Io {
+        let bytes = config.read_model(&path).map_err(|source| EngineError::Io {
             path: shown.clone(),
             source,
         })?;

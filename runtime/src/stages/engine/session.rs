@@ -234,10 +234,12 @@ pub fn tensorrt_cache(config: &EngineConfig) -> Result<Option<(PathBuf, bool)>, 
         return Ok(None);
     }
     let lib = crate::model::ortlib::load()?;
-    let bytes = std::fs::read(&config.model).map_err(|source| EngineError::Io {
-        path: config.model.display().to_string(),
-        source,
-    })?;
+    let bytes = config
+        .read_model(&config.model)
+        .map_err(|source| EngineError::Io {
+            path: config.model.display().to_string(),
+            source,
+        })?;
     let sha = crate::model::onnxfile::file_sha256(&bytes);
     let dir = tensorrt_cache_dir(&config.tensorrt, &sha, &lib.version);
     let built = crate::sources::dataset::sorted_dir(&dir)
