@@ -52,7 +52,8 @@ pub struct OpcuaConfig {
     /// Monitored items per subscription.
     pub max_monitored_items: usize,
     /// Notifications queued per subscription before the oldest are dropped (a client that does
-    /// not publish loses its own, nobody else's).
+    /// not publish loses its own, nobody else's); also the largest queue a monitored item may
+    /// ask for.
     pub max_queued_notifications: usize,
     /// Results queued between the event bus and the server before they are counted as lost.
     pub queue: usize,

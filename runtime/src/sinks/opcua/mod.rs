@@ -284,8 +284,15 @@ fn build(
         limits.subscriptions.max_subscriptions_per_session = cfg.max_subscriptions;
         limits.subscriptions.max_monitored_items_per_sub = cfg.max_monitored_items;
         limits.subscriptions.max_queued_notifications = cfg.max_queued_notifications;
+        // async-opcua caps a monitored item's queue at 10 and gives an event item that asks
+        // for 0 (the server's default) a queue of 1: results faster than the client publishes
+        // would be dropped. Clients ask for the queue they need (README); this lets them.
+        limits.subscriptions.max_monitored_item_queue_size = cfg.max_queued_notifications;
         // Clients may ask for results as fast as every 10 ms (async-opcua's floor is 100 ms).
         limits.subscriptions.min_publishing_interval_ms = 10.0;
+        // Values are written when they change, never polled: a client asking for sampling
+        // interval 0 gets every change (async-opcua's default floor of 100 ms would merge them).
+        limits.subscriptions.min_sampling_interval_ms = 0.0;
     }
     if has_users {
         // async-opcua checks that an endpoint's token ids exist; the users themselves are
@@ -349,6 +356,10 @@ impl Sink for OpcuaSink {
     }
 }
 
+/// How often the task writes the state and the refused logins again when nothing changed them
+/// (see `Model::write_state`).
+const REFRESH: Duration = Duration::from_millis(200);
+
 /// The task that shows the records: one at a time, in bus order.
 async fn apply(
     mut rx: tokio::sync::mpsc::Receiver<Msg>,
@@ -358,18 +369,25 @@ async fn apply(
 ) {
     // Trigger times are the line clock's; the wall time they map to is anchored once here.
     let anchor = (std::time::SystemTime::now(), clock.now_ns());
-    model.set_state(VisionState::Preoperational);
-    while let Some(msg) = rx.recv().await {
-        match msg {
-            Msg::Rec(rec) => {
+    let mut refreshed = tokio::time::Instant::now();
+    loop {
+        match tokio::time::timeout(REFRESH, rx.recv()).await {
+            Ok(Some(Msg::Rec(rec))) => {
                 if model.show(&rec, anchor) {
                     stats.results.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Msg::Halt => {
+            Ok(Some(Msg::Halt)) => {
                 model.set_state(VisionState::Halted);
                 stats.halted.store(true, Ordering::Release);
             }
+            Ok(None) => break,
+            Err(_) => {}
+        }
+        if refreshed.elapsed() >= REFRESH {
+            refreshed = tokio::time::Instant::now();
+            model.write_state();
+            model.show_logins_refused(stats.auth_failures.load(Ordering::Relaxed));
         }
     }
 }

@@ -41,6 +41,21 @@ pub(super) enum VisionState {
     Halted,
 }
 
+impl VisionState {
+    /// The state a heartbeat leads to from `self`: the line's last heartbeat (fault `stopped`)
+    /// halts it for good, `ready` makes it operational, `ready` low after it was once high is
+    /// an error; before the first `ready` it stays preoperational.
+    pub(super) fn after_heartbeat(self, ready: bool, faults: &[String]) -> Self {
+        match self {
+            Self::Halted => Self::Halted,
+            _ if faults.iter().any(|f| f == "stopped") => Self::Halted,
+            _ if ready => Self::Operational,
+            Self::Preoperational => Self::Preoperational,
+            _ => Self::Error,
+        }
+    }
+}
+
 /// Fields of a `ResultReady` event and of the latest result, in this order; the first column is
 /// the browse name (in the Machine Vision namespace), the second its data type.
 const RESULT_FIELDS: [(&str, DataTypeId); 12] = [
@@ -73,7 +88,6 @@ const COUNTERS: [&str; 10] = [
 
 /// The nodes the task writes, and what it needs to write them.
 pub(super) struct Model {
-    handle: ServerHandle,
     line_mgr: Arc<SimpleNodeManager>,
     subs: Arc<SubscriptionCache>,
     mv: u16,
@@ -81,8 +95,7 @@ pub(super) struct Model {
     vision_system: NodeId,
     result_type: NodeId,
     alarm_type: NodeId,
-    state: Option<VisionState>,
-    ever_ready: bool,
+    state: VisionState,
     recipes: BTreeSet<String>,
     active: String,
     heartbeats: u64,
@@ -290,6 +303,14 @@ impl Model {
                 -1,
                 0u64.into(),
             );
+            var(
+                &mut space,
+                "Health",
+                "LoginsRefused",
+                DataTypeId::UInt64,
+                -1,
+                0u64.into(),
+            );
             for d in ["DriftMedian", "DriftShiftStd", "DriftRejectRate"] {
                 var(
                     &mut space,
@@ -302,7 +323,6 @@ impl Model {
             }
         }
         Ok(Self {
-            handle: handle.clone(),
             subs: handle.subscriptions().clone(),
             line_mgr,
             mv,
@@ -310,8 +330,7 @@ impl Model {
             vision_system: vs,
             result_type,
             alarm_type,
-            state: None,
-            ever_ready: false,
+            state: VisionState::Preoperational,
             recipes: BTreeSet::from([facts.model_id.clone()]),
             active: facts.model_id.clone(),
             heartbeats: 0,
@@ -334,16 +353,28 @@ impl Model {
 
     /// Show a new top state (once per change).
     pub(super) fn set_state(&mut self, s: VisionState) {
-        if self.state == Some(s) {
+        if self.state == s {
             return;
         }
-        self.state = Some(s);
-        let name = format!("{s:?}");
+        self.state = s;
+        self.write_state();
+    }
+
+    /// Write the shown state again, with a fresh timestamp. async-opcua (0.19) holds a change
+    /// that comes within a monitored item's sampling interval of the previous one until the
+    /// item is notified again, so a last change (`Halted` right after `Error`) would never
+    /// reach a client that samples at 100 ms; writing it again releases it. An unchanged value
+    /// is filtered out by the server and costs the clients nothing.
+    pub(super) fn write_state(&self) {
         self.set(vec![(
             ln_id(self.ln, "VisionStateMachine.CurrentState"),
-            LocalizedText::new("", &name).into(),
+            LocalizedText::new("", &format!("{:?}", self.state)).into(),
         )]);
-        let _ = &self.handle;
+    }
+
+    /// Show the count of refused logins.
+    pub(super) fn show_logins_refused(&self, n: u64) {
+        self.set(vec![(ln_id(self.ln, "Health.LoginsRefused"), n.into())]);
     }
 
     fn next_event_id(&mut self, run: &str) -> ByteString {
@@ -400,12 +431,7 @@ impl Model {
                     ));
                 }
                 self.set(v);
-                if h.ready {
-                    self.ever_ready = true;
-                    self.set_state(VisionState::Operational);
-                } else if self.ever_ready {
-                    self.set_state(VisionState::Error);
-                }
+                self.set_state(self.state.after_heartbeat(h.ready, &h.faults));
                 false
             }
             LineEvent::Alarm(a) => {
@@ -628,5 +654,46 @@ impl Event for FieldsEvent {
 
     fn event_type_id(&self) -> &NodeId {
         &self.base.event_type
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VisionState::{self, *};
+
+    fn walk(beats: &[(bool, &[&str])]) -> Vec<VisionState> {
+        let mut s = Preoperational;
+        beats
+            .iter()
+            .map(|(ready, faults)| {
+                let faults: Vec<String> = faults.iter().map(|f| f.to_string()).collect();
+                s = s.after_heartbeat(*ready, &faults);
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn heartbeats_drive_the_state_machine_and_the_last_one_halts_it() {
+        assert_eq!(
+            walk(&[
+                (false, &["camera_stalled"]),
+                (true, &[]),
+                (false, &["camera_stalled"]),
+                (true, &[]),
+                (false, &["stopped"]),
+                (true, &[]),
+            ]),
+            [
+                Preoperational,
+                Operational,
+                Error,
+                Operational,
+                Halted,
+                Halted
+            ]
+        );
+        // A line that stops before it was ever ready halts from Preoperational.
+        assert_eq!(walk(&[(false, &["stopped"])]), [Halted]);
     }
 }
