@@ -5,8 +5,9 @@ line (brick model, simulated conveyor): it browses from the root to the Machine 
 and the `VisionSystem`, subscribes to `ResultReady` events and to the state machine's
 `CurrentState`, and the run's every part from the first one after the subscription to the last
 must arrive exactly once, with the verdict and score the supervisor stream (resumed from the
-run's start) has for it; the state goes Preoperational -> Operational -> Halted. A second test
-exposes the server off loopback with a users file: anonymous and unsecured sessions are refused.
+run's start) has for it; the state goes Operational -> Halted. A second test exposes the server
+off loopback with a users file: anonymous and unsecured sessions are refused, an untrusted client
+certificate reads nothing, a wrong password is refused and counted, the right one gets in.
 """
 
 from __future__ import annotations
@@ -255,7 +256,7 @@ async def refused(url: str, **kw: Any) -> str:
     return ""
 
 
-def test_off_loopback_anonymous_and_unsecured_sessions_are_refused(tmp_path: Path) -> None:
+def test_off_loopback_only_trusted_certificates_and_right_passwords_get_in(tmp_path: Path) -> None:
     opc_port, sup_port = free_port(), free_port()
     line = subprocess.run(
         [str(diffad()), "opcua-passwd", "plc"], input=b"right horse\n", capture_output=True, check=True
@@ -270,21 +271,76 @@ def test_off_loopback_anonymous_and_unsecured_sessions_are_refused(tmp_path: Pat
         parts=400,
         rate_hz=20.0,
     )
+    key, cert = tmp_path / "client-key.pem", tmp_path / "client-cert.der"
+    asyncio.run(client_certificate(key, cert))
     proc = subprocess.Popen([str(diffad()), "run", "--config", str(cfg)], env=env(), stderr=subprocess.PIPE)
     try:
         wait_port(opc_port, proc)
         url = f"opc.tcp://127.0.0.1:{opc_port}/"
-        # No endpoint without security exists off loopback: the unsecured channel is refused.
+        # No endpoint without security exists off loopback: the unsecured channel is refused
+        # by the server (an answer, not a timeout).
         why = asyncio.run(refused(url))
-        assert why, "an anonymous, unsecured session was accepted off loopback"
+        assert why and "Timeout" not in why, f"an unsecured session off loopback: {why!r}"
         endpoints = asyncio.run(endpoints_of(url))
         assert endpoints, "no endpoints"
         assert all(mode != ua.MessageSecurityMode.None_ for mode, _, _ in endpoints), endpoints
         assert all("Anonymous" not in tokens for _, _, tokens in endpoints), endpoints
         assert {p.rsplit("#", 1)[1] for _, p, _ in endpoints} == {"Basic256Sha256", "Aes256_Sha256_RsaPss"}
+
+        # A certificate nobody put in pki/trusted: the right password reads nothing.
+        why, read = asyncio.run(login(url, key, cert, "right horse"))
+        assert why and read is None, f"an untrusted certificate read {read!r}"
+        rejected = list((tmp_path / "pki/rejected").glob("*.der"))
+        assert rejected, "the untrusted certificate was not kept for review in pki/rejected"
+        # The administrator trusts it (as the README says): a wrong password is still refused.
+        trusted = tmp_path / "pki/trusted"
+        trusted.mkdir(parents=True, exist_ok=True)
+        rejected[0].rename(trusted / rejected[0].name)
+        why, read = asyncio.run(login(url, key, cert, "wrong horse"))
+        assert why and read is None, f"a wrong password read {read!r}"
+        # The right one gets in and reads the count of refused logins (at least the wrong one).
+        why, read = asyncio.run(login(url, key, cert, "right horse"))
+        assert not why, why
+        assert read is not None and read >= 1, f"LoginsRefused {read!r}"
     finally:
         proc.kill()
         proc.communicate(timeout=30)
+
+
+async def client_certificate(key: Path, cert: Path) -> None:
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    await setup_self_signed_certificate(
+        key, cert, "urn:diffad-test:client", "localhost", [ExtendedKeyUsageOID.CLIENT_AUTH], {"commonName": "test"}
+    )
+
+
+async def login(url: str, key: Path, cert: Path, password: str) -> tuple[str, Any]:
+    """Connect signed and encrypted as user `plc`: (why it was refused, LoginsRefused read)."""
+    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+
+    client = Client(url, timeout=5)
+    client.application_uri = "urn:diffad-test:client"
+    client.set_user("plc")
+    client.set_password(password)
+    await client.set_security(SecurityPolicyBasic256Sha256, str(cert), str(key))
+    try:
+        await client.connect()
+    except Exception as e:  # noqa: BLE001  what the server answered is the point
+        return type(e).__name__ + ": " + str(e), None
+    try:
+        mv = (await client.get_namespace_array()).index(MV)
+        objects = await client.nodes.root.get_child(["0:Objects"])
+        for child in await objects.get_children():
+            if (await child.read_browse_name()).Name == "VisionSystem":
+                # Written every 200 ms: wait for the count to catch up with the refusals.
+                await asyncio.sleep(0.5)
+                node = await child.get_child([f"{mv}:Health", f"{mv}:LoginsRefused"])
+                return "", await node.read_value()
+        return "no VisionSystem", None
+    finally:
+        await client.disconnect()
 
 
 async def endpoints_of(url: str) -> list[tuple[Any, str, list[str]]]:

@@ -3,7 +3,9 @@
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use opcua::server::authenticator::{AuthManager, Password, UserToken};
+use opcua::server::authenticator::{
+    user_pass_security_policy_id, user_pass_security_policy_uri, AuthManager, Password, UserToken,
+};
 use opcua::server::{ServerEndpoint, ANONYMOUS_USER_TOKEN_ID};
 use opcua::types::{Error, StatusCode, UAString, UserTokenPolicy, UserTokenType};
 use std::collections::BTreeMap;
@@ -194,14 +196,15 @@ impl AuthManager for Authenticator {
             });
         }
         if endpoint.user_token_ids.contains(USERS_TOKEN_ID) && !self.users.is_empty() {
-            // A null policy URI: the password is protected by the secure channel's own
-            // policy, which is never None where users are offered.
+            // async-opcua accepts a user token only under the policy id it derives from the
+            // endpoint (any other is refused before this authenticator sees, or counts, it);
+            // the password is encrypted with the endpoint's own policy, never None here.
             out.push(UserTokenPolicy {
-                policy_id: UAString::from("username"),
+                policy_id: user_pass_security_policy_id(endpoint),
                 token_type: UserTokenType::UserName,
                 issued_token_type: UAString::null(),
                 issuer_endpoint_url: UAString::null(),
-                security_policy_uri: UAString::null(),
+                security_policy_uri: user_pass_security_policy_uri(endpoint),
             });
         }
         out

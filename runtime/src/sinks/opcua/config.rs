@@ -38,7 +38,7 @@ pub struct OpcuaConfig {
     /// Modes of the signed endpoints.
     pub modes: Vec<Mode>,
     /// The server's certificate and key (`own/`, `private/`, made at the first start when
-    /// absent), trusted client certificates (`trusted/certs/`) and rejected ones (`rejected/`).
+    /// absent), trusted client certificates (`trusted/`) and rejected ones (`rejected/`).
     pub pki_dir: PathBuf,
     /// Users and their password hashes, one `name:$argon2id$...` line each (mode 0600); made by
     /// `diffad opcua-passwd`.
@@ -173,6 +173,29 @@ impl OpcuaConfig {
         out
     }
 
+    /// One line for `check-config`: the endpoint, who may connect, and with what security.
+    pub fn describe(&self) -> String {
+        let port = self.addr().map_or(0, |a| a.port());
+        let policies: Vec<String> = self.policies.iter().map(|p| format!("{p:?}")).collect();
+        let modes: Vec<String> = self.modes.iter().map(|m| format!("{m:?}")).collect();
+        format!(
+            "Machine Vision server on {}: {}signed endpoints {} x {}, {}, pki {}",
+            self.url(port),
+            if self.open_endpoint() {
+                "anonymous without security (loopback), "
+            } else {
+                ""
+            },
+            policies.join("/"),
+            modes.join("/"),
+            match &self.users_file {
+                Some(u) => format!("users from {}", u.display()),
+                None => "no users file".to_string(),
+            },
+            self.pki_dir.display()
+        )
+    }
+
     /// The endpoint URL clients dial.
     pub fn url(&self, port: u16) -> String {
         match self.addr() {
@@ -213,6 +236,12 @@ mod tests {
         };
         ok.validate().unwrap();
         assert!(!ok.open_endpoint());
+        let line = ok.describe();
+        assert!(line.starts_with("Machine Vision server on opc.tcp://0.0.0.0:4840/: signed"));
+        assert!(line.contains("users from users"), "{line}");
+        assert!(OpcuaConfig::default()
+            .describe()
+            .contains("anonymous without security"));
     }
 
     #[test]

@@ -253,7 +253,7 @@ fn build(
         // The certificate is made at the first start (deploy) and kept in pki_dir/own.
         .create_sample_keypair(true)
         // A client certificate is trusted only when an administrator copied it into
-        // pki_dir/trusted/certs; others land in pki_dir/rejected for review.
+        // pki_dir/trusted; others land in pki_dir/rejected for review.
         .trust_client_certs(false)
         .check_cert_time(true)
         .max_sessions(cfg.max_sessions)
