@@ -248,6 +248,18 @@ fn the_line_keeps_every_part_through_stalls_disk_full_camera_errors_and_nan() {
         .collect();
     let c = &summary["counters"];
     let n = |v: &Value| v.as_u64().unwrap();
+    eprintln!(
+        "stalls {:?}; late ejections {} (held {}, escapes by them {}); archive written {} lost {}; camera errors {}; inspect errors {}; fault rejects {}",
+        stalls,
+        summary["late_ejections"],
+        summary["late_held"],
+        summary["late_escapes"],
+        summary["archive"]["written"],
+        summary["archive_lost"],
+        c["camera_errors"],
+        c["inspect_errors"],
+        c["fault_rejects"]
+    );
 
     // Every part, one outcome.
     assert_eq!(n(&c["triggers"]), PARTS, "{summary}");
