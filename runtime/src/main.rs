@@ -195,6 +195,12 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// A line for `[opcua] users_file`: NAME and an Argon2id hash of the password read from
+    /// standard input (one line).
+    OpcuaPasswd {
+        /// The OPC UA user name.
+        name: String,
+    },
     /// Frames per second and latency: bare session call vs decode→preprocess→infer→decide.
     Bench {
         /// The exported .onnx model.
@@ -279,6 +285,20 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Doctor { config, root } => Ok(doctor(config.as_deref(), root)),
+        Command::OpcuaPasswd { name } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("reading the password from standard input")?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                anyhow::bail!("empty password on standard input");
+            }
+            let line = diffad::sinks::opcua::auth::hash_line(&name, password)
+                .map_err(anyhow::Error::msg)?;
+            println!("{line}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Watch {
             addrs,
             json,

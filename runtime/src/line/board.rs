@@ -138,6 +138,12 @@ impl BoardConfig {
         if let Some(c) = self.setup.control.as_mut() {
             fix(&mut c.socket);
         }
+        if let Some(o) = self.setup.opcua.as_mut() {
+            fix(&mut o.pki_dir);
+            if let Some(u) = o.users_file.as_mut() {
+                fix(u);
+            }
+        }
         if let Some(w) = self.setup.web.as_mut() {
             if let Some(t) = w.token_file.as_mut() {
                 fix(t);
@@ -274,6 +280,11 @@ impl BoardConfig {
                     Want::Folder,
                     "name a socket path in a folder (systemd's RuntimeDirectory=diffad gives /run/diffad)",
                 );
+            }
+        }
+        if let Some(o) = &self.setup.opcua {
+            for (key, p, want) in o.files() {
+                path(key, p, want, &format!("create it or fix the path ({rel})"));
             }
         }
         if let Some(w) = &self.setup.web {

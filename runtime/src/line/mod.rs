@@ -47,6 +47,7 @@ use crate::line::watchdog::Notifier;
 use crate::sinks::archive::Archive;
 use crate::sinks::mqtt::Publisher;
 use crate::sinks::netrt::NetRuntime;
+use crate::sinks::opcua::{OpcuaError, OpcuaFacts, OpcuaServer};
 use crate::sinks::pins::LinePins;
 use crate::sinks::reject::{FailSafe, Policy, RejectStats, Scheduler};
 use crate::sinks::supervisor::Supervisor;
@@ -127,6 +128,8 @@ pub struct Options {
     pub listening: Option<crossbeam_channel::Sender<std::net::SocketAddr>>,
     /// Told the operator page's bound address once it listens.
     pub web_listening: Option<crossbeam_channel::Sender<std::net::SocketAddr>>,
+    /// Told the OPC UA server's bound address once it listens.
+    pub opcua_listening: Option<crossbeam_channel::Sender<std::net::SocketAddr>>,
     /// The board file's own facts, shown on the page.
     pub board: BoardFacts,
     /// The whole board file, which the control socket stages candidates against.
@@ -142,6 +145,7 @@ impl Default for Options {
             bus_capacity: 65_536,
             listening: None,
             web_listening: None,
+            opcua_listening: None,
             board: BoardFacts::default(),
             board_config: None,
         }
@@ -163,6 +167,9 @@ pub enum LineError {
     /// A socket or file could not be opened.
     #[error("{0}: {1}")]
     Io(&'static str, std::io::Error),
+    /// The OPC UA server could not start (users file, certificate, its own configuration).
+    #[error(transparent)]
+    Opcua(OpcuaError),
     /// A stage thread died.
     #[error("stage {0} panicked")]
     Panic(&'static str),
@@ -397,7 +404,9 @@ struct LineSinks {
     archive: Option<Archive>,
     /// The operator's page.
     web: Option<WebServer>,
-    /// The async runtime of the page and the control socket.
+    /// The OPC UA server.
+    opcua: Option<OpcuaServer>,
+    /// The async runtime of the page, the OPC UA server and the control socket.
     net: Option<NetRuntime>,
 }
 
@@ -411,6 +420,12 @@ impl LineSinks {
         archive_lost: &Arc<AtomicU64>,
     ) -> Result<Self, LineError> {
         let model_id = facts.model_id.clone();
+        let opcua_facts = OpcuaFacts {
+            line: setup.line.name.clone(),
+            run: run_id.to_string(),
+            model_id: model_id.clone(),
+            threshold: facts.threshold,
+        };
         let line = &setup.line;
         let supervisor = match setup.supervisor.listen.as_str() {
             "" => None,
@@ -430,7 +445,7 @@ impl LineSinks {
             ),
             None => None,
         };
-        let net = match setup.web.is_some() || setup.control.is_some() {
+        let net = match setup.web.is_some() || setup.control.is_some() || setup.opcua.is_some() {
             true => Some(NetRuntime::start().map_err(|e| LineError::Io("network runtime", e))?),
             false => None,
         };
@@ -447,7 +462,25 @@ impl LineSinks {
             }
             _ => None,
         };
+        let opcua = match (&setup.opcua, &net) {
+            (Some(o), Some(net)) => Some(
+                OpcuaServer::start(o, opcua_facts, clock.clone(), &net.handle()).map_err(|e| {
+                    match e {
+                        OpcuaError::Config(i) => LineError::Config(i),
+                        OpcuaError::Bind { source, .. } => LineError::Io("opcua.listen", source),
+                        other => LineError::Opcua(other),
+                    }
+                })?,
+            ),
+            _ => None,
+        };
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+        if let Some(o) = &opcua {
+            sinks.push(o.sink());
+            if let Some(tx) = &opts.opcua_listening {
+                let _ = tx.send(o.local_addr());
+            }
+        }
         if let Some(s) = &supervisor {
             sinks.push(s.sink());
             if let Some(tx) = &opts.listening {
@@ -474,6 +507,7 @@ impl LineSinks {
             mqtt,
             archive,
             web,
+            opcua,
             net,
         })
     }
@@ -484,6 +518,10 @@ impl LineSinks {
         // The page's viewers got `end` when the bus closed; give it a moment to reach them.
         let web = self.web.map(|mut server| {
             server.stop(Duration::from_millis(500));
+            server.figures()
+        });
+        let opcua = self.opcua.map(|mut server| {
+            server.stop(Duration::from_secs(2));
             server.figures()
         });
         if let Some(mut net) = self.net {
@@ -523,6 +561,7 @@ impl LineSinks {
             mqtt_undelivered,
             archive: self.archive.map(|a| a.finish()).unwrap_or_default(),
             web,
+            opcua,
         }
     }
 }

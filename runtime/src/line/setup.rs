@@ -1,11 +1,12 @@
 //! The line's configuration sections: `[camera]`, `[gpio]`, `[line]`, `[drift]`, `[supervisor]`,
-//! `[mqtt]`, `[archive]`, `[web]`, `[control]`. Each is deserialized strictly and validated before the line starts.
+//! `[mqtt]`, `[archive]`, `[web]`, `[opcua]`, `[control]`. Each is deserialized strictly and validated before the line starts.
 
 use crate::clock::MS;
 use crate::config::Invalid;
 use crate::gpio::GpioConfig;
 use crate::sinks::archive::ArchiveConfig;
 use crate::sinks::mqtt::MqttConfig;
+use crate::sinks::opcua::OpcuaConfig;
 use crate::sinks::reject::FailSafe;
 use crate::sinks::supervisor::SupervisorConfig;
 use crate::sinks::web::WebConfig;
@@ -41,6 +42,9 @@ pub struct LineSetup {
     /// The operator's page, off when absent.
     #[serde(default)]
     pub web: Option<WebConfig>,
+    /// The OPC UA server (Machine Vision model), off when absent.
+    #[serde(default)]
+    pub opcua: Option<OpcuaConfig>,
     /// The control socket (`diffad model`), off when absent.
     #[serde(default)]
     pub control: Option<crate::line::control::ControlConfig>,
@@ -91,6 +95,9 @@ impl LineSetup {
         }
         if let Some(w) = &self.web {
             w.validate()?;
+        }
+        if let Some(o) = &self.opcua {
+            o.validate()?;
         }
         if let Some(c) = &self.control {
             c.validate()?;

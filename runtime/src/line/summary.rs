@@ -71,6 +71,8 @@ pub struct Summary {
     pub drift: Option<crate::events::DriftFigures>,
     /// The operator's page, when `[web]` served one.
     pub web: Option<crate::sinks::web::WebFigures>,
+    /// The OPC UA server, when `[opcua]` ran one.
+    pub opcua: Option<crate::sinks::opcua::OpcuaFigures>,
     /// Reject pulses too late to hit their part (each a possible escape).
     pub late_ejections: u64,
     /// Of those, pulses held back as known too late.
@@ -175,6 +177,13 @@ impl fmt::Display for Summary {
         if let Some(w) = &self.web {
             write!(f, "\npage: {w}")?;
         }
+        if let Some(o) = &self.opcua {
+            write!(
+                f,
+                "\nopcua: {}  results {}  lost {}  logins refused {}",
+                o.url, o.results, o.lost, o.auth_failures
+            )?;
+        }
         Ok(())
     }
 }
@@ -196,6 +205,7 @@ pub(super) struct SinkStats {
     pub mqtt_undelivered: u64,
     pub archive: ArchiveStats,
     pub web: Option<crate::sinks::web::WebFigures>,
+    pub opcua: Option<crate::sinks::opcua::OpcuaFigures>,
 }
 
 /// What the engine and the trigger side counted.
@@ -252,6 +262,7 @@ impl Summary {
             pin_errors: stats.pin_errors + times.pin_errors,
             drift: times.drift,
             web: sinks.web,
+            opcua: sinks.opcua,
             late_ejections: stats.late_ejections,
             late_held: stats.late_held,
             late_escapes: stats.late_escapes,

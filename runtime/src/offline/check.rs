@@ -349,4 +349,8 @@ fn print_io(s: &LineSetup) {
             }
         ))
     );
+    println!(
+        "opcua:      {}",
+        s.opcua.as_ref().map_or("off".to_string(), |o| o.describe())
+    );
 }

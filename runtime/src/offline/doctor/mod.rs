@@ -16,12 +16,14 @@ mod devices;
 mod host;
 mod model;
 mod network;
+mod opcua;
 mod storage;
 
 pub use checklist::{Check, Report, Status};
 pub use devices::{find_chip, gpio_chips, ChipEntry};
 pub use host::{check_clock, check_reject_timing, check_unit, unit_user, watchdog_sec};
 pub use network::{check_bind, check_mqtt};
+pub use opcua::check_opcua;
 pub use storage::{access_rw, check_writable_dir, disk_check, free_mb};
 
 use devices::{check_camera, check_gpio};
@@ -138,7 +140,7 @@ fn load_board(path: &Path, list: &mut Printed) -> Option<BoardConfig> {
 }
 
 /// What the board file needs: the model (when ONNX Runtime loaded), the TensorRT cache, the
-/// pins, the camera, the supervisor, MQTT and the archive; and, advisory, the reject timing.
+/// pins, the camera, the supervisor, MQTT, the OPC UA server and the archive; and, advisory, the reject timing.
 fn board_checks(b: &BoardConfig, root: &Root, list: &mut Printed) {
     let ort_ok = list
         .report
@@ -162,6 +164,7 @@ fn board_checks(b: &BoardConfig, root: &Root, list: &mut Printed) {
         vec![check_bind(&b.setup.supervisor.listen)]
     }));
     list.add(guarded("mqtt", || vec![check_mqtt(b.setup.mqtt.as_ref())]));
+    list.add(guarded("opcua", || check_opcua(b.setup.opcua.as_ref())));
     list.add(guarded("archive", || {
         check_archive(b.setup.archive.as_ref())
     }));

@@ -204,3 +204,42 @@ fn reject_timing_needs_fifo_and_a_spin_window_unless_the_kernel_is_preempt_rt() 
     assert_eq!(c.status, Status::Pass, "{c}");
     assert!(c.detail.contains("PREEMPT_RT"));
 }
+
+#[test]
+fn opcua_certificate_absent_unreadable_and_in_date() {
+    use crate::sinks::opcua::OpcuaConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = OpcuaConfig {
+        listen: "127.0.0.1:0".into(),
+        pki_dir: dir.path().join("pki"),
+        ..Default::default()
+    };
+    let checks = check_opcua(Some(&cfg));
+    assert_eq!(checks[0].status, Status::Pass, "{:?}", checks[0]);
+    assert!(
+        checks[1].detail.contains("created at start"),
+        "{:?}",
+        checks[1]
+    );
+    let own = dir.path().join("pki/own");
+    std::fs::create_dir_all(&own).unwrap();
+    touch(&own.join("cert.der"), "not a certificate");
+    assert_eq!(check_opcua(Some(&cfg))[1].status, Status::Fail);
+    let (x509, _) = ::opcua::crypto::X509::cert_and_pkey(&::opcua::crypto::X509Data {
+        certificate_duration_days: 10,
+        ..::opcua::crypto::X509Data::sample_cert()
+    })
+    .unwrap();
+    std::fs::write(own.join("cert.der"), x509.to_der().unwrap()).unwrap();
+    let cert = &check_opcua(Some(&cfg))[1];
+    assert_eq!(cert.status, Status::Pass, "{cert:?}");
+    assert!(cert.detail.contains("renew it soon"), "{cert:?}");
+    // Off loopback without users the endpoint is refused by key.
+    let exposed = OpcuaConfig {
+        listen: "0.0.0.0:0".into(),
+        ..cfg
+    };
+    let endpoint = &check_opcua(Some(&exposed))[0];
+    assert_eq!(endpoint.status, Status::Fail);
+    assert!(endpoint.detail.contains("opcua.expose"), "{endpoint:?}");
+}

@@ -1,0 +1,349 @@
+"""The OPC UA server (`[opcua]`, Machine Vision model) against a third-party client.
+
+Python's `asyncua` (PyPI, in exporter/requirements-dev.txt) connects to `diffad run` on the demo's
+line (brick model, simulated conveyor): it browses from the root to the Machine Vision namespace
+and the `VisionSystem`, subscribes to `ResultReady` events and to the state machine's
+`CurrentState`, and the run's every part from the first one after the subscription to the last
+must arrive exactly once, with the verdict and score the supervisor stream (resumed from the
+run's start) has for it; the state goes Operational -> Halted. A second test exposes the server
+off loopback with a users file: anonymous and unsecured sessions are refused, an untrusted client
+certificate reads nothing, a wrong password is refused and counted, the right one gets in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+asyncua = pytest.importorskip("asyncua", reason="asyncua: scripts/setup --test-deps installs it")
+from asyncua import Client, ua  # noqa: E402
+from asyncua.common.events import get_filter_from_event_type  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = ROOT / "target/tiles/photos/brick.png"
+MODEL = ROOT / "models/tiles-brick/model.onnx"
+MV = "http://opcfoundation.org/UA/MachineVision"
+
+
+def diffad() -> Path:
+    """The newer of the debug and release builds (scripts/test builds both first)."""
+    built = [ROOT / "target" / p / "diffad" for p in ("debug", "release")]
+    built = [b for b in built if b.exists()]
+    if not built:
+        pytest.fail("target/debug/diffad not built: run `cargo build` (scripts/test does) first")
+    return max(built, key=lambda b: b.stat().st_mtime)
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    if "ORT_DYLIB_PATH" not in e:
+        libs = sorted((ROOT / ".venv/lib").glob("python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*"))
+        if not libs:
+            pytest.fail("ONNX Runtime not found: set ORT_DYLIB_PATH or run scripts/setup")
+        e["ORT_DYLIB_PATH"] = str(libs[0])
+    return e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def board(tmp: Path, opcua: str, sup_port: int, parts: int, rate_hz: float) -> Path:
+    if not PHOTO.exists():
+        pytest.fail(f"{PHOTO} missing: run scripts/texture-photos (scripts/test does)")
+    path = tmp / "board.toml"
+    path.write_text(
+        f"""[board]
+name = "opcua-test"
+[engine]
+model = "{MODEL}"
+providers = ["cpu"]
+[camera]
+source = "sim"
+[camera.sim]
+photo = "{PHOTO}"
+tile = 128
+defect_rate = 0.2
+seed = 7
+[gpio]
+sim = true
+pulse_ms = 20.0
+[line]
+name = "tiles"
+part_rate_hz = {rate_hz}
+belt_speed_mm_s = 500.0
+camera_to_ejector_mm = 250.0
+parts = {parts}
+heartbeat_ms = 2000
+[supervisor]
+listen = "127.0.0.1:{sup_port}"
+[opcua]
+pki_dir = "{tmp / 'pki'}"
+{opcua}
+"""
+    )
+    return path
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], within: float = 60.0) -> None:
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            pytest.fail(f"diffad exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    pytest.fail(f"nothing listens on 127.0.0.1:{port} after {within} s")
+
+
+class Stream(threading.Thread):
+    """The supervisor stream from the run's start: every part event by part number."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.parts: dict[int, dict[str, Any]] = {}
+        self.start()
+
+    def run(self) -> None:
+        f = self.sock.makefile("rb")
+        hello = json.loads(f.readline())
+        self.sock.sendall(f"resume {hello['run']} 0\n".encode())
+        for line in f:
+            ev = json.loads(line)
+            if ev.get("type") == "part":
+                self.parts[ev["part"]] = ev
+
+
+class Handler:
+    """Collects ResultReady events and CurrentState changes, with their arrival times."""
+
+    def __init__(self) -> None:
+        self.results: list[tuple[float, Any]] = []
+        self.states: list[str] = []
+
+    def event_notification(self, event: Any) -> None:
+        self.results.append((time.time(), event))
+
+    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+        text = val.Text if hasattr(val, "Text") else str(val)
+        if not self.states or self.states[-1] != text:
+            self.states.append(text)
+
+
+async def follow(url: str, proc: subprocess.Popen[bytes]) -> tuple[Handler, dict[str, Any]]:
+    client = Client(url, timeout=10)
+    await client.connect()
+    facts: dict[str, Any] = {}
+    handler = Handler()
+    try:
+        ns = await client.get_namespace_array()
+        assert MV in ns, ns
+        mv = ns.index(MV)
+        # From the root, by browse names, as an integrator's tool walks it.
+        objects = await client.nodes.root.get_child(["0:Objects"])
+        vs = None
+        for child in await objects.get_children():
+            bn = await child.read_browse_name()
+            if bn.Name == "VisionSystem":
+                vs = child
+        assert vs is not None, "no VisionSystem under Objects"
+        type_def = await client.get_node(await vs.read_type_definition()).read_browse_name()
+        assert (type_def.NamespaceIndex, type_def.Name) == (mv, "VisionSystemType")
+        state = await vs.get_child([f"{mv}:VisionStateMachine", f"{mv}:CurrentState"])
+        facts["recipe"] = await (await vs.get_child([f"{mv}:RecipeManagement", f"{mv}:ActiveRecipeId"])).read_value()
+        result_type = await client.nodes.root.get_child(
+            ["0:Types", "0:EventTypes", "0:BaseEventType", f"{mv}:ResultReadyEventType"]
+        )
+        sub = await client.create_subscription(20, handler)
+        await sub.subscribe_data_change(state)
+        # asyncua's select clauses for ResultReadyEventType, with the specification's OfType
+        # where clause: asyncua's own (EventType InList [...]) compares NodeIds, which
+        # async-opcua 0.19's filter evaluation does not (it compares numbers and booleans).
+        filt = await get_filter_from_event_type([result_type])
+        of_type = ua.ContentFilterElement(
+            FilterOperator=ua.FilterOperator.OfType,
+            FilterOperands=[ua.LiteralOperand(Value=ua.Variant(result_type.nodeid))],
+        )
+        filt.WhereClause = ua.ContentFilter(Elements=[of_type])
+        # A queue for the results of a few publishing intervals: asyncua's 0 (the server's
+        # default) is a queue of one in async-opcua, which drops a result whenever two come
+        # between publishes.
+        await sub._subscribe(vs, ua.AttributeIds.EventNotifier, filt, queuesize=1000)
+        facts["result_type"] = result_type.nodeid
+        # The server shows Halted after the line stops and stays up a moment for it.
+        while proc.poll() is None and handler.states[-1:] != ["Halted"]:
+            await asyncio.sleep(0.05)
+        counters = await vs.get_child([f"{mv}:Counters", f"{mv}:Triggers"])
+        facts["triggers"] = await counters.read_value()
+    except Exception as e:
+        proc.kill()
+        raise AssertionError(f"states {handler.states}, {len(handler.results)} results") from e
+    finally:
+        try:
+            await client.disconnect()
+        except Exception:  # noqa: BLE001  the server may have gone already
+            pass
+    return handler, facts
+
+
+def test_every_result_once_with_the_stream_verdict_and_the_state_machine(tmp_path: Path) -> None:
+    opc_port, sup_port = free_port(), free_port()
+    parts = 200
+    cfg = board(tmp_path, f'listen = "127.0.0.1:{opc_port}"', sup_port, parts, rate_hz=20.0)
+    proc = subprocess.Popen([str(diffad()), "run", "--config", str(cfg)], env=env(), stderr=subprocess.PIPE)
+    wait_port(opc_port, proc)
+    wait_port(sup_port, proc)
+    stream = Stream(sup_port)
+    handler, facts = asyncio.run(follow(f"opc.tcp://127.0.0.1:{opc_port}/", proc))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    stream.join(timeout=10)
+    assert len(stream.parts) == parts
+
+    assert all(e.EventType == facts["result_type"] for _, e in handler.results)
+    seen = [int(e.PartId) for _, e in handler.results]
+    assert len(seen) == len(set(seen)), "a result came twice"
+    first = min(seen)
+    assert first <= 60, f"the subscription missed the first {first - 1} parts"
+    assert seen == list(range(first, parts + 1)), "results missing or out of order"
+    latencies = []
+    for t, e in handler.results:
+        ev = stream.parts[int(e.PartId)]
+        assert e.Outcome == ev["outcome"]
+        assert e.Rejected == (ev["outcome"] in ("reject", "fault_reject"))
+        assert e.FailSafe == ev["outcome"].startswith("fault")
+        if ev["score"] is None:
+            assert e.Score is None
+        else:
+            assert abs(e.Score - ev["score"]) < 1e-6
+        assert e.RecipeId == facts["recipe"]
+        latencies.append(t - e.TriggerTime.timestamp())
+    # The line's first heartbeat comes at its start, before a client can connect: Preoperational
+    # is not observable here (the unit test of the transitions covers it). The line stops
+    # without a fault: straight from Operational to Halted, never Error.
+    states = [s for s in handler.states if s != "None"]
+    assert states == ["Operational", "Halted"], handler.states
+    assert facts["triggers"] == parts
+    latencies.sort()
+    p99 = latencies[int(0.99 * (len(latencies) - 1))]
+    p50 = latencies[len(latencies) // 2]
+    print(f"\nresult latency (trigger -> ResultReady at the client): p50 {1e3 * p50:.1f} ms, p99 {1e3 * p99:.1f} ms")
+
+
+async def refused(url: str, **kw: Any) -> str:
+    client = Client(url, timeout=5)
+    for k, v in kw.items():
+        setattr(client, k, v)
+    try:
+        await client.connect()
+    except Exception as e:  # noqa: BLE001  what the server answered is the point
+        return type(e).__name__ + ": " + str(e)
+    await client.disconnect()
+    return ""
+
+
+def test_off_loopback_only_trusted_certificates_and_right_passwords_get_in(tmp_path: Path) -> None:
+    opc_port, sup_port = free_port(), free_port()
+    line = subprocess.run(
+        [str(diffad()), "opcua-passwd", "plc"], input=b"right horse\n", capture_output=True, check=True
+    ).stdout.decode()
+    users = tmp_path / "users"
+    users.write_text(line)
+    users.chmod(0o600)
+    cfg = board(
+        tmp_path,
+        f'listen = "0.0.0.0:{opc_port}"\nexpose = true\nanonymous = false\nusers_file = "{users}"',
+        sup_port,
+        parts=400,
+        rate_hz=20.0,
+    )
+    key, cert = tmp_path / "client-key.pem", tmp_path / "client-cert.der"
+    asyncio.run(client_certificate(key, cert))
+    proc = subprocess.Popen([str(diffad()), "run", "--config", str(cfg)], env=env(), stderr=subprocess.PIPE)
+    try:
+        wait_port(opc_port, proc)
+        url = f"opc.tcp://127.0.0.1:{opc_port}/"
+        # No endpoint without security exists off loopback: the unsecured channel is refused
+        # by the server (an answer, not a timeout).
+        why = asyncio.run(refused(url))
+        assert why and "Timeout" not in why, f"an unsecured session off loopback: {why!r}"
+        endpoints = asyncio.run(endpoints_of(url))
+        assert endpoints, "no endpoints"
+        assert all(mode != ua.MessageSecurityMode.None_ for mode, _, _ in endpoints), endpoints
+        assert all("Anonymous" not in tokens for _, _, tokens in endpoints), endpoints
+        assert {p.rsplit("#", 1)[1] for _, p, _ in endpoints} == {"Basic256Sha256", "Aes256_Sha256_RsaPss"}
+
+        # A certificate nobody put in pki/trusted: the right password reads nothing.
+        why, read = asyncio.run(login(url, key, cert, "right horse"))
+        assert why and read is None, f"an untrusted certificate read {read!r}"
+        rejected = list((tmp_path / "pki/rejected").glob("*.der"))
+        assert rejected, "the untrusted certificate was not kept for review in pki/rejected"
+        # The administrator trusts it (as the README says): a wrong password is still refused.
+        trusted = tmp_path / "pki/trusted"
+        trusted.mkdir(parents=True, exist_ok=True)
+        rejected[0].rename(trusted / rejected[0].name)
+        why, read = asyncio.run(login(url, key, cert, "wrong horse"))
+        assert why and read is None, f"a wrong password read {read!r}"
+        # The right one gets in and reads the count of refused logins (at least the wrong one).
+        why, read = asyncio.run(login(url, key, cert, "right horse"))
+        assert not why, why
+        assert read is not None and read >= 1, f"LoginsRefused {read!r}"
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
+async def client_certificate(key: Path, cert: Path) -> None:
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    await setup_self_signed_certificate(
+        key, cert, "urn:diffad-test:client", "localhost", [ExtendedKeyUsageOID.CLIENT_AUTH], {"commonName": "test"}
+    )
+
+
+async def login(url: str, key: Path, cert: Path, password: str) -> tuple[str, Any]:
+    """Connect signed and encrypted as user `plc`: (why it was refused, LoginsRefused read)."""
+    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+
+    client = Client(url, timeout=5)
+    client.application_uri = "urn:diffad-test:client"
+    client.set_user("plc")
+    client.set_password(password)
+    await client.set_security(SecurityPolicyBasic256Sha256, str(cert), str(key))
+    try:
+        await client.connect()
+    except Exception as e:  # noqa: BLE001  what the server answered is the point
+        return type(e).__name__ + ": " + str(e), None
+    try:
+        mv = (await client.get_namespace_array()).index(MV)
+        objects = await client.nodes.root.get_child(["0:Objects"])
+        for child in await objects.get_children():
+            if (await child.read_browse_name()).Name == "VisionSystem":
+                # Written every 200 ms: wait for the count to catch up with the refusals.
+                await asyncio.sleep(0.5)
+                node = await child.get_child([f"{mv}:Health", f"{mv}:LoginsRefused"])
+                return "", await node.read_value()
+        return "no VisionSystem", None
+    finally:
+        await client.disconnect()
+
+
+async def endpoints_of(url: str) -> list[tuple[Any, str, list[str]]]:
+    client = Client(url, timeout=5)
+    eps = await client.connect_and_get_server_endpoints()
+    return [(e.SecurityMode, e.SecurityPolicyUri, [t.TokenType.name for t in e.UserIdentityTokens]) for e in eps]
