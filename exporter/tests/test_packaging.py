@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
-TOOLS = {"pytest", "ruff"}
+TOOLS = {"pytest", "ruff", "asyncua"}  # asyncua: the third-party OPC UA client of the tests
 
 
 def _names(lines: list[str]) -> set[str]:
