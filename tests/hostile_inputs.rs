@@ -113,6 +113,16 @@ fn check_config_rehearses_what_run_would_refuse_or_fail_safe() {
     let path = board(dir.path(), "golden", &model, "");
     refused(&path, "engine.model", "self-test");
 
+    // A graph whose shapes are not its manifest's (8×8 against 16×16): `run` refuses it at
+    // load; `check-config` read only the manifest and said `ok`.
+    let path = board(
+        dir.path(),
+        "shapes",
+        &fixture("io-mismatch.onnx"),
+        "[engine.self_test]\nenabled = false\n[line]\nthreshold = 0.5\n",
+    );
+    refused(&path, "engine.model", "does not match its manifest");
+
     // An empty replay folder.
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
