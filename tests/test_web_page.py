@@ -312,4 +312,8 @@ def test_a_hundred_viewers_leave_the_line_as_it_was(tmp_path: Path) -> None:
     assert all(c >= parts - 20 for c in counted), sorted(counted)[:5]
     assert loaded["inspected_in_time"] == base["inspected_in_time"] == parts
     assert loaded["counters"]["late_verdicts"] == base["counters"]["late_verdicts"] == 0
-    assert loaded["reject_error_p99_ms"] <= base["reject_error_p99_ms"] + 2.0, (base, loaded)
+    # Pulses within half the late-ejection limit (10 ms for the 20 ms pulse): on this 2-core VM
+    # one fresh-clone run saw one pulse of 26 at 2.9 ms with the viewers (0.007 ms without);
+    # `scripts/bench-web` measures the figure itself over many more pulses.
+    assert loaded["reject_error_p99_ms"] <= base["reject_error_p99_ms"] + 5.0, (base, loaded)
+    assert loaded["late_ejections"] == base["late_ejections"] == 0, (base, loaded)
