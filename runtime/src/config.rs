@@ -50,6 +50,19 @@ fn secret_exposed(m: &std::fs::Metadata) -> bool {
     m.permissions().mode() & 0o006 != 0
 }
 
+/// The first `(key, value, lo, hi)` whose value lies outside `lo..=hi`, as an error naming it.
+pub fn check_ranges(ranges: &[(&str, usize, usize, usize)]) -> Result<(), Invalid> {
+    for &(key, v, lo, hi) in ranges {
+        if !(lo..=hi).contains(&v) {
+            return Err(Invalid::new(
+                key,
+                format!("is {v}: must be within {lo}..={hi}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `Some(problem)` when `path` (the value of `key`) is not what the config needs.
 pub fn check_path(key: &str, path: &Path, want: Want, fix: &str) -> Option<Invalid> {
     let meta = std::fs::metadata(path);

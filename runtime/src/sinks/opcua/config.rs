@@ -152,15 +152,7 @@ impl OpcuaConfig {
             ),
             ("opcua.queue", self.queue, 16, 1 << 20),
         ];
-        for (key, v, lo, hi) in ranges {
-            if !(lo..=hi).contains(&v) {
-                return Err(Invalid::new(
-                    key,
-                    format!("is {v}: must be within {lo}..={hi}"),
-                ));
-            }
-        }
-        Ok(())
+        crate::config::check_ranges(&ranges)
     }
 
     /// Files the section names, with the key of each, for the deployment checks.

@@ -110,15 +110,7 @@ impl WebConfig {
             ("web.rejects", self.rejects, 1, 100),
             ("web.scores", self.scores, 10, 10_000),
         ];
-        for (key, v, lo, hi) in ranges {
-            if !(lo..=hi).contains(&v) {
-                return Err(Invalid::new(
-                    key,
-                    format!("is {v}: must be within {lo}..={hi}"),
-                ));
-            }
-        }
-        Ok(())
+        crate::config::check_ranges(&ranges)
     }
 
     /// Files the section names, with the key of each, for the deployment checks.
