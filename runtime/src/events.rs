@@ -186,6 +186,14 @@ pub struct Counters {
     /// Rejected parts whose frame and map did not reach the archive (queue full, write
     /// failed, disk full): evidence lost, counted.
     pub archive_lost: u64,
+    /// Frames that arrived incomplete: each one's part failed safe, uninspected.
+    pub frames_incomplete: u64,
+    /// Stream packets that never arrived (GigE Vision).
+    pub packets_missing: u64,
+    /// Stream packets the camera resent on request (GigE Vision).
+    pub packets_resent: u64,
+    /// Frames the camera sent while the stream had no free buffer.
+    pub stream_underruns: u64,
 }
 
 impl Counters {
@@ -418,6 +426,9 @@ impl Sink for LiveLog {
     }
 }
 
+// Not boxed: an event moves once into the bus's preallocated channel, and a box would cost an
+// allocation per event on the stage threads.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Event(u64, Event),
     Close,

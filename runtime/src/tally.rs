@@ -30,7 +30,11 @@ macro_rules! fields {
             trigger_edges_lost,
             late_ejections,
             inspect_failures_in_row,
-            archive_lost
+            archive_lost,
+            frames_incomplete,
+            packets_missing,
+            packets_resent,
+            stream_underruns
         )
     };
 }

@@ -228,6 +228,8 @@ impl BoardConfig {
                 Want::Folder,
                 &format!("point it at a folder of images ({rel})"),
             ),
+            // The camera is found on the network or the bus when the line starts: `diffad doctor`.
+            crate::sources::camera::config::SourceKind::Genicam => {}
             crate::sources::camera::config::SourceKind::V4l2 => path(
                 "camera.v4l2.device",
                 &cam.v4l2.device,

@@ -22,6 +22,8 @@ pub(super) type Awaiting = Mutex<VecDeque<(u64, u64)>>;
 /// What the source gave.
 enum Next {
     Frame(Frame),
+    /// A frame that arrived but not whole: its part fails safe.
+    Incomplete(Box<Frame>, String),
     /// Nothing this time (timeout, a camera error already reported); try again.
     Again,
     /// The source ended, or cannot go on.
@@ -49,6 +51,10 @@ pub(super) fn capture_loop(
         }
         let frame = match next_frame(ctx, &mut *source, &mut camera_failing) {
             Next::Frame(f) => f,
+            Next::Incomplete(frame, why) => {
+                incomplete(ctx, sched, *frame, why);
+                continue;
+            }
             Next::Again => continue,
             Next::End => break,
         };
@@ -95,6 +101,11 @@ fn next_frame(ctx: &Ctx<'_>, source: &mut dyn Source, camera_failing: &mut bool)
             log::debug!("camera: no frame within {ms} ms");
             return Next::Again;
         }
+        Err(SourceError::Incomplete { frame, why }) => {
+            // The camera is there and streaming: not a camera failure, a part without a frame.
+            publish_stream(ctx, source);
+            return Next::Incomplete(frame, why);
+        }
         Err(SourceError::Config(e)) => {
             events.emit(Event::alarm("camera_config", e.clone(), None, true));
             log::error!("camera: {e}");
@@ -103,6 +114,10 @@ fn next_frame(ctx: &Ctx<'_>, source: &mut dyn Source, camera_failing: &mut bool)
         }
         Err(e) => {
             shared.camera_errors.fetch_add(1, Ordering::Relaxed);
+            if matches!(e, SourceError::Disconnected(_)) {
+                shared.camera_down.store(true, Ordering::SeqCst);
+            }
+            publish_stream(ctx, source);
             if !*camera_failing {
                 events.emit(Event::alarm("camera_error", e.to_string(), None, true));
                 *camera_failing = true;
@@ -114,13 +129,49 @@ fn next_frame(ctx: &Ctx<'_>, source: &mut dyn Source, camera_failing: &mut bool)
         events.emit(Event::alarm("camera_error", "frames again", None, false));
         *camera_failing = false;
     }
+    shared.camera_down.store(false, Ordering::SeqCst);
     shared
         .last_frame_ns
         .store(ctx.clock.now_ns(), Ordering::Relaxed);
+    publish_stream(ctx, source);
+    Next::Frame(frame)
+}
+
+/// The source's loss counters, for the heartbeat and the summary.
+fn publish_stream(ctx: &Ctx<'_>, source: &dyn Source) {
+    let shared = ctx.shared;
     shared
         .frames_dropped
         .store(source.dropped(), Ordering::Relaxed);
-    Next::Frame(frame)
+    let s = source.stream_stats();
+    shared
+        .packets_missing
+        .store(s.packets_missing, Ordering::Relaxed);
+    shared
+        .packets_resent
+        .store(s.packets_resent, Ordering::Relaxed);
+    shared
+        .stream_underruns
+        .store(s.underruns, Ordering::Relaxed);
+}
+
+/// A frame that came in pieces: its part (made by it, or the photo-eye part it matches) fails
+/// safe, never inspected on what arrived.
+fn incomplete(ctx: &Ctx<'_>, sched: &mut Sender<SchedMsg>, frame: Frame, why: String) {
+    ctx.shared
+        .last_frame_ns
+        .store(ctx.clock.now_ns(), Ordering::Relaxed);
+    let armed = if ctx.setup.line.trigger == Trigger::Frame {
+        Some(arm_by_frame(ctx, sched, &frame))
+    } else {
+        match_to_trigger(ctx, sched, &frame)
+    };
+    if let Some((part, _)) = armed {
+        let _ = sched.send(SchedMsg::Incomplete {
+            part,
+            reason: format!("incomplete frame {}: {why}", frame.seq),
+        });
+    }
 }
 
 /// Free-running: the frame is the part. Returns (part, trigger time).

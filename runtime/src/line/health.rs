@@ -250,6 +250,9 @@ impl<'a> Health<'a> {
         {
             faults.push("camera_stalled".into());
         }
+        if !shared.is_done(CAPTURE) && shared.camera_down.load(Ordering::SeqCst) {
+            faults.push("camera_disconnected".into());
+        }
         let mut all_alive = true;
         for (i, name) in STAGES.iter().enumerate() {
             if !shared.is_done(i)

@@ -645,6 +645,7 @@ impl Threads<'_> {
         let (source, trigger, models, cmds) =
             (self.hw.source, self.hw.trigger, self.models, self.cmds);
         let notifier = self.notifier;
+        let soft_trigger = source.soft_trigger();
         std::thread::scope(|scope| {
             let mut held = || held.next().expect("one guard per stage thread");
             let done = |stage| Some((ctx.shared, stage, ctx.clock));
@@ -657,7 +658,7 @@ impl Threads<'_> {
             });
             let trigger = trigger.zip(trigger_tx).map(|(mut input, mut tx)| {
                 spawn_stage(scope, "trigger", held(), done(TRIGGER), move || {
-                    trigger::trigger_loop(ctx, &mut *input, &mut tx)
+                    trigger::trigger_loop(ctx, &mut *input, &mut tx, soft_trigger)
                 })
             });
             let (stats_tx, stats_rx) = std::sync::mpsc::channel();

@@ -33,6 +33,10 @@ pub(super) enum SchedMsg {
         reason: String,
         frame: Option<Frame>,
     },
+    Incomplete {
+        part: u64,
+        reason: String,
+    },
 }
 
 /// Deliver messages and fire pulses until every stage before it is done and every part has
@@ -162,6 +166,7 @@ fn deliver(s: &mut Scheduler, msg: SchedMsg) {
             reason,
             frame,
         } => s.not_queued(part, &reason, frame),
+        SchedMsg::Incomplete { part, reason } => s.incomplete(part, &reason),
     }
 }
 

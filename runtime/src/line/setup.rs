@@ -102,6 +102,22 @@ impl LineSetup {
         if let Some(c) = &self.control {
             c.validate()?;
         }
+        if self.camera.source == crate::sources::camera::config::SourceKind::Genicam {
+            use crate::sources::camera::config::GenicamTrigger;
+            let t = self.camera.genicam.trigger;
+            if t == GenicamTrigger::Software && self.line.trigger != Trigger::Gpio {
+                return Err(Invalid::new(
+                    "camera.genicam.trigger",
+                    "\"software\" fires the camera at each photo-eye edge: it needs line.trigger = \"gpio\" (use \"free\" or \"hardware\" with line.trigger = \"frame\")",
+                ));
+            }
+            if t != GenicamTrigger::Software && self.line.trigger == Trigger::Gpio {
+                return Err(Invalid::new(
+                    "camera.genicam.trigger",
+                    "with line.trigger = \"gpio\" the camera must be fired per part: trigger = \"software\" (a photo-eye wired to the camera is trigger = \"hardware\" with line.trigger = \"frame\")",
+                ));
+            }
+        }
         if self.line.trigger == Trigger::Gpio && self.gpio.trigger.is_none() {
             return Err(Invalid::new(
                 "gpio.trigger",

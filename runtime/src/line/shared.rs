@@ -39,6 +39,11 @@ pub(super) struct Shared {
     pub alive: [AtomicU64; 4],
     pub done: [AtomicBool; 4],
     pub frames_dropped: AtomicU64,
+    pub packets_missing: AtomicU64,
+    pub packets_resent: AtomicU64,
+    pub stream_underruns: AtomicU64,
+    /// The source reported the camera gone; cleared by the next frame.
+    pub camera_down: AtomicBool,
     pub camera_errors: AtomicU64,
     pub pin_errors: AtomicU64,
     pub trigger_progress: AtomicU64,
@@ -70,6 +75,10 @@ impl Shared {
             alive: Default::default(),
             done: Default::default(),
             frames_dropped: AtomicU64::new(0),
+            packets_missing: AtomicU64::new(0),
+            packets_resent: AtomicU64::new(0),
+            stream_underruns: AtomicU64::new(0),
+            camera_down: AtomicBool::new(false),
             camera_errors: AtomicU64::new(0),
             pin_errors: AtomicU64::new(0),
             trigger_progress: AtomicU64::new(0),
@@ -148,6 +157,9 @@ impl Shared {
     /// The reject stage's counters completed with what the other stages count themselves.
     pub fn complete(&self, mut c: Counters, events_dropped: u64) -> Counters {
         c.frames_dropped = self.frames_dropped.load(Ordering::Relaxed);
+        c.packets_missing = self.packets_missing.load(Ordering::Relaxed);
+        c.packets_resent = self.packets_resent.load(Ordering::Relaxed);
+        c.stream_underruns = self.stream_underruns.load(Ordering::Relaxed);
         c.camera_errors = self.camera_errors.load(Ordering::Relaxed);
         c.trigger_edges_lost = self.trigger_edges_lost.load(Ordering::Relaxed);
         c.archive_lost += self.archive_errors.load(Ordering::Relaxed);

@@ -174,6 +174,13 @@ impl fmt::Display for Summary {
             self.archive_dropped,
             self.archive.errors
         )?;
+        if c.frames_incomplete + c.packets_missing + c.packets_resent + c.stream_underruns > 0 {
+            write!(
+                f,
+                "\ncamera stream: frames incomplete {} (failed safe, not inspected)  packets missing {}  resent {}  underruns {}",
+                c.frames_incomplete, c.packets_missing, c.packets_resent, c.stream_underruns
+            )?;
+        }
         if let Some(w) = &self.web {
             write!(f, "\npage: {w}")?;
         }

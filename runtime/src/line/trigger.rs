@@ -8,15 +8,17 @@ use super::Ctx;
 use crate::clock::MS;
 use crate::events::{Event, FrameFacts};
 use crate::sinks::reject::PartInfo;
+use crate::sources::camera::SoftTrigger;
 use crate::sources::trigger::{TriggerEdge, TriggerInput};
 use std::sync::atomic::Ordering;
 
 /// Arm parts from photo-eye edges until capture ends, the part count is reached or a stop is
-/// requested.
+/// requested; a camera triggered in software (`fire`) is fired for each part.
 pub(super) fn trigger_loop(
     ctx: &Ctx<'_>,
     input: &mut dyn TriggerInput,
     sched: &mut Sender<SchedMsg>,
+    mut fire: Option<Box<dyn SoftTrigger>>,
 ) {
     let (shared, clock) = (ctx.shared, ctx.clock);
     loop {
@@ -41,7 +43,16 @@ pub(super) fn trigger_loop(
         let progress = clock.now_ns();
         match got {
             Ok(Some(edge)) => {
-                arm_edge(ctx, sched, edge);
+                let part = arm_edge(ctx, sched, edge);
+                if let Some(f) = fire.as_mut() {
+                    // A refused trigger leaves the part waiting for a frame that never comes:
+                    // it fails safe at its deadline; the camera's own failure is alarmed by
+                    // the capture thread.
+                    if let Err(e) = f.fire() {
+                        shared.camera_errors.fetch_add(1, Ordering::Relaxed);
+                        log::warn!("part {part}: software trigger refused: {e}");
+                    }
+                }
                 shared
                     .trigger_progress
                     .store(progress.max(edge.t_ns), Ordering::SeqCst);
@@ -63,7 +74,7 @@ pub(super) fn trigger_loop(
 }
 
 /// One edge: a new part, armed with its deadline and left waiting for its frame.
-fn arm_edge(ctx: &Ctx<'_>, sched: &mut Sender<SchedMsg>, edge: TriggerEdge) {
+fn arm_edge(ctx: &Ctx<'_>, sched: &mut Sender<SchedMsg>, edge: TriggerEdge) -> u64 {
     let part = ctx.next_part.fetch_add(1, Ordering::SeqCst) + 1;
     ctx.shared.note_trigger(edge.t_ns);
     if edge.lost > 0 {
@@ -97,4 +108,5 @@ fn arm_edge(ctx: &Ctx<'_>, sched: &mut Sender<SchedMsg>, edge: TriggerEdge) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push_back((part, edge.t_ns));
+    part
 }

@@ -104,8 +104,8 @@ fn rehearse(c: &BoardConfig) -> Vec<Invalid> {
         Ok(i) => i,
         Err(e) => return problem("camera", e.to_string()),
     };
-    if s.camera.source == SourceKind::V4l2 {
-        println!("frames:     not rehearsed (camera.source = \"v4l2\" needs the device: `diffad doctor`)");
+    if matches!(s.camera.source, SourceKind::V4l2 | SourceKind::Genicam) {
+        println!("frames:     not rehearsed (a camera source needs the camera: `diffad doctor`)");
         return Vec::new();
     }
     let clock: std::sync::Arc<dyn crate::clock::Clock> =
@@ -215,6 +215,21 @@ fn print_camera(c: &BoardConfig) {
         }
         crate::sources::camera::config::SourceKind::V4l2 => {
             format!("camera {}", s.camera.v4l2.device.display())
+        }
+        crate::sources::camera::config::SourceKind::Genicam => {
+            let g = &s.camera.genicam;
+            format!(
+                "GenICam camera {} {}×{} {} ({:?} trigger)",
+                if g.camera.is_empty() {
+                    "(the only one found)"
+                } else {
+                    &g.camera
+                },
+                g.width,
+                g.height,
+                g.pixel_format,
+                g.trigger
+            )
         }
     };
     println!("source:     {source}");

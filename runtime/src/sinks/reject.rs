@@ -252,6 +252,12 @@ impl Scheduler {
             .emit(Event::alarm("queue_full", reason, Some(part), true));
     }
 
+    /// The part's frame arrived incomplete: it fails safe, uninspected.
+    pub fn incomplete(&mut self, part: u64, reason: &str) {
+        self.counters.frames_incomplete += 1;
+        self.fail_uninspected(part, reason.to_string(), None);
+    }
+
     /// The engine gave up on the part: its verdict could no longer come in time.
     pub fn skipped(&mut self, part: u64, reason: &str, frame: Option<Frame>) {
         self.counters.skipped += 1;

@@ -101,6 +101,16 @@ pub fn check_model(camera: &CameraConfig, spec: &InputSpec) -> Result<(), Invali
             camera.sim.tile,
             camera.sim.tile,
         ),
+        (None, SourceKind::Genicam) => (
+            if camera.genicam.width < mw {
+                "camera.genicam.width"
+            } else {
+                "camera.genicam.height"
+            },
+            "the frame",
+            camera.genicam.width,
+            camera.genicam.height,
+        ),
         // Replayed images are checked one by one as they come.
         (None, SourceKind::Replay) => return Ok(()),
     };
@@ -150,6 +160,14 @@ pub fn check(camera: &CameraConfig, spec: &InputSpec) -> Result<(), Invalid> {
             camera.v4l2.width,
             camera.v4l2.height,
         )),
+        SourceKind::Genicam if camera.genicam.width < tw || camera.genicam.height < th => {
+            Err(small(
+                "camera.genicam.width",
+                "the frame",
+                camera.genicam.width,
+                camera.genicam.height,
+            ))
+        }
         SourceKind::Sim if camera.sim.tile < tw.max(th) => Err(small(
             "camera.sim.tile",
             "the simulated frame",

@@ -169,6 +169,7 @@ pub(super) fn check_camera(cfg: &CameraConfig, root: &Root) -> Check {
                 )
             }
         }
+        SourceKind::Genicam => super::genicam::check_camera(&cfg.genicam, root),
         SourceKind::V4l2 => {
             let node = root.path(&cfg.v4l2.device);
             if !node.exists() {

@@ -13,6 +13,7 @@ use crate::line::board::BoardConfig;
 
 mod checklist;
 mod devices;
+mod genicam;
 mod host;
 mod model;
 mod network;
@@ -160,6 +161,11 @@ fn board_checks(b: &BoardConfig, root: &Root, list: &mut Printed) {
     list.add(guarded("camera", || {
         vec![check_camera(&b.setup.camera, root)]
     }));
+    if b.setup.camera.source == crate::sources::camera::config::SourceKind::Genicam {
+        list.add(guarded("receive buffer", || {
+            vec![genicam::check_rmem(&b.setup.camera.genicam, root)]
+        }));
+    }
     list.add(guarded("supervisor", || {
         vec![check_bind(&b.setup.supervisor.listen)]
     }));
@@ -175,6 +181,7 @@ fn board_checks(b: &BoardConfig, root: &Root, list: &mut Printed) {
 
 /// The service unit and the clock; advisory unless the board is `deployed`.
 fn host_checks(root: &Root, deployed: bool, list: &mut Printed) {
+    list.add(guarded("genicam cameras", || genicam::list_cameras(root)));
     list.add(guarded("systemd unit", || {
         vec![check_unit(root).needed(deployed)]
     }));

@@ -15,13 +15,15 @@ pub enum SourceKind {
     Replay,
     /// A Video4Linux2 camera.
     V4l2,
+    /// A GenICam camera (GigE Vision, USB3 Vision) through Aravis.
+    Genicam,
 }
 
 /// `[camera]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CameraConfig {
-    /// `"sim"`, `"replay"` or `"v4l2"`.
+    /// `"sim"`, `"replay"`, `"v4l2"` or `"genicam"`.
     pub source: SourceKind,
     /// Alarm and drop `ready` when no frame came for this long.
     pub stall_ms: u64,
@@ -31,6 +33,8 @@ pub struct CameraConfig {
     pub replay: ReplayConfig,
     /// Real camera.
     pub v4l2: V4l2Config,
+    /// GenICam camera.
+    pub genicam: GenicamConfig,
     /// Region of the frame that is inspected (`{ x, y, width, height }`); the whole frame when
     /// absent. Resized to the model size, or cut into tiles with `camera.tiling`.
     pub roi: Option<crate::frame::Roi>,
@@ -49,6 +53,7 @@ impl Default for CameraConfig {
             sim: SimCameraConfig::default(),
             replay: ReplayConfig::default(),
             v4l2: V4l2Config::default(),
+            genicam: GenicamConfig::default(),
             roi: None,
             tiling: TilingConfig::default(),
             allow_upscale: false,
@@ -69,16 +74,19 @@ impl CameraConfig {
             if r.height == 0 {
                 return Err(Invalid::new("camera.roi.height", "must be > 0"));
             }
-            let v = &self.v4l2;
-            if self.source == SourceKind::V4l2
-                && (u64::from(r.x) + u64::from(r.width) > u64::from(v.width)
-                    || u64::from(r.y) + u64::from(r.height) > u64::from(v.height))
+            let (w, h, section) = match self.source {
+                SourceKind::V4l2 => (self.v4l2.width, self.v4l2.height, "camera.v4l2"),
+                SourceKind::Genicam => (self.genicam.width, self.genicam.height, "camera.genicam"),
+                _ => (u32::MAX, u32::MAX, ""),
+            };
+            if u64::from(r.x) + u64::from(r.width) > u64::from(w)
+                || u64::from(r.y) + u64::from(r.height) > u64::from(h)
             {
                 return Err(Invalid::new(
                     "camera.roi",
                     format!(
-                        "{}×{} at ({}, {}) does not fit in the {}×{} frames of camera.v4l2",
-                        r.width, r.height, r.x, r.y, v.width, v.height
+                        "{}×{} at ({}, {}) does not fit in the {w}×{h} frames of {section}",
+                        r.width, r.height, r.x, r.y
                     ),
                 ));
             }
@@ -87,6 +95,7 @@ impl CameraConfig {
             SourceKind::Sim => self.sim.validate(),
             SourceKind::Replay => self.replay.validate(),
             SourceKind::V4l2 => self.v4l2.validate(),
+            SourceKind::Genicam => self.genicam.validate(),
         }
     }
 }
@@ -258,6 +267,174 @@ impl V4l2Config {
                 "camera.v4l2.dequeue_timeout_ms",
                 "must be > 0",
             ));
+        }
+        Ok(())
+    }
+}
+
+/// How a GenICam camera is triggered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GenicamTrigger {
+    /// `TriggerMode = Off`: the camera runs at `frame_rate`; with `line.trigger = "frame"`
+    /// every frame is a part.
+    #[default]
+    Free,
+    /// `TriggerSource = Software`: the line fires `TriggerSoftware` for each photo-eye edge
+    /// (`line.trigger = "gpio"`).
+    Software,
+    /// `TriggerSource = <hardware_line>`: the photo-eye is wired to the camera, which makes the
+    /// part (`line.trigger = "frame"`).
+    Hardware,
+}
+
+/// `[camera.genicam]`: a GigE Vision or USB3 Vision camera, set up through its GenICam
+/// features (SFNC names).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenicamConfig {
+    /// The camera's Aravis id (`<vendor>-<serial>`, e.g. `Aravis-Fake-GV01`), its serial number,
+    /// or its address; empty: the only camera found.
+    pub camera: String,
+    /// `PixelFormat`: `Mono8`, `Mono10`, `Mono12`, `Mono16`, `BayerRG8`, `BayerGR8`,
+    /// `BayerGB8`, `BayerBG8`, `RGB8` or `BGR8`.
+    pub pixel_format: String,
+    /// `Width` (after binning).
+    pub width: u32,
+    /// `Height` (after binning).
+    pub height: u32,
+    /// `OffsetX`.
+    pub offset_x: u32,
+    /// `OffsetY`.
+    pub offset_y: u32,
+    /// `BinningHorizontal` and `BinningVertical` (1: none).
+    pub binning: u32,
+    /// `ExposureTime` in µs (`None`: leave the camera's).
+    pub exposure_us: Option<f64>,
+    /// `Gain` in dB (`None`: leave the camera's).
+    pub gain_db: Option<f64>,
+    /// `AcquisitionFrameRate` when free-running.
+    pub frame_rate: f64,
+    /// `"free"`, `"software"` or `"hardware"`.
+    pub trigger: GenicamTrigger,
+    /// `TriggerSource` for `trigger = "hardware"` (e.g. `Line1`).
+    pub hardware_line: String,
+    /// Frames decoded to `"grey"` or `"rgb"` (Bayer and RGB formats).
+    pub color: ColorMode,
+    /// Stream buffers allocated once and recycled.
+    pub buffers: u32,
+    /// A frame that takes longer than this is a stall: the camera is checked, and reconnected
+    /// when it does not answer.
+    pub timeout_ms: u64,
+    /// GigE Vision: receive socket buffer asked of the kernel, bytes (capped by
+    /// `net.core.rmem_max`; `diffad doctor` says how to raise it).
+    pub socket_buffer_bytes: u32,
+    /// GigE Vision: `GevSCPSPacketSize` in bytes (0: negotiated by Aravis).
+    pub packet_size: u32,
+    /// Any other GenICam feature, by name: `{ BalanceWhiteAuto = "Off", ReverseX = true }`.
+    pub features: std::collections::BTreeMap<String, toml::Value>,
+}
+
+impl Default for GenicamConfig {
+    fn default() -> Self {
+        Self {
+            camera: String::new(),
+            pixel_format: "Mono8".into(),
+            width: 640,
+            height: 480,
+            offset_x: 0,
+            offset_y: 0,
+            binning: 1,
+            exposure_us: None,
+            gain_db: None,
+            frame_rate: 30.0,
+            trigger: GenicamTrigger::Free,
+            hardware_line: "Line1".into(),
+            color: ColorMode::Grey,
+            buffers: 8,
+            timeout_ms: 1000,
+            socket_buffer_bytes: 8 << 20,
+            packet_size: 0,
+            features: Default::default(),
+        }
+    }
+}
+
+/// GenICam pixel formats the GenICam source converts.
+pub const GENICAM_PIXEL_FORMATS: [&str; 10] = [
+    "Mono8", "Mono10", "Mono12", "Mono16", "BayerRG8", "BayerGR8", "BayerGB8", "BayerBG8", "RGB8",
+    "BGR8",
+];
+
+impl GenicamConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if !GENICAM_PIXEL_FORMATS.contains(&self.pixel_format.as_str()) {
+            return Err(Invalid::new(
+                "camera.genicam.pixel_format",
+                format!(
+                    "{:?} is not one the line converts; use one of {}",
+                    self.pixel_format,
+                    GENICAM_PIXEL_FORMATS.join(", ")
+                ),
+            ));
+        }
+        if self.width == 0 || self.height == 0 {
+            return Err(Invalid::new(
+                "camera.genicam.width",
+                "width and height must be > 0",
+            ));
+        }
+        if !(1..=8).contains(&self.binning) {
+            return Err(Invalid::new(
+                "camera.genicam.binning",
+                "must be within 1..=8",
+            ));
+        }
+        if !(self.frame_rate > 0.0 && self.frame_rate <= 10_000.0) {
+            return Err(Invalid::new(
+                "camera.genicam.frame_rate",
+                "must be within (0, 10000] frames per second",
+            ));
+        }
+        if let Some(e) = self.exposure_us {
+            if !(e > 0.0 && e.is_finite()) {
+                return Err(Invalid::new("camera.genicam.exposure_us", "must be > 0"));
+            }
+        }
+        if self.gain_db.is_some_and(|g| !g.is_finite()) {
+            return Err(Invalid::new("camera.genicam.gain_db", "must be a number"));
+        }
+        if !(2..=64).contains(&self.buffers) {
+            return Err(Invalid::new(
+                "camera.genicam.buffers",
+                "must be within 2..=64",
+            ));
+        }
+        if !(10..=60_000).contains(&self.timeout_ms) {
+            return Err(Invalid::new(
+                "camera.genicam.timeout_ms",
+                "must be within 10..=60000",
+            ));
+        }
+        if self.trigger == GenicamTrigger::Hardware && self.hardware_line.is_empty() {
+            return Err(Invalid::new(
+                "camera.genicam.hardware_line",
+                "required when trigger = \"hardware\" (the camera input the photo-eye is wired to, e.g. \"Line1\")",
+            ));
+        }
+        for (name, v) in &self.features {
+            if !matches!(
+                v,
+                toml::Value::String(_)
+                    | toml::Value::Integer(_)
+                    | toml::Value::Float(_)
+                    | toml::Value::Boolean(_)
+            ) {
+                return Err(Invalid::new(
+                    format!("camera.genicam.features.{name}"),
+                    "must be a string, an integer, a number or a boolean",
+                ));
+            }
         }
         Ok(())
     }

@@ -1,6 +1,9 @@
-//! Frame sources: a simulated conveyor, replayed images, or a V4L2 camera.
+//! Frame sources: a simulated conveyor, replayed images, a V4L2 camera or a GenICam camera.
 
 pub mod config;
+#[cfg(feature = "genicam")]
+pub mod genicam;
+pub mod pixels;
 pub mod replay;
 pub mod sim;
 #[cfg(feature = "v4l2")]
@@ -27,6 +30,32 @@ pub enum SourceError {
     /// Reading or decoding failed for one frame.
     #[error("camera io: {0}")]
     Io(String),
+    /// A frame arrived but not whole (lost packets, a timeout mid-frame): its part is made or
+    /// matched by `frame` (whose `data` is empty) and fails safe without being inspected.
+    #[error("incomplete frame {}: {why}", frame.seq)]
+    Incomplete {
+        /// The frame's sequence number, time and origin; no pixels.
+        frame: Box<Frame>,
+        /// What the camera's stream reported.
+        why: String,
+    },
+}
+
+/// Stream counters a camera keeps beyond frames dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Packets that never arrived (GigE Vision).
+    pub packets_missing: u64,
+    /// Packets the camera sent again on request (GigE Vision).
+    pub packets_resent: u64,
+    /// Frames the camera sent while no buffer was free to take them.
+    pub underruns: u64,
+}
+
+/// Fires a camera's software trigger; handed to the photo-eye thread.
+pub trait SoftTrigger: Send {
+    /// Expose one frame now.
+    fn fire(&mut self) -> Result<(), String>;
 }
 
 /// Something that yields frames, one part each.
@@ -38,6 +67,14 @@ pub trait Source: Send {
     /// Frames lost before they reached us (sequence gaps).
     fn dropped(&self) -> u64 {
         0
+    }
+    /// Stream counters (zero for sources without a network stream).
+    fn stream_stats(&self) -> StreamStats {
+        StreamStats::default()
+    }
+    /// A handle that exposes a frame per photo-eye edge, for cameras triggered in software.
+    fn soft_trigger(&self) -> Option<Box<dyn SoftTrigger>> {
+        None
     }
     /// Short description for logs.
     fn describe(&self) -> String;
@@ -66,6 +103,12 @@ pub fn open(
         #[cfg(not(feature = "v4l2"))]
         SourceKind::V4l2 => Err(SourceError::Config(
             "built without the `v4l2` feature".into(),
+        )),
+        #[cfg(feature = "genicam")]
+        SourceKind::Genicam => Ok(Box::new(genicam::GenicamSource::new(&cfg.genicam, clock)?)),
+        #[cfg(not(feature = "genicam"))]
+        SourceKind::Genicam => Err(SourceError::Config(
+            "camera.source = \"genicam\": this diffad was built without the `genicam` feature (rebuild with it, after `scripts/setup` installed libaravis-dev)".into(),
         )),
     }
 }
