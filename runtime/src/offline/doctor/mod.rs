@@ -13,6 +13,7 @@ use crate::line::board::BoardConfig;
 
 mod checklist;
 mod devices;
+mod gstreamer;
 mod host;
 mod model;
 mod network;

@@ -1,6 +1,8 @@
-//! Frame sources: a simulated conveyor, replayed images, or a V4L2 camera.
+//! Frame sources: a simulated conveyor, replayed images, a V4L2 camera, or a GStreamer pipeline.
 
 pub mod config;
+#[cfg(feature = "gstreamer")]
+pub mod gstreamer;
 pub mod replay;
 pub mod sim;
 #[cfg(feature = "v4l2")]
@@ -66,6 +68,15 @@ pub fn open(
         #[cfg(not(feature = "v4l2"))]
         SourceKind::V4l2 => Err(SourceError::Config(
             "built without the `v4l2` feature".into(),
+        )),
+        #[cfg(feature = "gstreamer")]
+        SourceKind::Gstreamer => Ok(Box::new(gstreamer::GstSource::new(&cfg.gstreamer, clock)?)),
+        #[cfg(not(feature = "gstreamer"))]
+        SourceKind::Gstreamer => Err(SourceError::Config(
+            "camera.source = \"gstreamer\": this diffad was built without the `gstreamer` \
+             feature; rebuild with it (default; needs libgstreamer1.0-dev and \
+             libgstreamer-plugins-base1.0-dev, `scripts/setup`)"
+                .into(),
         )),
     }
 }

@@ -1,0 +1,403 @@
+//! `camera.source = "gstreamer"` through the line, on real GStreamer pipelines (no mocks): a
+//! test pattern, a video the test encodes from tile images (compared with a replay of the same
+//! tiles), pipelines that end, fail and stall mid-run, and the configuration errors `run` and
+//! `check-config` refuse. The line runs on the system clock: GStreamer keeps real time.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use common::{root, run_line, run_line_on, Run};
+use diffad::clock::{Clock, SystemClock};
+use diffad::events::Outcome;
+use diffad::line::setup::LineSetup;
+use diffad::stages::engine::{Engine, EngineConfig};
+use diffad::stages::inspect::{EngineInspector, Inspector};
+
+/// The 128×128 grey stand-in model: its score is the top-5 mean of sigmoid(pixel), so a tile
+/// rejects (threshold 0.6) when a few pixels are brighter than about 103.
+fn model() -> PathBuf {
+    root().join("tests/fixtures/sigmoid-b4.onnx")
+}
+
+fn inspector(_: Arc<dyn Clock>) -> Box<dyn Inspector> {
+    Box::new(
+        EngineInspector::new(
+            Engine::load(&EngineConfig::cpu(&model())).unwrap(),
+            None,
+            None,
+        )
+        .unwrap(),
+    )
+}
+
+/// A line on simulated pins whose camera is `camera` (the `[camera]` table's keys and
+/// sub-tables), 500 ms from camera to ejector.
+fn setup(camera: &str, parts: Option<u64>) -> LineSetup {
+    let mut s = LineSetup::from_toml(&format!(
+        r#"
+        [camera]
+        {camera}
+        [gpio]
+        sim = true
+        pulse_ms = 15
+        [gpio.reject]
+        name = "PAC.06"
+        [line]
+        name = "gst"
+        part_rate_hz = 20
+        belt_speed_mm_s = 500
+        camera_to_ejector_mm = 250
+        verdict_margin_ms = 5
+        heartbeat_ms = 100
+        queue = 8
+        [supervisor]
+        listen = ""
+        "#
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    s.line.parts = parts;
+    s
+}
+
+fn run_live(setup: &LineSetup) -> Run {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let run = run_line_on(clock, setup, inspector, None, None);
+    println!("{}", run.summary);
+    run
+}
+
+/// Every part got exactly one outcome, numbered 1..=n, and the counters balance.
+fn accounted(run: &Run, n: u64) {
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for p in run.parts() {
+        *seen.entry(p.part).or_default() += 1;
+    }
+    assert_eq!(seen.len() as u64, n, "{}", run.summary);
+    assert!(seen.values().all(|&k| k == 1), "a part with two outcomes");
+    assert!((1..=n).all(|p| seen.contains_key(&p)));
+    let c = &run.summary.counters;
+    assert!(run.summary.invariant_ok, "{}", run.summary);
+    assert_eq!(
+        c.passes + c.rejects + c.fault_rejects + c.fault_passes,
+        n,
+        "{}",
+        run.summary
+    );
+}
+
+/// Inspected in time, and each verdict is its score against the threshold.
+fn decided_by_scores(run: &Run) {
+    for p in run.parts() {
+        let score = p.score.unwrap_or_else(|| panic!("not scored: {p:?}"));
+        let want = if score >= p.threshold {
+            Outcome::Reject
+        } else {
+            Outcome::Pass
+        };
+        assert_eq!(p.outcome, want, "{p:?}");
+    }
+}
+
+#[test]
+fn a_test_pattern_runs_the_line_and_every_part_is_accounted_for() {
+    let run = run_live(&setup(
+        r#"source = "gstreamer"
+        [camera.gstreamer]
+        pipeline = 'videotestsrc is-live=true num-buffers=40 pattern=ball ! video/x-raw,width=160,height=128,framerate=20/1 ! videoconvert ! appsink name=sink'
+        eos = "end""#,
+        None,
+    ));
+    accounted(&run, 40);
+    decided_by_scores(&run);
+    let c = &run.summary.counters;
+    assert_eq!(c.camera_errors, 0, "{}", run.summary);
+    assert_eq!(c.frames_dropped, 0, "{}", run.summary);
+    // Frames come in order, one part each, stamped on the line's clock 50 ms apart.
+    let parts = run.parts();
+    let mut by_part: Vec<_> = parts.iter().collect();
+    by_part.sort_by_key(|p| p.part);
+    for w in by_part.windows(2) {
+        assert_eq!(w[1].frame.frame_seq, w[0].frame.frame_seq + 1);
+        let gap_ms = (w[1].trigger_ns - w[0].trigger_ns) as f64 / 1e6;
+        assert!((20.0..80.0).contains(&gap_ms), "frames {gap_ms} ms apart");
+    }
+    // The ball is white on black: the stand-in model rejects it.
+    assert!(c.rejects > 0, "{}", run.summary);
+}
+
+/// `n` tiles of 128×128 grey: dark noise, every third one with a bright spot (a defect the
+/// stand-in model rejects), as `tile000.png`… in `dir`.
+fn write_tiles(dir: &Path, n: u32) {
+    for i in 0..n {
+        let mut img = image::GrayImage::new(128, 128);
+        for (x, y, p) in img.enumerate_pixels_mut() {
+            let h = (x * 7919 + y * 104_729 + i * 1_299_709) % 81;
+            p.0 = [10 + h as u8];
+        }
+        if i % 3 == 0 {
+            let (x0, y0) = (10 + i * 4 % 100, 20 + i * 7 % 90);
+            for y in y0..y0 + 6 {
+                for x in x0..x0 + 6 {
+                    img.put_pixel(x, y, image::Luma([150 + (i * 3 % 100) as u8]));
+                }
+            }
+        }
+        img.save(dir.join(format!("tile{i:03}.png"))).unwrap();
+    }
+}
+
+/// Encode the tiles as a lossless (raw GRAY8) AVI at 20 fps with `gst-launch-1.0`.
+fn encode_video(tiles: &Path, video: &Path) {
+    let out = Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "multifilesrc",
+            &format!("location={}/tile%03d.png", tiles.display()),
+            "caps=image/png,framerate=20/1",
+            "!",
+            "pngdec",
+            "!",
+            "videoconvert",
+            "!",
+            "video/x-raw,format=GRAY8",
+            "!",
+            "avimux",
+            "!",
+            "filesink",
+            &format!("location={}", video.display()),
+        ])
+        .output()
+        .expect("gst-launch-1.0 (gstreamer1.0-tools; scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_recorded_video_gives_the_verdicts_a_replay_of_its_tiles_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiles = dir.path().join("tiles");
+    std::fs::create_dir(&tiles).unwrap();
+    write_tiles(&tiles, 30);
+    let video = dir.path().join("line.avi");
+    encode_video(&tiles, &video);
+
+    let gst = run_live(&setup(
+        &format!(
+            r#"source = "gstreamer"
+            [camera.gstreamer]
+            pipeline = 'filesrc location={} ! decodebin ! videoconvert ! appsink name=sink'
+            eos = "end""#,
+            video.display()
+        ),
+        None,
+    ));
+    accounted(&gst, 30);
+    decided_by_scores(&gst);
+    let replay = run_line(
+        &setup(
+            &format!(
+                "source = \"replay\"\n[camera.replay]\ndir = \"{}\"",
+                tiles.display()
+            ),
+            None,
+        ),
+        inspector,
+        None,
+        None,
+    );
+    accounted(&replay, 30);
+    let sorted = |r: &Run| {
+        let mut v: Vec<(u64, f32, Outcome)> = r
+            .parts()
+            .iter()
+            .map(|p| (p.part, p.score.unwrap(), p.outcome))
+            .collect();
+        v.sort_by_key(|x| x.0);
+        v
+    };
+    let (g, r) = (sorted(&gst), sorted(&replay));
+    // Lossless frames: the same pixels, so the same scores to the bit, part by part.
+    assert_eq!(g, r);
+    let rejects = g.iter().filter(|x| x.2 == Outcome::Reject).count();
+    assert_eq!(rejects, 10, "the ten tiles with a spot: {g:?}");
+}
+
+#[test]
+fn a_pipeline_that_ends_and_fails_mid_run_alarms_reconnects_and_loses_no_part() {
+    // Each build gives 12 frames, then an end of stream (rebuilt: "reconnect"); the second
+    // pipeline's identity element raises a real element error after 5 buffers instead.
+    for (pipeline, says) in [
+        (
+            "videotestsrc is-live=true num-buffers=12 ! video/x-raw,width=128,height=128,framerate=20/1 ! videoconvert ! appsink name=sink",
+            "end of stream",
+        ),
+        (
+            "videotestsrc is-live=true ! video/x-raw,width=128,height=128,framerate=20/1 ! identity error-after=5 ! videoconvert ! appsink name=sink",
+            "identity",
+        ),
+    ] {
+        let run = run_live(&setup(
+            &format!(
+                r#"source = "gstreamer"
+                stall_ms = 5000
+                [camera.gstreamer]
+                pipeline = '{pipeline}'"#
+            ),
+            Some(30),
+        ));
+        accounted(&run, 30);
+        decided_by_scores(&run);
+        let alarms = run.alarms("camera_error");
+        let raised: Vec<_> = alarms.iter().filter(|a| a.active).collect();
+        let cleared = alarms.iter().filter(|a| !a.active).count();
+        // 30 parts need at least three builds of 12 (or six of 5): two or more failures,
+        // each alarmed once and cleared once frames flowed again.
+        assert!(raised.len() >= 2, "{alarms:?}");
+        assert!(
+            raised.iter().all(|a| a.message.contains(says)),
+            "{alarms:?}"
+        );
+        assert!(cleared + 1 >= raised.len() && cleared >= 2, "{alarms:?}");
+        for w in alarms.windows(2) {
+            assert_ne!(w[0].active, w[1].active, "raised and cleared in turn: {alarms:?}");
+        }
+        assert!(
+            run.summary.counters.camera_errors >= raised.len() as u64,
+            "{}",
+            run.summary
+        );
+    }
+}
+
+/// A board file for the binary with a gstreamer camera.
+fn board(dir: &Path, gst: &str) -> PathBuf {
+    let path = dir.join("gst.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[board]\nname = \"t\"\n[engine]\nmodel = \"{}\"\n[camera]\nsource = \"gstreamer\"\n[camera.gstreamer]\n{gst}\n[gpio]\nsim = true\n[supervisor]\nlisten = \"\"\n[line]\nparts = 5\n",
+            model().display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn diffad(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_diffad"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn pipeline_errors_are_refused_naming_the_key_and_the_element() {
+    let dir = tempfile::tempdir().unwrap();
+    for (gst, want) in [
+        (
+            "pipeline = \"\"",
+            "required when camera.source = \"gstreamer\"",
+        ),
+        (
+            "pipeline = \"nosuchcamerasrc ! videoconvert ! appsink name=sink\"",
+            "no GStreamer element `nosuchcamerasrc`",
+        ),
+        (
+            "pipeline = \"videotestsrc ! videoconvert ! autovideosink\"",
+            "no appsink named `sink`",
+        ),
+        (
+            "pipeline = \"videotestsrc ! videoconvert ! appsink name=frames\"",
+            "no appsink named `sink`",
+        ),
+        (
+            "pipeline = \"videotestsrc ! appsink name=sink\"\ncolor = \"rgb\"",
+            "the model takes 1 channel",
+        ),
+    ] {
+        let path = board(dir.path(), gst);
+        let (code, t) = diffad(&["check-config", path.to_str().unwrap()]);
+        assert_eq!(code, Some(2), "{gst}: {t}");
+        assert!(t.contains("camera.gstreamer."), "{gst}: {t}");
+        assert!(t.contains(want), "{gst}: want {want:?}: {t}");
+        let (code, t) = diffad(&["run", "--quiet", "--config", path.to_str().unwrap()]);
+        assert_ne!(code, Some(0), "{gst}: {t}");
+        assert!(
+            t.contains("camera.gstreamer.") && t.contains(want),
+            "{gst}: {t}"
+        );
+    }
+    // A pipeline that cannot produce the format (no converter before the appsink) stops the
+    // line naming the key and the fix, rather than being retried for ever.
+    let path = board(
+        dir.path(),
+        "pipeline = \"videotestsrc ! video/x-raw,format=I420 ! appsink name=sink\"",
+    );
+    let (code, t) = diffad(&["run", "--quiet", "--config", path.to_str().unwrap()]);
+    assert_ne!(code, Some(0), "{t}");
+    assert!(
+        t.contains("camera.gstreamer.pipeline") && t.contains("videoconvert"),
+        "{t}"
+    );
+}
+
+#[test]
+fn the_shipped_desktop_board_runs_its_pipeline() {
+    let photo = root().join("target/tiles/photos/brick.png");
+    assert!(
+        photo.exists(),
+        "{} missing: run scripts/texture-photos (scripts/test does)",
+        photo.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // The shipped file with its paths made absolute, a short run, and nothing listening or
+    // written outside the test's folder.
+    let board_dir = root().join("board-configs");
+    let text = std::fs::read_to_string(board_dir.join("desktop-gstreamer.toml"))
+        .unwrap()
+        .replace("\"../", &format!("\"{}/../", board_dir.display()))
+        .replace(
+            "location=target/",
+            &format!("location={}/target/", root().display()),
+        );
+    let mut t: toml::Table = text.parse().unwrap();
+    for section in ["web", "control"] {
+        t.remove(section);
+    }
+    let set = |t: &mut toml::Table, section: &str, key: &str, v: toml::Value| {
+        t[section].as_table_mut().unwrap().insert(key.into(), v);
+    };
+    set(&mut t, "supervisor", "listen", "".into());
+    set(&mut t, "line", "parts", 12.into());
+    set(&mut t, "line", "realtime_priority", 0.into());
+    set(
+        &mut t,
+        "archive",
+        "dir",
+        dir.path().join("archive").display().to_string().into(),
+    );
+    let copy = dir.path().join("board.toml");
+    std::fs::write(&copy, toml::to_string(&t).unwrap()).unwrap();
+    let (code, out) = diffad(&["run", "--quiet", "--config", copy.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("12 parts"), "{out}");
+    assert!(out.contains("[every part accounted for]"), "{out}");
+    let (code, out) = diffad(&["check-config", copy.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("GStreamer pipeline"), "{out}");
+}
