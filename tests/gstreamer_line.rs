@@ -26,7 +26,7 @@ fn model() -> PathBuf {
 fn inspector(_: Arc<dyn Clock>) -> Box<dyn Inspector> {
     Box::new(
         EngineInspector::new(
-            Engine::load(&EngineConfig::cpu(&model())).unwrap(),
+            Engine::load(&EngineConfig::cpu(model())).unwrap(),
             None,
             None,
         )
@@ -400,4 +400,187 @@ fn the_shipped_desktop_board_runs_its_pipeline() {
     let (code, out) = diffad(&["check-config", copy.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("GStreamer pipeline"), "{out}");
+}
+
+#[test]
+fn parts_at_the_photo_eye_while_the_pipeline_is_down_fail_safe_and_the_rest_are_inspected() {
+    use diffad::events::{Event, TapSink};
+    use diffad::gpio::{ActiveLevel, LineRef};
+    use diffad::line::{Hardware, Options, Shutdown};
+    use diffad::sim::doubles::FakeEdgeRequest;
+    use diffad::sinks::pins::LinePins;
+    use diffad::sources::trigger::request_trigger;
+    // A camera at 10 fps whose pipeline fails after 20 frames (a real element error) and is
+    // rebuilt after a backoff; a photo-eye sees 60 parts at 10 Hz meanwhile.
+    let mut setup = setup(
+        r#"source = "gstreamer"
+        stall_ms = 5000
+        [camera.gstreamer]
+        pipeline = 'videotestsrc is-live=true pattern=black ! video/x-raw,width=128,height=128,framerate=10/1 ! identity error-after=20 ! videoconvert ! appsink name=sink'"#,
+        Some(60),
+    );
+    setup.line.trigger = diffad::line::setup::Trigger::Gpio;
+    setup.gpio.trigger = Some(LineRef {
+        name: "PAA.01".into(),
+        active: ActiveLevel::High,
+    });
+    setup.validate().unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let (pins, _logs) = LinePins::sim(&setup.gpio, clock.clone());
+    let mut kernel = None;
+    let trigger = request_trigger(&setup.gpio, |_, req| {
+        let k = FakeEdgeRequest::new(clock.clone(), req, 1, false);
+        kernel = Some(k.clone());
+        Ok(k)
+    })
+    .unwrap();
+    let kernel = kernel.unwrap();
+    let source = diffad::sources::camera::open(&setup.camera, 10.0, clock.clone()).unwrap();
+    // The first part once the pipeline is surely streaming.
+    let t0 = clock.now_ns() + 1000 * diffad::clock::MS;
+    for i in 0..60 {
+        let t = t0 + i * 100 * diffad::clock::MS;
+        kernel.drive(0, t, true);
+        kernel.drive(0, t + 5 * diffad::clock::MS, false);
+    }
+    let (tap, rx) = crossbeam_channel::unbounded();
+    let opts = Options {
+        sinks: vec![Box::new(TapSink(tap))],
+        live_log: false,
+        ..Default::default()
+    };
+    let hw = Hardware {
+        source,
+        pins,
+        trigger: Some(trigger),
+    };
+    let summary = diffad::line::run(
+        &setup,
+        inspector(clock.clone()),
+        clock,
+        hw,
+        Shutdown::new(),
+        opts,
+    )
+    .unwrap();
+    let run = Run {
+        summary,
+        records: rx.try_iter().collect(),
+        pins: _logs,
+    };
+    println!("{}", run.summary);
+    accounted(&run, 60);
+    let c = &run.summary.counters;
+    assert_eq!(c.triggers, 60, "{}", run.summary);
+    // 60 parts over 6 s at 10 fps need three pipelines: two outages, parts in them fail safe.
+    assert!(c.fault_rejects >= 2, "{}", run.summary);
+    assert!(c.passes >= 30, "black frames pass: {}", run.summary);
+    for p in run.parts() {
+        match p.outcome {
+            Outcome::FaultReject => assert!(p.score.is_none(), "{p:?}"),
+            Outcome::Pass => assert!(p.score.is_some_and(|s| s < p.threshold), "{p:?}"),
+            _ => panic!("{p:?}"),
+        }
+    }
+    let alarms = run.alarms("camera_error");
+    assert!(
+        alarms.iter().filter(|a| a.active).count() >= 2,
+        "{alarms:?}"
+    );
+    assert!(
+        alarms.iter().filter(|a| !a.active).count() >= 2,
+        "{alarms:?}"
+    );
+    assert!(
+        run.records.iter().any(|r| matches!(&r.event, Event::Alarm(a) if a.code == "camera_error" && a.message.contains("identity"))),
+        "the element's own error text is in the alarm"
+    );
+}
+
+#[test]
+fn a_stalled_pipeline_is_rebuilt_and_a_looped_video_plays_again_without_an_alarm() {
+    use diffad::sources::camera::{self, SourceError};
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    // A live source that never delivers (every buffer dropped): stalled within the start
+    // timeout, rebuilt on the next call after a backoff.
+    let s = setup(
+        r#"source = "gstreamer"
+        [camera.gstreamer]
+        pipeline = 'videotestsrc is-live=true ! identity drop-probability=1.0 ! videoconvert ! appsink name=sink'
+        start_timeout_ms = 300"#,
+        None,
+    );
+    let mut src = camera::open(&s.camera, 10.0, clock.clone()).unwrap();
+    let t = std::time::Instant::now();
+    let mut stalls = 0;
+    while stalls < 2 {
+        match src.next_frame() {
+            Err(SourceError::Timeout(_)) => {}
+            Err(SourceError::Disconnected(e)) => {
+                assert!(
+                    e.contains("stalled") && e.contains("start_timeout_ms"),
+                    "{e}"
+                );
+                stalls += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(t.elapsed().as_secs() < 10, "no stall seen");
+    }
+    // Two starts of 300 ms and one backoff of 250 ms between them.
+    assert!(t.elapsed().as_millis() >= 800, "{:?}", t.elapsed());
+
+    // A 5-frame clip on "loop": 12 frames in a row, no error, frame numbers continuing.
+    let s = setup(
+        r#"source = "gstreamer"
+        [camera.gstreamer]
+        pipeline = 'videotestsrc num-buffers=5 ! video/x-raw,width=64,height=64,framerate=100/1 ! videoconvert ! appsink name=sink'
+        eos = "loop""#,
+        None,
+    );
+    let mut src = camera::open(&s.camera, 10.0, clock).unwrap();
+    let mut seqs = Vec::new();
+    while seqs.len() < 12 {
+        match src.next_frame() {
+            Ok(Some(f)) => {
+                seqs.push(f.seq);
+                src.recycle(f.data);
+            }
+            Err(SourceError::Timeout(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seqs, (1..=12).collect::<Vec<u64>>());
+    assert_eq!(src.dropped(), 0);
+}
+
+#[test]
+fn doctor_names_a_missing_element_and_its_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = board(
+        dir.path(),
+        "pipeline = \"nvarguscamerasrc sensor-id=0 ! nvvidconv ! video/x-raw,format=GRAY8 ! appsink name=sink\"",
+    );
+    let (_, t) = diffad(&["doctor", "--config", path.to_str().unwrap()]);
+    let line = t
+        .lines()
+        .skip_while(|l| !l.contains(" camera "))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        line.contains('✗') && line.contains("`nvarguscamerasrc`"),
+        "{t}"
+    );
+    assert!(line.contains("nvidia-l4t-gstreamer"), "{t}");
+    let path = board(
+        dir.path(),
+        "pipeline = \"videotestsrc ! videoconvert ! appsink name=sink\"",
+    );
+    let (_, t) = diffad(&["doctor", "--config", path.to_str().unwrap()]);
+    let line = t
+        .lines()
+        .find(|l| l.contains(" camera "))
+        .unwrap_or_default();
+    assert!(line.contains('✓') && line.contains("videotestsrc"), "{t}");
 }

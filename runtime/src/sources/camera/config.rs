@@ -324,9 +324,10 @@ pub struct GstreamerConfig {
     pub sink: String,
     /// `"grey"` or `"rgb"`: the appsink's caps (`GRAY8` or `RGB`), the model's channels.
     pub color: ColorMode,
-    /// Release each frame at its presentation time (a recorded video plays at its frame rate);
-    /// false hands frames over as fast as they are decoded.
-    pub sync: bool,
+    /// Whether the appsink holds each frame until its presentation time. Unset: a live
+    /// pipeline (a camera) hands frames over as they arrive, a recorded video plays at its
+    /// frame rate; `false` decodes a video as fast as the line takes it.
+    pub sync: Option<bool>,
     /// Frames the appsink queues before it blocks the pipeline (`max-buffers`).
     pub buffers: u32,
     /// No frame for this long once frames flowed: the pipeline is stalled and is rebuilt.
@@ -343,7 +344,7 @@ impl Default for GstreamerConfig {
             pipeline: String::new(),
             sink: "sink".into(),
             color: ColorMode::Grey,
-            sync: true,
+            sync: None,
             buffers: 4,
             timeout_ms: 2000,
             start_timeout_ms: 10_000,

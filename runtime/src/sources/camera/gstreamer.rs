@@ -223,7 +223,7 @@ fn build(cfg: &GstreamerConfig) -> Result<Built, SourceError> {
         None => ours,
     };
     sink.set_caps(Some(&caps));
-    sink.set_sync(cfg.sync);
+    sink.set_sync(cfg.sync.unwrap_or(true));
     sink.set_max_buffers(cfg.buffers);
     // Blocking, not dropping: a live source drops at the camera (counted from its buffer
     // offsets) and a recorded video loses nothing.
@@ -336,7 +336,14 @@ impl GstSource {
             info: None,
             monotonic: None,
         };
-        let started = live.pipeline.set_state(gst::State::Playing);
+        // A live pipeline does not preroll. Its frames are due when they arrive: a synchronised
+        // appsink would hold each back by the pipeline's latency (a frame period for
+        // `videotestsrc`: 50 ms more from trigger to verdict at 20 fps).
+        let paused = live.pipeline.set_state(gst::State::Paused);
+        if paused == Ok(gst::StateChangeSuccess::NoPreroll) && self.cfg.sync.is_none() {
+            live.sink.set_sync(false);
+        }
+        let started = paused.and_then(|_| live.pipeline.set_state(gst::State::Playing));
         // The reason for a refused start is on the bus (a missing file, a busy device).
         if let BusNews::Failed(e) = drain_bus(&live) {
             return Err(self.failed(e));
