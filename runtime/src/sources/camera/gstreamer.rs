@@ -96,7 +96,7 @@ pub fn copy_rows(
 }
 
 /// Counts frames lost upstream from gaps in the buffers' offsets (frame numbers, where the
-/// source sets them: `v4l2src`, `videotestsrc`, `nvarguscamerasrc`; others leave them unset).
+/// source sets them, as `v4l2src` and `videotestsrc` do; others leave them unset).
 #[derive(Debug, Default, Clone)]
 pub struct OffsetGaps {
     last: Option<u64>,
