@@ -731,3 +731,74 @@ fn bad_gstreamer_keys_name_their_key() {
         }
     }
 }
+
+/// Threads of this process, and its resident memory in KiB.
+fn threads_and_rss() -> (usize, u64) {
+    let threads = std::fs::read_dir("/proc/self/task").unwrap().count();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (threads, rss)
+}
+
+#[test]
+fn twenty_rebuilds_leave_no_thread_or_memory_behind() {
+    use diffad::sources::camera::{self, SourceError};
+    // Threads and memory are the process's: counted in a process of its own, not beside the
+    // other tests of this file running in parallel.
+    const ALONE: &str = "DIFFAD_GST_TEST_ALONE";
+    if std::env::var_os(ALONE).is_none() {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "twenty_rebuilds_leave_no_thread_or_memory_behind",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(ALONE, "1")
+            .output()
+            .unwrap();
+        let t = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("{t}");
+        assert!(out.status.success() && t.contains("1 passed"), "{t}");
+        return;
+    }
+    // A camera that ends after 3 frames every time: each end is a failure and a rebuild.
+    let s = setup(
+        r#"source = "gstreamer"
+        [camera.gstreamer]
+        pipeline = 'videotestsrc num-buffers=3 ! video/x-raw,width=320,height=240,framerate=200/1 ! videoconvert ! appsink name=sink'"#,
+        None,
+    );
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let mut src = camera::open(&s.camera, 10.0, clock).unwrap();
+    let rebuild = |src: &mut Box<dyn camera::Source>| loop {
+        match src.next_frame() {
+            Ok(Some(f)) => src.recycle(f.data),
+            Err(SourceError::Timeout(_)) => {}
+            Err(SourceError::Disconnected(e)) => {
+                assert!(e.contains("end of stream"), "{e}");
+                return;
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    // Warm up: GStreamer's thread pool and registry settle in the first rounds.
+    for _ in 0..3 {
+        rebuild(&mut src);
+    }
+    let (threads0, rss0) = threads_and_rss();
+    for _ in 0..20 {
+        rebuild(&mut src);
+    }
+    let (threads1, rss1) = threads_and_rss();
+    println!("threads {threads0} -> {threads1}, rss {rss0} -> {rss1} KiB over 20 rebuilds");
+    assert!(threads1 <= threads0, "threads {threads0} -> {threads1}");
+    assert!(rss1 < rss0 + 4096, "rss {rss0} -> {rss1} KiB");
+}

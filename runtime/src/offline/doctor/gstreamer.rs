@@ -182,6 +182,35 @@ mod tests {
         assert!(package_for("frobnicator").contains("apt-file"));
     }
 
+    #[cfg(not(feature = "gstreamer"))]
+    #[test]
+    fn without_the_feature_doctor_and_run_refuse_a_pipeline_saying_why() {
+        let cfg = GstreamerConfig {
+            pipeline: "videotestsrc ! videoconvert ! appsink name=sink".into(),
+            ..Default::default()
+        };
+        let c = check_pipeline(&cfg);
+        assert_eq!(c.status, super::super::Status::Fail, "{c}");
+        assert!(
+            c.fix.as_deref().unwrap().contains("`gstreamer` feature"),
+            "{c}"
+        );
+        let camera = crate::sources::camera::config::CameraConfig {
+            source: crate::sources::camera::config::SourceKind::Gstreamer,
+            gstreamer: cfg,
+            ..Default::default()
+        };
+        let clock: std::sync::Arc<dyn crate::clock::Clock> =
+            std::sync::Arc::new(crate::clock::SystemClock::new());
+        match crate::sources::camera::open(&camera, 10.0, clock) {
+            Err(crate::sources::camera::SourceError::Config(e)) => {
+                assert!(e.contains("built without the `gstreamer` feature"), "{e}")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("opened without GStreamer"),
+        }
+    }
+
     #[cfg(feature = "gstreamer")]
     #[test]
     fn a_missing_element_fails_with_its_package_and_a_whole_pipeline_passes() {
