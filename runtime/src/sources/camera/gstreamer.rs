@@ -20,6 +20,13 @@
 //!   second; otherwise (another clock, a file played without `sync`, a virtual line clock) at
 //!   arrival. Live sources stamp buffers when they are captured, so the part's deadline counts
 //!   from when it passed the camera, not from when the pipeline delivered it.
+//! - **Failures.** An element's error on the bus, an end of stream (`eos = "reconnect"`) and no
+//!   frame within `timeout_ms` are [`SourceError::Disconnected`] with the element's words: the
+//!   pipeline goes to NULL at once and is rebuilt on the next call after a backoff (250 ms,
+//!   doubling to 2 s, reset by a frame), so a dead camera is retried, not spun on. What no
+//!   rebuild cures (a format the pipeline cannot give, a missing decoder) is
+//!   [`SourceError::Config`] and stops the line. `eos = "end"` ends the source as a replay
+//!   ends (a recorded video); `"loop"` plays it again without an alarm.
 
 use super::{Source, SourceError};
 use crate::clock::{Clock, MS};
@@ -409,14 +416,16 @@ impl GstSource {
             .plane_data(0)
             .map_err(|e| SourceError::Io(format!("frame plane: {e}")))?;
         let mut data = self.pool.pop().unwrap_or_default();
-        copy_rows(
+        if let Err(e) = copy_rows(
             plane,
             stride,
             w as usize * self.bytes_per_pixel,
             h as usize,
             &mut data,
-        )
-        .map_err(SourceError::Io)?;
+        ) {
+            self.pool.push(data);
+            return Err(SourceError::Io(e));
+        }
         drop(mapped);
         let offset = buffer.offset();
         self.gaps
