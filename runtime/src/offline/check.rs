@@ -108,6 +108,9 @@ fn rehearse(c: &BoardConfig) -> Vec<Invalid> {
         println!("frames:     not rehearsed (a camera source needs the camera: `diffad doctor`)");
         return Vec::new();
     }
+    if s.camera.source == SourceKind::Gstreamer {
+        return check_pipeline(&s.camera.gstreamer);
+    }
     let clock: std::sync::Arc<dyn crate::clock::Clock> =
         std::sync::Arc::new(crate::clock::SystemClock::new());
     let mut source = match crate::sources::camera::open(&s.camera, 1000.0, clock) {
@@ -173,6 +176,38 @@ fn rehearse(c: &BoardConfig) -> Vec<Invalid> {
     Vec::new()
 }
 
+/// A GStreamer pipeline is built as `run` builds it (elements, appsink, caps) but not started:
+/// its devices and streams are `diffad doctor`'s and `run`'s.
+fn check_pipeline(cfg: &crate::sources::camera::config::GstreamerConfig) -> Vec<Invalid> {
+    #[cfg(feature = "gstreamer")]
+    let built = crate::sources::camera::gstreamer::elements(cfg);
+    #[cfg(not(feature = "gstreamer"))]
+    let built: Result<Vec<String>, crate::sources::camera::SourceError> = {
+        let _ = cfg;
+        Err(crate::sources::camera::SourceError::Config(
+            "this diffad was built without the `gstreamer` feature".into(),
+        ))
+    };
+    match built {
+        Ok(names) => {
+            println!(
+                "frames:     not rehearsed (camera.source = \"gstreamer\" starts its pipeline only in `run`); it builds: {}",
+                names.join(", ")
+            );
+            Vec::new()
+        }
+        Err(crate::sources::camera::SourceError::Config(e)) => {
+            let key = "camera.gstreamer.pipeline";
+            let msg = e
+                .strip_prefix(&format!("{key}: "))
+                .unwrap_or(&e)
+                .to_string();
+            vec![Invalid::new(key, msg)]
+        }
+        Err(e) => vec![Invalid::new("camera.gstreamer.pipeline", e.to_string())],
+    }
+}
+
 /// Board, engine, self-test.
 fn print_engine(c: &BoardConfig) {
     println!("board:      {} — {}", c.board.name, c.board.description);
@@ -231,6 +266,15 @@ fn print_camera(c: &BoardConfig) {
                 g.trigger
             )
         }
+        crate::sources::camera::config::SourceKind::Gstreamer => format!(
+            "GStreamer pipeline `{}` ({} at its appsink `{}`)",
+            s.camera.gstreamer.pipeline.trim(),
+            match s.camera.gstreamer.color {
+                crate::sources::camera::config::ColorMode::Grey => "GRAY8",
+                crate::sources::camera::config::ColorMode::Rgb => "RGB",
+            },
+            s.camera.gstreamer.sink
+        ),
     };
     println!("source:     {source}");
     println!(

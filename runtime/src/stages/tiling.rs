@@ -58,6 +58,7 @@ pub fn worst(a: f32, b: f32) -> f32 {
 /// frame: tiles must fit (`camera.tiling`), and a resized region must not be smaller than
 /// the model unless `camera.allow_upscale`.
 pub fn check_model(camera: &CameraConfig, spec: &InputSpec) -> Result<(), Invalid> {
+    camera.check_channels(spec.channels)?;
     if camera.tiling.enabled {
         return check(camera, spec);
     }
@@ -111,8 +112,8 @@ pub fn check_model(camera: &CameraConfig, spec: &InputSpec) -> Result<(), Invali
             camera.genicam.width,
             camera.genicam.height,
         ),
-        // Replayed images are checked one by one as they come.
-        (None, SourceKind::Replay) => return Ok(()),
+        // Replayed images, and a pipeline's frames, are checked one by one as they come.
+        (None, SourceKind::Replay | SourceKind::Gstreamer) => return Ok(()),
     };
     if w < mw || h < mh {
         return Err(small(key, what, w, h));

@@ -191,6 +191,7 @@ pub(super) fn check_camera(cfg: &CameraConfig, root: &Root) -> Check {
             }
             probe_v4l2(cfg)
         }
+        SourceKind::Gstreamer => super::gstreamer::check_pipeline(&cfg.gstreamer),
     }
 }
 

@@ -14,6 +14,7 @@ use crate::line::board::BoardConfig;
 mod checklist;
 mod devices;
 mod genicam;
+mod gstreamer;
 mod host;
 mod model;
 mod network;

@@ -17,13 +17,15 @@ pub enum SourceKind {
     V4l2,
     /// A GenICam camera (GigE Vision, USB3 Vision) through Aravis.
     Genicam,
+    /// A GStreamer pipeline ending in an appsink (CSI through Argus, RTSP, a recorded video).
+    Gstreamer,
 }
 
 /// `[camera]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CameraConfig {
-    /// `"sim"`, `"replay"`, `"v4l2"` or `"genicam"`.
+    /// `"sim"`, `"replay"`, `"v4l2"`, `"genicam"` or `"gstreamer"`.
     pub source: SourceKind,
     /// Alarm and drop `ready` when no frame came for this long.
     pub stall_ms: u64,
@@ -35,6 +37,8 @@ pub struct CameraConfig {
     pub v4l2: V4l2Config,
     /// GenICam camera.
     pub genicam: GenicamConfig,
+    /// A GStreamer pipeline.
+    pub gstreamer: GstreamerConfig,
     /// Region of the frame that is inspected (`{ x, y, width, height }`); the whole frame when
     /// absent. Resized to the model size, or cut into tiles with `camera.tiling`.
     pub roi: Option<crate::frame::Roi>,
@@ -54,6 +58,7 @@ impl Default for CameraConfig {
             replay: ReplayConfig::default(),
             v4l2: V4l2Config::default(),
             genicam: GenicamConfig::default(),
+            gstreamer: GstreamerConfig::default(),
             roi: None,
             tiling: TilingConfig::default(),
             allow_upscale: false,
@@ -96,7 +101,40 @@ impl CameraConfig {
             SourceKind::Replay => self.replay.validate(),
             SourceKind::V4l2 => self.v4l2.validate(),
             SourceKind::Genicam => self.genicam.validate(),
+            SourceKind::Gstreamer => self.gstreamer.validate(),
         }
+    }
+
+    /// The colour the selected source delivers against the model's input channels, where the
+    /// board file sets it: a grey frame given to a colour model would be judged as a grey part
+    /// (a silent wrong answer), and a colour frame to a grey model is converted twice.
+    pub fn check_channels(&self, channels: usize) -> Result<(), Invalid> {
+        let (key, color) = match self.source {
+            SourceKind::Gstreamer => ("camera.gstreamer.color", self.gstreamer.color),
+            // Sim tiles are grey and preprocessing converts; replay and V4L2 convert per frame.
+            _ => return Ok(()),
+        };
+        let want = if channels == 3 {
+            ColorMode::Rgb
+        } else {
+            ColorMode::Grey
+        };
+        if color == want {
+            return Ok(());
+        }
+        let name = |c: ColorMode| match c {
+            ColorMode::Grey => "grey",
+            ColorMode::Rgb => "rgb",
+        };
+        Err(Invalid::new(
+            key,
+            format!(
+                "is \"{}\" but the model takes {channels} channel(s): set it to \"{}\" so the \
+                 pipeline converts each frame once to what the model judges",
+                name(color),
+                name(want)
+            ),
+        ))
     }
 }
 
@@ -360,6 +398,58 @@ impl Default for GenicamConfig {
     }
 }
 
+/// What a GStreamer pipeline's end of stream means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EosPolicy {
+    /// A camera failure: alarm, rebuild the pipeline with backoff (live cameras, RTSP).
+    #[default]
+    Reconnect,
+    /// Play the pipeline again from the start, without an alarm (a recorded video on a loop).
+    Loop,
+    /// The source ends and the line stops once its parts are decided, as a replay does.
+    End,
+}
+
+/// `[camera.gstreamer]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GstreamerConfig {
+    /// A `gst-launch-1.0` pipeline description ending in `appsink name=<sink>`.
+    pub pipeline: String,
+    /// The name of the appsink frames are pulled from.
+    pub sink: String,
+    /// `"grey"` or `"rgb"`: the appsink's caps (`GRAY8` or `RGB`), the model's channels.
+    pub color: ColorMode,
+    /// Whether the appsink holds each frame until its presentation time. Unset: a live
+    /// pipeline (a camera) hands frames over as they arrive, a recorded video plays at its
+    /// frame rate; `false` decodes a video as fast as the line takes it.
+    pub sync: Option<bool>,
+    /// Frames the appsink queues before it blocks the pipeline (`max-buffers`).
+    pub buffers: u32,
+    /// No frame for this long once frames flowed: the pipeline is stalled and is rebuilt.
+    pub timeout_ms: u64,
+    /// The first frame after (re)building may take this long (Argus starts in seconds).
+    pub start_timeout_ms: u64,
+    /// `"reconnect"` (default), `"loop"` or `"end"`: what an end of stream means.
+    pub eos: EosPolicy,
+}
+
+impl Default for GstreamerConfig {
+    fn default() -> Self {
+        Self {
+            pipeline: String::new(),
+            sink: "sink".into(),
+            color: ColorMode::Grey,
+            sync: None,
+            buffers: 4,
+            timeout_ms: 2000,
+            start_timeout_ms: 10_000,
+            eos: EosPolicy::Reconnect,
+        }
+    }
+}
+
 /// GenICam pixel formats the GenICam source converts.
 pub const GENICAM_PIXEL_FORMATS: [&str; 10] = [
     "Mono8", "Mono10", "Mono12", "Mono16", "BayerRG8", "BayerGR8", "BayerGB8", "BayerBG8", "RGB8",
@@ -435,6 +525,41 @@ impl GenicamConfig {
                     "must be a string, an integer, a number or a boolean",
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl GstreamerConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.pipeline.trim().is_empty() {
+            return Err(Invalid::new(
+                "camera.gstreamer.pipeline",
+                "required when camera.source = \"gstreamer\": a pipeline ending in \
+                 `! videoconvert ! appsink name=sink`, e.g. \
+                 \"videotestsrc ! videoconvert ! appsink name=sink\"",
+            ));
+        }
+        if self.sink.trim().is_empty() {
+            return Err(Invalid::new(
+                "camera.gstreamer.sink",
+                "must name the pipeline's appsink (default \"sink\")",
+            ));
+        }
+        if !(1..=32).contains(&self.buffers) {
+            return Err(Invalid::new(
+                "camera.gstreamer.buffers",
+                "must be within 1..=32",
+            ));
+        }
+        if self.timeout_ms == 0 {
+            return Err(Invalid::new("camera.gstreamer.timeout_ms", "must be > 0"));
+        }
+        if self.start_timeout_ms == 0 {
+            return Err(Invalid::new(
+                "camera.gstreamer.start_timeout_ms",
+                "must be > 0",
+            ));
         }
         Ok(())
     }

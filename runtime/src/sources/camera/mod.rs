@@ -1,8 +1,11 @@
-//! Frame sources: a simulated conveyor, replayed images, a V4L2 camera or a GenICam camera.
+//! Frame sources: a simulated conveyor, replayed images, a V4L2 camera, a GenICam camera, or a
+//! GStreamer pipeline.
 
 pub mod config;
 #[cfg(feature = "genicam")]
 pub mod genicam;
+#[cfg(feature = "gstreamer")]
+pub mod gstreamer;
 pub mod pixels;
 pub mod replay;
 pub mod sim;
@@ -109,6 +112,15 @@ pub fn open(
         #[cfg(not(feature = "genicam"))]
         SourceKind::Genicam => Err(SourceError::Config(
             "camera.source = \"genicam\": this diffad was built without the `genicam` feature (rebuild with it, after `scripts/setup` installed libaravis-dev)".into(),
+        )),
+        #[cfg(feature = "gstreamer")]
+        SourceKind::Gstreamer => Ok(Box::new(gstreamer::GstSource::new(&cfg.gstreamer, clock)?)),
+        #[cfg(not(feature = "gstreamer"))]
+        SourceKind::Gstreamer => Err(SourceError::Config(
+            "camera.source = \"gstreamer\": this diffad was built without the `gstreamer` \
+             feature; rebuild with it (default; needs libgstreamer1.0-dev and \
+             libgstreamer-plugins-base1.0-dev, `scripts/setup`)"
+                .into(),
         )),
     }
 }
