@@ -732,18 +732,6 @@ fn bad_gstreamer_keys_name_their_key() {
     }
 }
 
-/// Threads of this process, and its resident memory in KiB.
-fn threads_and_rss() -> (usize, u64) {
-    let threads = std::fs::read_dir("/proc/self/task").unwrap().count();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    (threads, rss)
-}
-
 #[test]
 fn twenty_rebuilds_leave_no_thread_or_memory_behind() {
     use diffad::sources::camera::{self, SourceError};
@@ -793,11 +781,11 @@ fn twenty_rebuilds_leave_no_thread_or_memory_behind() {
     for _ in 0..3 {
         rebuild(&mut src);
     }
-    let (threads0, rss0) = threads_and_rss();
+    let (threads0, rss0) = common::threads_and_rss();
     for _ in 0..20 {
         rebuild(&mut src);
     }
-    let (threads1, rss1) = threads_and_rss();
+    let (threads1, rss1) = common::threads_and_rss();
     println!("threads {threads0} -> {threads1}, rss {rss0} -> {rss1} KiB over 20 rebuilds");
     assert!(threads1 <= threads0, "threads {threads0} -> {threads1}");
     assert!(rss1 < rss0 + 4096, "rss {rss0} -> {rss1} KiB");

@@ -218,6 +218,29 @@ pub struct HeartbeatEvent {
     /// The drift watch's window (`[drift]`), once it is full.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drift: Option<Box<DriftFigures>>,
+    /// What the camera's source measures of itself, for sources that do (GenICam).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub camera: Option<CameraFigures>,
+}
+
+/// What a camera source measures of itself: conversion cost, buffer reuse, camera time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct CameraFigures {
+    /// Frames converted into the line's frame buffers.
+    pub frames_converted: u64,
+    /// Time to copy a frame out of the camera's buffer and convert its pixels (median), µs.
+    pub convert_p50_us: f64,
+    /// The same, 99th percentile, µs.
+    pub convert_p99_us: f64,
+    /// The same, longest, µs.
+    pub convert_max_us: f64,
+    /// Frame buffers allocated or grown (no free one of the size was pooled); a steady line
+    /// stops at its pool size.
+    pub buffers_allocated: u64,
+    /// Frames placed in line time by the camera's own timestamp (the rest by arrival).
+    pub camera_stamped: u64,
+    /// Drift of the camera's clock against the line clock, ppm, once measured.
+    pub clock_drift_ppm: Option<f64>,
 }
 
 /// Where the drift watch's window stands (`stages::drift`): carried by every heartbeat once the

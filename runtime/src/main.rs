@@ -1,6 +1,6 @@
 //! `diffad`: the line runtime's command-line entry point.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -195,6 +195,22 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// A GigE Vision camera showing a sim board's tiles (Aravis's fake camera, real GVCP and
+    /// GVSP), to rehearse a GenICam board without a camera; runs until stopped.
+    FakeCamera {
+        /// The board whose `[camera.sim]` tiles it shows (photo, tile, seed, defect_rate).
+        #[arg(long)]
+        config: PathBuf,
+        /// Interface name or address to answer on.
+        #[arg(long, default_value = "127.0.0.1")]
+        interface: String,
+        /// Serial number: the camera's id is `Aravis-Fake-<SERIAL>`.
+        #[arg(long, default_value = "GV01")]
+        serial: String,
+        /// Stream packets to lose, per thousand (to rehearse a bad cable).
+        #[arg(long, default_value_t = 0.0)]
+        lost_per_mille: f64,
+    },
     /// A line for `[opcua] users_file`: NAME and an Argon2id hash of the password read from
     /// standard input (one line).
     OpcuaPasswd {
@@ -282,9 +298,48 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(feature = "genicam")]
+fn fake_camera(config: &Path, interface: &str, serial: &str, lost: f64) -> Result<ExitCode> {
+    let board = diffad::line::board::BoardConfig::load(config)?;
+    let sim = &board.setup.camera.sim;
+    let camera =
+        diffad::sources::camera::fake_gv::FakeGvCamera::start(interface, serial, sim, lost)
+            .with_context(|| format!("starting the fake camera for {}", config.display()))?;
+    println!(
+        "Aravis-Fake-{serial} on {interface}: {t}x{t} Mono8 tiles of {} (seed {}, {} % defective); \
+         stop with Ctrl-C",
+        sim.photo
+            .as_ref()
+            .map_or("a procedural texture".into(), |p| p.display().to_string()),
+        sim.seed,
+        100.0 * sim.defect_rate,
+        t = sim.tile
+    );
+    let mut shown = 0;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let n = camera.frames();
+        if n != shown {
+            log::debug!("fake camera: {n} frames sent");
+            shown = n;
+        }
+    }
+}
+
+#[cfg(not(feature = "genicam"))]
+fn fake_camera(_: &Path, _: &str, _: &str, _: f64) -> Result<ExitCode> {
+    anyhow::bail!("this diffad was built without the `genicam` feature (rebuild with it, after `scripts/setup` installed libaravis-dev)")
+}
+
 fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Doctor { config, root } => Ok(doctor(config.as_deref(), root)),
+        Command::FakeCamera {
+            config,
+            interface,
+            serial,
+            lost_per_mille,
+        } => fake_camera(&config, &interface, &serial, lost_per_mille),
         Command::OpcuaPasswd { name } => {
             let mut password = String::new();
             std::io::stdin()

@@ -9,6 +9,9 @@ use diffad::line::{self, Hardware, Options, Shutdown, Summary};
 use diffad::sim::clock::{SimClock, SimMode};
 use diffad::sinks::pins::{LinePins, SimLogs};
 use diffad::sources::camera::{self, Source};
+use diffad::sources::trigger::TriggerInput;
+use diffad::stages::engine::{Engine, EngineConfig};
+use diffad::stages::inspect::EngineInspector;
 use diffad::stages::inspect::Inspector;
 use std::sync::Arc;
 
@@ -23,6 +26,18 @@ impl Drop for KillOnPanic {
             unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
         }
     }
+}
+
+/// Threads of this process, and its resident memory in KiB.
+pub fn threads_and_rss() -> (usize, u64) {
+    let threads = std::fs::read_dir("/proc/self/task").unwrap().count();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (threads, rss)
 }
 
 /// A port nothing listens on now (bound, read, released).
@@ -96,6 +111,18 @@ pub fn sim_setup(parts: u64) -> LineSetup {
     s
 }
 
+/// The shipped tiles model (models/tiles-brick) on the CPU, as the line's inspector.
+pub fn tiles_model(_clock: Arc<dyn Clock>) -> Box<dyn Inspector> {
+    let model = root().join("models/tiles-brick/model.onnx");
+    let engine = Engine::load(&EngineConfig::cpu(&model)).expect("the shipped model loads");
+    Box::new(EngineInspector::new(engine, None, None).expect("an inspector on it"))
+}
+
+/// The `active` flags of the alarms with `code`, in order (raised: true, cleared: false).
+pub fn alarm_flags(run: &Run, code: &str) -> Vec<bool> {
+    run.alarms(code).iter().map(|a| a.active).collect()
+}
+
 /// Builds a replacement camera from the run's clock.
 pub type MakeSource = Box<dyn FnOnce(Arc<dyn Clock>) -> Box<dyn Source>>;
 
@@ -167,6 +194,18 @@ pub fn run_line_on(
     source: Option<MakeSource>,
     notifier: Option<Notifier>,
 ) -> Run {
+    run_line_with(clock, setup, inspector, source, notifier, None)
+}
+
+/// [`run_line_on`] with a photo-eye input (edges the test chose).
+pub fn run_line_with(
+    clock: Arc<dyn Clock>,
+    setup: &LineSetup,
+    inspector: impl FnOnce(Arc<dyn Clock>) -> Box<dyn Inspector>,
+    source: Option<MakeSource>,
+    notifier: Option<Notifier>,
+    trigger: Option<Box<dyn TriggerInput>>,
+) -> Run {
     let (pins, logs) = LinePins::sim(&setup.gpio, clock.clone());
     let source = match source {
         Some(f) => f(clock.clone()),
@@ -183,7 +222,7 @@ pub fn run_line_on(
     let hw = Hardware {
         source,
         pins,
-        trigger: None,
+        trigger,
     };
     let summary = line::run(
         setup,

@@ -40,6 +40,7 @@ pub(super) fn capture_loop(
     recycle: &mut rtrb::Consumer<Vec<u8>>,
 ) {
     let mut camera_failing = false;
+    let mut published = 0;
     log::info!("capture from {}", source.describe());
     loop {
         ctx.shared.stamp(CAPTURE, ctx.clock);
@@ -49,7 +50,15 @@ pub(super) fn capture_loop(
         while let Ok(buf) = recycle.pop() {
             source.recycle(buf);
         }
-        let frame = match next_frame(ctx, &mut *source, &mut camera_failing) {
+        let next = next_frame(ctx, &mut *source, &mut camera_failing);
+        // The stream counters are the camera library's (an FFI call each): read them at the
+        // heartbeat's pace, not per frame.
+        let now = ctx.clock.now_ns();
+        if now.saturating_sub(published) >= PUBLISH_NS {
+            publish_stream(ctx, &*source);
+            published = now;
+        }
+        let frame = match next {
             Next::Frame(f) => f,
             Next::Incomplete(frame, why) => {
                 incomplete(ctx, sched, *frame, why);
@@ -58,15 +67,29 @@ pub(super) fn capture_loop(
             Next::Again => continue,
             Next::End => break,
         };
-        let armed = if ctx.setup.line.trigger == Trigger::Frame {
-            Some(arm_by_frame(ctx, sched, &frame))
-        } else {
-            match_to_trigger(ctx, sched, &frame)
-        };
-        match armed {
+        match arm(ctx, sched, &frame) {
             Some((part, trigger_ns)) => queue(ctx, sched, triage, part, trigger_ns, frame),
             None => source.recycle(frame.data),
         }
+    }
+    // Final figures for the summary, and the threads' CPU while the source's own threads
+    // (a camera library's receivers) still exist: dropping the source ends them.
+    publish_stream(ctx, &*source);
+    *ctx.shared
+        .threads_cpu
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = super::cpu::threads();
+}
+
+/// How often the capture thread copies the source's stream counters for the health thread.
+const PUBLISH_NS: u64 = 200 * MS;
+
+/// The part a frame belongs to: made by it (free-running) or the photo-eye part it matches.
+fn arm(ctx: &Ctx<'_>, sched: &mut Sender<SchedMsg>, frame: &Frame) -> Option<(u64, u64)> {
+    if ctx.setup.line.trigger == Trigger::Frame {
+        Some(arm_by_frame(ctx, sched, frame))
+    } else {
+        match_to_trigger(ctx, sched, frame)
     }
 }
 
@@ -103,7 +126,6 @@ fn next_frame(ctx: &Ctx<'_>, source: &mut dyn Source, camera_failing: &mut bool)
         }
         Err(SourceError::Incomplete { frame, why }) => {
             // The camera is there and streaming: not a camera failure, a part without a frame.
-            publish_stream(ctx, source);
             return Next::Incomplete(frame, why);
         }
         Err(SourceError::Config(e)) => {
@@ -117,7 +139,6 @@ fn next_frame(ctx: &Ctx<'_>, source: &mut dyn Source, camera_failing: &mut bool)
             if matches!(e, SourceError::Disconnected(_)) {
                 shared.camera_down.store(true, Ordering::SeqCst);
             }
-            publish_stream(ctx, source);
             if !*camera_failing {
                 events.emit(Event::alarm("camera_error", e.to_string(), None, true));
                 *camera_failing = true;
@@ -133,7 +154,6 @@ fn next_frame(ctx: &Ctx<'_>, source: &mut dyn Source, camera_failing: &mut bool)
     shared
         .last_frame_ns
         .store(ctx.clock.now_ns(), Ordering::Relaxed);
-    publish_stream(ctx, source);
     Next::Frame(frame)
 }
 
@@ -153,6 +173,9 @@ fn publish_stream(ctx: &Ctx<'_>, source: &dyn Source) {
     shared
         .stream_underruns
         .store(s.underruns, Ordering::Relaxed);
+    if let Some(f) = source.figures() {
+        *shared.camera.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
 }
 
 /// A frame that came in pieces: its part (made by it, or the photo-eye part it matches) fails
@@ -161,12 +184,7 @@ fn incomplete(ctx: &Ctx<'_>, sched: &mut Sender<SchedMsg>, frame: Frame, why: St
     ctx.shared
         .last_frame_ns
         .store(ctx.clock.now_ns(), Ordering::Relaxed);
-    let armed = if ctx.setup.line.trigger == Trigger::Frame {
-        Some(arm_by_frame(ctx, sched, &frame))
-    } else {
-        match_to_trigger(ctx, sched, &frame)
-    };
-    if let Some((part, _)) = armed {
+    if let Some((part, _)) = arm(ctx, sched, &frame) {
         let _ = sched.send(SchedMsg::Incomplete {
             part,
             reason: format!("incomplete frame {}: {why}", frame.seq),

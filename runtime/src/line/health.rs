@@ -147,6 +147,7 @@ impl<'a> Health<'a> {
             faults,
             counters,
             drift: self.shared.drift().map(Box::new),
+            camera: self.shared.camera(),
         }));
     }
 
@@ -350,6 +351,7 @@ impl<'a> Health<'a> {
             faults: vec!["stopped".into()],
             counters: c,
             drift: self.shared.drift().map(Box::new),
+            camera: self.shared.camera(),
         }));
     }
 }

@@ -25,6 +25,7 @@
 pub mod board;
 mod capture;
 pub mod control;
+mod cpu;
 mod health;
 pub(crate) mod inbox;
 mod inspect;
@@ -312,6 +313,10 @@ pub fn run(
         pin_errors: shared.pin_errors.load(Ordering::Relaxed),
         drift: shared.drift(),
         fault: shared.stop_fault(),
+        camera: shared.camera(),
+        threads_cpu: std::mem::take(
+            &mut *shared.threads_cpu.lock().unwrap_or_else(|e| e.into_inner()),
+        ),
     };
     let summary = Summary::collect(run_id, counters, &stats, times, sink_stats);
     log::info!(

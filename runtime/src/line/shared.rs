@@ -3,8 +3,8 @@
 
 use super::LineError;
 use crate::clock::Clock;
-use crate::events::Counters;
 use crate::events::DriftFigures;
+use crate::events::{CameraFigures, Counters};
 use crate::tally::Tally;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,6 +60,10 @@ pub(super) struct Shared {
     pub stop_fault: Mutex<Option<String>>,
     /// Rejected parts the archive writer could not write (its own thread counts them).
     pub archive_errors: Arc<AtomicU64>,
+    /// What the camera's source measures of itself, as of its last report.
+    pub camera: Mutex<Option<CameraFigures>>,
+    /// CPU seconds per thread name, taken when capture ended.
+    pub threads_cpu: Mutex<Vec<(String, f64)>>,
 }
 
 impl Shared {
@@ -89,6 +93,8 @@ impl Shared {
             stall_ns: AtomicU64::new(0),
             stop_fault: Mutex::new(None),
             archive_errors: Arc::new(AtomicU64::new(0)),
+            camera: Mutex::new(None),
+            threads_cpu: Mutex::new(Vec::new()),
         };
         for s in 0..STAGES.len() {
             shared.stamp(s, clock);
@@ -147,6 +153,11 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The camera source's latest figures.
+    pub fn camera(&self) -> Option<CameraFigures> {
+        *self.camera.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The drift watch's latest figures.

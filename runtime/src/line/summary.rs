@@ -83,6 +83,11 @@ pub struct Summary {
     pub archive_lost: u64,
     /// Why the line stopped itself, when it did (it exits non-zero).
     pub fault: Option<String>,
+    /// What the camera's source measured of itself, for sources that do (GenICam).
+    pub camera: Option<crate::events::CameraFigures>,
+    /// CPU seconds per thread name (threads a stage started carry its name), taken when
+    /// capture ended: where the line's CPU went.
+    pub threads_cpu_s: std::collections::BTreeMap<String, f64>,
 }
 
 impl fmt::Display for Summary {
@@ -224,6 +229,8 @@ pub(super) struct LineTimes {
     pub pin_errors: u64,
     pub drift: Option<crate::events::DriftFigures>,
     pub fault: Option<String>,
+    pub camera: Option<crate::events::CameraFigures>,
+    pub threads_cpu: Vec<(String, f64)>,
 }
 
 impl Summary {
@@ -274,6 +281,8 @@ impl Summary {
             late_held: stats.late_held,
             late_escapes: stats.late_escapes,
             fault: times.fault,
+            camera: times.camera,
+            threads_cpu_s: times.threads_cpu.into_iter().collect(),
         }
     }
 }

@@ -90,8 +90,7 @@ pub struct ClockMap {
     window: Vec<i128>,
     offset: Option<i128>,
     first: Option<(u64, i128)>,
-    /// Drift of the camera clock against the line clock, parts per million.
-    pub drift_ppm: f64,
+    drift_ppm: Option<f64>,
 }
 
 /// Frames over which the offset is re-estimated.
@@ -117,7 +116,7 @@ impl ClockMap {
             match self.first {
                 None => self.first = Some((arrival_ns, current)),
                 Some((t0, o0)) if arrival_ns > t0 => {
-                    self.drift_ppm = (current - o0) as f64 / (arrival_ns - t0) as f64 * 1e6;
+                    self.drift_ppm = Some((current - o0) as f64 / (arrival_ns - t0) as f64 * 1e6);
                 }
                 Some(_) => {}
             }
@@ -132,9 +131,10 @@ impl ClockMap {
         t as u64
     }
 
-    /// The offset now, ns (line time − camera time).
-    pub fn offset_ns(&self) -> Option<i128> {
-        self.offset
+    /// Drift of the camera clock against the line clock, ppm (positive: the camera's runs
+    /// slow), once two windows have been measured.
+    pub fn drift(&self) -> Option<f64> {
+        self.drift_ppm
     }
 
     /// Forget the estimate (the camera was reconnected: its clock may have restarted).
@@ -172,7 +172,11 @@ pub struct GenicamSource {
     carried: StreamStats,
     map: ClockMap,
     /// Frames whose camera timestamp was used (the rest are stamped at arrival).
-    pub stamped: u64,
+    stamped: u64,
+    /// Copy-and-convert time per frame, ns.
+    convert_ns: hdrhistogram::Histogram<u64>,
+    /// Frame buffers allocated or grown.
+    allocated: u64,
 }
 
 /// Longest wait between reconnect attempts.
@@ -201,6 +205,8 @@ impl GenicamSource {
             carried: StreamStats::default(),
             map: ClockMap::default(),
             stamped: 0,
+            convert_ns: crate::sinks::reject::ns_histogram(),
+            allocated: 0,
         })
     }
 
@@ -274,10 +280,7 @@ impl GenicamSource {
     fn close(&mut self) {
         *self.trigger.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Some(c) = self.conn.take() {
-            let s = stats_of(&c.stream);
-            self.carried.packets_missing += s.packets_missing;
-            self.carried.packets_resent += s.packets_resent;
-            self.carried.underruns += s.underruns;
+            self.carried += stats_of(&c.stream);
             let _ = c.camera.stop_acquisition();
             // Dropping the stream joins its receive thread and frees its buffers.
             drop(c.stream);
@@ -502,9 +505,15 @@ impl Source for GenicamSource {
             buffer.image_width() as usize,
             buffer.image_height() as usize,
         );
+        let started = std::time::Instant::now();
         let mut data = self.pool.pop().unwrap_or_default();
+        if data.capacity() < w * h * if self.rgb { 3 } else { 1 } {
+            self.allocated += 1;
+        }
         let converted = convert(conn.layout, bytes, w, h, self.rgb, &mut data);
         conn.stream.push_buffer(buffer);
+        self.convert_ns
+            .saturating_record(started.elapsed().as_nanos() as u64);
         match converted {
             Ok(format) => {
                 frame.format = format;
@@ -536,12 +545,33 @@ impl Source for GenicamSource {
     fn stream_stats(&self) -> StreamStats {
         let mut s = self.carried;
         if let Some(c) = &self.conn {
-            let now = stats_of(&c.stream);
-            s.packets_missing += now.packets_missing;
-            s.packets_resent += now.packets_resent;
-            s.underruns += now.underruns;
+            s += stats_of(&c.stream);
         }
         s
+    }
+
+    fn figures(&self) -> Option<crate::events::CameraFigures> {
+        let h = &self.convert_ns;
+        let us = |q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(q) as f64 / 1e3
+            }
+        };
+        Some(crate::events::CameraFigures {
+            frames_converted: h.len(),
+            convert_p50_us: us(0.5),
+            convert_p99_us: us(0.99),
+            convert_max_us: if h.is_empty() {
+                0.0
+            } else {
+                h.max() as f64 / 1e3
+            },
+            buffers_allocated: self.allocated,
+            camera_stamped: self.stamped,
+            clock_drift_ppm: self.map.drift(),
+        })
     }
 
     fn soft_trigger(&self) -> Option<Box<dyn SoftTrigger>> {
@@ -636,7 +666,8 @@ mod tests {
             worst < i128::from(2 * MS),
             "mapped within the jitter: {worst} ns"
         );
-        assert!((m.drift_ppm + 100.0).abs() < 20.0, "drift {}", m.drift_ppm);
+        let drift = m.drift().expect("measured");
+        assert!((drift + 100.0).abs() < 20.0, "drift {drift}");
         // No timestamp: the arrival.
         assert_eq!(m.map(0, 42), 42);
         // A camera clock that jumps back is not trusted for that frame.

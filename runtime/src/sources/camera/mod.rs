@@ -3,6 +3,8 @@
 
 pub mod config;
 #[cfg(feature = "genicam")]
+pub mod fake_gv;
+#[cfg(feature = "genicam")]
 pub mod genicam;
 #[cfg(feature = "gstreamer")]
 pub mod gstreamer;
@@ -55,6 +57,14 @@ pub struct StreamStats {
     pub underruns: u64,
 }
 
+impl std::ops::AddAssign for StreamStats {
+    fn add_assign(&mut self, o: Self) {
+        self.packets_missing += o.packets_missing;
+        self.packets_resent += o.packets_resent;
+        self.underruns += o.underruns;
+    }
+}
+
 /// Fires a camera's software trigger; handed to the photo-eye thread.
 pub trait SoftTrigger: Send {
     /// Expose one frame now.
@@ -74,6 +84,10 @@ pub trait Source: Send {
     /// Stream counters (zero for sources without a network stream).
     fn stream_stats(&self) -> StreamStats {
         StreamStats::default()
+    }
+    /// What the source measures of itself (conversion, buffers, camera time), if it does.
+    fn figures(&self) -> Option<crate::events::CameraFigures> {
+        None
     }
     /// A handle that exposes a frame per photo-eye edge, for cameras triggered in software.
     fn soft_trigger(&self) -> Option<Box<dyn SoftTrigger>> {
