@@ -179,6 +179,15 @@ pub struct GenicamSource {
     allocated: u64,
 }
 
+/// Nanoseconds from 0.1 µs to 10 s at 3 significant figures, fixed size: recording a frame
+/// never allocates (a longer time saturates).
+fn convert_histogram() -> hdrhistogram::Histogram<u64> {
+    let mut h =
+        hdrhistogram::Histogram::new_with_bounds(100, 10_000_000_000, 3).expect("valid bounds");
+    h.auto(false);
+    h
+}
+
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF_MS: u64 = 5_000;
 
@@ -205,7 +214,7 @@ impl GenicamSource {
             carried: StreamStats::default(),
             map: ClockMap::default(),
             stamped: 0,
-            convert_ns: crate::sinks::reject::ns_histogram(),
+            convert_ns: convert_histogram(),
             allocated: 0,
         })
     }
