@@ -737,24 +737,7 @@ fn twenty_rebuilds_leave_no_thread_or_memory_behind() {
     use diffad::sources::camera::{self, SourceError};
     // Threads and memory are the process's: counted in a process of its own, not beside the
     // other tests of this file running in parallel.
-    const ALONE: &str = "DIFFAD_GST_TEST_ALONE";
-    if std::env::var_os(ALONE).is_none() {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "twenty_rebuilds_leave_no_thread_or_memory_behind",
-                "--exact",
-                "--nocapture",
-            ])
-            .env(ALONE, "1")
-            .output()
-            .unwrap();
-        let t = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        println!("{t}");
-        assert!(out.status.success() && t.contains("1 passed"), "{t}");
+    if !common::in_own_process("twenty_rebuilds_leave_no_thread_or_memory_behind", &[]) {
         return;
     }
     // A camera that ends after 3 frames every time: each end is a failure and a rebuild.

@@ -28,6 +28,30 @@ impl Drop for KillOnPanic {
     }
 }
 
+/// Whether this is the test's own process. Called first in a test that counts the process's
+/// threads or memory: in the harness's process it reruns `test` alone in a child (with
+/// `extra` arguments such as `--ignored`), asserts the child passed and returns false.
+pub fn in_own_process(test: &str, extra: &[&str]) -> bool {
+    const ALONE: &str = "DIFFAD_TEST_ALONE";
+    if std::env::var_os(ALONE).is_some() {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture"])
+        .args(extra)
+        .env(ALONE, "1")
+        .output()
+        .unwrap();
+    let t = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{t}");
+    assert!(out.status.success() && t.contains("1 passed"), "{t}");
+    false
+}
+
 /// Threads of this process, and its resident memory in KiB.
 pub fn threads_and_rss() -> (usize, u64) {
     let threads = std::fs::read_dir("/proc/self/task").unwrap().count();
