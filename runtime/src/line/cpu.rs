@@ -1,5 +1,6 @@
 //! CPU time per thread name, from `/proc/self/task`: where the line's CPU goes (the camera
-//! library's receive threads, capture, the engine's pool under `inspect`, the sinks).
+//! library's receive threads, the stage threads, the sinks, and the engine's pool under the
+//! process's own name).
 
 use std::collections::BTreeMap;
 

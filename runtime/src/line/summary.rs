@@ -85,8 +85,8 @@ pub struct Summary {
     pub fault: Option<String>,
     /// What the camera's source measured of itself, for sources that do (GenICam).
     pub camera: Option<crate::events::CameraFigures>,
-    /// CPU seconds per thread name (threads a stage started carry its name), taken when
-    /// capture ended: where the line's CPU went.
+    /// CPU seconds per thread name (a thread carries the name of the one that started it:
+    /// ONNX Runtime's pool the process's), taken when capture ended: where the line's CPU went.
     pub threads_cpu_s: std::collections::BTreeMap<String, f64>,
 }
 

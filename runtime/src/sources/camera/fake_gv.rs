@@ -38,6 +38,11 @@ impl FakeGvCamera {
         sim: &SimCameraConfig,
         lost_per_mille: f64,
     ) -> Result<Self, SourceError> {
+        if !(0.0..=1000.0).contains(&lost_per_mille) {
+            return Err(SourceError::Config(format!(
+                "fake camera: lost packets per thousand is {lost_per_mille}; give 0 to 1000"
+            )));
+        }
         let conveyor = SimConveyor::new(sim, 1.0, Arc::new(SystemClock::new()))?;
         let camera = GvFakeCamera::new(Some(interface), Some(serial));
         if !camera.is_running() {
