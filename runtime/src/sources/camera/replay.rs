@@ -164,7 +164,16 @@ impl Source for Replay {
         }
         let item = self.items[self.next].clone();
         self.next += 1;
-        let (w, h, data) = super::decode(&item.path, self.rgb)?;
+        let (w, h, data) = match super::decode(&item.path, self.rgb) {
+            Ok(d) => d,
+            Err(e) => {
+                // A failed read takes its frame's slot, as a camera's would: images that
+                // vanished (a share unmounted, a folder moved) are retried at the frame rate,
+                // not in a tight loop that starves the line's other threads.
+                self.pacer.wait_next();
+                return Err(e);
+            }
+        };
         let truth = item.kind.as_ref().map(|kind| {
             let defective = kind != "good";
             let mask = match &item.mask {
@@ -212,6 +221,45 @@ impl Source for Replay {
 mod tests {
     use super::*;
     use crate::sim::clock::{SimClock, SimMode};
+
+    #[test]
+    fn images_that_vanish_fail_at_the_frame_rate_and_play_again_when_back() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("imgs");
+        std::fs::create_dir(&dir).unwrap();
+        for i in 0..3u8 {
+            image::GrayImage::from_pixel(8, 8, image::Luma([i]))
+                .save(dir.join(format!("{i}.png")))
+                .unwrap();
+        }
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock::new());
+        let cfg = ReplayConfig {
+            dir: dir.clone(),
+            loop_forever: true,
+            ..Default::default()
+        };
+        let rate = 200.0;
+        let mut r = Replay::new(&cfg, rate, clock.clone()).unwrap();
+        assert!(r.next_frame().unwrap().is_some());
+        let moved = d.path().join("away");
+        std::fs::rename(&dir, &moved).unwrap();
+        let t0 = clock.now_ns();
+        let failed = 10;
+        for _ in 0..failed {
+            let got = r.next_frame();
+            assert!(matches!(got, Err(SourceError::Io(_))), "{got:?}");
+        }
+        // Before the fix these failed reads took microseconds each: a tight loop.
+        let took_ms = (clock.now_ns() - t0) as f64 / 1e6;
+        let want_ms = failed as f64 * 1e3 / rate;
+        assert!(
+            took_ms >= 0.8 * want_ms,
+            "{failed} failed reads in {took_ms:.1} ms"
+        );
+        std::fs::rename(&moved, &dir).unwrap();
+        let f = r.next_frame().unwrap().unwrap();
+        assert_eq!(f.seq, 2, "failed reads are not frames");
+    }
 
     #[test]
     fn shuffle_mixes_the_kinds_the_same_way_for_a_seed() {
