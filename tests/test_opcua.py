@@ -19,6 +19,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def board(tmp: Path, opcua: str, sup_port: int, parts: int, rate_hz: float) -> Path:
+SIM_CAMERA = f"""[camera]
+source = "sim"
+[camera.sim]
+photo = "{PHOTO}"
+tile = 128
+defect_rate = 0.2
+seed = 7
+"""
+
+
+def board(
+    tmp: Path, opcua: str, sup_port: int, parts: int, rate_hz: float, camera: str = SIM_CAMERA, heartbeat_ms: int = 2000
+) -> Path:
     if not PHOTO.exists():
         pytest.fail(f"{PHOTO} missing: run scripts/texture-photos (scripts/test does)")
     path = tmp / "board.toml"
@@ -69,13 +82,7 @@ name = "opcua-test"
 [engine]
 model = "{MODEL}"
 providers = ["cpu"]
-[camera]
-source = "sim"
-[camera.sim]
-photo = "{PHOTO}"
-tile = 128
-defect_rate = 0.2
-seed = 7
+{camera}
 [gpio]
 sim = true
 pulse_ms = 20.0
@@ -85,11 +92,11 @@ part_rate_hz = {rate_hz}
 belt_speed_mm_s = 500.0
 camera_to_ejector_mm = 250.0
 parts = {parts}
-heartbeat_ms = 2000
+heartbeat_ms = {heartbeat_ms}
 [supervisor]
 listen = "127.0.0.1:{sup_port}"
 [opcua]
-pki_dir = "{tmp / 'pki'}"
+pki_dir = "{tmp / "pki"}"
 {opcua}
 """
     )
@@ -110,22 +117,28 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], within: float = 60.0) ->
 
 
 class Stream(threading.Thread):
-    """The supervisor stream from the run's start: every part event by part number."""
+    """The supervisor stream from the run's start: every part event by part number, and the
+    alarms in order. It connects once the stream listens (after the engine has loaded)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, proc: subprocess.Popen[bytes]) -> None:
         super().__init__(daemon=True)
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.port, self.proc = port, proc
         self.parts: dict[int, dict[str, Any]] = {}
+        self.alarms: list[tuple[str, bool]] = []
         self.start()
 
     def run(self) -> None:
-        f = self.sock.makefile("rb")
+        wait_port(self.port, self.proc)
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=60)
+        f = sock.makefile("rb")
         hello = json.loads(f.readline())
-        self.sock.sendall(f"resume {hello['run']} 0\n".encode())
+        sock.sendall(f"resume {hello['run']} 0\n".encode())
         for line in f:
             ev = json.loads(line)
             if ev.get("type") == "part":
                 self.parts[ev["part"]] = ev
+            elif ev.get("type") == "alarm":
+                self.alarms.append((ev["code"], ev["active"]))
 
 
 class Handler:
@@ -139,12 +152,18 @@ class Handler:
         self.results.append((time.time(), event))
 
     def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
-        text = val.Text if hasattr(val, "Text") else str(val)
-        if not self.states or self.states[-1] != text:
+        # The first notification of a new item can come without a value (async-opcua 0.19).
+        text = val.Text if hasattr(val, "Text") else None
+        if text is not None and (not self.states or self.states[-1] != text):
             self.states.append(text)
 
 
-async def follow(url: str, proc: subprocess.Popen[bytes]) -> tuple[Handler, dict[str, Any]]:
+Act = Callable[[Handler], Awaitable[None]]
+
+
+async def follow(url: str, proc: subprocess.Popen[bytes], act: Act | None = None) -> tuple[Handler, dict[str, Any]]:
+    """Connect as soon as the server listens (the engine may still be loading), subscribe to
+    the state and the results, run `act` beside them, and follow until the line has halted."""
     client = Client(url, timeout=10)
     await client.connect()
     facts: dict[str, Any] = {}
@@ -161,10 +180,12 @@ async def follow(url: str, proc: subprocess.Popen[bytes]) -> tuple[Handler, dict
             if bn.Name == "VisionSystem":
                 vs = child
         assert vs is not None, "no VisionSystem under Objects"
+        state = await vs.get_child([f"{mv}:VisionStateMachine", f"{mv}:CurrentState"])
+        # The first state a client sees, read before anything else.
+        handler.states.append((await state.read_value()).Text)
         type_def = await client.get_node(await vs.read_type_definition()).read_browse_name()
         assert (type_def.NamespaceIndex, type_def.Name) == (mv, "VisionSystemType")
-        state = await vs.get_child([f"{mv}:VisionStateMachine", f"{mv}:CurrentState"])
-        facts["recipe"] = await (await vs.get_child([f"{mv}:RecipeManagement", f"{mv}:ActiveRecipeId"])).read_value()
+        recipe = await vs.get_child([f"{mv}:RecipeManagement", f"{mv}:ActiveRecipeId"])
         result_type = await client.nodes.root.get_child(
             ["0:Types", "0:EventTypes", "0:BaseEventType", f"{mv}:ResultReadyEventType"]
         )
@@ -184,9 +205,16 @@ async def follow(url: str, proc: subprocess.Popen[bytes]) -> tuple[Handler, dict
         # between publishes.
         await sub._subscribe(vs, ua.AttributeIds.EventNotifier, filt, queuesize=1000)
         facts["result_type"] = result_type.nodeid
+        task = asyncio.create_task(act(handler)) if act else None
         # The server shows Halted after the line stops and stays up a moment for it.
         while proc.poll() is None and handler.states[-1:] != ["Halted"]:
+            if task and task.done():
+                task.result()
             await asyncio.sleep(0.05)
+        if task:
+            await task
+        # Read once the engine has loaded: the server started ahead of it with no recipe.
+        facts["recipe"] = await recipe.read_value()
         counters = await vs.get_child([f"{mv}:Counters", f"{mv}:Triggers"])
         facts["triggers"] = await counters.read_value()
     except Exception as e:
@@ -200,20 +228,9 @@ async def follow(url: str, proc: subprocess.Popen[bytes]) -> tuple[Handler, dict
     return handler, facts
 
 
-def test_every_result_once_with_the_stream_verdict_and_the_state_machine(tmp_path: Path) -> None:
-    opc_port, sup_port = free_port(), free_port()
-    parts = 200
-    cfg = board(tmp_path, f'listen = "127.0.0.1:{opc_port}"', sup_port, parts, rate_hz=20.0)
-    proc = subprocess.Popen([str(diffad()), "run", "--config", str(cfg)], env=env(), stderr=subprocess.PIPE)
-    wait_port(opc_port, proc)
-    wait_port(sup_port, proc)
-    stream = Stream(sup_port)
-    handler, facts = asyncio.run(follow(f"opc.tcp://127.0.0.1:{opc_port}/", proc))
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err.decode()[-3000:]
-    stream.join(timeout=10)
-    assert len(stream.parts) == parts
-
+def check_results(handler: Handler, stream: Stream, facts: dict[str, Any], parts: int) -> list[float]:
+    """Every part from the first after the subscription to the last exactly once, in order, as
+    the supervisor stream has it; the trigger-to-notification latencies."""
     assert all(e.EventType == facts["result_type"] for _, e in handler.results)
     seen = [int(e.PartId) for _, e in handler.results]
     assert len(seen) == len(set(seen)), "a result came twice"
@@ -232,16 +249,87 @@ def test_every_result_once_with_the_stream_verdict_and_the_state_machine(tmp_pat
             assert abs(e.Score - ev["score"]) < 1e-6
         assert e.RecipeId == facts["recipe"]
         latencies.append(t - e.TriggerTime.timestamp())
-    # The line's first heartbeat comes at its start, before a client can connect: Preoperational
-    # is not observable here (the unit test of the transitions covers it). The line stops
-    # without a fault: straight from Operational to Halted, never Error.
-    states = [s for s in handler.states if s != "None"]
-    assert states == ["Operational", "Halted"], handler.states
     assert facts["triggers"] == parts
+    return latencies
+
+
+def run_line(cfg: Path, opc_port: int, sup_port: int, act: Act | None = None) -> tuple[Handler, dict[str, Any], Stream]:
+    """`diffad run` followed over OPC UA from its first moment, with the supervisor stream."""
+    proc = subprocess.Popen([str(diffad()), "run", "--config", str(cfg)], env=env(), stderr=subprocess.PIPE)
+    wait_port(opc_port, proc)
+    stream = Stream(sup_port, proc)
+    handler, facts = asyncio.run(follow(f"opc.tcp://127.0.0.1:{opc_port}/", proc, act))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    stream.join(timeout=10)
+    return handler, facts, stream
+
+
+def test_every_result_once_with_the_stream_verdict_and_the_state_machine(tmp_path: Path) -> None:
+    opc_port, sup_port = free_port(), free_port()
+    parts = 200
+    cfg = board(tmp_path, f'listen = "127.0.0.1:{opc_port}"', sup_port, parts, rate_hz=20.0)
+    handler, facts, stream = run_line(cfg, opc_port, sup_port)
+    assert len(stream.parts) == parts
+    latencies = check_results(handler, stream, facts, parts)
+    # The server starts before the engine loads: a client connecting at once sees the device
+    # Preoperational, then Operational from the line's first heartbeat; the line stops without
+    # a fault, straight from Operational to Halted, never Error.
+    assert handler.states == ["Preoperational", "Operational", "Halted"], handler.states
     latencies.sort()
     p99 = latencies[int(0.99 * (len(latencies) - 1))]
     p50 = latencies[len(latencies) // 2]
     print(f"\nresult latency (trigger -> ResultReady at the client): p50 {1e3 * p50:.1f} ms, p99 {1e3 * p99:.1f} ms")
+
+
+def test_a_camera_gone_shows_as_error_and_back(tmp_path: Path) -> None:
+    """The replayed camera's images vanish (their folder moved away, as an unmounted share
+    does) for a spell: the state goes Error while the camera is stalled and back to Operational
+    with its frames; every part still gets exactly one result."""
+    from PIL import Image
+
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    photo = Image.open(PHOTO).convert("L")
+    # Evaluation columns only (x >= 384), as the sim camera does.
+    for i, y in enumerate(range(0, 512, 128)):
+        photo.crop((384, y, 512, y + 128)).save(tiles / f"{i}.png")
+    camera = f"""[camera]
+source = "replay"
+stall_ms = 400
+[camera.replay]
+dir = "{tiles}"
+loop_forever = true
+"""
+    opc_port, sup_port = free_port(), free_port()
+    parts = 80
+    cfg = board(tmp_path, f'listen = "127.0.0.1:{opc_port}"', sup_port, parts, 20.0, camera, heartbeat_ms=100)
+    away = tmp_path / "away"
+    gone: dict[str, int] = {}
+
+    async def outage(h: Handler) -> None:
+        async def until(ok: Callable[[], bool], what: str) -> None:
+            end = time.monotonic() + 15
+            while not ok():
+                assert time.monotonic() < end, f"no {what} within 15 s: states {h.states}"
+                await asyncio.sleep(0.02)
+
+        await until(lambda: len(h.results) >= 20 and h.states[-1] == "Operational", "20 results")
+        tiles.rename(away)
+        gone["at"] = len(h.results)
+        await until(lambda: h.states[-1] == "Error", "Error")
+        await asyncio.sleep(0.3)
+        away.rename(tiles)
+        await until(lambda: h.states[-1] == "Operational", "Operational again")
+        gone["back"] = len(h.results)
+
+    handler, facts, stream = run_line(cfg, opc_port, sup_port, outage)
+    assert handler.states == ["Preoperational", "Operational", "Error", "Operational", "Halted"], handler.states
+    check_results(handler, stream, facts, parts)
+    assert gone["back"] < parts, gone
+    # The line said why, once each: the camera's errors and the stall, raised and cleared.
+    for code in ("camera_error", "camera_stalled"):
+        assert [a for c, a in stream.alarms if c == code] == [True, False], stream.alarms
 
 
 async def refused(url: str, **kw: Any) -> str:

@@ -33,6 +33,11 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<Summary> {
 
     let board = load_board(path, &opts)?;
     let setup = &board.setup;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    // The plant sees the device (Preoperational) while the engine loads, self-tests and, on a
+    // GPU board, builds its TensorRT engine, rather than a refused connection.
+    let early_opcua = line::start_opcua_early(setup, &clock)
+        .with_context(|| format!("board config {}", path.display()))?;
     let engine = Engine::load(&board.engine)?;
     let inspector = crate::stages::tiling::inspector_for(
         engine,
@@ -41,7 +46,6 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<Summary> {
         setup.camera.allow_upscale,
     )
     .with_context(|| format!("board config {}", path.display()))?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let (hardware, _sim_pin_logs) = line::open_hardware(setup, clock.clone())
         .with_context(|| format!("opening the camera and pins of {}", path.display()))?;
     log::info!(
@@ -63,6 +67,7 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<Summary> {
             model_file: board.engine.model.clone(),
         },
         board_config: Some(board.clone()),
+        early_opcua,
         ..Default::default()
     };
     let start = Instant::now();

@@ -135,6 +135,51 @@ pub struct Options {
     pub board: BoardFacts,
     /// The whole board file, which the control socket stages candidates against.
     pub board_config: Option<board::BoardConfig>,
+    /// An OPC UA server started before the engine loaded (`start_opcua_early`), so that the
+    /// plant saw the device as Preoperational meanwhile; the run takes its run id.
+    pub early_opcua: Option<EarlyOpcua>,
+}
+
+/// The OPC UA server and its runtime, started ahead of the engine.
+pub struct EarlyOpcua {
+    net: NetRuntime,
+    server: OpcuaServer,
+    run_id: String,
+}
+
+/// Start `[opcua]` (if configured) before the engine loads: its state machine shows
+/// Preoperational until the line's first heartbeat.
+pub fn start_opcua_early(
+    setup: &LineSetup,
+    clock: &Arc<dyn Clock>,
+) -> Result<Option<EarlyOpcua>, LineError> {
+    let Some(o) = &setup.opcua else {
+        return Ok(None);
+    };
+    let net = NetRuntime::start().map_err(|e| LineError::Io("network runtime", e))?;
+    let facts = OpcuaFacts {
+        line: setup.line.name.clone(),
+        model_id: String::new(),
+    };
+    let server = start_opcua(o, facts, clock, &net)?;
+    Ok(Some(EarlyOpcua {
+        net,
+        server,
+        run_id: crate::events::new_run_id(),
+    }))
+}
+
+fn start_opcua(
+    o: &crate::sinks::opcua::OpcuaConfig,
+    facts: OpcuaFacts,
+    clock: &Arc<dyn Clock>,
+    net: &NetRuntime,
+) -> Result<OpcuaServer, LineError> {
+    OpcuaServer::start(o, facts, clock.clone(), &net.handle()).map_err(|e| match e {
+        OpcuaError::Config(i) => LineError::Config(i),
+        OpcuaError::Bind { source, .. } => LineError::Io("opcua.listen", source),
+        other => LineError::Opcua(other),
+    })
 }
 
 impl Default for Options {
@@ -149,6 +194,7 @@ impl Default for Options {
             opcua_listening: None,
             board: BoardFacts::default(),
             board_config: None,
+            early_opcua: None,
         }
     }
 }
@@ -238,7 +284,10 @@ pub fn run(
     // the one place the override is resolved.
     let threshold = inspector.threshold();
     // Sinks first, so the first event already reaches everyone.
-    let run_id = crate::events::new_run_id();
+    let run_id = match &opts.early_opcua {
+        Some(e) => e.run_id.clone(),
+        None => crate::events::new_run_id(),
+    };
     let facts = page_facts(setup, &run_id, &*inspector, &hw, &opts.board);
     let archive_lost = Arc::new(AtomicU64::new(0));
     let sinks = LineSinks::start(setup, &run_id, facts, &clock, &mut opts, &archive_lost)?;
@@ -427,9 +476,7 @@ impl LineSinks {
         let model_id = facts.model_id.clone();
         let opcua_facts = OpcuaFacts {
             line: setup.line.name.clone(),
-            run: run_id.to_string(),
             model_id: model_id.clone(),
-            threshold: facts.threshold,
         };
         let line = &setup.line;
         let supervisor = match setup.supervisor.listen.as_str() {
@@ -450,9 +497,16 @@ impl LineSinks {
             ),
             None => None,
         };
-        let net = match setup.web.is_some() || setup.control.is_some() || setup.opcua.is_some() {
-            true => Some(NetRuntime::start().map_err(|e| LineError::Io("network runtime", e))?),
-            false => None,
+        let (net, early) = match opts.early_opcua.take() {
+            Some(e) => {
+                e.server.loaded(&model_id);
+                (Some(e.net), Some(e.server))
+            }
+            None if setup.web.is_some() || setup.control.is_some() || setup.opcua.is_some() => (
+                Some(NetRuntime::start().map_err(|e| LineError::Io("network runtime", e))?),
+                None,
+            ),
+            None => (None, None),
         };
         let web = match (&setup.web, &net) {
             (Some(w), Some(net)) => {
@@ -467,16 +521,9 @@ impl LineSinks {
             }
             _ => None,
         };
-        let opcua = match (&setup.opcua, &net) {
-            (Some(o), Some(net)) => Some(
-                OpcuaServer::start(o, opcua_facts, clock.clone(), &net.handle()).map_err(|e| {
-                    match e {
-                        OpcuaError::Config(i) => LineError::Config(i),
-                        OpcuaError::Bind { source, .. } => LineError::Io("opcua.listen", source),
-                        other => LineError::Opcua(other),
-                    }
-                })?,
-            ),
+        let opcua = match (early, &setup.opcua, &net) {
+            (Some(server), _, _) => Some(server),
+            (None, Some(o), Some(net)) => Some(start_opcua(o, opcua_facts, clock, net)?),
             _ => None,
         };
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();

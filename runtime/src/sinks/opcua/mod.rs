@@ -52,17 +52,14 @@ pub enum OpcuaError {
     Server(String),
 }
 
-/// What the server says of the run that does not change during it.
+/// What the server says of the line from its start.
 #[derive(Debug, Clone, Default)]
 pub struct OpcuaFacts {
     /// Line name.
     pub line: String,
-    /// Run id.
-    pub run: String,
-    /// The live model's id at start (the active recipe).
+    /// The live model's id (the active recipe); empty while the server is started ahead of the
+    /// engine (`OpcuaServer::loaded` tells it later).
     pub model_id: String,
-    /// The live model's threshold.
-    pub threshold: f32,
 }
 
 /// Counters the server keeps, for the summary.
@@ -93,6 +90,8 @@ pub struct OpcuaFigures {
 
 enum Msg {
     Rec(Arc<Record>),
+    /// The engine is loaded: its model is the active recipe.
+    Loaded(String),
     Halt,
 }
 
@@ -194,6 +193,14 @@ impl OpcuaServer {
     /// The endpoint URL.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The engine has loaded `model_id` (a server started ahead of it showed no recipe): it
+    /// is the active recipe from now on.
+    pub fn loaded(&self, model_id: &str) {
+        if self.tx.try_send(Msg::Loaded(model_id.to_string())).is_err() {
+            self.stats.lost.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The sink that feeds the server from the bus.
@@ -377,6 +384,7 @@ async fn apply(
                     stats.results.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            Ok(Some(Msg::Loaded(id))) => model.set_active_recipe(id),
             Ok(Some(Msg::Halt)) => {
                 model.set_state(VisionState::Halted);
                 stats.halted.store(true, Ordering::Release);

@@ -31,7 +31,8 @@ pub(super) fn line_namespace(line: &str) -> String {
 /// The top states of the Machine Vision state machine (VisionStateMachineType).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum VisionState {
-    /// Started, not yet ready (engine warming, first heartbeat not in).
+    /// Started, not yet ready: the engine loading and self-testing (a TensorRT build takes
+    /// minutes), the first heartbeat not in.
     Preoperational,
     /// Ready: inspecting parts.
     Operational,
@@ -267,7 +268,10 @@ impl Model {
                 "Recipes",
                 DataTypeId::String,
                 1,
-                vec![UAString::from(facts.model_id.clone())].into(),
+                Vec::from_iter(
+                    (!facts.model_id.is_empty()).then(|| UAString::from(facts.model_id.clone())),
+                )
+                .into(),
             );
             for c in COUNTERS {
                 var(
@@ -331,7 +335,9 @@ impl Model {
             result_type,
             alarm_type,
             state: VisionState::Preoperational,
-            recipes: BTreeSet::from([facts.model_id.clone()]),
+            recipes: BTreeSet::from_iter(
+                (!facts.model_id.is_empty()).then(|| facts.model_id.clone()),
+            ),
             active: facts.model_id.clone(),
             heartbeats: 0,
             event_seq: 0,
@@ -467,6 +473,15 @@ impl Model {
                 false
             }
             _ => false,
+        }
+    }
+
+    /// The engine loaded `id`: the active recipe.
+    pub(super) fn set_active_recipe(&mut self, id: String) {
+        if id != self.active {
+            self.recipes.insert(id.clone());
+            self.active = id;
+            self.show_recipes();
         }
     }
 
