@@ -471,3 +471,88 @@ async def endpoints_of(url: str) -> list[tuple[Any, str, list[str]]]:
     client = Client(url, timeout=5)
     eps = await client.connect_and_get_server_endpoints()
     return [(e.SecurityMode, e.SecurityPolicyUri, [t.TokenType.name for t in e.UserIdentityTokens]) for e in eps]
+
+
+def model_id(path: Path) -> str:
+    out = subprocess.run([str(diffad()), "inspect", str(path)], capture_output=True, text=True, env=env(), check=True)
+    return next(ln.split()[2] for ln in out.stdout.splitlines() if ln.startswith("model id:"))
+
+
+async def call(
+    url: str, method: str, *args: Any, user: tuple[Path, Path, str] | None = None
+) -> tuple[bool, dict[str, Any], str]:
+    """Call a model method as `plc` (signed, with `user`'s key, cert, password) or anonymously:
+    (Ok, the answer, ActiveRecipeId after the call)."""
+    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+
+    client = Client(url, timeout=30)
+    if user:
+        key, cert, password = user
+        client.application_uri = "urn:diffad-test:client"
+        client.set_user("plc")
+        client.set_password(password)
+        await client.set_security(SecurityPolicyBasic256Sha256, str(cert), str(key))
+    await client.connect()
+    try:
+        ns = await client.get_namespace_array()
+        mv, ln = ns.index(MV), ns.index("urn:diffad-edge:tiles:vision")
+        rm = client.get_node(ua.NodeId("VisionSystem.RecipeManagement", ln))
+        ok, answer = await rm.call_method(f"{mv}:{method}", *args)
+        active = await client.get_node(ua.NodeId("VisionSystem.RecipeManagement.ActiveRecipeId", ln)).read_value()
+        return ok, json.loads(answer), active
+    finally:
+        await client.disconnect()
+
+
+def test_logged_in_users_stage_shadow_promote_and_roll_back_over_opc_ua(tmp_path: Path) -> None:
+    """`opcua.model_methods`: the model lifecycle as methods of RecipeManagement, with the
+    control socket's checks and answers; anonymous sessions may not call them."""
+    opc_port, sup_port = free_port(), free_port()
+    line = subprocess.run(
+        [str(diffad()), "opcua-passwd", "plc"], input=b"right horse\n", capture_output=True, check=True
+    ).stdout.decode()
+    users = tmp_path / "users"
+    users.write_text(line)
+    users.chmod(0o600)
+    opcua = f'listen = "127.0.0.1:{opc_port}"\nusers_file = "{users}"\nmodel_methods = true'
+    cfg = board(tmp_path, opcua, sup_port, parts=100_000, rate_hz=20.0)
+    key, cert = tmp_path / "client-key.pem", tmp_path / "client-cert.der"
+    asyncio.run(client_certificate(key, cert))
+    gravel = ROOT / "models/tiles-gravel/model.onnx"
+    brick_id, gravel_id = model_id(MODEL), model_id(gravel)
+    proc = subprocess.Popen([str(diffad()), "run", "--config", str(cfg)], env=env(), stderr=subprocess.PIPE)
+    try:
+        wait_port(sup_port, proc)
+        url = f"opc.tcp://127.0.0.1:{opc_port}/"
+        # Anonymous (allowed on loopback to read) may not change the model.
+        with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):
+            asyncio.run(call(url, "Promote"))
+        # The administrator trusts the client's certificate, as in the off-loopback test.
+        asyncio.run(login(url, key, cert, "right horse"))
+        trusted = tmp_path / "pki/trusted"
+        trusted.mkdir(parents=True, exist_ok=True)
+        for c in (tmp_path / "pki/rejected").glob("*.der"):
+            c.rename(trusted / c.name)
+        plc = (key, cert, "right horse")
+        # A refusal is the control socket's, with its reason.
+        ok, answer, active = asyncio.run(call(url, "StageModel", str(tmp_path / "none.onnx"), user=plc))
+        assert not ok and "none.onnx" in answer["error"], answer
+        ok, answer, active = asyncio.run(call(url, "StageModel", str(gravel), user=plc))
+        assert ok and answer["staged"]["id"] == gravel_id and active == brick_id, answer
+        ok, answer, _ = asyncio.run(call(url, "Shadow", ua.Variant(0, ua.VariantType.UInt64), user=plc))
+        assert ok, answer
+        time.sleep(1.0)
+        ok, answer, _ = asyncio.run(call(url, "Report", user=plc))
+        assert ok and answer["report"]["compared"] > 0, answer
+        ok, answer, active = asyncio.run(call(url, "Promote", user=plc))
+        assert ok and "after_part" in answer["switch"], answer
+        time.sleep(0.5)
+        assert asyncio.run(call(url, "Report", user=plc))[2] == gravel_id
+        ok, answer, _ = asyncio.run(call(url, "Rollback", user=plc))
+        assert ok, answer
+        time.sleep(0.5)
+        assert asyncio.run(call(url, "Report", user=plc))[2] == brick_id
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()[-3000:]

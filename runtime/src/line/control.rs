@@ -455,6 +455,24 @@ async fn answer(
     }
 }
 
+/// The control requests as a function of their JSON, for the OPC UA server's model methods:
+/// the same requests, checks and answers as the socket's.
+pub fn commands(
+    stager: Option<Stager>,
+    cmds: Sender<ModelCmd>,
+) -> crate::sinks::opcua::ModelCommands {
+    let stager = std::sync::Arc::new(stager);
+    std::sync::Arc::new(move |req: serde_json::Value| {
+        let (stager, cmds) = (stager.clone(), cmds.clone());
+        Box::pin(async move {
+            match serde_json::from_value::<Request>(req) {
+                Ok(req) => answer(req, &stager, &cmds).await,
+                Err(e) => error(&format!("not a request: {e}")),
+            }
+        })
+    })
+}
+
 /// Send one request to the socket at `path` and return its answer (the `diffad model` client).
 pub fn request(path: &Path, req: &serde_json::Value) -> Result<serde_json::Value, String> {
     use std::io::{BufRead, Write};

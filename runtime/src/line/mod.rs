@@ -313,6 +313,19 @@ pub fn run(
         margin_ns: line.margin_ns(),
     };
     let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(8);
+    let mut model_methods = false;
+    if let (Some(server), Some(o)) = (&sinks.opcua, &setup.opcua) {
+        if o.model_methods {
+            let stager = opts
+                .board_config
+                .clone()
+                .map(crate::line::control::Stager::new);
+            server
+                .add_model_methods(crate::line::control::commands(stager, cmd_tx.clone()))
+                .map_err(LineError::Opcua)?;
+            model_methods = true;
+        }
+    }
     let mut control = match (&setup.control, &sinks.net) {
         (Some(c), Some(net)) => Some(
             crate::line::control::ControlServer::start(
@@ -336,7 +349,7 @@ pub fn run(
         ctx: &ctx,
         clock: &clock,
         models,
-        cmds: control.is_some().then_some(cmd_rx),
+        cmds: (control.is_some() || model_methods).then_some(cmd_rx),
         hw,
         policy,
         archive: sinks.archive.as_ref().map(Archive::sender),

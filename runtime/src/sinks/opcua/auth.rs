@@ -184,6 +184,12 @@ impl AuthManager for Authenticator {
         }
     }
 
+    /// The model methods change what the line inspects with: logged-in users only, never an
+    /// anonymous session (on loopback any local process could open one).
+    fn is_user_executable(&self, token: &UserToken, method_id: &opcua::types::NodeId) -> bool {
+        !(token.is_anonymous() && super::methods::is_model_method(method_id))
+    }
+
     fn user_token_policies(&self, endpoint: &ServerEndpoint) -> Vec<UserTokenPolicy> {
         let mut out = Vec::new();
         if endpoint.user_token_ids.contains(ANONYMOUS_USER_TOKEN_ID) {

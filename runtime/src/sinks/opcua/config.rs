@@ -57,6 +57,9 @@ pub struct OpcuaConfig {
     pub max_queued_notifications: usize,
     /// Results queued between the event bus and the server before they are counted as lost.
     pub queue: usize,
+    /// `VisionSystem/RecipeManagement` offers the model lifecycle's methods (StageModel,
+    /// Shadow, Report, Promote, Rollback) to users from `users_file`, never to anonymous ones.
+    pub model_methods: bool,
 }
 
 impl Default for OpcuaConfig {
@@ -69,6 +72,7 @@ impl Default for OpcuaConfig {
             pki_dir: "/var/lib/diffad/opcua-pki".into(),
             users_file: None,
             anonymous: true,
+            model_methods: false,
             max_sessions: 64,
             max_subscriptions: 16,
             max_monitored_items: 1000,
@@ -124,6 +128,12 @@ impl OpcuaConfig {
                      `diffad opcua-passwd NAME` prints one)",
                 ));
             }
+        }
+        if self.model_methods && self.users_file.is_none() {
+            return Err(Invalid::new(
+                "opcua.model_methods",
+                "only logged-in users may call the model methods: set opcua.users_file (`diffad opcua-passwd NAME` prints a line)",
+            ));
         }
         if self.policies.is_empty() || self.modes.is_empty() {
             return Err(Invalid::new(
@@ -253,6 +263,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bad.validate().unwrap_err().key, "opcua.policies");
+        // Model methods are for logged-in users: without users nobody could call them.
+        let bad = OpcuaConfig {
+            model_methods: true,
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().key, "opcua.model_methods");
         let toml = "listen = \"127.0.0.1:0\"\npolicies = [\"Basic128Rsa15\"]\n";
         assert!(toml::from_str::<OpcuaConfig>(toml).is_err());
     }

@@ -7,7 +7,10 @@
 
 pub mod auth;
 pub mod config;
+mod methods;
 mod model;
+
+pub use methods::ModelCommands;
 
 pub use config::OpcuaConfig;
 
@@ -104,6 +107,8 @@ pub struct OpcuaServer {
     url: String,
     task: Option<tokio::task::JoinHandle<()>>,
     rt: tokio::runtime::Handle,
+    /// The line's namespace URI.
+    line_ns: String,
 }
 
 impl OpcuaServer {
@@ -149,6 +154,7 @@ impl OpcuaServer {
         let _guard = rt.enter();
         let (server, handle) = build(cfg, &facts, addr, &url, users, &stats)?;
         let model = Model::build(&handle, &facts).map_err(OpcuaError::Server)?;
+        let facts_line = facts.line.clone();
         let listener =
             tokio::net::TcpListener::from_std(std_listener).map_err(|source| OpcuaError::Bind {
                 addr: cfg.listen.clone(),
@@ -182,6 +188,7 @@ impl OpcuaServer {
             url,
             task: Some(task),
             rt: rt.clone(),
+            line_ns: model::line_namespace(&facts_line),
         })
     }
 
@@ -201,6 +208,25 @@ impl OpcuaServer {
         if self.tx.try_send(Msg::Loaded(model_id.to_string())).is_err() {
             self.stats.lost.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Offer the model lifecycle's methods (`opcua.model_methods`), answered by `commands`.
+    pub fn add_model_methods(&self, commands: ModelCommands) -> Result<(), OpcuaError> {
+        let ns = |uri: &str| {
+            self.handle
+                .get_namespace_index(uri)
+                .ok_or_else(|| OpcuaError::Server(format!("namespace {uri} not registered")))
+        };
+        let (ln, mv) = (ns(&self.line_ns)?, ns(MV_NAMESPACE)?);
+        methods::add(
+            &self.handle,
+            model::LINE_MANAGER,
+            ln,
+            mv,
+            commands,
+            self.rt.clone(),
+        )
+        .map_err(OpcuaError::Server)
     }
 
     /// The sink that feeds the server from the bus.
