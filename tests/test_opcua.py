@@ -380,14 +380,20 @@ async def refused(url: str, **kw: Any) -> str:
     return ""
 
 
-def test_off_loopback_only_trusted_certificates_and_right_passwords_get_in(tmp_path: Path) -> None:
-    opc_port, sup_port = free_port(), free_port()
+def users_file(tmp: Path) -> Path:
+    """A users file (mode 0600) with user `plc`, password `right horse`, as the README makes one."""
     line = subprocess.run(
         [str(diffad()), "opcua-passwd", "plc"], input=b"right horse\n", capture_output=True, check=True
     ).stdout.decode()
-    users = tmp_path / "users"
+    users = tmp / "users"
     users.write_text(line)
     users.chmod(0o600)
+    return users
+
+
+def test_off_loopback_only_trusted_certificates_and_right_passwords_get_in(tmp_path: Path) -> None:
+    opc_port, sup_port = free_port(), free_port()
+    users = users_file(tmp_path)
     cfg = board(
         tmp_path,
         f'listen = "0.0.0.0:{opc_port}"\nexpose = true\nanonymous = false\nusers_file = "{users}"',
@@ -508,12 +514,7 @@ def test_logged_in_users_stage_shadow_promote_and_roll_back_over_opc_ua(tmp_path
     """`opcua.model_methods`: the model lifecycle as methods of RecipeManagement, with the
     control socket's checks and answers; anonymous sessions may not call them."""
     opc_port, sup_port = free_port(), free_port()
-    line = subprocess.run(
-        [str(diffad()), "opcua-passwd", "plc"], input=b"right horse\n", capture_output=True, check=True
-    ).stdout.decode()
-    users = tmp_path / "users"
-    users.write_text(line)
-    users.chmod(0o600)
+    users = users_file(tmp_path)
     opcua = f'listen = "127.0.0.1:{opc_port}"\nusers_file = "{users}"\nmodel_methods = true'
     cfg = board(tmp_path, opcua, sup_port, parts=100_000, rate_hz=20.0)
     key, cert = tmp_path / "client-key.pem", tmp_path / "client-cert.der"

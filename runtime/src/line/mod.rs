@@ -321,7 +321,7 @@ pub fn run(
                 .clone()
                 .map(crate::line::control::Stager::new);
             server
-                .add_model_methods(crate::line::control::commands(stager, cmd_tx.clone()))
+                .answer_model_methods(crate::line::control::commands(stager, cmd_tx.clone()))
                 .map_err(LineError::Opcua)?;
             model_methods = true;
         }

@@ -68,20 +68,28 @@ fn request(cmd: &str, args: &[Variant]) -> Result<serde_json::Value, StatusCode>
     })
 }
 
-/// Insert the methods under `VisionSystem/RecipeManagement` of namespace `ln` and answer them
-/// through `commands`, waited for on `rt` off its worker.
+/// Where the methods find the line's commands: empty until the line runs (the server starts
+/// before the engine loads).
+pub type Answerer = Arc<std::sync::OnceLock<ModelCommands>>;
+
+/// Insert the methods under `VisionSystem/RecipeManagement` of the line's namespace `line_ns`;
+/// they answer through the returned slot once it is set, waited for on `rt` off its worker.
 pub(super) fn add(
     handle: &ServerHandle,
-    line_manager: &str,
-    ln: u16,
-    mv: u16,
-    commands: ModelCommands,
+    line_ns: &str,
     rt: tokio::runtime::Handle,
-) -> Result<(), String> {
+) -> Result<Answerer, String> {
     let mgr = handle
         .node_managers()
-        .get_by_name::<SimpleNodeManager>(line_manager)
+        .get_by_name::<SimpleNodeManager>(super::model::LINE_MANAGER)
         .ok_or("no line node manager")?;
+    let ns = |uri: &str| {
+        handle
+            .get_namespace_index(uri)
+            .ok_or_else(|| format!("namespace {uri} not registered"))
+    };
+    let (ln, mv) = (ns(line_ns)?, ns(super::MV_NAMESPACE)?);
+    let answerer: Answerer = Arc::default();
     let parent = NodeId::new(ln, "VisionSystem.RecipeManagement");
     let outputs = [
         argument("Ok", DataTypeId::Boolean, "the line did it"),
@@ -119,18 +127,21 @@ pub(super) fn add(
             }
             b.insert(&mut *space);
         }
-        let (commands, rt) = (commands.clone(), rt.clone());
+        let (answerer, rt) = (answerer.clone(), rt.clone());
         mgr.inner().add_method_callback(id, move |args| {
             let req = request(cmd, args)?;
-            // Staging loads and self-tests a model (seconds): the runtime's other tasks move to
-            // another thread meanwhile, so publishing and the page go on.
-            let answer = tokio::task::block_in_place(|| rt.block_on(commands(req)));
+            let answer = match answerer.get() {
+                None => serde_json::json!({"ok": false, "error": "the line is starting: the model methods answer once its engine has loaded"}),
+                // Staging loads and self-tests a model (seconds): the runtime's other tasks
+                // move to another thread meanwhile, so publishing and the page go on.
+                Some(commands) => tokio::task::block_in_place(|| rt.block_on(commands(req))),
+            };
             let ok = answer.get("ok").and_then(serde_json::Value::as_bool) == Some(true);
             log::info!(target: "diffad::sinks::opcua", "opcua method {name}: {answer}");
             Ok(vec![ok.into(), answer.to_string().into()])
         });
     }
-    Ok(())
+    Ok(answerer)
 }
 
 #[cfg(test)]

@@ -107,8 +107,8 @@ pub struct OpcuaServer {
     url: String,
     task: Option<tokio::task::JoinHandle<()>>,
     rt: tokio::runtime::Handle,
-    /// The line's namespace URI.
-    line_ns: String,
+    /// Where the model methods find the line's commands once it runs (`None`: no methods).
+    methods: Option<methods::Answerer>,
 }
 
 impl OpcuaServer {
@@ -154,7 +154,15 @@ impl OpcuaServer {
         let _guard = rt.enter();
         let (server, handle) = build(cfg, &facts, addr, &url, users, &stats)?;
         let model = Model::build(&handle, &facts).map_err(OpcuaError::Server)?;
-        let facts_line = facts.line.clone();
+        // The methods are in the address space from the start, so that a client browsing
+        // during Preoperational finds them; they answer once the line gives them its commands.
+        let methods = match cfg.model_methods {
+            true => Some(
+                methods::add(&handle, &model::line_namespace(&facts.line), rt.clone())
+                    .map_err(OpcuaError::Server)?,
+            ),
+            false => None,
+        };
         let listener =
             tokio::net::TcpListener::from_std(std_listener).map_err(|source| OpcuaError::Bind {
                 addr: cfg.listen.clone(),
@@ -188,7 +196,7 @@ impl OpcuaServer {
             url,
             task: Some(task),
             rt: rt.clone(),
-            line_ns: model::line_namespace(&facts_line),
+            methods,
         })
     }
 
@@ -210,23 +218,14 @@ impl OpcuaServer {
         }
     }
 
-    /// Offer the model lifecycle's methods (`opcua.model_methods`), answered by `commands`.
-    pub fn add_model_methods(&self, commands: ModelCommands) -> Result<(), OpcuaError> {
-        let ns = |uri: &str| {
-            self.handle
-                .get_namespace_index(uri)
-                .ok_or_else(|| OpcuaError::Server(format!("namespace {uri} not registered")))
-        };
-        let (ln, mv) = (ns(&self.line_ns)?, ns(MV_NAMESPACE)?);
-        methods::add(
-            &self.handle,
-            model::LINE_MANAGER,
-            ln,
-            mv,
-            commands,
-            self.rt.clone(),
-        )
-        .map_err(OpcuaError::Server)
+    /// Answer the model methods (`opcua.model_methods`, in the address space from the start)
+    /// with `commands`; until then they answer that the line is starting.
+    pub fn answer_model_methods(&self, commands: ModelCommands) -> Result<(), OpcuaError> {
+        let slot = self.methods.as_ref().ok_or_else(|| {
+            OpcuaError::Server("opcua.model_methods is off: there are no model methods".into())
+        })?;
+        slot.set(commands)
+            .map_err(|_| OpcuaError::Server("the model methods are answered already".into()))
     }
 
     /// The sink that feeds the server from the bus.
