@@ -197,7 +197,8 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
     from .sweep import format_sweep
 
     r = calibrate(a.model, a.good, a.target_frr, threads=a.threads, check_good=a.check_good,
-                  defects=a.defects, max_escapes=a.max_escapes, steps=a.steps)
+                  defects=a.defects, max_escapes=a.max_escapes, steps=a.steps,
+                  max_frr=a.max_frr)
     out = {k: r[k] for k in ("threshold", "normal_scores", "calibration", "defects", "check",
                              "sweep") if k in r}
     print(json.dumps(out, indent=2))
@@ -486,6 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --defects: the threshold lets at most this fraction of them "
                         "escape, at the fewest false rejects (instead of the --target-frr "
                         "quantile)")
+    c.add_argument("--max-frr", type=float, default=0.10,
+                   help="the false-reject ceiling: a threshold rejecting more good images than "
+                        "this (on --good, and on --check-good when given) is refused, with the "
+                        "trade-offs the model can offer, and nothing is written; raise it to "
+                        "accept such an operating point")
     c.add_argument("--steps", type=int, default=None,
                    help="sampler models (anoddpm): calibrate at this step count, which becomes "
                         "the model's default (default: the model's)")
@@ -620,11 +626,24 @@ def build_parser() -> argparse.ArgumentParser:
     from .recipes.cli import add_commands
 
     add_commands(sub, _command, _ints)
+    for name in IMAGE_COMMANDS:
+        sub.choices[name].add_argument(
+            "--allow-upscale", action="store_true",
+            help="enlarge images smaller than the model's input (with a warning) instead of "
+                 "refusing them; upscaling invents the detail the model judges")
     return p
+
+
+# The commands that read images into the model's input, each under the one size rule.
+IMAGE_COMMANDS = ("train", "export", "calibrate", "evaluate", "select", "feature-probe",
+                  "recipe-train", "recipe-export", "recipe-select", "robustness")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .preprocess import allow_upscale
+
+    allow_upscale(getattr(args, "allow_upscale", False))
     try:
         args.fn(args)
     except ExporterError as e:

@@ -16,6 +16,12 @@ calibration images unlike the line's good parts give a threshold that does not h
 `defects` (known defective images) adds escapes to the trade-off (`sweep.py`); with
 `max_escapes` the threshold is the spec's "escapes <= X at the fewest false rejects" instead
 of the good-score quantile.
+
+`max_frr` is the false-reject ceiling: a threshold that rejects more of the calibration good
+images (or of the `check_good` ones) is refused with the trade-offs the model can offer, and
+nothing is written. A weak model then says so instead of shipping a "recommended" threshold
+that rejects most good parts; the user raises the ceiling to accept such a point knowingly.
+The manifest records the calibrated false-reject (and escape) rates beside the threshold.
 """
 
 from __future__ import annotations
@@ -144,7 +150,8 @@ def manifest_threshold(x: float, below: float | None) -> float:
 
 def calibrate(model_path: Path, good: Path, target_frr: float, threads: int = 2,
               check_good: Path | None = None, defects: Path | None = None,
-              max_escapes: float | None = None, steps: int | None = None) -> dict[str, Any]:
+              max_escapes: float | None = None, steps: int | None = None,
+              max_frr: float = 0.10) -> dict[str, Any]:
     """Set the manifest threshold from `good` (and `defects` with `max_escapes`); with
     `check_good`, also return the false-reject rate of that threshold on those other good
     images and how their scores differ under "check"; with `defects`, the trade-off table
@@ -155,6 +162,11 @@ def calibrate(model_path: Path, good: Path, target_frr: float, threads: int = 2,
         raise ExporterError("--max-escapes needs --defects DIR (known defective images)")
     if max_escapes is not None and not 0.0 <= max_escapes < 1.0:
         raise ExporterError(f"--max-escapes must be in [0, 1), got {max_escapes}")
+    if not 0.0 < max_frr <= 1.0:
+        raise ExporterError(f"--max-frr must be in (0, 1], got {max_frr}")
+    if target_frr > max_frr:
+        raise ExporterError(f"--target-frr {target_frr:g} is above the ceiling --max-frr "
+                            f"{max_frr:g}: raise --max-frr or aim lower")
     model = load_model(model_path)
     manifest = get_manifest(model)
     if steps is not None:
@@ -201,14 +213,38 @@ def calibrate(model_path: Path, good: Path, target_frr: float, threads: int = 2,
         extra["defects"] = {"data": str(bad_root), "n_images": int(len(bad)), "escapes": esc,
                             "escape_rate": esc / len(bad)}
     extra["sweep"] = sweep(scores, bad)
+    frr = float((scores >= thr).mean())
     extra["calibration"] = {"false_rejects": int((scores >= thr).sum()),
-                            "false_reject_rate": float((scores >= thr).mean())}
+                            "false_reject_rate": frr}
+    manifest["threshold"]["false_reject_rate"] = frr
+    manifest["threshold"]["max_frr"] = max_frr
+    if bad_root is not None:
+        manifest["threshold"]["escape_rate"] = extra["defects"]["escape_rate"]
+    over = []
+    if frr > max_frr:
+        over.append(f"{frr * 100:.1f} % of the {len(scores)} good images in {good}")
     if check_good is not None:
         cs, _ = score_folder(model_path, check_good, threads, steps)
         rejected = int((cs >= thr).sum())  # the runtime rejects at score >= threshold
         extra["check"] = {"data": str(check_good), "n_images": int(len(cs)),
                           "rejected": rejected, "false_reject_rate": rejected / len(cs),
                           "max_score": float(cs.max()), "drift": drift(scores, cs)}
+        manifest["threshold"]["check_false_reject_rate"] = rejected / len(cs)
+        if rejected / len(cs) > max_frr:
+            over.append(f"{rejected / len(cs) * 100:.1f} % of the {len(cs)} good images in "
+                        f"{check_good}")
+    if over:
+        from .sweep import format_sweep
+
+        what = (f"escapes <= {max_escapes * 100:g} %" if max_escapes is not None
+                else f"the {target_frr:g} quantile of the good scores")
+        raise ExporterError(
+            f"this model cannot meet {what} within the false-reject ceiling --max-frr "
+            f"{max_frr:g}: the threshold {thr:.6f} rejects " + " and ".join(over)
+            + f". Nothing was written to {model_path}. What it can offer (rejected at score "
+            f">= threshold):\n{format_sweep(extra['sweep'])}\nPick a point: raise --max-frr to "
+            "accept it, or a larger --max-escapes for fewer false rejects; or improve the model "
+            "(more training, images like the line's).")
     manifest["normal_scores"] = normal_stats(scores)
     if "sampler" in manifest:
         if steps is not None:

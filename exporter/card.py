@@ -196,6 +196,7 @@ def write_card(path: Path, dataset: Path, out: Path, threads: int = 2,
         "## Calibration",
         f"- threshold {thr.get('value')} ({threshold_rule(thr)}, {thr.get('n_images')} images "
         f"of `{thr.get('data')}`)",
+        *calibrated_rates(thr),
         f"- normal scores: mean {ns.get('mean', 0):.4f}, std {ns.get('std', 0):.4f}, "
         f"max {ns.get('max', 0):.4f}",
         "",
@@ -214,6 +215,18 @@ def write_card(path: Path, dataset: Path, out: Path, threads: int = 2,
         lines += ["## Notes", "", notes, ""]
     out.write_text("\n".join(lines))
     return {"eval": ev, "ms": ms}
+
+
+def calibrated_rates(thr: dict[str, Any]) -> list[str]:
+    """The rates the threshold costs on its calibration images (older manifests lack them)."""
+    if "false_reject_rate" not in thr:
+        return []
+    line = f"- on them: {100 * thr['false_reject_rate']:.1f} % of the good images rejected"
+    if "escape_rate" in thr:
+        line += f", {100 * thr['escape_rate']:.1f} % of the defective ones let through"
+    if "check_false_reject_rate" in thr:
+        line += f"; {100 * thr['check_false_reject_rate']:.1f} % of the other good images rejected"
+    return [line + f" (ceiling {100 * thr.get('max_frr', 0.1):g} %)"]
 
 
 def threshold_rule(thr: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ runtime (runtime/src/stages/preprocess.rs) keeps the float convention, so the ex
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -89,11 +90,47 @@ def to_tensor(
     return (lo + (hi - lo) * p / 255.0).astype(np.float32).transpose(2, 0, 1).copy()
 
 
+class _Upscale:
+    """The command line's `--allow-upscale` (one rule for every command, as in `diffad`)."""
+
+    allowed = False
+    warned: set[tuple[int, int, int, int]] = set()
+
+
+def allow_upscale(allowed: bool) -> None:
+    """Enlarge images smaller than the model's input (one warning per size) instead of
+    refusing them."""
+    _Upscale.allowed = allowed
+    _Upscale.warned.clear()
+
+
+def check_size(path: Path, w: int, h: int, width: int, height: int) -> None:
+    """Refuse an image smaller than the model's input `width` x `height` on either side, unless
+    `allow_upscale(True)`: upscaling invents the detail the model judges, and a model trained or
+    calibrated on enlarged images is not the model the line runs on full-size frames."""
+    if w >= width and h >= height:
+        return
+    if not _Upscale.allowed:
+        raise ExporterError(
+            f"{path}: {w}x{h} is smaller than the model's input {width}x{height}; upscaling "
+            f"invents the detail the model judges. Use images of at least {width}x{height} "
+            "(crop larger, or train with a smaller --image-size), or pass --allow-upscale"
+        )
+    if (w, h, width, height) not in _Upscale.warned:
+        _Upscale.warned.add((w, h, width, height))
+        print(f"warning: {path}: {w}x{h} upscaled to the model's {width}x{height} "
+              "(--allow-upscale); more images of this size follow without a warning",
+              file=sys.stderr)
+
+
 def preprocess_file(
     path: Path, channels: int, height: int, width: int,
     value_range: tuple[float, float] = (0.0, 1.0),
 ) -> np.ndarray:
-    return to_tensor(load_pixels(path, channels), height, width, value_range)
+    """The model's input from an image file: loaded, checked against the input size, resized."""
+    pixels = load_pixels(path, channels)
+    check_size(path, pixels.shape[1], pixels.shape[0], width, height)
+    return to_tensor(pixels, height, width, value_range)
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -294,8 +294,10 @@ def print_summary(opts: TrainOptions, images: np.ndarray, unet, seg, start: int)
     n_u, n_s = count_parameters(unet), count_parameters(seg)
     limit = f", or {opts.max_minutes:g} min of training time" if opts.max_minutes > 0 else ""
     lines = [
-        f"data: {folder} ({len(images)} images, {images.shape[1]} channel(s), "
-        f"{images.shape[-1]} px{f', crops of {opts.crop} px' if opts.crop else ''})",
+        f"data: {folder} ({len(images)} images, {images.shape[1]} channel(s)"
+        f"{f', crops of {opts.crop} px' if opts.crop else ''})",
+        f"model input: {images.shape[-2]}x{images.shape[-1]} px (--image-size); images are resized "
+        "to it, and refused when smaller unless --allow-upscale",
         f"model: {type(unet).__name__} {n_u / 1e6:.3f} M + {type(seg).__name__} "
         f"{n_s / 1e6:.3f} M = {(n_u + n_s) / 1e6:.3f} M parameters; FLOPs per frame: "
         "counted on the graph by `export`",

@@ -167,7 +167,7 @@ def test_calibrate_defects_max_escapes_plot_and_drift(
     plot = tmp_path / "cal.png"
     assert main(["calibrate", str(model), "--good", str(good), "--defects", str(root),
                  "--max-escapes", "0.2", "--check-good", str(flat), "--plot", str(plot),
-                 "--threads", "1"]) == 0
+                 "--max-frr", "1", "--threads", "1"]) == 0  # untrained: accepted knowingly
     cap = capsys.readouterr()
     out = json.loads(cap.out)
     thr = get_manifest(onnx.load(str(model)))["threshold"]
@@ -209,3 +209,53 @@ def test_calibrate_default_plot_beside_the_model(exported: Path, tmp_path: Path)
     assert main(["calibrate", str(d / "tiny.onnx"), "--good", str(good), "--target-frr",
                  "0.05", "--threads", "1"]) == 0
     assert (d / "tiny.calibration.png").is_file()
+
+
+def test_images_smaller_than_the_model_are_refused_unless_allow_upscale(
+        exported: Path, tmp_path: Path, capsys) -> None:
+    # The tiny model takes 32 x 32; 24-px images were silently enlarged before.
+    d = tmp_path / "m"
+    shutil.copytree(exported.parent, d)
+    small = tmp_path / "small"
+    write_images(small, 24, size=24)
+    args = ["calibrate", str(d / "tiny.onnx"), "--good", str(small), "--target-frr", "0.05",
+            "--threads", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "000.png: 24x24 is smaller than the model's input 32x32" in err
+    assert "--allow-upscale" in err
+    assert main([*args, "--allow-upscale"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("upscaled to the model's 32x32") == 1, err  # once per size, not per image
+    # The rule is per command line: the next one refuses again.
+    assert main(args) == 2
+
+
+def test_an_operating_point_over_the_false_reject_ceiling_is_refused_and_nothing_written(
+        exported: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    d = tmp_path / "m"
+    shutil.copytree(exported.parent, d)
+    model = d / "tiny.onnx"
+    before = model.read_bytes()
+    good = tmp_path / "good"
+    write_images(good, 24)
+    bad = tmp_path / "bad"
+    write_images(bad, 10, seed=5)  # the same noise as the good ones: the model cannot tell them
+    args = ["calibrate", str(model), "--good", str(good), "--defects", str(bad),
+            "--max-escapes", "0", "--threads", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot meet escapes <= 0 % within the false-reject ceiling --max-frr 0.1" in err
+    assert f"Nothing was written to {model}" in err and "target" in err and "threshold" in err
+    assert model.read_bytes() == before
+    # Accepted knowingly: written, with the rates it costs in the manifest.
+    assert main([*args, "--max-frr", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    thr = get_manifest(onnx.load(str(model)))["threshold"]
+    assert thr["false_reject_rate"] == out["calibration"]["false_reject_rate"] > 0.1
+    assert thr["escape_rate"] == 0.0 and thr["max_frr"] == 1.0
+    # A target above the ceiling is a contradiction, refused before any scoring.
+    assert main(["calibrate", str(model), "--good", str(good), "--target-frr", "0.2"]) == 2
+    assert "above the ceiling --max-frr 0.1" in capsys.readouterr().err

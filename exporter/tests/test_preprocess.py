@@ -46,3 +46,22 @@ def test_preprocess_file_resizes(tmp_path: Path) -> None:
     Image.fromarray(np.full((40, 60), 200, np.uint8)).save(p)
     t = preprocess_file(p, 3, 32, 32)
     assert t.shape == (3, 32, 32) and np.allclose(t, 200 / 255)
+
+
+def test_a_smaller_image_is_refused_naming_it_and_larger_ones_resize(tmp_path: Path) -> None:
+    import pytest
+
+    from exporter.errors import ExporterError
+    from exporter.preprocess import allow_upscale
+
+    p = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((20, 64), np.uint8)).save(p)
+    # 64 wide is enough, 20 high is not: either side too small is refused.
+    with pytest.raises(ExporterError, match=r"wide.png: 64x20 is smaller than the model's input"):
+        preprocess_file(p, 1, 32, 32)
+    assert preprocess_file(p, 1, 16, 16).shape == (1, 16, 16)
+    allow_upscale(True)
+    try:
+        assert preprocess_file(p, 1, 32, 32).shape == (1, 32, 32)
+    finally:
+        allow_upscale(False)

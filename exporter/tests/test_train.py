@@ -221,7 +221,7 @@ def test_worker_batches_depend_on_seed_and_step_alone(tmp_path: Path) -> None:
     """One worker straight through, two workers with a resume in between: the same weights,
     since each batch is seeded by (seed, step, slot) wherever it is drawn."""
     data = tmp_path / "good"
-    write_images(data, 4)
+    write_images(data, 4, size=64)  # the model's size: smaller ones are refused
     a, b = tmp_path / "a", tmp_path / "b"
     base = ["train", "--data", str(data), *ARGS, "--image-size", "64", "--crop", "32",
             "--jitter", "0.5"]

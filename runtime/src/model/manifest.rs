@@ -124,6 +124,31 @@ pub struct Threshold {
     /// Sampler methods: the step count the scores were calibrated at.
     #[serde(default)]
     pub sampler_steps: Option<usize>,
+    /// Share of the calibration's good images this threshold rejects.
+    #[serde(default)]
+    pub false_reject_rate: Option<f64>,
+    /// Share of the calibration's defective images it lets through (with `--defects`).
+    #[serde(default)]
+    pub escape_rate: Option<f64>,
+}
+
+/// A calibrated false-reject rate above this is called out by `check-config` (the exporter's
+/// default `--max-frr`).
+pub const FALSE_REJECT_CEILING: f64 = 0.10;
+
+impl Threshold {
+    /// The calibrated rates in words, empty when the manifest predates them.
+    pub fn rates(&self) -> String {
+        match (self.false_reject_rate, self.escape_rate) {
+            (Some(f), Some(e)) => format!(
+                ", rejecting {:.1} % of its good images and letting {:.1} % of its defects through",
+                100.0 * f,
+                100.0 * e
+            ),
+            (Some(f), None) => format!(", rejecting {:.1} % of its good images", 100.0 * f),
+            _ => String::new(),
+        }
+    }
 }
 
 /// Why a manifest was refused.
@@ -368,6 +393,21 @@ mod tests {
             "score": {"reduction": "topk_mean", "top_k": 5},
             "threshold": {"value": 0.3, "method": "quantile"}
         })
+    }
+
+    #[test]
+    fn calibrated_rates_are_read_and_worded_and_absent_ones_say_nothing() {
+        let m = Manifest::parse(&sample().to_string()).unwrap();
+        assert_eq!(m.threshold.unwrap().rates(), "");
+        let mut v = sample();
+        v["threshold"]["false_reject_rate"] = 0.25.into();
+        v["threshold"]["escape_rate"] = 0.05.into();
+        let t = Manifest::parse(&v.to_string()).unwrap().threshold.unwrap();
+        assert_eq!(
+            t.rates(),
+            ", rejecting 25.0 % of its good images and letting 5.0 % of its defects through"
+        );
+        assert!(t.false_reject_rate.unwrap() > FALSE_REJECT_CEILING);
     }
 
     #[test]

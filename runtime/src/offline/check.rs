@@ -288,11 +288,22 @@ fn print_camera(c: &BoardConfig) {
             (Some(t), Some(m)) => format!("{t} (line.threshold overrides the model's {})", m.value),
             (Some(t), None) => format!("{t} (line.threshold)"),
             (None, Some(m)) => format!(
-                "{} (the model's, {}{})",
+                "{} (the model's, {}{}{}){}",
                 m.value,
                 m.method,
                 m.n_images
-                    .map_or(String::new(), |n| format!(" on {n} good images"))
+                    .map_or(String::new(), |n| format!(" on {n} good images")),
+                m.rates(),
+                match m.false_reject_rate {
+                    Some(f) if f > crate::model::manifest::FALSE_REJECT_CEILING => format!(
+                        "\nWARNING:    the model was calibrated at {:.1} % false rejects, above {:.0} %: \
+                         this line will reject that share of its good parts; recalibrate, or \
+                         improve the model",
+                        100.0 * f,
+                        100.0 * crate::model::manifest::FALSE_REJECT_CEILING
+                    ),
+                    _ => String::new(),
+                }
             ),
             (None, None) =>
                 "none: the model is not calibrated and line.threshold is not set".into(),

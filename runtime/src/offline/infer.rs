@@ -83,11 +83,12 @@ pub fn inspect(model: &Path) -> Result<()> {
     );
     match &m.threshold {
         Some(t) => println!(
-            "threshold:    {} ({}, target FRR {:?}, {} images)",
+            "threshold:    {} ({}, target FRR {:?}, {} images{})",
             t.value,
             t.method,
             t.target_frr,
-            t.n_images.unwrap_or(0)
+            t.n_images.unwrap_or(0),
+            t.rates()
         ),
         None => println!("threshold:    not calibrated (run `python -m exporter calibrate`)"),
     }
