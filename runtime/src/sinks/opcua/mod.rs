@@ -409,7 +409,7 @@ async fn apply(
                     stats.results.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Ok(Some(Msg::Loaded(id))) => model.set_active_recipe(id),
+            Ok(Some(Msg::Loaded(id))) => model.set_active_recipe(&id),
             Ok(Some(Msg::Halt)) => {
                 model.set_state(VisionState::Halted);
                 stats.halted.store(true, Ordering::Release);

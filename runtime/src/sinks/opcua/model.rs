@@ -476,11 +476,12 @@ impl Model {
         }
     }
 
-    /// The engine loaded `id`: the active recipe.
-    pub(super) fn set_active_recipe(&mut self, id: String) {
+    /// `id` decides the parts now (loaded at start, promoted or rolled back): the active
+    /// recipe, and one of the recipes.
+    pub(super) fn set_active_recipe(&mut self, id: &str) {
         if id != self.active {
-            self.recipes.insert(id.clone());
-            self.active = id;
+            self.active = id.to_string();
+            self.recipes.insert(self.active.clone());
             self.show_recipes();
         }
     }
@@ -525,11 +526,7 @@ impl Model {
 
     fn result(&mut self, rec: &Record, p: &PartEvent, anchor: (std::time::SystemTime, u64)) {
         if let Some(m) = &p.model {
-            if **m != *self.active {
-                self.active = m.to_string();
-                self.recipes.insert(self.active.clone());
-                self.show_recipes();
-            }
+            self.set_active_recipe(m);
         }
         let trigger = wall_time(anchor, p.trigger_ns);
         let outcome = match p.outcome {
