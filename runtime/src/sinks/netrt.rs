@@ -1,7 +1,8 @@
 //! The network sinks' async runtime: one small tokio runtime, apart from the line's threads,
 //! that the operator's page, the OPC UA server and the control socket run on. It only reads
 //! what the event bus hands to its sinks; nothing on it can hold up a stage thread, and its
-//! threads run at the lowest CPU priority, so that clients cannot take the engine's CPU either.
+//! threads run 10 nicer than the stages (`NICER_BY`), so that clients cannot take the engine's
+//! CPU either.
 
 use std::time::Duration;
 
