@@ -140,6 +140,7 @@ fn report_figures_are_written_from_the_evals_own_numbers() {
             .iter()
             .map(|k| (format!("kind_{k}.png"), KIND_SIZE)),
     );
+    pngs.push(("good_highest.png".to_string(), KIND_SIZE));
     for (name, size) in &pngs {
         check_png(&dir.join(name), *size);
     }
@@ -186,6 +187,34 @@ fn report_figures_are_written_from_the_evals_own_numbers() {
     assert_eq!(sum("good"), 6);
     assert_eq!(sum("defective"), 4 * DEFECT_KINDS.len() as u64);
     let scores = fig["scores"].as_array().unwrap();
+    // The good panel: the highest-scoring good tiles, descending, the false rejects counted at
+    // the eval's threshold (what a newcomer's weak model costs in good parts is seen, not only
+    // what it catches).
+    let thr = report["threshold"].as_f64().unwrap();
+    let mut good: Vec<f64> = scores
+        .iter()
+        .filter(|s| s["kind"] == "good")
+        .map(|s| s["score"].as_f64().unwrap())
+        .collect();
+    good.sort_by(|a, b| b.total_cmp(a));
+    let panel = &fig["good_highest"];
+    let shown: Vec<f64> = panel["highest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["score"].as_f64().unwrap())
+        .collect();
+    assert_eq!(shown, good[..good.len().min(2 * GRID_COLS)].to_vec());
+    assert_eq!(
+        panel["rejected"].as_u64().unwrap(),
+        good.iter().filter(|&&s| s >= thr).count() as u64
+    );
+    for s in panel["highest"].as_array().unwrap() {
+        assert_eq!(
+            s["rejected"].as_bool().unwrap(),
+            s["score"].as_f64().unwrap() >= thr
+        );
+    }
     for row in report["kinds"].as_array().unwrap() {
         let kind = row["kind"].as_str().unwrap();
         let of: Vec<f64> = scores

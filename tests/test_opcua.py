@@ -342,6 +342,7 @@ def test_fifty_clients_of_ten_subscriptions_leave_the_reject_timing_as_it_was(tm
         [
             sys.executable,
             str(ROOT / "scripts/bench.d/opcua.py"),
+            # The run with clients lasts while they connect (2 to 14 s seen) and 8 s more.
             "--seconds",
             "8",
             "--no-many-parts",
@@ -355,14 +356,15 @@ def test_fifty_clients_of_ten_subscriptions_leave_the_reject_timing_as_it_was(tm
     assert run.returncode == 0, run.stderr.decode()[-3000:]
     print(run.stdout.decode())
     sbs = json.loads((tmp_path / "bench-opcua.json").read_text())["side_by_side"]
-    parts, clients = sbs["parts"], sbs["clients"]
+    parts, parts_with, clients = sbs["parts"], sbs["parts_with"], sbs["clients"]
     assert clients["connected"] == 50, clients
-    assert min(clients["results"]) > 0 and min(clients["changes"]) > 0, clients
+    assert min(clients["results"]) > 0 and min(clients["changes"]) > 0, (clients["connect_s"], clients)
     base, loaded = sbs["without"], sbs["with"]
     assert base["opcua"]["lost"] == loaded["opcua"]["lost"] == 0
-    assert loaded["opcua"]["results"] == parts
-    # In time: the same, give or take one part in a hundred (one run each on a shared VM).
-    assert loaded["inspected_in_time"] >= base["inspected_in_time"] - parts // 100, (base, loaded)
+    assert base["opcua"]["results"] == parts and loaded["opcua"]["results"] == parts_with
+    # In time: the same share, give or take one part in a hundred (one run each on a shared VM).
+    share = (base["inspected_in_time"] / parts, loaded["inspected_in_time"] / parts_with)
+    assert share[1] >= share[0] - 0.01, (share, base, loaded)
     # The reject timing's p99 is a few microseconds on both sides; the bench reports the ratio
     # against the 10 %, the test bounds the difference at a tenth of a millisecond.
     assert loaded["reject_error_p99_ms"] <= base["reject_error_p99_ms"] + 0.1, (base, loaded)

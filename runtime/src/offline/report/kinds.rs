@@ -1,5 +1,6 @@
 //! `kind_<name>.png`: per defect kind, the best caught and worst missed tiles with their
-//! heatmaps, and a key to the map's colours and contours.
+//! heatmaps, and a key to the map's colours and contours; `good_highest.png`: the good tiles
+//! that scored highest, the false rejects first.
 
 use std::path::Path;
 
@@ -60,6 +61,73 @@ pub(super) fn pick<'a>(
     (best, worst)
 }
 
+/// The highest-scoring good tiles, descending (so the false rejects first), in two rows of at
+/// most `GRID_COLS`.
+pub(super) fn pick_good(scored: &[Scored]) -> (Vec<&Scored>, Vec<&Scored>) {
+    let mut good: Vec<&Scored> = scored.iter().filter(|s| !s.defective).collect();
+    good.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.image.cmp(&b.image)));
+    good.truncate(2 * GRID_COLS);
+    let second = good.split_off(good.len().min(GRID_COLS));
+    (good, second)
+}
+
+/// What a panel shows: one defect kind's tiles, or the good tiles.
+pub(super) enum Panel<'a> {
+    /// A defect kind with `n` tiles, `escaped` of them below the threshold.
+    Defect {
+        kind: &'a str,
+        n: usize,
+        escaped: usize,
+    },
+    /// The good tiles: `n` of them, `rejected` at or above the threshold.
+    Good { n: usize, rejected: usize },
+}
+
+impl Panel<'_> {
+    fn title(&self, thr: f32) -> String {
+        match *self {
+            Panel::Defect { kind, n, escaped } => format!(
+                "Defect kind \u{201c}{kind}\u{201d}: {n} tiles, {} caught, {escaped} escaped at threshold {thr:.4}",
+                n - escaped
+            ),
+            Panel::Good { n, rejected } => format!(
+                "Good tiles: {n}, {rejected} rejected at threshold {thr:.4}; the highest-scoring first"
+            ),
+        }
+    }
+
+    fn headings(&self, first: &[&Scored], second: &[&Scored]) -> [String; 2] {
+        match *self {
+            Panel::Defect { escaped, .. } => row_headings(first, second, escaped),
+            Panel::Good { rejected, .. } => [
+                if rejected > 0 {
+                    format!(
+                        "The highest-scoring good tiles ({} shown; {rejected} at or above the threshold: false rejects)",
+                        first.len()
+                    )
+                } else {
+                    format!(
+                        "The highest-scoring good tiles: none rejected, closest calls first ({} shown)",
+                        first.len()
+                    )
+                },
+                format!("The next highest ({} shown)", second.len()),
+            ],
+        }
+    }
+
+    fn name(&self) -> String {
+        match *self {
+            Panel::Defect { kind, .. } => format!("kind_{kind}.png"),
+            Panel::Good { .. } => "good_highest.png".into(),
+        }
+    }
+
+    fn good(&self) -> bool {
+        matches!(self, Panel::Good { .. })
+    }
+}
+
 /// The heatmap overlay of one scored tile, fitted into a `CELL` square, with the ground-truth
 /// outline drawn over it.
 fn cell_image(s: &Scored, thr: f32) -> Result<RgbImage> {
@@ -103,12 +171,10 @@ fn cell_image(s: &Scored, thr: f32) -> Result<RgbImage> {
     Ok(img)
 }
 
-/// Draw `kind_<name>.png` into `dest`: the title, the two rows of tiles and the colour key.
+/// Draw a panel into `dest`: the title, the two rows of tiles and the colour key.
 pub(super) fn draw_kind(
     dest: &Path,
-    kind: &str,
-    n: usize,
-    escaped: usize,
+    panel: &Panel,
     best: &[&Scored],
     worst: &[&Scored],
     thr: f32,
@@ -120,28 +186,26 @@ pub(super) fn draw_kind(
     }
     let mut buf = vec![0u8; (w * h * 3) as usize];
     {
-        let what = format!("kind_{kind}.png");
+        let what = panel.name();
         let e = draw_err(&what);
         let root: Root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(&e)?;
         let title = (FONT, 26).into_font().style(FontStyle::Bold).color(&BLACK);
-        root.draw(&Text::new(
-            format!(
-                "Defect kind \u{201c}{kind}\u{201d}: {n} tiles, {} caught, {escaped} escaped at threshold {thr:.4}",
-                n - escaped
-            ),
-            (MARGIN as i32, 14),
-            title,
-        ))
-        .map_err(&e)?;
+        root.draw(&Text::new(panel.title(thr), (MARGIN as i32, 14), title))
+            .map_err(&e)?;
         let mut next = cells.into_iter();
         for (r, (tiles, heading)) in [best, worst]
             .into_iter()
-            .zip(row_headings(best, worst, escaped))
+            .zip(panel.headings(best, worst))
             .enumerate()
         {
             let y0 = (TITLE_H + r as u32 * (ROW_HEAD_H + CELL + LABEL_H)) as i32;
-            draw_row(&root, &what, y0, heading, tiles, &mut next, thr)?;
+            let row = Row {
+                y0,
+                heading,
+                good: panel.good(),
+            };
+            draw_row(&root, &what, row, tiles, &mut next, thr)?;
         }
         let ky = (TITLE_H + 2 * (ROW_HEAD_H + CELL + LABEL_H)) as i32 + 8;
         draw_scale_key(&root, &what, ky, thr)?;
@@ -177,12 +241,18 @@ fn row_headings(best: &[&Scored], worst: &[&Scored], escaped: usize) -> [String;
     ]
 }
 
-/// One row at `y0`: its heading, then `GRID_COLS` slots, each a tile from `images` or empty.
+/// Where a row goes, its heading, and whether its tiles are good ones.
+struct Row {
+    y0: i32,
+    heading: String,
+    good: bool,
+}
+
+/// One row: its heading, then `GRID_COLS` slots, each a tile from `images` or empty.
 fn draw_row(
     root: &Root,
     what: &str,
-    y0: i32,
-    heading: String,
+    Row { y0, heading, good }: Row,
     tiles: &[&Scored],
     images: &mut impl Iterator<Item = RgbImage>,
     thr: f32,
@@ -210,17 +280,18 @@ fn draw_row(
             continue;
         };
         let img = images.next().expect("one image per tile");
-        draw_tile(root, what, (x, ty), s, img, thr)?;
+        draw_tile(root, what, (x, ty), (s, good), img, thr)?;
     }
     Ok(())
 }
 
-/// One tile at `(x, ty)`: its image, a frame coloured by the verdict, its score and file name.
+/// One tile at `(x, ty)`: its image, a frame coloured by whether the verdict is right (a good
+/// tile's pass, a defective one's reject), its score and file name.
 fn draw_tile(
     root: &Root,
     what: &str,
     (x, ty): (i32, i32),
-    s: &Scored,
+    (s, good): (&Scored, bool),
     img: RgbImage,
     thr: f32,
 ) -> Result<()> {
@@ -230,14 +301,16 @@ fn draw_tile(
     let el = BitMapElement::<(i32, i32)>::with_owned_buffer((x, ty), (cw, ch), img.into_raw())
         .expect("buffer of the tile's size");
     root.draw(&el).map_err(&e)?;
-    let caught = s.score >= thr;
-    let color = if caught { CAUGHT } else { DEFECT };
+    let rejected = s.score >= thr;
+    let right = rejected != good;
+    let color = if right { CAUGHT } else { DEFECT };
     root.draw(&Rectangle::new(frame, color.stroke_width(2)))
         .map_err(&e)?;
-    let verdict = if caught {
-        "reject: caught"
-    } else {
-        "pass: ESCAPED"
+    let verdict = match (good, rejected) {
+        (false, true) => "reject: caught",
+        (false, false) => "pass: ESCAPED",
+        (true, true) => "reject: FALSE REJECT",
+        (true, false) => "pass",
     };
     root.draw(&Text::new(
         format!("{:.4}  {verdict}", s.score),

@@ -27,7 +27,7 @@ pub use roc::{area, roc_points};
 pub use scores::histogram;
 
 use index::index_md;
-use kinds::{draw_kind, pick};
+use kinds::{draw_kind, pick, pick_good, Panel};
 use roc::{draw_roc, thin};
 use scores::{draw_scores, score_range};
 
@@ -191,6 +191,7 @@ pub fn write(dir: &Path, model: &Path, report: &EvalReport, scored: &[Scored]) -
     let pixel_json = pixel_roc_figure(dir, &name, report, scored, &mut figures, &mut skipped)?;
     let (figure, histogram_json) = scores_figure(dir, &name, report, scored, &scores, counts)?;
     figures.push(figure);
+    let good_json = good_figure(dir, report, scored, &mut figures)?;
     let kinds_json = kind_figures(dir, report, scored, &mut figures)?;
 
     // The numbers behind the figures, and the index.
@@ -203,6 +204,7 @@ pub fn write(dir: &Path, model: &Path, report: &EvalReport, scored: &[Scored]) -
         "histogram": histogram_json,
         "scores": scored.iter().map(|s| json!({"image": s.image, "kind": s.kind, "score": s.score})).collect::<Vec<_>>(),
         "kinds": kinds_json,
+        "good_highest": good_json,
     });
     let dest = dir.join("figures.json");
     std::fs::write(&dest, serde_json::to_string_pretty(&figures_json)?)
@@ -412,7 +414,12 @@ fn kind_figures(
             .iter()
             .filter(|s| s.kind == k.kind && s.score < thr)
             .count();
-        draw_kind(&dir.join(&file), &k.kind, k.n, escaped, &best, &worst, thr)?;
+        let panel = Panel::Defect {
+            kind: &k.kind,
+            n: k.n,
+            escaped,
+        };
+        draw_kind(&dir.join(&file), &panel, &best, &worst, thr)?;
         let list = |v: &[&Scored]| -> Vec<serde_json::Value> {
             v.iter()
                 .map(|s| json!({"image": s.image, "score": s.score, "caught": s.score >= thr}))
@@ -434,6 +441,48 @@ fn kind_figures(
         });
     }
     Ok(kinds_json)
+}
+
+/// `good_highest.png`: the good tiles that scored highest, so the false rejects a threshold
+/// costs are seen with their heatmaps; returns them for `figures.json` (`null` without good
+/// tiles).
+fn good_figure(
+    dir: &Path,
+    report: &EvalReport,
+    scored: &[Scored],
+    figures: &mut Vec<Figure>,
+) -> Result<serde_json::Value> {
+    let thr = report.threshold;
+    let n = scored.iter().filter(|s| !s.defective).count();
+    if n == 0 {
+        return Ok(serde_json::Value::Null);
+    }
+    let rejected = scored
+        .iter()
+        .filter(|s| !s.defective && s.score >= thr)
+        .count();
+    let (first, second) = pick_good(scored);
+    let file = "good_highest.png".to_string();
+    draw_kind(
+        &dir.join(&file),
+        &Panel::Good { n, rejected },
+        &first,
+        &second,
+        thr,
+    )?;
+    let tiles: Vec<serde_json::Value> = first
+        .iter()
+        .chain(&second)
+        .map(|s| json!({"image": s.image, "score": s.score, "rejected": s.score >= thr}))
+        .collect();
+    figures.push(Figure {
+        file: file.clone(),
+        caption: format!(
+            "Good tiles: the {} highest-scoring of {n} with their heatmaps ({rejected} rejected at the threshold: what the threshold costs in good parts).",
+            tiles.len()
+        ),
+    });
+    Ok(json!({"file": file, "n": n, "rejected": rejected, "highest": tiles}))
 }
 
 #[cfg(test)]
