@@ -192,10 +192,49 @@ def _calibration_plot(a: argparse.Namespace, r: dict) -> None:
         print("note: no plot written (Pillow is not importable)", file=sys.stderr)
 
 
+def _unlike_training(model: Path, train: Path, folders: list[Path], sheet: Path | None,
+                     threads: int, steps: int | None) -> dict:
+    """Check `folders` against the training images (`novelty`), print what is unlike them,
+    draw the sheet; returns the JSON."""
+    from .novelty import check, format_findings, reference, write_sheet
+
+    ref = reference(model, train, threads, steps)
+    findings = [check(model, ref, f, threads, steps) for f in folders]
+    print(format_findings(ref, findings), file=sys.stderr)
+    out = {"train": {"folder": str(train), "n_images": ref.n_images, "median": ref.median,
+                     "spread": ref.spread, "max": ref.max},
+           "checked": [f.as_json() for f in findings], "sheet": None}
+    if sheet is not None and write_sheet(findings, sheet):
+        print(f"thumbnails of the images unlike training: {sheet}", file=sys.stderr)
+        out["sheet"] = str(sheet)
+    return out
+
+
+def cmd_unlike_training(a: argparse.Namespace) -> None:
+    sheet = a.sheet or a.model.with_suffix(".unlike-training.png")
+    print(json.dumps(_unlike_training(a.model, a.train, a.folders, sheet, a.threads, a.steps),
+                     indent=2))
+
+
 def cmd_calibrate(a: argparse.Namespace) -> None:
-    from .calibrate import DRIFT_P, DRIFT_STD, calibrate, quantile_rank
+    from .calibrate import (
+        CALIBRATION_SUBDIRS,
+        CHECK_SUBDIRS,
+        DRIFT_P,
+        DRIFT_STD,
+        calibrate,
+        good_folder,
+        quantile_rank,
+    )
     from .sweep import format_sweep
 
+    if a.train is not None:
+        # Before calibrating: a refusal below is often explained by what this finds.
+        folders = [good_folder(a.good, CALIBRATION_SUBDIRS)]
+        if a.check_good is not None:
+            folders.append(good_folder(a.check_good, CHECK_SUBDIRS))
+        _unlike_training(a.model, a.train, folders, a.model.with_suffix(".unlike-training.png"),
+                         a.threads, a.steps)
     r = calibrate(a.model, a.good, a.target_frr, threads=a.threads, check_good=a.check_good,
                   defects=a.defects, max_escapes=a.max_escapes, steps=a.steps,
                   max_frr=a.max_frr)
@@ -498,9 +537,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plot", type=Path, default=None,
                    help="PNG of false-reject and escape rate against threshold (default: "
                         "MODEL.calibration.png beside the model)")
+    c.add_argument("--train", type=Path, default=None,
+                   help="the model's training images: first list the --good (and --check-good) "
+                        "images that score unlike any of them, with thumbnails in "
+                        "MODEL.unlike-training.png (see unlike-training)")
     c.add_argument("--threads", type=int, default=2,
                   help="CPU threads for PyTorch / ONNX Runtime")
     c.set_defaults(fn=cmd_calibrate)
+
+    u = _command(sub, "unlike-training",
+                 "list the images that score unlike any training image (novel content)")
+    u.add_argument("model", type=Path, help="the ONNX model")
+    u.add_argument("--train", type=Path, required=True,
+                   help="the images the model was trained on (up to 400 of them are scored)")
+    u.add_argument("folders", type=Path, nargs="+",
+                   help="folders of good images to check: calibration, --check-good, test")
+    u.add_argument("--sheet", type=Path, default=None,
+                   help="thumbnails of the images unlike training (default: "
+                        "MODEL.unlike-training.png beside the model)")
+    u.add_argument("--steps", type=int, default=None,
+                   help="sampler models: score at this step count (default: the model's)")
+    u.add_argument("--threads", type=int, default=2, help="CPU threads for ONNX Runtime")
+    u.set_defaults(fn=cmd_unlike_training)
 
     v = _command(sub, "verify", "re-run the golden cases and print the manifest")
     v.add_argument("model", type=Path,
@@ -636,7 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # The commands that read images into the model's input, each under the one size rule.
 IMAGE_COMMANDS = ("train", "export", "calibrate", "evaluate", "select", "feature-probe",
-                  "recipe-train", "recipe-export", "recipe-select", "robustness")
+                  "recipe-train", "recipe-export", "recipe-select", "robustness",
+                  "unlike-training")
 
 
 def main(argv: list[str] | None = None) -> int:
