@@ -1,4 +1,4 @@
-"""The recipe comparison table (README "Survey recipes"): every brick model under models/,
+"""The recipe comparison table (docs/models.md "Survey recipes on brick"): every brick model under models/,
 each sampler model at several step counts (calibrated on the validation split at each, as
 the shipped model was at its own), evaluated once on the brick evaluation set with
 `diffad eval` and timed with `diffad bench`, all in one run.

@@ -51,7 +51,7 @@ pub fn check_unit(root: &Root) -> Check {
         None => Check::fail(
             "systemd unit",
             format!("{} runs the line as root", unit.display()),
-            "install the hardened unit (`scripts/deploy` creates its user `diffad`): README \"Security on the line\"",
+            "install the hardened unit (`scripts/deploy` creates its user `diffad`): docs/jetson-and-security.md \"Security on the line\"",
         ),
     }
 }

@@ -1,5 +1,5 @@
 //! `diffad watch`: the supervisor's view of one or more lines, and the reference client of the
-//! stream protocol (README "The supervisor stream protocol").
+//! stream protocol (docs/line.md "The supervisor stream protocol").
 //!
 //! One follower thread per line keeps `(run, seq)` of the last event it passed on and, after
 //! every disconnect, reconnects and sends `resume <run> <seq>`. Duplicates are dropped, and

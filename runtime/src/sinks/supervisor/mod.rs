@@ -1,6 +1,6 @@
 //! The supervisor stream: newline-delimited JSON over TCP, read-only, resumable.
 //!
-//! The protocol (README "Supervisor stream"):
+//! The protocol (docs/line.md "The supervisor stream protocol"):
 //! - On connecting, a client gets `{"type":"hello","run":R,"line":L,"seq":S,...}`: the live
 //!   stream that follows starts after event `S` of run `R`.
 //! - Every event carries `run` and `seq` (from 1 in each run, without gaps).
