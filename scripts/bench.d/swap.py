@@ -32,6 +32,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+POOL = "true"
+
+
 def board(tmp: Path, name: str, rate: float, parts: int, every: int = 20) -> tuple[Path, int, Path]:
     port, sock = free_port(), tmp / f"{name}.sock"
     path = tmp / f"{name}.toml"
@@ -41,6 +44,8 @@ name = "bench-swap"
 [engine]
 model = "{BRICK}"
 providers = ["cpu"]
+[engine.cpu]
+shared_pool = {POOL}
 [camera]
 source = "sim"
 [camera.sim]
@@ -134,8 +139,12 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="short runs, to prove the script works")
     ap.add_argument("--load", type=float, default=0.5, help="part rate as a share of `diffad bench`")
     ap.add_argument("--shadow-every", type=int, default=20, help="control.shadow_every of the shadow run")
+    ap.add_argument("--per-session-pools", action="store_true",
+                    help="engine.cpu.shared_pool = false: each model its own ONNX Runtime thread pool")
     ap.add_argument("--out", type=Path, default=ROOT / "target/bench")
     a = ap.parse_args()
+    global POOL
+    POOL = "false" if a.per_session_pools else "true"
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "bench.json"
         subprocess.run([EXE, "bench", "--model", BRICK, "--iterations", "30" if a.smoke else "200",
@@ -198,7 +207,7 @@ def main() -> None:
         "engine_fps": fps, "rate": rate, "latency_from_part": start + 1,
         "frame_interval_ms": round(interval, 2), "parts": parts,
         "latency_p99_ms": lat, "latency_ratio": round(ratio, 3), "parts_shadowed": shadowed,
-        "switches": rows, "shadow_every": a.shadow_every, "smoke": a.smoke,
+        "switches": rows, "shadow_every": a.shadow_every, "shared_pool": POOL == "true", "smoke": a.smoke,
     }
     a.out.mkdir(parents=True, exist_ok=True)
     dest = a.out / ("bench-model-swap-smoke.json" if a.smoke else "bench-model-swap.json")
@@ -213,7 +222,7 @@ def main() -> None:
           f"whichever was later); target <= 1 frame interval ({interval:.1f} ms): "
           f"{'met' if max(worst_switch, worst_first) <= interval else 'MISSED'}")
     assert all(r["first_part_model"] == r["to"] for r in rows), rows
-    print(f"written {dest.relative_to(ROOT)}")
+    print(f"written {dest}")
 
 
 if __name__ == "__main__":

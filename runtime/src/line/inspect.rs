@@ -42,7 +42,15 @@ pub(super) fn inspect_loop(
             }
         }
         if triage.is_empty() {
-            clock.wait_until(Some(clock.now_ns() + tick), &|| !triage.is_empty());
+            // A model command wakes it too: a promote on an idle line lands at once, not a
+            // tick later.
+            let cmd_waiting = || cmds.as_ref().is_some_and(|c| !c.is_empty());
+            clock.wait_until(Some(clock.now_ns() + tick), &|| {
+                !triage.is_empty() || cmd_waiting()
+            });
+            if cmd_waiting() {
+                continue;
+            }
             if triage.is_empty() {
                 if shared.is_done(CAPTURE) {
                     break;

@@ -38,6 +38,11 @@ pub fn run_line(path: &Path, opts: RunOptions) -> Result<Summary> {
     // GPU board, builds its TensorRT engine, rather than a refused connection.
     let early_opcua = line::start_opcua_early(setup, &clock)
         .with_context(|| format!("board config {}", path.display()))?;
+    // Built here, on the line's own thread, before anything loads ONNX Runtime.
+    let cpu = &board.engine.cpu;
+    if cpu.shared_pool && !crate::model::ortlib::share_one_pool(cpu.threads) {
+        log::warn!("ONNX Runtime was loaded before the line: its sessions keep a thread pool each");
+    }
     let engine = Engine::load(&board.engine)?;
     let inspector = crate::stages::tiling::inspector_for(
         engine,

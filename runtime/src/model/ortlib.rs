@@ -46,9 +46,25 @@ pub struct OrtLib {
     pub version: String,
     /// The process-wide ONNX Runtime environment every session is built in.
     pub env: ort::environment::Environment,
+    /// Intra-op threads of the environment's one thread pool, which every session then shares
+    /// (`None`: each session has its own; `Some(0)`: one per core).
+    pub shared_pool: Option<usize>,
 }
 
 static LOADED: OnceLock<Result<OrtLib, OrtLibError>> = OnceLock::new();
+static SHARED_POOL: OnceLock<usize> = OnceLock::new();
+
+/// Have every session of this process share one intra-op pool of `threads` (0: one per core),
+/// created with the environment by the calling thread. Call before the first [`load`]; returns
+/// false if the environment was already built (each session then keeps its own pool).
+///
+/// Why: the line may hold two models at once (live and a staged candidate). Two pools on a
+/// small CPU contend, and a session built on a niced thread (the network runtime's, where a
+/// stage happens) has pool threads that keep that nice after it is promoted to live. One pool,
+/// made by the line's own thread, is warm and at the line's priority for whichever model runs.
+pub fn share_one_pool(threads: usize) -> bool {
+    LOADED.get().is_none() && SHARED_POOL.set(threads).is_ok()
+}
 
 /// Load ONNX Runtime once per process; later calls return the first outcome.
 pub fn load() -> Result<&'static OrtLib, OrtLibError> {
@@ -69,18 +85,29 @@ fn load_uncached() -> Result<OrtLib, OrtLibError> {
         return Err(load_err("no such file".into()));
     }
     // ort checks the library's API level (>= api-20, i.e. ONNX Runtime 1.20) while loading it.
-    let builder = ort::init_from(&path).map_err(|e| load_err(e.to_string()))?;
-    let env = builder
-        .with_name("diffad")
-        .build()
-        .map_err(|e| load_err(e.to_string()))?;
+    let mut builder = ort::init_from(&path)
+        .map_err(|e| load_err(e.to_string()))?
+        .with_name("diffad");
+    let shared_pool = SHARED_POOL.get().copied();
+    if let Some(threads) = shared_pool {
+        let pool = ort::environment::GlobalThreadPoolOptions::default()
+            .with_intra_threads(threads)
+            .map_err(|e| load_err(e.to_string()))?;
+        builder = builder.with_global_thread_pool(pool);
+    }
+    let env = builder.build().map_err(|e| load_err(e.to_string()))?;
     let version = version_from_filename(&path).unwrap_or_else(|| parse_build_info(ort::info()));
     if !version_ok(&version) && version != "unknown" {
         return Err(load_err(format!(
             "version {version} is older than supported"
         )));
     }
-    Ok(OrtLib { path, version, env })
+    Ok(OrtLib {
+        path,
+        version,
+        env,
+        shared_pool,
+    })
 }
 
 fn version_ok(version: &str) -> bool {

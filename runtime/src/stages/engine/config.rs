@@ -100,11 +100,23 @@ pub struct CudaConfig {
 }
 
 /// `[engine.cpu]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CpuConfig {
     /// Intra-op threads (0 = one per core).
     pub threads: usize,
+    /// `diffad run`: every model the line loads (live, candidate) runs on one shared pool of
+    /// `threads`, made by the line's thread (`ortlib::share_one_pool`); false: a pool each.
+    pub shared_pool: bool,
+}
+
+impl Default for CpuConfig {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            shared_pool: true,
+        }
+    }
 }
 
 /// Provider names the config accepts.

@@ -15,7 +15,8 @@ pub(super) fn open_session(
         .map_err(|e| EngineError::Run(e.to_string()))?
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| EngineError::Run(e.to_string()))?;
-    if config.cpu.threads > 0 {
+    // With the environment's shared pool the session has no threads of its own to size.
+    if config.cpu.threads > 0 && lib.shared_pool.is_none() {
         builder = builder
             .with_intra_threads(config.cpu.threads)
             .map_err(|e| EngineError::Run(e.to_string()))?;
