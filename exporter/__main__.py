@@ -617,7 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--checkpoints", type=Path, required=True,
                     help="training dir with step-NNNNNN.pt snapshots (train --keep-every)")
     se.add_argument("--dataset", type=Path, required=True,
-                    help="validation dataset (TILES/<texture>/validation), never the test set")
+                    help="validation split in the MVTec layout (test/good, test/<kind>): "
+                        "make-tiles' TILES/<texture>/validation or your own val/; never the "
+                        "test set")
     se.add_argument("--every", type=int, default=0, help="only snapshots at multiples of N")
     se.add_argument("--t-s", type=int, default=200,
                    help="small timestep of the graphs the snapshots are scored with")
@@ -670,7 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--train", type=Path, required=True,
                     help="good images the Gaussian is fitted on (TILES/<texture>/train/good)")
     fp.add_argument("--dataset", type=Path, required=True,
-                    help="validation dataset (TILES/<texture>/validation), never the test set")
+                    help="validation split in the MVTec layout (test/good, test/<kind>): "
+                        "make-tiles' TILES/<texture>/validation or your own val/; never the "
+                        "test set")
     fp.add_argument("--levels", default="1,2,1+2,0+1",
                     help="encoder levels to read, comma-separated; '+' stacks levels")
     fp.add_argument("--t", type=_ints, default=(0, 25, 100),

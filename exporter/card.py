@@ -98,7 +98,8 @@ def averaged_lines(averaged: dict[str, Any] | None) -> list[str]:
             f"{averaged['from']}-{averaged['to']} (`select --average-from {averaged['from']}`)"]
 
 
-def validation_lines(selection: dict[str, Any] | None, val: dict[str, Any] | None) -> list[str]:
+def validation_lines(selection: dict[str, Any] | None, val: dict[str, Any] | None,
+                     tiles: bool = False) -> list[str]:
     """How the stopping point was chosen (validation split only) and the chosen model there."""
     if selection is None and val is None:
         return []
@@ -108,8 +109,10 @@ def validation_lines(selection: dict[str, Any] | None, val: dict[str, Any] | Non
 
         lines += [format_selection(selection), ""]
     if val is not None:
-        lines += [f"The shipped model on `{val['dataset']}` at its calibrated threshold "
-                  "(validation crops, disjoint from the calibration crops):", "",
+        # Only make-tiles builds the two from disjoint crops; of a user's folders it is not known.
+        disjoint = " (validation crops, disjoint from the calibration crops)" if tiles else ""
+        lines += [f"The shipped model on `{val['dataset']}` at its calibrated threshold"
+                  f"{disjoint}:", "",
                   "Validation: " + format_table(val), ""]
     return lines
 
@@ -150,7 +153,10 @@ def write_card(path: Path, dataset: Path, out: Path, threads: int = 2,
                      "synthesis unlike the training one.")
     else:
         colour = "grey" if inp["channels"] == 1 else "RGB"
-        subject = f"{inp['height']}x{inp['width']} {colour} images of `{dataset}`"
+        trained = m.get("training", {}).get("data") or ""
+        subject = (f"{inp['height']}x{inp['width']} {colour} images"
+                   + (f", trained on `{trained}`" if trained else "")
+                   + f"; evaluated on `{dataset}`")
         made_by = ""
         test_note = (f"Test images: `{dataset / 'test'}` ({ev['n_good']} good, "
                      f"{ev['n_defective']} defective in "
@@ -208,7 +214,7 @@ def write_card(path: Path, dataset: Path, out: Path, threads: int = 2,
         "",
     ]
     val = evaluate(path, validation, threads=threads) if validation is not None else None
-    lines += validation_lines(selection, val)
+    lines += validation_lines(selection, val, tiles=texture is not None)
     if report is not None:
         lines += report_lines(report, out.parent)
     if notes:

@@ -144,7 +144,11 @@ def write_sheet(findings: list[Finding], dest: Path) -> int:
         y = gap + (i // cols) * (THUMB + label_h + gap)
         with Image.open(p) as im:
             thumb = im.convert("RGB")
-            thumb.thumbnail((THUMB, THUMB))
+            # Fit the cell both ways: a 64-px image is enlarged (nearest, so pixels stay
+            # pixels), a large one reduced.
+            scale = THUMB / max(thumb.size)
+            size = (max(1, round(thumb.width * scale)), max(1, round(thumb.height * scale)))
+            thumb = thumb.resize(size, Image.NEAREST if scale > 1 else Image.LANCZOS)
         sheet.paste(thumb, (x, y))
         draw.rectangle([x - 1, y - 1, x + THUMB, y + THUMB], outline=(200, 40, 40))
         draw.text((x, y + THUMB + 2), p.name[:18], fill=(60, 60, 60))

@@ -25,7 +25,7 @@ def test_card_describes_the_users_data(exported: Path, tmp_path: Path) -> None:
     card = out.read_text()
     for phrase in TILES_ONLY:
         assert phrase not in card, phrase
-    assert f"grey images of `{ds}`" in card
+    assert f"grey images; evaluated on `{ds}`" in card
     assert "- `test/good`: 4" in card and "- `test/spot`: 4" in card
     assert "- `tiny.onnx` (" in card and "`tiny.golden.json` + `tiny.golden/`" in card
     assert "model.onnx" not in card

@@ -130,6 +130,9 @@ pub struct Threshold {
     /// Share of the calibration's defective images it lets through (with `--defects`).
     #[serde(default)]
     pub escape_rate: Option<f64>,
+    /// Share of the other good images (`calibrate --check-good`) it rejects: the honest estimate.
+    #[serde(default)]
+    pub check_false_reject_rate: Option<f64>,
 }
 
 /// A calibrated false-reject rate above this is called out by `check-config` (the exporter's
@@ -139,7 +142,7 @@ pub const FALSE_REJECT_CEILING: f64 = 0.10;
 impl Threshold {
     /// The calibrated rates in words, empty when the manifest predates them.
     pub fn rates(&self) -> String {
-        match (self.false_reject_rate, self.escape_rate) {
+        let calibrated = match (self.false_reject_rate, self.escape_rate) {
             (Some(f), Some(e)) => format!(
                 ", rejecting {:.1} % of its good images and letting {:.1} % of its defects through",
                 100.0 * f,
@@ -147,6 +150,21 @@ impl Threshold {
             ),
             (Some(f), None) => format!(", rejecting {:.1} % of its good images", 100.0 * f),
             _ => String::new(),
+        };
+        calibrated
+            + &self.check_false_reject_rate.map_or(String::new(), |c| {
+                format!(
+                    " ({:.1} % of the other good images it was checked on)",
+                    100.0 * c
+                )
+            })
+    }
+
+    /// The worse of the calibrated and checked false-reject rates, when either is known.
+    pub fn worst_false_reject_rate(&self) -> Option<f64> {
+        match (self.false_reject_rate, self.check_false_reject_rate) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
         }
     }
 }
@@ -438,6 +456,19 @@ mod tests {
             Manifest::parse("{"),
             Err(ManifestError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn the_checked_false_reject_rate_is_shown_and_counts_against_the_ceiling() {
+        let t: Threshold = serde_json::from_str(
+            r#"{"value": 0.24, "false_reject_rate": 0.05, "check_false_reject_rate": 0.9}"#,
+        )
+        .unwrap();
+        assert_eq!(t.worst_false_reject_rate(), Some(0.9));
+        assert!(t.rates().contains("5.0 % of its good images"), "{}", t.rates());
+        assert!(t.rates().contains("90.0 % of the other good images"), "{}", t.rates());
+        let old: Threshold = serde_json::from_str(r#"{"value": 0.24}"#).unwrap();
+        assert_eq!((old.worst_false_reject_rate(), old.rates()), (None, String::new()));
     }
 
     #[test]

@@ -281,34 +281,18 @@ fn print_camera(c: &BoardConfig) {
         "threshold:  {}",
         match (
             s.line.threshold,
-            crate::model::manifest::Manifest::read(&c.engine.model)
-                .ok()
-                .and_then(|m| m.threshold)
+            crate::model::manifest::Manifest::read(&c.engine.model).map(|m| m.threshold)
         ) {
-            (Some(t), Some(m)) => format!("{t} (line.threshold overrides the model's {})", m.value),
-            (Some(t), None) => format!("{t} (line.threshold)"),
-            (None, Some(m)) => format!(
-                "{} (the model's, {}{}{}){}",
-                m.value,
-                m.method,
-                m.n_images
-                    .map_or(String::new(), |n| format!(" on {n} good images")),
-                m.rates(),
-                match m.false_reject_rate {
-                    Some(f) if f > crate::model::manifest::FALSE_REJECT_CEILING => format!(
-                        "\nWARNING:    the model was calibrated at {:.1} % false rejects, above {:.0} %: \
-                         this line will reject that share of its good parts; recalibrate, or \
-                         improve the model",
-                        100.0 * f,
-                        100.0 * crate::model::manifest::FALSE_REJECT_CEILING
-                    ),
-                    _ => String::new(),
-                }
+            // --keys-only before the model exists: say so, not that it is uncalibrated.
+            (Some(t), Err(_)) => format!("{t} (line.threshold; the model was not read)"),
+            (None, Err(e)) => format!(
+                "not known: {} could not be read ({e})",
+                c.engine.model.display()
             ),
-            (None, None) =>
-                "none: the model is not calibrated and line.threshold is not set".into(),
+            (t, Ok(m)) => threshold_line(t, m),
         }
     );
+
     println!(
         "camera:     {:?}, {region}, {}",
         s.camera.source,
@@ -321,6 +305,33 @@ fn print_camera(c: &BoardConfig) {
             "resized to the model size".to_string()
         }
     );
+}
+
+/// The threshold in force: `line.threshold`, else the model's calibrated one with its rates.
+fn threshold_line(line: Option<f32>, model: Option<crate::model::manifest::Threshold>) -> String {
+    match (line, model) {
+            (Some(t), Some(m)) => format!("{t} (line.threshold overrides the model's {})", m.value),
+            (Some(t), None) => format!("{t} (line.threshold)"),
+            (None, Some(m)) => format!(
+                "{} (the model's, {}{}{}){}",
+                m.value,
+                m.method,
+                m.n_images
+                    .map_or(String::new(), |n| format!(" on {n} good images")),
+                m.rates(),
+                match m.worst_false_reject_rate() {
+                    Some(f) if f > crate::model::manifest::FALSE_REJECT_CEILING => format!(
+                        "\nWARNING:    the model's threshold gave {:.1} % false rejects, above {:.0} %, on the \
+                         good images it was calibrated or checked on: this line will reject about \
+                         that share of its good parts; recalibrate, or improve the model",
+                        100.0 * f,
+                        100.0 * crate::model::manifest::FALSE_REJECT_CEILING
+                    ),
+                    _ => String::new(),
+                }
+            ),
+            (None, None) => "none: the model is not calibrated and line.threshold is not set".into(),
+    }
 }
 
 /// Pins, belt geometry and the sinks.
