@@ -465,10 +465,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.worst_false_reject_rate(), Some(0.9));
-        assert!(t.rates().contains("5.0 % of its good images"), "{}", t.rates());
-        assert!(t.rates().contains("90.0 % of the other good images"), "{}", t.rates());
+        assert!(
+            t.rates().contains("5.0 % of its good images"),
+            "{}",
+            t.rates()
+        );
+        assert!(
+            t.rates().contains("90.0 % of the other good images"),
+            "{}",
+            t.rates()
+        );
         let old: Threshold = serde_json::from_str(r#"{"value": 0.24}"#).unwrap();
-        assert_eq!((old.worst_false_reject_rate(), old.rates()), (None, String::new()));
+        assert_eq!(
+            (old.worst_false_reject_rate(), old.rates()),
+            (None, String::new())
+        );
     }
 
     #[test]
