@@ -170,23 +170,25 @@ async def follow(url: str, proc: subprocess.Popen[bytes], act: Act | None = None
     facts: dict[str, Any] = {}
     handler = Handler()
     try:
-        ns = await client.get_namespace_array()
-        assert MV in ns, ns
-        mv = ns.index(MV)
-        # From the root, by browse names, as an integrator's tool walks it.
-        objects = await client.nodes.root.get_child(["0:Objects"])
+        # The first state a client sees, in as few round trips as it takes (namespace, paths,
+        # one read of state and recipe together): the engine loads in about 0.3 s beside it.
+        mv = await client.get_namespace_index(MV)
         vs = None
-        for child in await objects.get_children():
-            bn = await child.read_browse_name()
-            if bn.Name == "VisionSystem":
-                vs = child
+        for ref in await client.nodes.objects.get_children_descriptions():
+            if ref.BrowseName.Name == "VisionSystem":
+                vs = client.get_node(ref.NodeId)
         assert vs is not None, "no VisionSystem under Objects"
         state = await vs.get_child([f"{mv}:VisionStateMachine", f"{mv}:CurrentState"])
-        # The first state a client sees, read before anything else.
-        handler.states.append((await state.read_value()).Text)
+        recipe = await vs.get_child([f"{mv}:RecipeManagement", f"{mv}:ActiveRecipeId"])
+        first_state, first_recipe = await client.read_values([state, recipe])
+        handler.states.append(first_state.Text)
+        facts["first_recipe"] = first_recipe
+        # From the root, by browse names, as an integrator's tool walks it.
+        root_objects = await client.nodes.root.get_child(["0:Objects"])
+        names = [(await child.read_browse_name()).Name for child in await root_objects.get_children()]
+        assert "VisionSystem" in names, names
         type_def = await client.get_node(await vs.read_type_definition()).read_browse_name()
         assert (type_def.NamespaceIndex, type_def.Name) == (mv, "VisionSystemType")
-        recipe = await vs.get_child([f"{mv}:RecipeManagement", f"{mv}:ActiveRecipeId"])
         result_type = await client.nodes.root.get_child(
             ["0:Types", "0:EventTypes", "0:BaseEventType", f"{mv}:ResultReadyEventType"]
         )
@@ -230,14 +232,18 @@ async def follow(url: str, proc: subprocess.Popen[bytes], act: Act | None = None
 
 
 def check_results(handler: Handler, stream: Stream, facts: dict[str, Any], parts: int) -> list[float]:
-    """Every part from the first after the subscription to the last exactly once, in order, as
-    the supervisor stream has it; the trigger-to-notification latencies."""
+    """Every part from the first after the subscription to the last exactly once, in the order
+    the supervisor stream has them; the trigger-to-notification latencies."""
     assert all(e.EventType == facts["result_type"] for _, e in handler.results)
     seen = [int(e.PartId) for _, e in handler.results]
     assert len(seen) == len(set(seen)), "a result came twice"
     first = min(seen)
     assert first <= 60, f"the subscription missed the first {first - 1} parts"
-    assert seen == list(range(first, parts + 1)), "results missing or out of order"
+    assert sorted(seen) == list(range(first, parts + 1)), "results missing"
+    # In the order the line decided them (a skipped part is decided before an earlier one still
+    # in inspection on an overloaded machine), which is the stream's order.
+    decided = list(stream.parts)
+    assert seen == decided[decided.index(seen[0]) :], "results out of the line's order"
     latencies = []
     for t, e in handler.results:
         ev = stream.parts[int(e.PartId)]
@@ -248,7 +254,9 @@ def check_results(handler: Handler, stream: Stream, facts: dict[str, Any], parts
             assert e.Score is None
         else:
             assert abs(e.Score - ev["score"]) < 1e-6
-        assert e.RecipeId == facts["recipe"]
+        # The model that judged the part; none judged a part skipped for want of time.
+        assert e.RecipeId == ev.get("model", "")
+        assert ev.get("model") in (facts["recipe"], None)
         latencies.append(t - e.TriggerTime.timestamp())
     assert facts["triggers"] == parts
     return latencies
@@ -325,7 +333,13 @@ loop_forever = true
         gone["back"] = len(h.results)
 
     handler, facts, stream = run_line(cfg, opc_port, sup_port, outage)
-    assert handler.states == ["Preoperational", "Operational", "Error", "Operational", "Halted"], handler.states
+    # Preoperational is test_every_result_once_…'s to check: on a loaded machine this client
+    # can come after the engine has loaded. If it came before (no recipe yet), it saw it.
+    states = handler.states
+    if states[:1] == ["Operational"]:
+        assert facts["first_recipe"], "Operational with no recipe: the state ran ahead of the engine"
+        states = ["Preoperational", *states]
+    assert states == ["Preoperational", "Operational", "Error", "Operational", "Halted"], handler.states
     check_results(handler, stream, facts, parts)
     assert gone["back"] < parts, gone
     # The line said why, once each: the camera's errors and the stall, raised and cleared.
