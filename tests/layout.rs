@@ -9,7 +9,7 @@ mod common;
 /// wires them, and the commands that run without a line.
 const LAYERS: &[&[&str]] = &[
     &[
-        "clock", "config", "events", "files", "frame", "gpio", "tally",
+        "clock", "config", "events", "files", "frame", "gpio", "priority", "tally",
     ],
     &["model"],
     &["sources"],

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 /// Nanoseconds in one millisecond.
 pub const MS: u64 = 1_000_000;
+/// One microsecond in nanoseconds.
+pub const US: u64 = 1_000;
 
 /// The condition a waiter wakes on.
 pub type Ready<'a> = dyn Fn() -> bool + Sync + 'a;

@@ -14,6 +14,7 @@ pub mod gpio;
 pub mod line;
 pub mod model;
 pub mod offline;
+pub mod priority;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod sinks;

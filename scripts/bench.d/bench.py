@@ -53,13 +53,22 @@ def run_json(cmd: list[str]) -> dict:
 
 
 def line_run(
-    model: Path, images: Path, parts: int, provider: str, rate_hz: float, pulse_ms: float = 20.0,
+    model: Path,
+    images: Path,
+    parts: int,
+    provider: str,
+    rate_hz: float,
+    pulse_ms: float = 20.0,
     spin_us: int | None = None,
+    spin_adaptive: bool = True,
 ) -> dict:
     """`diffad run` on the replay source with simulated pins, parts arriving at `rate_hz`,
     500 ms from trigger to ejector (the desktop-sim belt); `spin_us` sets
-    `line.reject_spin_us` (None: the runtime's default)."""
+    `line.reject_spin_us` (None: the runtime's default), `spin_adaptive` false spins all of it
+    before every pulse."""
     spin = "" if spin_us is None else f"reject_spin_us = {spin_us}\n"
+    if not spin_adaptive:
+        spin += "reject_spin_adaptive = false\n"
     with tempfile.TemporaryDirectory() as tmp:
         summary = Path(tmp) / "summary.json"
         config = Path(tmp) / "bench.toml"
@@ -175,33 +184,35 @@ def main() -> None:
         r = json.loads(rust_json.read_text())
         py = p if py is None or p["pipeline"]["fps"] > py["pipeline"]["fps"] else py
         rust = r if rust is None or r["pipeline"]["fps"] > rust["pipeline"]["fps"] else rust
-    # A camera cannot be slowed down, so "full speed" is parts arriving just under what the
-    # per-frame pipeline sustains; the line must keep up without fail-safe rejects.
-    rate = min(1000.0, 0.9 * rust["pipeline"]["fps"])
-    line = line_run(model, golden, args.parts, args.provider, rate)
-
-    # Overload: parts at 2.5x what the engine sustains. The engine's capacity in the line is
-    # measured in the same run (frames inspected per second of engine time), and the share of
-    # that capacity spent on parts decided in time is the figure (target >= 0.9).
-    over_rate = 2.5 * rust["pipeline"]["fps"]
-    # long enough (about 10 s of parts) that the capacity figure averages over the VM's swings
+    # Every line figure is a ratio to `diffad bench`'s frames per second in this run (the
+    # engine alone): what the line itself costs shows, instead of dividing by its own capacity.
+    engine = rust["pipeline"]["fps"]
+    # 0.9 x the engine: nothing may fail safe, in 3 of 3 runs.
+    under_runs = [
+        line_run(model, golden, args.parts, args.provider, 0.9 * engine) for _ in range(1 if args.smoke else 3)
+    ]
+    line = under_runs[0]
+    # 0.95 x the engine: at most 1 % fail safe over 600 parts.
+    near = line_run(model, golden, 2 * args.parts if args.smoke else 600, args.provider, 0.95 * engine)
+    # Overload: 2.5 x the engine. Its capacity in the line (frames inspected per second of
+    # engine time) against the engine alone is the line's own cost; the parts decided in time
+    # against what the engine alone would have inspected over the span is the figure under
+    # overload.
+    over_rate = 2.5 * engine
+    # long enough (about 10 s of parts) that the figures average over the VM's swings
     over_parts = 3 * args.parts if args.smoke else max(3 * args.parts, int(10 * over_rate))
     over = line_run(model, golden, over_parts, args.provider, over_rate)
     over_s = over["summary"]  # the line's own figures (`Summary`)
     capacity = over_s["inspections"] / max(over_s["engine_busy_s"], 1e-9)
-    over_share = over_s["inspected_in_time"] / max(capacity * over_s["trigger_span_s"], 1e-9)
-    # Then 0.9x of that in-line capacity: nothing may be skipped or fail safe.
-    under_rate = 0.9 * capacity
-    under = line_run(model, golden, 2 * args.parts if args.smoke else 600, args.provider, under_rate)
-    # the load this run really saw: its rate over the engine speed measured in this run
-    under_speed = under["summary"]["inspections"] / max(under["summary"]["engine_busy_s"], 1e-9)
-    under_load = under_rate / max(under_speed, 1e-9)
+    over_share = over_s["inspected_in_time"] / max(engine * over_s["trigger_span_s"], 1e-9)
     # Reject timing: >= 10^4 pulses (most parts are skipped and fail safe) with the engine
-    # flat out; short pulses so that each one is a separate edge. Once as shipped (the reject
-    # thread spins the last `reject_spin_us` before each pulse), once sleeping to every pulse,
-    # with cyclictest beside that one: what any sleeping real-time thread gets from this machine.
+    # flat out; short pulses so that each one is a separate edge. As shipped (the spin window
+    # follows the measured wake-up lateness), with the fixed 2 ms spin before every pulse, and
+    # sleeping to every pulse with cyclictest beside it: what any sleeping real-time thread
+    # gets from this machine.
     timing_parts = 300 if args.smoke else 14000
     timing = line_run(model, golden, timing_parts, args.provider, 200.0, pulse_ms=2.0)
+    timing_fixed = line_run(model, golden, timing_parts, args.provider, 200.0, pulse_ms=2.0, spin_adaptive=False)
     floor = wakeup_floor_start(timing_parts / 200.0)
     timing_sleep = line_run(model, golden, timing_parts, args.provider, 200.0, pulse_ms=2.0, spin_us=0)
     floor_ms = wakeup_floor_result(floor)
@@ -211,7 +222,7 @@ def main() -> None:
         ("1. bare session, Rust ort", rust["session"], rust["peak_rss_mib"]),
         ("2. Python pipeline (PIL, numpy, ORT)", py["pipeline"], py["peak_rss_mib"]),
         ("3. diffad bench (decode→decide)", rust["pipeline"], rust["peak_rss_mib"]),
-        (f"4. diffad run, replay at {rate:.1f}/s", line["throughput"], line["peak_rss_mib"]),
+        (f"4. diffad run, replay at {0.9 * engine:.1f}/s", line["throughput"], line["peak_rss_mib"]),
     ]
     ratios = {
         "pipeline_vs_session": rust["pipeline"]["fps"] / rust["session"]["fps"],
@@ -227,35 +238,56 @@ def main() -> None:
         ok = value <= target if key == "p99_vs_p50" else value >= target
         sign = "≤" if key == "p99_vs_p50" else "≥"
         print(f"{key:22} {value:6.3f}   target {sign} {target}   {'met' if ok else 'MISSED'}")
+
+    def fail_safe(run: dict) -> int:
+        return run["fault_rejects"] + run["fault_passes"]
+
+    under_fs = [fail_safe(r) for r in under_runs]
+    near_fs = fail_safe(near)
+    timing_ok = timing["max_reject_error_ms"] <= 2.0
+    line_targets = {
+        "capacity_vs_engine": (capacity / engine, capacity / engine >= 0.95, ">= 0.95"),
+        "fail_safe_at_0.95x": (near_fs / near["parts"], near_fs <= 0.01 * near["parts"], "<= 1 %"),
+        "fail_safe_at_0.9x": (max(under_fs), all(n == 0 for n in under_fs), f"0 in each of {len(under_runs)}"),
+        "in_time_at_2.5x_vs_engine": (over_share, over_share >= 0.9, ">= 0.9"),
+        "reject_timing_max_ms": (timing["max_reject_error_ms"], timing_ok, "<= 2 ms"),
+    }
     print(
-        f"line: {line['parts']} parts, {line['fault_rejects']} fail-safe rejects, "
-        f"{line['late_verdicts']} late verdicts, reject timing error max {line['max_reject_error_ms']:.3f} ms"
+        f"line, ratios to diffad bench's {engine:.1f} frames/s in this run:\n"
+        f"  capacity in the line (2.5x run) {capacity:.1f}/s = {capacity / engine:.3f} of the engine   "
+        f"target >= 0.95   {'met' if line_targets['capacity_vs_engine'][1] else 'MISSED'}"
     )
     print(
-        f"overload {over_rate:.1f}/s ({over['parts']} parts): engine capacity in the line {capacity:.1f}/s; "
-        f"{over_s['inspected_in_time']} decided in time, {over_s['counters']['skipped']} skipped, "
-        f"{over['late_verdicts']} late; "
-        f"in time / capacity {over_share:.3f}   target >= 0.9   {'met' if over_share >= 0.9 else 'MISSED'}"
+        f"  0.95x {0.95 * engine:.1f}/s, {near['parts']} parts: {near_fs} fail-safe "
+        f"({100 * near_fs / near['parts']:.1f} %), {near['late_verdicts']} late   target <= 1 %   "
+        f"{'met' if line_targets['fail_safe_at_0.95x'][1] else 'MISSED'}"
     )
     print(
-        f"0.9x capacity {under_rate:.1f}/s ({under['parts']} parts, "
-        f"{under_load:.2f}x of the engine speed in that run): {under['fault_rejects']} fail-safe rejects, "
-        f"{under['summary']['counters']['skipped']} skipped, {under['late_verdicts']} late   target 0   "
-        f"{'met' if under['fault_rejects'] == 0 else 'MISSED'}"
+        f"  0.9x {0.9 * engine:.1f}/s, {len(under_runs)} runs of {line['parts']} parts: fail-safe {under_fs}   "
+        f"target 0 in each   {'met' if line_targets['fail_safe_at_0.9x'][1] else 'MISSED'}"
     )
     print(
-        f"reject timing at 200 parts/s, engine flat out: {timing['summary']['reject_pulses_timed']} pulses, "
-        f"error max {timing['max_reject_error_ms']:.3f} ms, p99 {timing['summary']['reject_error_p99_ms']:.3f} ms "
-        f"({timing['summary']['reject_spin_refused']} pulses slept to, spin budget spent; "
-        f"{timing['summary']['inspections']} inspections)   "
-        f"target max <= 2 ms   {'met' if timing['max_reject_error_ms'] <= 2.0 else 'MISSED'}"
+        f"  2.5x {over_rate:.1f}/s, {over['parts']} parts: {over_s['inspected_in_time']} decided in time, "
+        f"{over_s['counters']['skipped']} skipped, {over['late_verdicts']} late; in time over "
+        f"{over_s['trigger_span_s']:.1f} s / (engine x span) {over_share:.3f}   target >= 0.9   "
+        f"{'met' if line_targets['in_time_at_2.5x_vs_engine'][1] else 'MISSED'}"
     )
-    slept = timing_sleep["summary"]
-    print(
-        f"  the same, sleeping to every pulse (reject_spin_us = 0): "
-        f"{slept['reject_pulses_timed']} pulses, error max {timing_sleep['max_reject_error_ms']:.3f} ms, "
-        f"p99 {slept['reject_error_p99_ms']:.3f} ms ({slept['inspections']} inspections)"
-    )
+
+    def timing_line(name: str, run: dict) -> str:
+        t = run["summary"]
+        return (
+            f"  {name}: {t['reject_pulses_timed']} pulses, error max {run['max_reject_error_ms']:.3f} ms, "
+            f"p99 {t['reject_error_p99_ms']:.3f} ms; spun {t['reject_spin_s']:.2f} CPU-s "
+            f"(window at the end {t['reject_spin_window_us']:.0f} us), "
+            f"reject thread {t['threads_cpu_s'].get('reject', 0.0):.2f} CPU-s; "
+            f"{t['inspections']} inspections"
+        )
+
+    print(f"reject timing at 200 parts/s over {timing_parts / 200.0:.0f} s, engine flat out:")
+    verdict = f"   target max <= 2 ms   {'met' if timing_ok else 'MISSED'}"
+    print(timing_line("as shipped (window follows the wake-up lateness)", timing) + verdict)
+    print(timing_line("fixed 2 ms spin (reject_spin_adaptive = false)", timing_fixed))
+    print(timing_line("sleeping to every pulse (reject_spin_us = 0)", timing_sleep))
     if floor_ms is not None:
         print(
             "  beside that run, cyclictest (SCHED_FIFO 50, mlockall, 1 ms timer, a thread per CPU): "
@@ -281,10 +313,14 @@ def main() -> None:
         "flops_per_frame": flops,
         "session_gflops": gflops,
         "nominal_peak_gflops": peak,
+        "engine_fps": engine,
+        "line_targets": {k: {"value": v, "met": ok, "target": t} for k, (v, ok, t) in line_targets.items()},
         "line": line,
+        "under_engine_0.9x": under_runs,
+        "near_engine_0.95x": near,
         "overload": {"rate_hz": over_rate, "capacity_hz": capacity, "share_in_time": over_share, "run": over},
-        "under_capacity": {"rate_hz": under_rate, "load_in_run": under_load, "run": under},
         "reject_timing": timing,
+        "reject_timing_fixed_spin": timing_fixed,
         "reject_timing_sleep_only": timing_sleep,
         "rt_wakeup_floor_max_ms": floor_ms,
         "onnxruntime": {"python": py["onnxruntime"], "rust": rust["onnxruntime"]},

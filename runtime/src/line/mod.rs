@@ -34,6 +34,7 @@ pub mod models;
 mod reject;
 pub mod setup;
 mod shared;
+mod spin;
 mod summary;
 mod trigger;
 pub mod watchdog;

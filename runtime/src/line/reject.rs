@@ -3,7 +3,9 @@
 
 use super::inbox::Inbox;
 use super::shared::{CAPTURE, INSPECT, REJECT, TRIGGER};
+use super::spin::{SpinBudget, SpinWindow};
 use super::Ctx;
+use crate::clock::US;
 use crate::events::FrameFacts;
 use crate::frame::Frame;
 use crate::sinks::reject::{Judge, PartInfo, RejectStats, Scheduler};
@@ -40,15 +42,16 @@ pub(super) enum SchedMsg {
 }
 
 /// Deliver messages and fire pulses until every stage before it is done and every part has
-/// its outcome; the last `spin_ns` before each pulse are spent awake (see [`SpinBudget`]).
+/// its outcome; the last stretch before each pulse is spent awake (see [`SpinWindow`]).
 pub(super) fn reject_loop(
     s: &mut Scheduler,
     ctx: &Ctx<'_>,
     rx: &mut Inbox<SchedMsg>,
 ) -> RejectStats {
     let (clock, shared, tick) = (ctx.clock, ctx.shared, ctx.tick);
-    let spin_ns = ctx.setup.line.reject_spin_us * 1_000;
-    let mut budget = SpinBudget::new(spin_ns);
+    let line = &ctx.setup.line;
+    let mut spin = SpinWindow::new(line.reject_spin_us * US, line.reject_spin_adaptive);
+    let mut budget = SpinBudget::new(line.reject_spin_us * US);
     let max_failed = u64::from(ctx.setup.line.max_failed_inspections);
     loop {
         shared.stamp(REJECT, clock);
@@ -74,75 +77,32 @@ pub(super) fn reject_loop(
         }
         let now = clock.now_ns();
         let mut wake = next.map_or(now + tick, |n| n.min(now + tick));
-        if let Some(pulse) = s.next_pulse_ns().filter(|_| spin_ns > 0) {
-            if pulse <= now + spin_ns {
+        let window = spin.ns();
+        if let Some(pulse) = s.next_pulse_ns().filter(|_| window > 0) {
+            if pulse <= now + window {
                 if budget.take(now, pulse) {
                     clock.spin_until(pulse);
+                    spin.spun(pulse.saturating_sub(now), window);
                     continue;
                 }
             } else {
-                wake = wake.min(pulse - spin_ns);
+                wake = wake.min(pulse - window);
             }
         }
-        clock.wait_until(Some(wake), &rx.has_mail());
-        shared.note_wake(clock.now_ns().saturating_sub(wake));
+        let woken_by_mail = clock.wait_until(Some(wake), &rx.has_mail());
+        let late = clock.now_ns().saturating_sub(wake);
+        if !woken_by_mail {
+            spin.observe(late);
+        }
+        shared.note_wake(late);
     }
     s.release_pin();
     let mut stats = s.stats().clone();
     stats.spin_refused = budget.refused;
+    stats.spin_widest_ns = spin.widest_ns;
+    stats.spin_window_ns = spin.ns();
+    stats.spun_ns = spin.spun_ns;
     stats
-}
-
-/// How much CPU the reject thread may spend spinning: at most half of every 100 ms.
-///
-/// Past the kernel's real-time share (`sched_rt_runtime_us`, 95 % of each second by default)
-/// a SCHED_FIFO thread is stopped for the rest of the second, tens of ms, far worse than any
-/// late wake-up; pulses closer together than the spin window would get there. Over budget,
-/// the thread sleeps towards the pulse as it would with no spin window.
-#[derive(Debug)]
-struct SpinBudget {
-    window_start: u64,
-    spent: u64,
-    /// Pulses refused (each counted once, however often the thread asked for it).
-    refused: u64,
-    last_refused: Option<u64>,
-    enabled: bool,
-}
-
-const SPIN_WINDOW_NS: u64 = 100 * crate::clock::MS;
-const SPIN_PER_WINDOW_NS: u64 = SPIN_WINDOW_NS / 2;
-
-impl SpinBudget {
-    fn new(spin_ns: u64) -> Self {
-        Self {
-            window_start: 0,
-            spent: 0,
-            refused: 0,
-            last_refused: None,
-            enabled: spin_ns > 0,
-        }
-    }
-
-    /// Whether spinning from `now` to `until` fits; if so, it is charged.
-    fn take(&mut self, now: u64, until: u64) -> bool {
-        if !self.enabled {
-            return false;
-        }
-        if now.saturating_sub(self.window_start) >= SPIN_WINDOW_NS {
-            self.window_start = now;
-            self.spent = 0;
-        }
-        let cost = until.saturating_sub(now);
-        if self.spent + cost > SPIN_PER_WINDOW_NS {
-            if self.last_refused != Some(until) {
-                self.refused += 1;
-                self.last_refused = Some(until);
-            }
-            return false;
-        }
-        self.spent += cost;
-        true
-    }
 }
 
 fn deliver(s: &mut Scheduler, msg: SchedMsg) {
@@ -202,33 +162,5 @@ pub(super) fn set_realtime(prio: u8) {
             "reject thread: SCHED_FIFO {prio} refused ({}); pulses run at normal priority",
             std::io::Error::from_raw_os_error(rc)
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::MS;
-
-    #[test]
-    fn the_spin_budget_is_half_of_each_window() {
-        let mut b = SpinBudget::new(2 * MS);
-        let t0 = 1_000 * MS;
-        // 25 spins of 2 ms fill the 50 ms a 100 ms window allows; the 26th sleeps.
-        for i in 0..25 {
-            assert!(
-                b.take(t0 + i * 3 * MS, t0 + i * 3 * MS + 2 * MS),
-                "spin {i}"
-            );
-        }
-        assert!(!b.take(t0 + 75 * MS, t0 + 77 * MS));
-        assert!(
-            !b.take(t0 + 76 * MS, t0 + 77 * MS),
-            "the same pulse, asked again"
-        );
-        assert_eq!(b.refused, 1);
-        // A new window starts the count again.
-        assert!(b.take(t0 + 101 * MS, t0 + 103 * MS));
-        assert!(!SpinBudget::new(0).take(t0, t0 + MS), "spin 0 never spins");
     }
 }

@@ -184,6 +184,11 @@ pub struct LineConfig {
     /// sleeping to it, so that a late wake-up does not delay the edge; 0 = sleep only. Costs up
     /// to this much CPU per pulse, and never more than half of one core.
     pub reject_spin_us: u64,
+    /// The spin window follows the wake-up lateness the reject thread measures: twice the
+    /// third largest in its last 256 to 512 sleeps (about their 99th percentile) plus 50 us, at
+    /// most `reject_spin_us` (the window until it has measured). A lone stall beyond it makes
+    /// one pulse late by the difference. False: always `reject_spin_us`, at the CPU that costs.
+    pub reject_spin_adaptive: bool,
     /// A reject pulse starting later than this after the part reached the ejector misses the
     /// part (a late ejection: alarm, `ready` down, a possible escape). Default: half the pulse
     /// width, so the jet is on for at least half its time while the part is at the nozzle.
@@ -216,6 +221,7 @@ impl Default for LineConfig {
             queue: 32,
             realtime_priority: 0,
             reject_spin_us: DEFAULT_REJECT_SPIN_US,
+            reject_spin_adaptive: true,
             reject_late_ms: None,
             fire_late_pulses: false,
             max_failed_inspections: 20,

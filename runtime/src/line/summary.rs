@@ -45,6 +45,12 @@ pub struct Summary {
     pub reject_pulses_timed: u64,
     /// Pulses slept towards instead of spun for (`line.reject_spin_us`), the spin budget spent.
     pub reject_spin_refused: u64,
+    /// The spin window before a pulse at the end of the run (us).
+    pub reject_spin_window_us: f64,
+    /// The widest spin window a pulse was spun under (us).
+    pub reject_spin_widest_us: f64,
+    /// CPU seconds the reject thread spent spinning before pulses.
+    pub reject_spin_s: f64,
     /// Events delivered to the sinks.
     pub events_delivered: u64,
     /// Events dropped (bus full).
@@ -155,10 +161,13 @@ impl fmt::Display for Summary {
         }
         writeln!(
             f,
-            "reject timing error max {:.3} ms  p99 {:.3} ms over {} pulses, {} slept to (spin budget spent)",
+            "reject timing error max {:.3} ms  p99 {:.3} ms over {} pulses; spin window {:.0} us (widest {:.0}), {:.2} s spun, {} slept to (spin budget spent)",
             self.max_reject_error_ms,
             self.reject_error_p99_ms,
             self.reject_pulses_timed,
+            self.reject_spin_window_us,
+            self.reject_spin_widest_us,
+            self.reject_spin_s,
             self.reject_spin_refused
         )?;
         write!(
@@ -254,6 +263,9 @@ impl Summary {
             reject_error_p99_ms: percentile_ms(&stats.timing_error_ns, 0.99).unwrap_or(0.0),
             reject_pulses_timed: stats.timing_error_ns.len(),
             reject_spin_refused: stats.spin_refused,
+            reject_spin_window_us: stats.spin_window_ns as f64 / 1e3,
+            reject_spin_widest_us: stats.spin_widest_ns as f64 / 1e3,
+            reject_spin_s: stats.spun_ns as f64 / 1e9,
             counters,
             with_truth: stats.with_truth,
             escapes: stats.escapes,

@@ -111,7 +111,12 @@ impl Archive {
         store.lost = lost;
         let handle = std::thread::Builder::new()
             .name("archive".into())
-            .spawn(move || store.run(rx))?;
+            .spawn(move || {
+                // Off the part's path: PNG encoding at a fault-reject per skipped part under
+                // overload must not take the engine's CPU (a full queue is counted lost).
+                crate::priority::lower_this_thread("archive");
+                store.run(rx)
+            })?;
         Ok(Self {
             tx: Some(tx),
             handle: Some(handle),

@@ -1,43 +1,14 @@
 //! The network sinks' async runtime: one small tokio runtime, apart from the line's threads,
 //! that the operator's page, the OPC UA server and the control socket run on. It only reads
 //! what the event bus hands to its sinks; nothing on it can hold up a stage thread, and its
-//! threads run 10 nicer than the stages (`NICER_BY`), so that clients cannot take the engine's
-//! CPU either.
+//! threads run 10 nicer than the stages ([`crate::priority::NICER_BY`]), so that clients
+//! cannot take the engine's CPU either.
 
+use crate::priority::lower_this_thread;
 use std::time::Duration;
 
 /// Worker threads: the page's work is a few frames per part; the line's CPU is the engine's.
 const WORKERS: usize = 1;
-
-/// How much nicer than the thread that starts it the runtime's threads are. At the stages' own
-/// priority, fifty OPC UA clients of ten subscriptions took a fifth of the line's CPU and a
-/// tenth of its in-time parts at 0.8 x the engine's rate (`scripts/bench-opcua`); 10 nicer, the
-/// scheduler gives the runtime about a tenth of a busy CPU, the parts keep their time, and
-/// clients beyond what that serves wait (their notifications queue, bounded). At 19 the server
-/// starved: connections timed out.
-pub const NICER_BY: libc::c_int = 10;
-
-/// The calling thread's nice value (Linux's nice is per thread).
-fn nice_of_this_thread() -> libc::c_int {
-    // SAFETY: no pointers; errno is reset first, as -1 is also a valid priority.
-    unsafe {
-        *libc::__errno_location() = 0;
-        libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t)
-    }
-}
-
-/// Lower the calling thread's priority by `NICER_BY` (a new thread starts at its creator's).
-fn lower_priority() {
-    let nice = (nice_of_this_thread() + NICER_BY).min(19);
-    // SAFETY: no pointers; failure only leaves the priority as it was.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
-    if r != 0 {
-        log::warn!(
-            "network runtime: could not lower its threads' priority: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
 
 /// The runtime, shut down (with a grace for open connections) when dropped.
 pub struct NetRuntime {
@@ -51,7 +22,7 @@ impl NetRuntime {
             .worker_threads(WORKERS)
             .max_blocking_threads(2)
             .thread_name("diffad-net")
-            .on_thread_start(lower_priority)
+            .on_thread_start(|| lower_this_thread("network runtime"))
             .enable_all()
             .build()?;
         Ok(Self { rt: Some(rt) })
@@ -79,6 +50,7 @@ impl Drop for NetRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::priority::{nice_of_this_thread, NICER_BY};
 
     #[test]
     fn its_threads_run_below_the_stages_priority() {

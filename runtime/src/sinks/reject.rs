@@ -113,6 +113,12 @@ pub struct RejectStats {
     pub pin_errors: u64,
     /// Pulses the reject thread slept towards instead of spinning, its spin budget spent.
     pub spin_refused: u64,
+    /// The reject thread's spin window before a pulse at the end (ns; see `line.reject_spin_adaptive`).
+    pub spin_window_ns: u64,
+    /// The widest spin window a pulse was spun under (ns).
+    pub spin_widest_ns: u64,
+    /// Time the reject thread spent spinning before pulses (ns): the CPU the spin cost.
+    pub spun_ns: u64,
     /// Pulses too late to hit their part (fired or held).
     pub late_ejections: u64,
     /// Of those, pulses held (not fired) as known to be too late.
@@ -143,6 +149,9 @@ impl Default for RejectStats {
             archive_jobs: 0,
             pin_errors: 0,
             spin_refused: 0,
+            spin_window_ns: 0,
+            spin_widest_ns: 0,
+            spun_ns: 0,
             late_ejections: 0,
             late_held: 0,
             late_escapes: 0,

@@ -110,7 +110,7 @@ pub fn check_reject_timing(root: &Root, line: &LineConfig) -> Check {
             NAME,
             format!(
                 "kernel without PREEMPT_RT ({} absent): wake-ups can come ms late; the reject \
-                 thread stays awake {} us before each pulse",
+                 thread stays awake up to {} us before each pulse",
                 rt_flag.display(),
                 line.reject_spin_us
             ),
