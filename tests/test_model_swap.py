@@ -21,37 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from linekit import diffad, env, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "target/tiles/photos/brick.png"
 BRICK = ROOT / "models/tiles-brick/model.onnx"
 GRAVEL = ROOT / "models/tiles-gravel/model.onnx"
 DEMO_KEY = ROOT / "models/demo-signing.pub"
-
-
-def diffad() -> Path:
-    """The newer of the debug and release builds (scripts/test builds both first)."""
-    built = [ROOT / "target" / p / "diffad" for p in ("debug", "release")]
-    built = [b for b in built if b.exists()]
-    if not built:
-        pytest.fail("target/debug/diffad not built: run `cargo build` (scripts/test does) first")
-    return max(built, key=lambda b: b.stat().st_mtime)
-
-
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    if "ORT_DYLIB_PATH" not in e:
-        libs = sorted((ROOT / ".venv/lib").glob("python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*"))
-        if not libs:
-            pytest.fail("ONNX Runtime not found: set ORT_DYLIB_PATH or run scripts/setup")
-        e["ORT_DYLIB_PATH"] = str(libs[0])
-    return e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def board(

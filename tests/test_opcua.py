@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -29,36 +28,12 @@ import pytest
 asyncua = pytest.importorskip("asyncua", reason="asyncua: scripts/setup --test-deps installs it")
 from asyncua import Client, ua  # noqa: E402
 from asyncua.common.events import get_filter_from_event_type  # noqa: E402
+from linekit import diffad, env, free_port, wait_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "target/tiles/photos/brick.png"
 MODEL = ROOT / "models/tiles-brick/model.onnx"
 MV = "http://opcfoundation.org/UA/MachineVision"
-
-
-def diffad() -> Path:
-    """The newer of the debug and release builds (scripts/test builds both first)."""
-    built = [ROOT / "target" / p / "diffad" for p in ("debug", "release")]
-    built = [b for b in built if b.exists()]
-    if not built:
-        pytest.fail("target/debug/diffad not built: run `cargo build` (scripts/test does) first")
-    return max(built, key=lambda b: b.stat().st_mtime)
-
-
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    if "ORT_DYLIB_PATH" not in e:
-        libs = sorted((ROOT / ".venv/lib").glob("python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*"))
-        if not libs:
-            pytest.fail("ONNX Runtime not found: set ORT_DYLIB_PATH or run scripts/setup")
-        e["ORT_DYLIB_PATH"] = str(libs[0])
-    return e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 SIM_CAMERA = f"""[camera]
@@ -102,19 +77,6 @@ pki_dir = "{tmp / "pki"}"
 """
     )
     return path
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], within: float = 60.0) -> None:
-    end = time.monotonic() + within
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            pytest.fail(f"diffad exited with {proc.returncode} before listening on {port}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    pytest.fail(f"nothing listens on 127.0.0.1:{port} after {within} s")
 
 
 class Stream(threading.Thread):

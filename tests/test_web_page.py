@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from linekit import diffad, env, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "target/tiles/photos/brick.png"
@@ -42,21 +42,6 @@ CHROME_FLAGS = [
     "--disable-sync",
     "--window-size=1280,1100",
 ]
-
-
-def diffad() -> Path:
-    """The newer of the debug and release builds (scripts/test builds both first)."""
-    built = [ROOT / "target" / p / "diffad" for p in ("debug", "release")]
-    built = [b for b in built if b.exists()]
-    if not built:
-        pytest.fail("target/debug/diffad not built: run `cargo build` (scripts/test does) first")
-    return max(built, key=lambda b: b.stat().st_mtime)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def board(tmp: Path, web_port: int, parts: int, rate_hz: float, extra: str = "") -> Path:
@@ -90,26 +75,13 @@ realtime_priority = 50
 [supervisor]
 listen = ""
 [archive]
-dir = "{tmp / 'archive'}"
+dir = "{tmp / "archive"}"
 [web]
 listen = "127.0.0.1:{web_port}"
 {extra}
 """
     )
     return path
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], within: float = 60.0) -> None:
-    end = time.monotonic() + within
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            pytest.fail(f"diffad exited with {proc.returncode} before serving the page")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail(f"nothing listens on 127.0.0.1:{port} after {within} s")
 
 
 class Browser:
@@ -169,16 +141,6 @@ class Browser:
         finally:
             self.proc.terminate()
             self.proc.wait(10)
-
-
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    if "ORT_DYLIB_PATH" not in e:
-        libs = sorted((ROOT / ".venv/lib").glob("python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*"))
-        if not libs:
-            pytest.fail("ONNX Runtime not found: set ORT_DYLIB_PATH or run scripts/setup")
-        e["ORT_DYLIB_PATH"] = str(libs[0])
-    return e
 
 
 def start_line(cfg: Path, summary: Path) -> subprocess.Popen[bytes]:
@@ -241,8 +203,7 @@ def test_the_page_shows_the_run_live_and_says_when_it_stops(tmp_path: Path) -> N
         # Rejected parts' heatmaps came from the archive and decoded.
         assert c["rejects"] > 0
         loaded = browser.js(
-            "return [...document.querySelectorAll('#rejects img')]"
-            ".filter(i => i.complete && i.naturalWidth > 0).length"
+            "return [...document.querySelectorAll('#rejects img')].filter(i => i.complete && i.naturalWidth > 0).length"
         )
         assert loaded >= 1, "no rejected part's heatmap loaded"
         lat = sorted(browser.js("return window.diffadPage.latencies()"))

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+# The end-to-end tests' helpers to run diffad (tests/linekit.py).
+sys.path.insert(0, str(ROOT / "tests"))
+from linekit import free_port, wait_port  # noqa: E402
+
 EXE = ROOT / "target/release/diffad"
 BRICK = ROOT / "models/tiles-brick/model.onnx"
 MV = "http://opcfoundation.org/UA/MachineVision"
@@ -54,12 +57,6 @@ WATCHED = [
     "Health.DriftMedian",
     "Health.Faults",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def board(tmp: Path, name: str, rate: float, parts: int, port: int) -> Path:
@@ -99,18 +96,6 @@ pki_dir = "{tmp / "pki"}"
 """
     )
     return path
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], within: float = 60.0) -> None:
-    end = time.monotonic() + within
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"bench-opcua: diffad exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        time.sleep(0.005)
-    raise SystemExit(f"bench-opcua: nothing listens on 127.0.0.1:{port}")
 
 
 def pin() -> list[str]:
@@ -255,7 +240,7 @@ def side_by_side(tmp: Path, rate: float, seconds: float, n: int, subs: int) -> d
     loaded = board(tmp, "with-clients", rate, int(rate * (seconds + connect_budget)), port)
     out = tmp / "clients.json"
     proc = start_line(loaded)
-    wait_port(port, proc)
+    wait_port(port, proc, every=0.005)
     child = subprocess.Popen(
         [
             sys.executable,
@@ -300,7 +285,7 @@ def many_parts(tmp: Path, rate: float, parts: int, n: int) -> dict[str, Any]:
     port = free_port()
     cfg = board(tmp, "many-parts", rate, parts, port)
     proc = start_line(cfg)
-    wait_port(port, proc)
+    wait_port(port, proc, every=0.005)
     counters = asyncio.run(subscribers(f"opc.tcp://127.0.0.1:{port}/", n, proc))
     summary = finish(proc, cfg)
     per: list[dict[str, int]] = []

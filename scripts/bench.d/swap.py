@@ -14,6 +14,7 @@ import argparse
 import json
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -21,15 +22,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+# The end-to-end tests' helpers to run diffad (tests/linekit.py).
+sys.path.insert(0, str(ROOT / "tests"))
+from linekit import free_port  # noqa: E402
+
 EXE = ROOT / "target/release/diffad"
 BRICK = ROOT / "models/tiles-brick/model.onnx"
 GRAVEL = ROOT / "models/tiles-gravel/model.onnx"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 POOL = "true"

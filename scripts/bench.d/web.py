@@ -14,18 +14,16 @@ import argparse
 import json
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# The end-to-end tests' helpers to run diffad (tests/linekit.py).
+sys.path.insert(0, str(ROOT / "tests"))
+from linekit import free_port, listening  # noqa: E402
 
 
 def board(tmp: Path, rate: float, parts: int, web_port: int | None) -> Path:
@@ -73,14 +71,6 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, int]]:
             continue
         out[int(task.name)] = (name, ns)
     return out
-
-
-def listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 def viewer(port: int, stop: threading.Event, frames: list[int], i: int) -> None:
