@@ -207,9 +207,16 @@ fn a_software_triggered_camera_exposes_one_frame_per_photo_eye_edge() {
     let sum = &r.summary;
     assert!(sum.invariant_ok, "{sum}");
     assert_eq!(sum.counters.triggers, 20);
+    // Each part failed safe, with its reason: what a failure here has to explain.
+    let failed: Vec<(u64, Option<&str>)> = r
+        .parts()
+        .into_iter()
+        .filter(|p| matches!(p.outcome, Outcome::FaultReject | Outcome::FaultPass))
+        .map(|p| (p.part, p.reason.as_deref()))
+        .collect();
     assert_eq!(
         sum.counters.fault_rejects, 0,
-        "every part got its own frame: {sum}"
+        "every part got its own frame: {sum}\nfailed safe: {failed:?}"
     );
     for p in r.parts() {
         assert_eq!(p.trigger_ns, edges[(p.part - 1) as usize]);
